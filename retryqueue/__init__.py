@@ -1,0 +1,82 @@
+"""retryqueue: a persistent retry queue for failed operations, as SQLAlchemy 2.x ORM code.
+
+Quick use::
+
+    from retryqueue import RetryQueue, create_engine, migrations
+    engine = create_engine("sqlite:///retryqueue.db")
+    migrations.upgrade(engine)
+    queue = RetryQueue()
+    with Session(engine) as session, session.begin():
+        queue.enqueue(session, "payment.capture", {"order": 42}, priority=8)
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from retryqueue.clock import Clock, DatabaseClock, ManualClock, SystemClock
+from retryqueue.engine import configure_sqlite, create_engine
+from retryqueue.errors import (
+    DatabaseError,
+    InvalidArgument,
+    ItemNotFound,
+    MigrationError,
+    RetryQueueError,
+)
+from retryqueue.models import Base, RetryHistory, RetryItem, RetryStatus, metadata
+from retryqueue.policy import Decision, Outcome, RetryPolicy, backoff_delay, calculate_next_retry
+from retryqueue.queue import NewItem, RetryQueue
+from retryqueue.results import (
+    Alert,
+    ClaimedItem,
+    CleanupResult,
+    EnqueuedItem,
+    HistoryEntry,
+    HourlyCount,
+    ItemFilter,
+    ItemSnapshot,
+    QueueStats,
+    SuccessRate,
+)
+
+try:
+    __version__ = version("retryqueue")
+except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+    __version__ = "0.0.0"
+
+__all__ = [
+    "Alert",
+    "Base",
+    "ClaimedItem",
+    "CleanupResult",
+    "Clock",
+    "DatabaseClock",
+    "DatabaseError",
+    "Decision",
+    "EnqueuedItem",
+    "HistoryEntry",
+    "HourlyCount",
+    "InvalidArgument",
+    "ItemFilter",
+    "ItemNotFound",
+    "ItemSnapshot",
+    "ManualClock",
+    "MigrationError",
+    "NewItem",
+    "Outcome",
+    "QueueStats",
+    "RetryHistory",
+    "RetryItem",
+    "RetryPolicy",
+    "RetryQueue",
+    "RetryQueueError",
+    "RetryStatus",
+    "SuccessRate",
+    "SystemClock",
+    "__version__",
+    "backoff_delay",
+    "calculate_next_retry",
+    "configure_sqlite",
+    "create_engine",
+    "metadata",
+]

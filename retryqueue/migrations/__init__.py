@@ -1,0 +1,136 @@
+"""The schema migrations shipped in the package, and functions to run them.
+
+Revisions live in ``retryqueue/migrations/versions`` on the branch labelled
+``retryqueue``. Two ways to use them:
+
+* Applications without alembic of their own: ``retryqueue.migrations.upgrade(engine)``.
+  The revision applied is recorded in the table ``retryqueue_alembic_version``.
+* Applications with alembic: add the folder :func:`package_path` returns (in
+  ``alembic.ini``: ``version_locations = %(here)s/migrations ...`` plus that folder, or in
+  ``env.py`` / code through ``Config.set_main_option``) and run
+  ``alembic upgrade retryqueue@head``; the revisions then live in the application's own
+  version table beside its branches.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stdout
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from retryqueue.errors import MigrationError, database_error
+
+__all__ = [
+    "BRANCH",
+    "HEAD",
+    "VERSION_TABLE",
+    "current",
+    "downgrade",
+    "heads",
+    "make_config",
+    "offline_sql",
+    "package_path",
+    "stamp",
+    "upgrade",
+]
+
+BRANCH = "retryqueue"
+HEAD = f"{BRANCH}@head"
+VERSION_TABLE = "retryqueue_alembic_version"
+SCRIPT_LOCATION = "retryqueue:migrations"
+
+
+def make_config(url: str | None = None, *, version_table: str = VERSION_TABLE) -> Config:
+    """An alembic Config pointing at the packaged revisions (works from a wheel)."""
+    config = Config()
+    config.set_main_option("script_location", SCRIPT_LOCATION)
+    config.set_main_option("path_separator", "os")
+    config.set_main_option("version_locations", str(package_path()))
+    config.set_main_option("version_table", version_table)
+    if url is not None:
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def script_directory() -> ScriptDirectory:
+    """The packaged revisions as an alembic ScriptDirectory."""
+    return ScriptDirectory.from_config(make_config())
+
+
+def heads() -> list[str]:
+    """The head revision ids of the packaged revisions (there should be one)."""
+    return list(script_directory().get_heads())
+
+
+@contextmanager
+def _connected(engine: Engine, version_table: str) -> Iterator[Config]:
+    config = make_config(version_table=version_table)
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            yield config
+    except SQLAlchemyError as exc:
+        raise database_error("migration", exc) from exc
+
+
+def upgrade(engine: Engine, revision: str = HEAD, *, version_table: str = VERSION_TABLE) -> None:
+    """Apply the packaged revisions up to ``revision`` (default: the newest)."""
+    with _connected(engine, version_table) as config:
+        command.upgrade(config, revision)
+
+
+def downgrade(engine: Engine, revision: str, *, version_table: str = VERSION_TABLE) -> None:
+    """Undo revisions down to ``revision``; ``"retryqueue@base"`` removes everything."""
+    with _connected(engine, version_table) as config:
+        command.downgrade(config, revision)
+
+
+def stamp(engine: Engine, revision: str, *, version_table: str = VERSION_TABLE) -> None:
+    """Record ``revision`` as applied without running it (adopting an existing schema)."""
+    with _connected(engine, version_table) as config:
+        command.stamp(config, revision)
+
+
+def current(engine: Engine, *, version_table: str = VERSION_TABLE) -> list[str]:
+    """The revision ids recorded in the database (empty before the first upgrade)."""
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(
+                connection, opts={"version_table": version_table}
+            )
+            return list(context.get_current_heads())
+    except SQLAlchemyError as exc:
+        raise database_error("migration", exc) from exc
+
+
+def offline_sql(
+    dialect_name: str,
+    revision: str = HEAD,
+    *,
+    from_revision: str | None = None,
+    version_table: str = VERSION_TABLE,
+) -> str:
+    """The SQL that ``upgrade`` would run on a ``dialect_name`` database, as text."""
+    config = make_config(f"{dialect_name}://", version_table=version_table)
+    target = f"{from_revision}:{revision}" if from_revision else revision
+    buffer = io.StringIO()
+    config.output_buffer = buffer
+    try:
+        with redirect_stdout(buffer):
+            command.upgrade(config, target, sql=True)
+    except Exception as exc:
+        raise MigrationError(f"could not render SQL for {dialect_name}: {exc}") from exc
+    return buffer.getvalue()
+
+
+def package_path() -> Path:
+    """Where the revisions are on disk (inside the installed package)."""
+    return Path(__file__).parent / "versions"

@@ -1,0 +1,232 @@
+"""Declarative models of the two tables, mirroring the reference PostgreSQL schema.
+
+``daz_retry_queue`` holds one row per item; ``daz_retry_history`` one row per attempt.
+Both live on :data:`metadata`, which carries its own naming convention so that the
+constraint and index names match the shipped migrations exactly.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Enum,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    Uuid,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from retryqueue.types import (
+    JsonDocument,
+    TagList,
+    UTCDateTime,
+    random_uuid,
+    utc_now,
+    utc_now_plus_days,
+)
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "TERMINAL_STATUSES",
+    "Base",
+    "RetryHistory",
+    "RetryItem",
+    "RetryStatus",
+    "metadata",
+]
+
+NAMING_CONVENTION: dict[str, str] = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+# SQLite only autoincrements an INTEGER PRIMARY KEY; elsewhere this is BIGSERIAL/BIGINT.
+_BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    """Declarative base of retryqueue's models, bound to :data:`metadata`."""
+
+    metadata = metadata
+
+
+class RetryStatus(str, enum.Enum):
+    """The lifecycle states of a queue item (PostgreSQL enum type ``retry_status``)."""
+
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    DEAD_LETTER = "dead_letter"
+
+
+ACTIVE_STATUSES: tuple[RetryStatus, ...] = (RetryStatus.PENDING, RetryStatus.PROCESSING)
+TERMINAL_STATUSES: tuple[RetryStatus, ...] = (
+    RetryStatus.COMPLETED,
+    RetryStatus.FAILED,
+    RetryStatus.DEAD_LETTER,
+)
+
+retry_status_type = Enum(
+    RetryStatus,
+    name="retry_status",
+    values_callable=lambda members: [member.value for member in members],
+    validate_strings=True,
+    create_constraint=True,
+    length=20,
+)
+
+
+class RetryItem(Base):
+    """One item of the retry queue (table ``daz_retry_queue``)."""
+
+    __tablename__ = "daz_retry_queue"
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    event_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid(), nullable=False, default=uuid.uuid4, server_default=random_uuid()
+    )
+    event_type: Mapped[str] = mapped_column(String(255), nullable=False)
+    channel_name: Mapped[str | None] = mapped_column(String(255))
+    plugin_name: Mapped[str | None] = mapped_column(String(255))
+    event_data: Mapped[Any] = mapped_column(JsonDocument(), nullable=False)
+    event_metadata: Mapped[dict[str, Any] | None] = mapped_column(JsonDocument())
+    retry_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    max_retries: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("3"))
+    retry_delay_seconds: Mapped[int] = mapped_column(
+        Integer, nullable=False, server_default=text("60")
+    )
+    backoff_multiplier: Mapped[float] = mapped_column(
+        Numeric(3, 2, asdecimal=False), nullable=False, server_default=text("2.0")
+    )
+    status: Mapped[RetryStatus] = mapped_column(
+        retry_status_type, nullable=False, server_default=RetryStatus.PENDING.value
+    )
+    error_message: Mapped[str | None] = mapped_column(Text)
+    last_error_code: Mapped[str | None] = mapped_column(String(50))
+    created_at: Mapped[datetime] = mapped_column(
+        UTCDateTime(), nullable=False, server_default=utc_now()
+    )
+    next_retry_at: Mapped[datetime] = mapped_column(
+        UTCDateTime(), nullable=False, server_default=utc_now()
+    )
+    last_attempted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(
+        UTCDateTime(), nullable=False, server_default=utc_now_plus_days(7)
+    )
+    locked_by: Mapped[str | None] = mapped_column(String(255))
+    locked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    priority: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("5"))
+    correlation_id: Mapped[str | None] = mapped_column(String(255))
+    tags: Mapped[list[str] | None] = mapped_column(TagList())
+    # Added by retryqueue (revision 0002): a fresh token per acquisition fences stale workers.
+    lease_token: Mapped[uuid.UUID | None] = mapped_column(Uuid())
+
+    __table_args__ = (
+        CheckConstraint("priority >= 1 AND priority <= 10", name="priority_range"),
+        Index(
+            "idx_retry_queue_status_next_retry",
+            "status",
+            "next_retry_at",
+            postgresql_where=text("status IN ('pending', 'processing')"),
+            sqlite_where=text("status IN ('pending', 'processing')"),
+        ),
+        Index("idx_retry_queue_channel_status", "channel_name", "status"),
+        Index("idx_retry_queue_plugin_status", "plugin_name", "status"),
+        Index(
+            "idx_retry_queue_correlation_id",
+            "correlation_id",
+            postgresql_where=text("correlation_id IS NOT NULL"),
+            sqlite_where=text("correlation_id IS NOT NULL"),
+        ),
+        Index("idx_retry_queue_event_type", "event_type"),
+        Index("idx_retry_queue_created_at", "created_at"),
+        Index(
+            "idx_retry_queue_priority",
+            text("priority DESC"),
+            "status",
+            "next_retry_at",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+        Index(
+            "idx_retry_queue_locked",
+            "locked_by",
+            "locked_at",
+            postgresql_where=text("locked_by IS NOT NULL"),
+            sqlite_where=text("locked_by IS NOT NULL"),
+        ),
+        Index(
+            "idx_retry_queue_tags",
+            "tags",
+            postgresql_using="gin",
+            postgresql_where=text("tags IS NOT NULL"),
+            sqlite_where=text("tags IS NOT NULL"),
+        ),
+        Index(
+            "idx_retry_queue_expires_at",
+            "expires_at",
+            postgresql_where=text("status NOT IN ('completed', 'dead_letter')"),
+            sqlite_where=text("status NOT IN ('completed', 'dead_letter')"),
+        ),
+        # Added by retryqueue (revision 0002): idempotent enqueue on event_id.
+        Index("uq_retry_queue_event_id", "event_id", unique=True),
+    )
+
+    def __repr__(self) -> str:
+        return (
+            f"<RetryItem id={self.id} event_type={self.event_type!r} "
+            f"status={self.status.value if self.status else None}>"
+        )
+
+
+class RetryHistory(Base):
+    """One attempt (or replay) of a queue item (table ``daz_retry_history``).
+
+    There is deliberately no foreign key: history outlives the items it describes (cleanup
+    keeps it for twice the item retention).
+    """
+
+    __tablename__ = "daz_retry_history"
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    retry_queue_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    event_id: Mapped[uuid.UUID] = mapped_column(Uuid(), nullable=False)
+    attempt_number: Mapped[int] = mapped_column(Integer, nullable=False)
+    status: Mapped[str] = mapped_column(String(50), nullable=False)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    error_code: Mapped[str | None] = mapped_column(String(50))
+    worker_id: Mapped[str | None] = mapped_column(String(255))
+    attempted_at: Mapped[datetime] = mapped_column(
+        UTCDateTime(), nullable=False, server_default=utc_now()
+    )
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+
+    __table_args__ = (
+        Index("idx_retry_history_queue_id", "retry_queue_id"),
+        Index("idx_retry_history_event_id", "event_id"),
+        Index("idx_retry_history_attempted_at", "attempted_at"),
+    )
+
+    def __repr__(self) -> str:
+        return (
+            f"<RetryHistory id={self.id} item={self.retry_queue_id} "
+            f"attempt={self.attempt_number} status={self.status!r}>"
+        )

@@ -1,0 +1,154 @@
+"""Insight queries: stats, alerts, stuck items, throughput, success rate, item lookups.
+
+The reference schema had database views for these; here they are ORM queries returning
+frozen dataclasses. Functions take the caller's Session and the operation's "now" (``at``;
+None for the database clock) and never write.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from retryqueue import statements as sql
+from retryqueue.errors import ItemNotFound, database_error
+from retryqueue.results import (
+    Alert,
+    HistoryEntry,
+    HourlyCount,
+    ItemFilter,
+    ItemSnapshot,
+    QueueStats,
+    SuccessRate,
+)
+
+__all__ = [
+    "alerts",
+    "find_items",
+    "get_item",
+    "item_history",
+    "items_per_hour",
+    "stats",
+    "stuck",
+    "success_rate_by_event_type",
+]
+
+
+def _rows(session: Session, stmt: Any, operation: str) -> list[Any]:
+    try:
+        return list(session.execute(stmt).all())
+    except SQLAlchemyError as exc:
+        raise database_error(operation, exc) from exc
+
+
+def snapshot(row: Any) -> ItemSnapshot:
+    """An :class:`ItemSnapshot` from a row of ``statements.SNAPSHOT_COLUMNS``."""
+    values = row._asdict()
+    values["tags"] = tuple(values["tags"] or ())
+    return ItemSnapshot(**values)
+
+
+def get_item(session: Session, item_id: int) -> ItemSnapshot:
+    """One item by id; :class:`ItemNotFound` if there is none."""
+    rows = _rows(session, sql.select_item(item_id), "get")
+    if not rows:
+        raise ItemNotFound(item_id)
+    return snapshot(rows[0])
+
+
+def find_items(session: Session, item_filter: ItemFilter) -> list[ItemSnapshot]:
+    """The items an :class:`ItemFilter` selects, oldest first."""
+    return [snapshot(row) for row in _rows(session, sql.select_filtered(item_filter), "find")]
+
+
+def item_history(session: Session, item_id: int) -> list[HistoryEntry]:
+    """An item's history rows, oldest first."""
+    try:
+        entries = session.scalars(sql.history_for_item(item_id)).all()
+    except SQLAlchemyError as exc:
+        raise database_error("history", exc) from exc
+    return [
+        HistoryEntry(
+            id=entry.id,
+            retry_queue_id=entry.retry_queue_id,
+            event_id=entry.event_id,
+            attempt_number=entry.attempt_number,
+            status=entry.status,
+            error_message=entry.error_message,
+            error_code=entry.error_code,
+            worker_id=entry.worker_id,
+            attempted_at=entry.attempted_at,
+            duration_ms=entry.duration_ms,
+        )
+        for entry in entries
+    ]
+
+
+def stats(session: Session) -> list[QueueStats]:
+    """Counts, retry figures and ages per (status, event_type, plugin_name)."""
+    return [
+        QueueStats(
+            status=status,
+            event_type=event_type,
+            plugin_name=plugin_name,
+            count=int(count),
+            avg_retry_count=float(avg_retries or 0.0),
+            max_retry_count=int(max_retries or 0),
+            oldest_created_at=oldest,
+            newest_created_at=newest,
+            locked_count=int(locked),
+        )
+        for status, event_type, plugin_name, count, avg_retries, max_retries, oldest, newest, locked
+        in _rows(session, sql.stats(), "stats")
+    ]
+
+
+def alerts(session: Session, at: datetime | None) -> list[Alert]:
+    """Dead letters, stale locks, items near their retry limit, old pending items."""
+    return [
+        Alert(
+            item_id=row.id,
+            event_id=row.event_id,
+            event_type=row.event_type,
+            plugin_name=row.plugin_name,
+            channel_name=row.channel_name,
+            status=row.status,
+            retry_count=row.retry_count,
+            max_retries=row.max_retries,
+            reason=row.reason,
+            error_message=row.error_message,
+            created_at=row.created_at,
+            locked_by=row.locked_by,
+            locked_at=row.locked_at,
+        )
+        for row in _rows(session, sql.alerts(at), "alerts")
+    ]
+
+
+def stuck(session: Session, at: datetime | None, older_than_seconds: float) -> list[ItemSnapshot]:
+    """Items processing for longer than ``older_than_seconds``."""
+    return [snapshot(row) for row in _rows(session, sql.stuck(at, older_than_seconds), "stuck")]
+
+
+def items_per_hour(session: Session, at: datetime | None, hours: int) -> list[HourlyCount]:
+    """Items created per UTC hour over the last ``hours`` hours (hours with none omitted)."""
+    rows = _rows(session, sql.items_per_hour(at, hours), "items_per_hour")
+    return [HourlyCount(hour=hour, count=int(count)) for hour, count in rows]
+
+
+def success_rate_by_event_type(session: Session) -> list[SuccessRate]:
+    """Per event type: total items, completed items and their ratio."""
+    return [
+        SuccessRate(
+            event_type=event_type,
+            total=int(total),
+            completed=int(completed or 0),
+            success_rate=(int(completed or 0) / int(total)) if total else 0.0,
+        )
+        for event_type, total, completed in _rows(
+            session, sql.success_rate_by_event_type(), "success_rate_by_event_type"
+        )
+    ]

@@ -1,0 +1,625 @@
+"""RetryQueue: the queue's operations on the caller's Session.
+
+Every method takes the application's :class:`~sqlalchemy.orm.Session` and never commits:
+the caller owns the transaction (the worker and the CLI commit their own). Statements come
+from :mod:`retryqueue.statements`; failure decisions from :mod:`retryqueue.policy`.
+
+The statements bypass the Session's identity map (``synchronize_session=False``): if your
+Session holds :class:`~retryqueue.models.RetryItem` objects, expire them after a call.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, ParamSpec, TypeVar
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from retryqueue import monitoring
+from retryqueue import statements as sql
+from retryqueue import validation as check
+from retryqueue.clock import Clock, DatabaseClock, SystemClock
+from retryqueue.errors import InvalidArgument, RetryQueueError, database_error
+from retryqueue.models import TERMINAL_STATUSES, RetryStatus
+from retryqueue.policy import Decision, Outcome, RetryPolicy
+from retryqueue.results import (
+    Alert,
+    ClaimedItem,
+    CleanupResult,
+    EnqueuedItem,
+    HistoryEntry,
+    HourlyCount,
+    ItemFilter,
+    ItemSnapshot,
+    QueueStats,
+    SuccessRate,
+    freeze,
+)
+
+__all__ = ["NewItem", "RetryQueue"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_SERVER_CLOCK_DIALECTS = frozenset({"postgresql", "mysql", "mariadb"})
+_STALE_RECLAIM_LIMIT = 1000
+
+
+def _database_errors(method: Callable[P, R]) -> Callable[P, R]:
+    """Re-raise SQLAlchemy errors as :class:`DatabaseError`, keeping the cause."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except RetryQueueError:
+            raise
+        except SQLAlchemyError as exc:
+            raise database_error(method.__name__, exc) from exc
+
+    return wrapper
+
+
+@dataclass(frozen=True, slots=True)
+class NewItem:
+    """An item to enqueue (see :meth:`RetryQueue.enqueue` for the fields' meaning)."""
+
+    event_type: str
+    event_data: Any
+    channel_name: str | None = None
+    plugin_name: str | None = None
+    event_metadata: Mapping[str, Any] | None = None
+    max_retries: int = 3
+    retry_delay_seconds: int = 60
+    backoff_multiplier: float = 2.0
+    priority: int = 5
+    correlation_id: str | None = None
+    tags: Sequence[str] | None = None
+    event_id: uuid.UUID | str | None = None
+    run_at: datetime | None = None
+    delay: float | timedelta | None = None
+    expires_at: datetime | None = None
+    ttl: float | timedelta | None = None
+
+
+class RetryQueue:
+    """A persistent retry queue over ``daz_retry_queue`` and ``daz_retry_history``.
+
+    :param clock: where "now" comes from. Default: the database server's clock on
+        PostgreSQL/MySQL (immune to skewed worker hosts), the host clock on SQLite.
+        Inject a :class:`~retryqueue.clock.ManualClock` in tests.
+    :param policy: backoff cap and jitter applied to failures.
+    :param max_payload_bytes: largest event_data accepted, as UTF-8 JSON (default 1 MiB).
+    :param default_ttl: how long a new or requeued item may wait before it expires.
+    :param count_expired_locks: whether an attempt whose lock expired (its worker crashed
+        or hung) counts toward max_retries. Default True, so a poison item that kills its
+        worker every time ends in dead_letter instead of looping forever.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        policy: RetryPolicy | None = None,
+        max_payload_bytes: int = check.DEFAULT_MAX_PAYLOAD_BYTES,
+        default_ttl: timedelta = timedelta(days=7),
+        count_expired_locks: bool = True,
+    ) -> None:
+        self.clock = clock
+        self.policy = policy or RetryPolicy()
+        self.max_payload_bytes = check.bounded_int("max_payload_bytes", max_payload_bytes, low=1)
+        self.default_ttl = timedelta(seconds=check.seconds("default_ttl", default_ttl))
+        self.count_expired_locks = count_expired_locks
+
+    def __repr__(self) -> str:
+        return f"RetryQueue(clock={self.clock!r}, policy={self.policy!r})"
+
+    # -- time ----------------------------------------------------------------------------
+
+    def now(self, session: Session) -> datetime | None:
+        """The operation's "now": a datetime, or None to use the database server's clock."""
+        if self.clock is not None:
+            return self.clock.now()
+        if session.get_bind().dialect.name in _SERVER_CLOCK_DIALECTS:
+            return DatabaseClock().now()
+        return SystemClock().now()
+
+    def calculate_next_retry(
+        self,
+        retry_count: int,
+        retry_delay_seconds: float = 60,
+        backoff_multiplier: float = 2.0,
+    ) -> timedelta:
+        """The backoff delay after ``retry_count`` earlier retries, under this queue's policy.
+
+        With the defaults: 60 s, 120 s, 240 s, 480 s for retry_count 0, 1, 2, 3.
+        """
+        return self.policy.delay(retry_count, retry_delay_seconds, backoff_multiplier)
+
+    # -- enqueue -------------------------------------------------------------------------
+
+    def enqueue(self, session: Session, event_type: str, event_data: Any, **fields: Any) -> EnqueuedItem:
+        """Add one item; every column is settable through keyword arguments.
+
+        Keywords: ``channel_name``, ``plugin_name``, ``event_metadata``, ``max_retries``,
+        ``retry_delay_seconds``, ``backoff_multiplier``, ``priority`` (1..10, 10 first),
+        ``correlation_id``, ``tags``, ``event_id``, ``run_at`` or ``delay`` (when it is first
+        due; default now), ``expires_at`` or ``ttl`` (default now + 7 days).
+
+        Idempotent on ``event_id``: enqueueing an existing event_id changes nothing and
+        returns the existing row with ``created=False``. Invalid input raises
+        :class:`~retryqueue.errors.InvalidArgument` before anything is written.
+        """
+        unknown = set(fields) - set(NewItem.__dataclass_fields__)
+        if unknown:
+            raise InvalidArgument(", ".join(sorted(unknown)), "unknown enqueue argument")
+        return self.enqueue_many(session, [NewItem(event_type, event_data, **fields)])[0]
+
+    @_database_errors
+    def enqueue_many(self, session: Session, items: Iterable[NewItem]) -> list[EnqueuedItem]:
+        """Add many items in one bulk INSERT; results are in input order.
+
+        Every item is validated before any row is written.
+        """
+        at = self.now(session)
+        rows = [self._row(index, item, at) for index, item in enumerate(items)]
+        if not rows:
+            return []
+        stmt = sql.insert_items(session.get_bind().dialect.name, at)
+        inserted = {event_id: item_id for item_id, event_id in session.execute(stmt, rows)}
+        missing = [row["event_id"] for row in rows if row["event_id"] not in inserted]
+        existing = dict(
+            (event_id, item_id)
+            for item_id, event_id in session.execute(sql.existing_by_event_ids(missing))
+        ) if missing else {}
+        results = []
+        for row in rows:
+            event_id = row["event_id"]
+            if event_id in inserted:
+                results.append(EnqueuedItem(inserted.pop(event_id), event_id, True))
+            else:
+                results.append(EnqueuedItem(existing[event_id], event_id, False))
+        return results
+
+    def _row(self, index: int, item: NewItem, at: datetime | None) -> dict[str, Any]:
+        if not isinstance(item, NewItem):
+            raise InvalidArgument(f"items[{index}]", f"expected a NewItem, got {type(item).__name__}")
+        run_at = None if item.run_at is None else check.aware("run_at", item.run_at)
+        expires_at = None if item.expires_at is None else check.aware("expires_at", item.expires_at)
+        if run_at is not None and item.delay is not None:
+            raise InvalidArgument("delay", "give either run_at or delay, not both")
+        if expires_at is not None and item.ttl is not None:
+            raise InvalidArgument("ttl", "give either expires_at or ttl, not both")
+        delay = 0.0 if item.delay is None else check.seconds("delay", item.delay)
+        ttl = (
+            self.default_ttl.total_seconds()
+            if item.ttl is None
+            else check.seconds("ttl", item.ttl, allow_zero=False)
+        )
+        if run_at is not None and expires_at is not None and expires_at <= run_at:
+            raise InvalidArgument("expires_at", "must be later than run_at")
+        row: dict[str, Any] = {
+            "event_id": uuid.uuid4()
+            if item.event_id is None
+            else check.uuid_value("event_id", item.event_id),
+            "event_type": check.text("event_type", item.event_type),
+            "channel_name": check.optional_text("channel_name", item.channel_name),
+            "plugin_name": check.optional_text("plugin_name", item.plugin_name),
+            "event_data": check.json_document(
+                "event_data", item.event_data, max_bytes=self.max_payload_bytes
+            ),
+            "event_metadata": self._metadata(item.event_metadata),
+            "retry_count": 0,
+            "max_retries": check.bounded_int("max_retries", item.max_retries, low=0, high=1000),
+            "retry_delay_seconds": check.bounded_int(
+                "retry_delay_seconds", item.retry_delay_seconds, low=0
+            ),
+            "backoff_multiplier": check.multiplier("backoff_multiplier", item.backoff_multiplier),
+            "status": RetryStatus.PENDING,
+            "priority": check.bounded_int("priority", item.priority, low=1, high=10),
+            "correlation_id": check.optional_text("correlation_id", item.correlation_id),
+            "tags": check.tag_list("tags", item.tags),
+        }
+        if at is None:
+            row.update(sql.server_time_params(run_at, delay, expires_at, ttl))
+        else:
+            row["created_at"] = at
+            row["next_retry_at"] = run_at if run_at is not None else at + timedelta(seconds=delay)
+            row["expires_at"] = expires_at if expires_at is not None else at + timedelta(seconds=ttl)
+        return row
+
+    def _metadata(self, value: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and not isinstance(value, Mapping):
+            raise InvalidArgument("event_metadata", "expected a mapping (JSON object)")
+        check.json_document(
+            "event_metadata", value, nullable=True, max_bytes=self.max_payload_bytes
+        )
+        return None if value is None else dict(value)
+
+    # -- acquire -------------------------------------------------------------------------
+
+    @_database_errors
+    def acquire(
+        self,
+        session: Session,
+        worker_id: str,
+        batch_size: int = 10,
+        lock_timeout: float = 300,
+    ) -> list[ClaimedItem]:
+        """Claim up to ``batch_size`` due items for ``worker_id``, highest priority first.
+
+        First, items whose lock is older than ``lock_timeout`` — held by any worker — are
+        reclaimed (an attempt with history status ``lock_expired``). Then pending, due,
+        unexpired items are locked with ``FOR UPDATE SKIP LOCKED``, so concurrent workers
+        never receive the same item. Each claim gets a fresh lease token.
+        """
+        worker_id = check.text("worker_id", worker_id)
+        batch_size = check.bounded_int("batch_size", batch_size, low=1, high=10_000)
+        lock_timeout = check.seconds("lock_timeout", lock_timeout, allow_zero=False)
+        at = self.now(session)
+        self._reclaim_stale(session, at, lock_timeout)
+        token = uuid.uuid4()
+        rows = session.execute(sql.claim(at, worker_id, token, batch_size)).all()
+        claimed = [_claimed(row) for row in rows]
+        claimed.sort(key=lambda item: (-item.priority, item.next_retry_at, item.id))
+        return claimed
+
+    def _reclaim_stale(self, session: Session, at: datetime | None, lock_timeout: float) -> int:
+        stale = session.execute(sql.select_stale(at, lock_timeout, _STALE_RECLAIM_LIMIT)).all()
+        history = []
+        for row in stale:
+            if self.count_expired_locks:
+                decision = self._decide(row, retryable=True, retry_after=None, policy=None)
+            else:
+                decision = Decision(Outcome.LOCK_EXPIRED, "pending", row.retry_count, timedelta(0))
+            message = f"lock held by {row.locked_by} expired after {lock_timeout:g}s"
+            guard = sql.reclaim_stale(row.id, at, lock_timeout)
+            if self._apply(session, guard, at, decision, message, "LOCK_EXPIRED"):
+                history.append(
+                    _history(row.id, row.event_id, row.retry_count + 1, Outcome.LOCK_EXPIRED,
+                             worker_id=row.locked_by, error_message=message,
+                             error_code="LOCK_EXPIRED")
+                )
+        self._write_history(session, at, history)
+        return len(history)
+
+    # -- outcomes ------------------------------------------------------------------------
+
+    @_database_errors
+    def complete(
+        self,
+        session: Session,
+        item: ClaimedItem | int,
+        worker_id: str | None = None,
+        *,
+        lease_token: uuid.UUID | None = None,
+        duration_ms: int | None = None,
+    ) -> bool:
+        """Mark an item completed. Only its lock holder can, and only while processing.
+
+        Pass the :class:`ClaimedItem` from :meth:`acquire` (its lease token is checked), or
+        an id with ``worker_id`` (and ideally ``lease_token``). Returns False, changing
+        nothing, if the lease was lost: the lock expired and someone acquired it again.
+        """
+        item_id, worker_id, lease_token = _lease(item, worker_id, lease_token)
+        at = self.now(session)
+        row = session.execute(sql.complete_owned(at, item_id, worker_id, lease_token)).first()
+        if row is None:
+            return False
+        self._write_history(
+            session,
+            at,
+            [_history(row.id, row.event_id, row.retry_count + 1, Outcome.COMPLETED,
+                      worker_id=worker_id, duration_ms=duration_ms)],
+        )
+        return True
+
+    @_database_errors
+    def fail(
+        self,
+        session: Session,
+        item: ClaimedItem | int,
+        worker_id: str | None = None,
+        error_message: str | None = None,
+        error_code: str | None = None,
+        *,
+        lease_token: uuid.UUID | None = None,
+        retryable: bool = True,
+        retry_after: float | timedelta | None = None,
+        duration_ms: int | None = None,
+        policy: RetryPolicy | None = None,
+    ) -> bool:
+        """Record a failed attempt; the lock holder only, as for :meth:`complete`.
+
+        Retryable failures go back to pending with retry_count + 1, due after the backoff
+        delay (or ``retry_after``), until retry_count has reached max_retries: then the item
+        is dead-lettered. ``retryable=False`` marks it ``failed`` at once. Returns False,
+        changing nothing, if the lease was lost.
+        """
+        item_id, worker_id, lease_token = _lease(item, worker_id, lease_token)
+        if error_message is not None and not isinstance(error_message, str):
+            raise InvalidArgument("error_message", "expected a string")
+        if error_message is not None:
+            check.text("error_message", error_message, max_length=1_000_000)
+        error_code = check.optional_text("error_code", error_code, max_length=50)
+        wait = None if retry_after is None else timedelta(
+            seconds=check.seconds("retry_after", retry_after)
+        )
+        at = self.now(session)
+        row = session.execute(sql.lock_owned(item_id, worker_id, lease_token)).first()
+        if row is None:
+            return False
+        decision = self._decide(row, retryable=retryable, retry_after=wait, policy=policy)
+        guard = sql.owned_guard(item_id, worker_id, lease_token)
+        if not self._apply(session, guard, at, decision, error_message, error_code):
+            return False
+        self._write_history(
+            session,
+            at,
+            [_history(row.id, row.event_id, row.retry_count + 1, decision.outcome,
+                      worker_id=worker_id, error_message=error_message,
+                      error_code=error_code, duration_ms=duration_ms)],
+        )
+        return True
+
+    def _decide(
+        self, row: Any, *, retryable: bool, retry_after: timedelta | None,
+        policy: RetryPolicy | None,
+    ) -> Decision:
+        return (policy or self.policy).decide(
+            retry_count=row.retry_count,
+            max_retries=row.max_retries,
+            retry_delay_seconds=row.retry_delay_seconds,
+            backoff_multiplier=float(row.backoff_multiplier),
+            retryable=retryable,
+            retry_after=retry_after,
+        )
+
+    @staticmethod
+    def _apply(
+        session: Session, guard: Any, at: datetime | None, decision: Decision,
+        error_message: str | None, error_code: str | None,
+    ) -> bool:
+        stmt = sql.apply_failure(
+            guard, at, status=decision.status, retry_count=decision.retry_count,
+            delay=decision.delay, error_message=error_message, error_code=error_code,
+        )
+        return session.execute(stmt).first() is not None
+
+    @staticmethod
+    def _write_history(session: Session, at: datetime | None, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            session.execute(sql.insert_history(at), rows)
+
+    # -- leases --------------------------------------------------------------------------
+
+    @_database_errors
+    def heartbeat(
+        self,
+        session: Session,
+        worker_id: str,
+        item_ids: Sequence[int] | None = None,
+        *,
+        lease_token: uuid.UUID | None = None,
+    ) -> list[int]:
+        """Extend the locks ``worker_id`` still holds (all, or those in ``item_ids``).
+
+        Returns the ids still held: an id missing from the answer was lost (its lock
+        expired and it was reclaimed) and its outcome will be refused.
+        """
+        worker_id = check.text("worker_id", worker_id)
+        at = self.now(session)
+        stmt = sql.heartbeat(at, worker_id, lease_token, _ids(item_ids))
+        return sorted(session.scalars(stmt))
+
+    @_database_errors
+    def release(
+        self,
+        session: Session,
+        worker_id: str,
+        item_ids: Sequence[int] | None = None,
+        *,
+        lease_token: uuid.UUID | None = None,
+    ) -> list[int]:
+        """Give a worker's processing items back to pending at once (e.g. on shutdown).
+
+        Not an attempt: retry_count and the due time are unchanged, no history is written.
+        Returns the ids released.
+        """
+        worker_id = check.text("worker_id", worker_id)
+        return sorted(session.scalars(sql.release(worker_id, lease_token, _ids(item_ids))))
+
+    # -- administration ------------------------------------------------------------------
+
+    @_database_errors
+    def requeue(
+        self,
+        session: Session,
+        selection: ItemFilter | Sequence[int],
+        *,
+        reset_retries: bool = True,
+        requested_by: str | None = None,
+    ) -> list[int]:
+        """Move finished items (dead_letter and failed by default) back to pending, due now.
+
+        ``selection`` is an :class:`ItemFilter` or a list of ids (dead_letter or failed).
+        Completed items are replayed only if the filter's statuses name ``completed``.
+        Each requeued item gets a ``requeued`` history row. Returns the ids moved.
+        """
+        item_filter = selection if isinstance(selection, ItemFilter) else ItemFilter(ids=list(selection))
+        statuses = check.status_list("statuses", item_filter.statuses)
+        if not set(statuses) <= set(TERMINAL_STATUSES):
+            raise InvalidArgument("statuses", "only completed, failed and dead_letter items can be requeued")
+        at = self.now(session)
+        ids = list(session.scalars(sql.filtered_ids(item_filter, lock=True)))
+        if not ids:
+            return []
+        stmt = sql.requeue_ids(
+            at, ids, statuses, reset_retries=reset_retries,
+            ttl_seconds=self.default_ttl.total_seconds(),
+        )
+        moved = session.execute(stmt).all()
+        self._write_history(
+            session,
+            at,
+            [_history(row.id, row.event_id, row.retry_count, "requeued", worker_id=requested_by)
+             for row in moved],
+        )
+        return sorted(row.id for row in moved)
+
+    def iter_cleanup(
+        self, session: Session, retention_days: float = 7, *, batch_size: int = 1000
+    ) -> Iterator[CleanupResult]:
+        """Clean up in bounded batches, yielding what each batch removed.
+
+        Commit between batches (``for part in queue.iter_cleanup(s): s.commit()``) so that
+        live workers are never blocked for long. Removes finished items (completed, failed,
+        dead_letter) older than the retention; archives then removes pending items past
+        expires_at; removes history older than twice the retention. Rows locked by
+        others are skipped, not waited for.
+        """
+        retention = check.seconds("retention_days", retention_days) * 86400
+        batch_size = check.bounded_int("batch_size", batch_size, low=1, high=100_000)
+        at = self.now(session)
+        try:
+            yield from self._cleanup_batches(session, at, retention, batch_size)
+        except SQLAlchemyError as exc:
+            raise database_error("cleanup", exc) from exc
+
+    def _cleanup_batches(
+        self, session: Session, at: datetime | None, retention: float, batch_size: int
+    ) -> Iterator[CleanupResult]:
+        while True:
+            deleted = session.execute(sql.delete_finished_batch(at, retention, batch_size))
+            yield CleanupResult(deleted_count=deleted.rowcount)  # type: ignore[attr-defined]
+            if deleted.rowcount < batch_size:  # type: ignore[attr-defined]
+                break
+        while True:
+            expired = session.execute(sql.expired_batch(at, batch_size)).all()
+            if expired:
+                self._write_history(
+                    session, at,
+                    [_history(row.id, row.event_id, row.retry_count, "expired",
+                              error_message="expired before it could run") for row in expired],
+                )
+                session.execute(sql.delete_by_ids([row.id for row in expired]))
+                yield CleanupResult(deleted_count=len(expired), archived_count=len(expired))
+            if len(expired) < batch_size:
+                break
+        while True:
+            gone = session.execute(sql.delete_history_batch(at, 2 * retention, batch_size))
+            yield CleanupResult(history_deleted_count=gone.rowcount)  # type: ignore[attr-defined]
+            if gone.rowcount < batch_size:  # type: ignore[attr-defined]
+                break
+
+    def cleanup(
+        self, session: Session, retention_days: float = 7, *, batch_size: int = 1000
+    ) -> CleanupResult:
+        """Run every cleanup batch (without committing) and return the totals."""
+        total = CleanupResult()
+        for part in self.iter_cleanup(session, retention_days, batch_size=batch_size):
+            total = total + part
+        return total
+
+    # -- reading and monitoring ----------------------------------------------------------
+
+    def get(self, session: Session, item_id: int) -> ItemSnapshot:
+        """One item, or :class:`~retryqueue.errors.ItemNotFound`."""
+        return monitoring.get_item(session, item_id)
+
+    def find(self, session: Session, item_filter: ItemFilter) -> list[ItemSnapshot]:
+        """The items a filter selects (what a requeue would move)."""
+        return monitoring.find_items(session, item_filter)
+
+    def history(self, session: Session, item_id: int) -> list[HistoryEntry]:
+        """An item's attempts and replays, oldest first."""
+        return monitoring.item_history(session, item_id)
+
+    def stats(self, session: Session) -> list[QueueStats]:
+        """Counts per (status, event_type, plugin_name)."""
+        return monitoring.stats(session)
+
+    def alerts(self, session: Session) -> list[Alert]:
+        """Items that need attention, with the reason."""
+        return monitoring.alerts(session, self.now(session))
+
+    def stuck(self, session: Session, older_than: float | timedelta = 3600) -> list[ItemSnapshot]:
+        """Items processing for longer than ``older_than`` (seconds or timedelta)."""
+        age = check.seconds("older_than", older_than)
+        return monitoring.stuck(session, self.now(session), age)
+
+    def items_per_hour(self, session: Session, hours: int = 24) -> list[HourlyCount]:
+        """Items created per UTC hour over the last ``hours`` hours."""
+        hours = check.bounded_int("hours", hours, low=1, high=24 * 366)
+        return monitoring.items_per_hour(session, self.now(session), hours)
+
+    def success_rate_by_event_type(self, session: Session) -> list[SuccessRate]:
+        """Completed share of items, per event type."""
+        return monitoring.success_rate_by_event_type(session)
+
+
+def _lease(
+    item: ClaimedItem | int, worker_id: str | None, lease_token: uuid.UUID | None
+) -> tuple[int, str, uuid.UUID | None]:
+    if isinstance(item, ClaimedItem):
+        if worker_id is not None and worker_id != item.locked_by:
+            raise InvalidArgument("worker_id", "differs from the claimed item's worker")
+        if lease_token is not None and lease_token != item.lease_token:
+            raise InvalidArgument("lease_token", "differs from the claimed item's token")
+        return item.id, item.locked_by, item.lease_token
+    item_id = check.bounded_int("item_id", item, low=1, high=2**63 - 1)
+    if worker_id is None:
+        raise InvalidArgument("worker_id", "is required when an item is given by id")
+    return item_id, check.text("worker_id", worker_id), lease_token
+
+
+def _ids(item_ids: Sequence[int] | None) -> list[int] | None:
+    if item_ids is None:
+        return None
+    return [check.bounded_int("item_ids", item_id, low=1, high=2**63 - 1) for item_id in item_ids]
+
+
+def _history(
+    item_id: int, event_id: uuid.UUID, attempt: int, status: Outcome | str, *,
+    worker_id: str | None = None, error_message: str | None = None,
+    error_code: str | None = None, duration_ms: int | None = None,
+) -> dict[str, Any]:
+    return {
+        "retry_queue_id": item_id,
+        "event_id": event_id,
+        "attempt_number": attempt,
+        "status": status.value if isinstance(status, Outcome) else status,
+        "error_message": error_message,
+        "error_code": error_code,
+        "worker_id": worker_id,
+        "duration_ms": duration_ms,
+    }
+
+
+def _claimed(row: Any) -> ClaimedItem:
+    return ClaimedItem(
+        id=row.id,
+        event_id=row.event_id,
+        event_type=row.event_type,
+        channel_name=row.channel_name,
+        plugin_name=row.plugin_name,
+        event_data=freeze(row.event_data),
+        event_metadata=freeze(row.event_metadata),
+        retry_count=row.retry_count,
+        max_retries=row.max_retries,
+        retry_delay_seconds=row.retry_delay_seconds,
+        backoff_multiplier=float(row.backoff_multiplier),
+        priority=row.priority,
+        correlation_id=row.correlation_id,
+        tags=tuple(row.tags or ()),
+        created_at=row.created_at,
+        next_retry_at=row.next_retry_at,
+        locked_by=row.locked_by,
+        locked_at=row.locked_at,
+        lease_token=row.lease_token,
+    )

@@ -1,0 +1,221 @@
+"""Frozen dataclasses returned (and accepted) by the queue and monitoring functions."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any
+
+from retryqueue.models import RetryStatus
+
+__all__ = [
+    "Alert",
+    "ClaimedItem",
+    "CleanupResult",
+    "EnqueuedItem",
+    "HistoryEntry",
+    "HourlyCount",
+    "ItemFilter",
+    "ItemSnapshot",
+    "QueueStats",
+    "SuccessRate",
+    "freeze",
+]
+
+
+def freeze(value: Any) -> Any:
+    """A read-only view of decoded JSON: dicts become mappings, lists become tuples."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({key: freeze(item) for key, item in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(freeze(item) for item in value)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueuedItem:
+    """The result of an enqueue: the row's id and event_id.
+
+    ``created`` is False when an item with the same event_id already existed (idempotent
+    enqueue); ``id`` is then the existing row's.
+    """
+
+    id: int
+    event_id: uuid.UUID
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedItem:
+    """An item acquired by a worker, with the lease that proves ownership.
+
+    ``event_data`` and ``event_metadata`` are read-only views; ``attempt`` is the number of
+    this attempt (1 for the first run). Pass the whole object back to ``complete``/``fail``
+    so that the lease token is checked.
+    """
+
+    id: int
+    event_id: uuid.UUID
+    event_type: str
+    channel_name: str | None
+    plugin_name: str | None
+    event_data: Any
+    event_metadata: Mapping[str, Any] | None
+    retry_count: int
+    max_retries: int
+    retry_delay_seconds: int
+    backoff_multiplier: float
+    priority: int
+    correlation_id: str | None
+    tags: tuple[str, ...]
+    created_at: datetime
+    next_retry_at: datetime
+    locked_by: str
+    locked_at: datetime
+    lease_token: uuid.UUID
+
+    @property
+    def attempt(self) -> int:
+        """The number of this attempt, starting at 1."""
+        return self.retry_count + 1
+
+
+@dataclass(frozen=True, slots=True)
+class ItemSnapshot:
+    """A queue row as read for display (show, stuck, replay dry-runs)."""
+
+    id: int
+    event_id: uuid.UUID
+    event_type: str
+    channel_name: str | None
+    plugin_name: str | None
+    status: RetryStatus
+    priority: int
+    retry_count: int
+    max_retries: int
+    error_message: str | None
+    last_error_code: str | None
+    created_at: datetime
+    next_retry_at: datetime
+    last_attempted_at: datetime | None
+    completed_at: datetime | None
+    expires_at: datetime
+    locked_by: str | None
+    locked_at: datetime | None
+    correlation_id: str | None
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One row of ``daz_retry_history``."""
+
+    id: int
+    retry_queue_id: int
+    event_id: uuid.UUID
+    attempt_number: int
+    status: str
+    error_message: str | None
+    error_code: str | None
+    worker_id: str | None
+    attempted_at: datetime
+    duration_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class CleanupResult:
+    """What a cleanup removed.
+
+    ``deleted_count``: queue rows deleted (finished past retention, and expired ones).
+    ``archived_count``: of those, expired items that never finished; each got an
+    ``expired`` history row first, so its fate stays traceable.
+    ``history_deleted_count``: history rows older than twice the retention.
+    """
+
+    deleted_count: int = 0
+    archived_count: int = 0
+    history_deleted_count: int = 0
+
+    def __add__(self, other: CleanupResult) -> CleanupResult:
+        return CleanupResult(
+            self.deleted_count + other.deleted_count,
+            self.archived_count + other.archived_count,
+            self.history_deleted_count + other.history_deleted_count,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """Counts for one (status, event_type, plugin_name) group."""
+
+    status: RetryStatus
+    event_type: str
+    plugin_name: str | None
+    count: int
+    avg_retry_count: float
+    max_retry_count: int
+    oldest_created_at: datetime
+    newest_created_at: datetime
+    locked_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """An item that needs attention, and why (``reason``)."""
+
+    item_id: int
+    event_id: uuid.UUID
+    event_type: str
+    plugin_name: str | None
+    channel_name: str | None
+    status: RetryStatus
+    retry_count: int
+    max_retries: int
+    reason: str
+    error_message: str | None
+    created_at: datetime
+    locked_by: str | None
+    locked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class HourlyCount:
+    """Items created in the hour starting at ``hour`` (UTC)."""
+
+    hour: datetime
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class SuccessRate:
+    """Share of an event type's items that completed."""
+
+    event_type: str
+    total: int
+    completed: int
+    success_rate: float
+
+
+@dataclass(frozen=True, slots=True)
+class ItemFilter:
+    """Which items an administrative operation (requeue, purge, replay) applies to.
+
+    Every field narrows the selection; an empty filter matches every item in ``statuses``.
+    Time bounds are aware datetimes: ``created_*`` filter on created_at, ``failed_*`` on
+    last_attempted_at.
+    """
+
+    statuses: Sequence[RetryStatus] = (RetryStatus.DEAD_LETTER, RetryStatus.FAILED)
+    ids: Sequence[int] | None = None
+    event_type: str | None = None
+    plugin_name: str | None = None
+    channel_name: str | None = None
+    error_code: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    failed_after: datetime | None = None
+    failed_before: datetime | None = None
+    limit: int | None = None

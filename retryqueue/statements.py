@@ -1,0 +1,684 @@
+"""Every statement the library runs, and the only home of dialect differences.
+
+Functions here build SQLAlchemy statements; they never execute them. ``at`` is the
+operation's notion of "now": an aware datetime (bound as a parameter: the Python clock or
+an injected test clock) or ``None`` for the database server's own clock.
+
+Acquisition uses ``FOR UPDATE SKIP LOCKED`` (PostgreSQL, MySQL); SQLite ignores it and is
+serialised by its single writer instead (see :mod:`retryqueue.engine`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Delete,
+    Float,
+    Insert,
+    Select,
+    Update,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
+
+from retryqueue.models import TERMINAL_STATUSES, RetryHistory, RetryItem, RetryStatus
+from retryqueue.results import ItemFilter
+from retryqueue.types import UTCDateTime, utc_now
+
+__all__ = [
+    "CLAIM_COLUMNS",
+    "SNAPSHOT_COLUMNS",
+    "after",
+    "alerts",
+    "apply_failure",
+    "claim",
+    "complete_owned",
+    "delete_by_ids",
+    "delete_finished_batch",
+    "delete_history_batch",
+    "existing_by_event_ids",
+    "expired_batch",
+    "filtered_ids",
+    "heartbeat",
+    "history_for_item",
+    "insert_history",
+    "insert_items",
+    "items_per_hour",
+    "lock_owned",
+    "now_expr",
+    "reclaim_stale",
+    "release",
+    "requeue_ids",
+    "select_item",
+    "select_stale",
+    "stats",
+    "stuck",
+    "success_rate_by_event_type",
+]
+
+_SYNC_OFF = {"synchronize_session": False}
+
+# ---------------------------------------------------------------------------------------
+# Time
+
+
+class _now_plus_seconds(FunctionElement[datetime]):  # noqa: N801 - SQL function naming
+    """The server's current time plus a number of seconds (a SQL expression)."""
+
+    type = UTCDateTime()
+    inherit_cache = True
+
+
+@compiles(_now_plus_seconds)
+def _now_plus_default(element: _now_plus_seconds, compiler: SQLCompiler, **kw: Any) -> str:
+    raise NotImplementedError(
+        f"the database clock is not supported on {compiler.dialect.name}; use SystemClock"
+    )
+
+
+@compiles(_now_plus_seconds, "postgresql")
+def _now_plus_pg(element: _now_plus_seconds, compiler: SQLCompiler, **kw: Any) -> str:
+    seconds = compiler.process(element.clauses, **kw)
+    return f"(now() + make_interval(secs => {seconds}))"
+
+
+@compiles(_now_plus_seconds, "mysql")
+def _now_plus_mysql(element: _now_plus_seconds, compiler: SQLCompiler, **kw: Any) -> str:
+    seconds = compiler.process(element.clauses, **kw)
+    return f"TIMESTAMPADD(MICROSECOND, ROUND(({seconds}) * 1000000), UTC_TIMESTAMP(6))"
+
+
+def now_expr(at: datetime | None) -> ColumnElement[datetime]:
+    """``at`` as a bound parameter, or the server's ``now()`` when ``at`` is None."""
+    if at is None:
+        return utc_now()
+    return literal(at, UTCDateTime())
+
+
+def after(at: datetime | None, seconds: float) -> ColumnElement[datetime]:
+    """The time ``seconds`` after now (negative: before), on the chosen clock."""
+    if at is None:
+        return _now_plus_seconds(literal(float(seconds), Float()))
+    return literal(at + timedelta(seconds=seconds), UTCDateTime())
+
+
+class _hour_bucket(FunctionElement[datetime]):  # noqa: N801
+    """The start of the UTC hour a timestamp falls in."""
+
+    type = UTCDateTime()
+    inherit_cache = True
+
+
+@compiles(_hour_bucket)
+def _hour_bucket_sqlite(element: _hour_bucket, compiler: SQLCompiler, **kw: Any) -> str:
+    column = compiler.process(element.clauses, **kw)
+    return f"strftime('%Y-%m-%d %H:00:00.000000', {column})"
+
+
+@compiles(_hour_bucket, "postgresql")
+def _hour_bucket_pg(element: _hour_bucket, compiler: SQLCompiler, **kw: Any) -> str:
+    column = compiler.process(element.clauses, **kw)
+    return f"date_trunc('hour', ({column}) AT TIME ZONE 'UTC')"
+
+
+@compiles(_hour_bucket, "mysql")
+def _hour_bucket_mysql(element: _hour_bucket, compiler: SQLCompiler, **kw: Any) -> str:
+    column = compiler.process(element.clauses, **kw)
+    return f"CAST(DATE_FORMAT({column}, '%%Y-%%m-%%d %%H:00:00') AS DATETIME(6))"
+
+
+# ---------------------------------------------------------------------------------------
+# Enqueue
+
+# Bulk enqueue on the database clock computes due and expiry times on the server per row.
+_ROW_RUN_AT = "p_run_at"
+_ROW_DELAY = "p_delay_s"
+_ROW_EXPIRES_AT = "p_expires_at"
+_ROW_TTL = "p_ttl_s"
+
+
+def insert_items(dialect_name: str, at: datetime | None) -> Insert:
+    """INSERT of queue rows, skipping rows whose event_id exists; RETURNING id, event_id.
+
+    With a Python clock (``at`` given) every row carries ``created_at``, ``next_retry_at``
+    and ``expires_at``. With the database clock, rows carry instead ``p_run_at`` or
+    ``p_delay_s`` and ``p_expires_at`` or ``p_ttl_s`` (see :func:`server_time_params`).
+    """
+    table = RetryItem.__table__
+    stmt: Any
+    if dialect_name == "postgresql":
+        stmt = postgresql.insert(table).on_conflict_do_nothing(index_elements=["event_id"])
+    elif dialect_name == "sqlite":
+        stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=["event_id"])
+    else:
+        stmt = insert(table).prefix_with("IGNORE")
+    if at is None:
+        stmt = stmt.values(
+            created_at=utc_now(),
+            next_retry_at=func.coalesce(
+                bindparam(_ROW_RUN_AT, type_=UTCDateTime()),
+                _now_plus_seconds(bindparam(_ROW_DELAY, type_=Float())),
+            ),
+            expires_at=func.coalesce(
+                bindparam(_ROW_EXPIRES_AT, type_=UTCDateTime()),
+                _now_plus_seconds(bindparam(_ROW_TTL, type_=Float())),
+            ),
+        )
+    result: Insert = stmt.returning(table.c.id, table.c.event_id)
+    return result
+
+
+def server_time_params(
+    run_at: datetime | None, delay: float, expires_at: datetime | None, ttl: float
+) -> dict[str, Any]:
+    """The per-row time parameters of :func:`insert_items` on the database clock."""
+    return {_ROW_RUN_AT: run_at, _ROW_DELAY: delay, _ROW_EXPIRES_AT: expires_at, _ROW_TTL: ttl}
+
+
+def existing_by_event_ids(event_ids: Sequence[uuid.UUID]) -> Select[tuple[int, uuid.UUID]]:
+    """Ids of rows that already hold these event_ids."""
+    return select(RetryItem.id, RetryItem.event_id).where(RetryItem.event_id.in_(event_ids))
+
+
+# ---------------------------------------------------------------------------------------
+# Acquire
+
+CLAIM_COLUMNS = (
+    RetryItem.id,
+    RetryItem.event_id,
+    RetryItem.event_type,
+    RetryItem.channel_name,
+    RetryItem.plugin_name,
+    RetryItem.event_data,
+    RetryItem.event_metadata,
+    RetryItem.retry_count,
+    RetryItem.max_retries,
+    RetryItem.retry_delay_seconds,
+    RetryItem.backoff_multiplier,
+    RetryItem.priority,
+    RetryItem.correlation_id,
+    RetryItem.tags,
+    RetryItem.created_at,
+    RetryItem.next_retry_at,
+    RetryItem.locked_by,
+    RetryItem.locked_at,
+    RetryItem.lease_token,
+)
+
+_FAILURE_COLUMNS = (
+    RetryItem.id,
+    RetryItem.event_id,
+    RetryItem.retry_count,
+    RetryItem.max_retries,
+    RetryItem.retry_delay_seconds,
+    RetryItem.backoff_multiplier,
+    RetryItem.locked_by,
+    RetryItem.locked_at,
+)
+
+
+def select_stale(at: datetime | None, lock_timeout: float, limit: int) -> Select[Any]:
+    """Processing items whose lock is older than ``lock_timeout`` — whoever holds them.
+
+    Rows another transaction is working on are skipped, not waited for.
+    """
+    return (
+        select(*_FAILURE_COLUMNS)
+        .where(
+            RetryItem.status == RetryStatus.PROCESSING,
+            or_(RetryItem.locked_at < after(at, -lock_timeout), RetryItem.locked_at.is_(None)),
+        )
+        .order_by(RetryItem.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+
+
+def reclaim_stale(item_id: int, at: datetime | None, lock_timeout: float) -> ColumnElement[bool]:
+    """The guard under which a stale item may be reclaimed (still processing, still stale)."""
+    return and_(
+        RetryItem.id == item_id,
+        RetryItem.status == RetryStatus.PROCESSING,
+        or_(RetryItem.locked_at < after(at, -lock_timeout), RetryItem.locked_at.is_(None)),
+    )
+
+
+def claim(at: datetime | None, worker_id: str, token: uuid.UUID, batch_size: int) -> Update:
+    """Claim up to ``batch_size`` due items in priority order, in one round trip.
+
+    Candidates: pending, due, unlocked and not expired, ordered by priority DESC, then
+    next_retry_at, then id; locked with SKIP LOCKED so concurrent workers never get the
+    same row. RETURNING gives the claimed rows (in no particular order).
+    """
+    now = now_expr(at)
+    candidates = (
+        select(RetryItem.id)
+        .where(
+            RetryItem.status == RetryStatus.PENDING,
+            RetryItem.next_retry_at <= now,
+            RetryItem.locked_by.is_(None),
+            RetryItem.expires_at > now,
+        )
+        .order_by(RetryItem.priority.desc(), RetryItem.next_retry_at, RetryItem.id)
+        .limit(batch_size)
+        .with_for_update(skip_locked=True)
+        .cte("claimable")
+        .prefix_with("MATERIALIZED", dialect="postgresql")
+    )
+    return (
+        update(RetryItem)
+        .where(RetryItem.id == candidates.c.id)
+        .values(
+            status=RetryStatus.PROCESSING,
+            locked_by=worker_id,
+            locked_at=now,
+            lease_token=token,
+            last_attempted_at=now,
+        )
+        .returning(*CLAIM_COLUMNS)
+        .execution_options(**_SYNC_OFF)
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Outcomes
+
+
+def _owned(item_id: int, worker_id: str, token: uuid.UUID | None) -> ColumnElement[bool]:
+    clauses = [
+        RetryItem.id == item_id,
+        RetryItem.status == RetryStatus.PROCESSING,
+        RetryItem.locked_by == worker_id,
+    ]
+    if token is not None:
+        clauses.append(RetryItem.lease_token == token)
+    return and_(*clauses)
+
+
+def complete_owned(
+    at: datetime | None, item_id: int, worker_id: str, token: uuid.UUID | None
+) -> Update:
+    """Mark an item completed if (and only if) this worker's lease still holds it."""
+    return (
+        update(RetryItem)
+        .where(_owned(item_id, worker_id, token))
+        .values(
+            status=RetryStatus.COMPLETED,
+            completed_at=now_expr(at),
+            locked_by=None,
+            locked_at=None,
+            lease_token=None,
+        )
+        .returning(RetryItem.id, RetryItem.event_id, RetryItem.retry_count)
+        .execution_options(**_SYNC_OFF)
+    )
+
+
+def lock_owned(item_id: int, worker_id: str, token: uuid.UUID | None) -> Select[Any]:
+    """Read (and row-lock) an item this worker's lease holds, for a failure decision."""
+    return select(*_FAILURE_COLUMNS).where(_owned(item_id, worker_id, token)).with_for_update()
+
+
+def owned_guard(item_id: int, worker_id: str, token: uuid.UUID | None) -> ColumnElement[bool]:
+    """The WHERE clause that proves a worker still owns an item."""
+    return _owned(item_id, worker_id, token)
+
+
+def apply_failure(
+    guard: ColumnElement[bool],
+    at: datetime | None,
+    *,
+    status: str,
+    retry_count: int,
+    delay: timedelta | None,
+    error_message: str | None,
+    error_code: str | None,
+) -> Update:
+    """Persist a failure decision (retry later, dead letter, failed) and drop the lock."""
+    values: dict[str, Any] = {
+        "status": RetryStatus(status),
+        "retry_count": retry_count,
+        "error_message": error_message,
+        "last_error_code": error_code,
+        "last_attempted_at": now_expr(at),
+        "locked_by": None,
+        "locked_at": None,
+        "lease_token": None,
+    }
+    if delay is not None:
+        values["next_retry_at"] = after(at, delay.total_seconds())
+    return (
+        update(RetryItem)
+        .where(guard)
+        .values(**values)
+        .returning(RetryItem.id)
+        .execution_options(**_SYNC_OFF)
+    )
+
+
+def insert_history(at: datetime | None) -> Insert:
+    """INSERT of history rows (executemany); attempted_at is now on the chosen clock."""
+    return insert(RetryHistory.__table__).values(attempted_at=now_expr(at))
+
+
+def heartbeat(
+    at: datetime | None,
+    worker_id: str,
+    token: uuid.UUID | None,
+    item_ids: Sequence[int] | None,
+) -> Update:
+    """Refresh locked_at on the items a worker still holds; RETURNING their ids."""
+    clauses = [RetryItem.status == RetryStatus.PROCESSING, RetryItem.locked_by == worker_id]
+    if token is not None:
+        clauses.append(RetryItem.lease_token == token)
+    if item_ids is not None:
+        clauses.append(RetryItem.id.in_(item_ids))
+    return (
+        update(RetryItem)
+        .where(*clauses)
+        .values(locked_at=now_expr(at))
+        .returning(RetryItem.id)
+        .execution_options(**_SYNC_OFF)
+    )
+
+
+def release(
+    worker_id: str, token: uuid.UUID | None, item_ids: Sequence[int] | None
+) -> Update:
+    """Give a worker's processing items back to pending, unchanged otherwise."""
+    clauses = [RetryItem.status == RetryStatus.PROCESSING, RetryItem.locked_by == worker_id]
+    if token is not None:
+        clauses.append(RetryItem.lease_token == token)
+    if item_ids is not None:
+        clauses.append(RetryItem.id.in_(item_ids))
+    return (
+        update(RetryItem)
+        .where(*clauses)
+        .values(status=RetryStatus.PENDING, locked_by=None, locked_at=None, lease_token=None)
+        .returning(RetryItem.id)
+        .execution_options(**_SYNC_OFF)
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Administration: filters, requeue, cleanup
+
+
+def _filter_clauses(item_filter: ItemFilter) -> list[ColumnElement[bool]]:
+    clauses: list[ColumnElement[bool]] = [RetryItem.status.in_(list(item_filter.statuses))]
+    if item_filter.ids is not None:
+        clauses.append(RetryItem.id.in_(list(item_filter.ids)))
+    for column, wanted in (
+        (RetryItem.event_type, item_filter.event_type),
+        (RetryItem.plugin_name, item_filter.plugin_name),
+        (RetryItem.channel_name, item_filter.channel_name),
+        (RetryItem.last_error_code, item_filter.error_code),
+    ):
+        if wanted is not None:
+            clauses.append(column == wanted)
+    for column, low, high in (
+        (RetryItem.created_at, item_filter.created_after, item_filter.created_before),
+        (RetryItem.last_attempted_at, item_filter.failed_after, item_filter.failed_before),
+    ):
+        if low is not None:
+            clauses.append(column >= literal(low, UTCDateTime()))
+        if high is not None:
+            clauses.append(column < literal(high, UTCDateTime()))
+    return clauses
+
+
+def filtered_ids(item_filter: ItemFilter, *, lock: bool = False) -> Select[tuple[int]]:
+    """Ids of the items an :class:`ItemFilter` selects, oldest first."""
+    stmt = select(RetryItem.id).where(*_filter_clauses(item_filter)).order_by(RetryItem.id)
+    if item_filter.limit is not None:
+        stmt = stmt.limit(item_filter.limit)
+    if lock:
+        stmt = stmt.with_for_update(skip_locked=True)
+    return stmt
+
+
+def requeue_ids(
+    at: datetime | None,
+    item_ids: Sequence[int],
+    statuses: Sequence[RetryStatus],
+    *,
+    reset_retries: bool,
+    ttl_seconds: float,
+) -> Update:
+    """Move finished items back to pending, due now; RETURNING what history needs."""
+    values: dict[str, Any] = {
+        "status": RetryStatus.PENDING,
+        "next_retry_at": now_expr(at),
+        "expires_at": after(at, ttl_seconds),
+        "completed_at": None,
+        "locked_by": None,
+        "locked_at": None,
+        "lease_token": None,
+    }
+    if reset_retries:
+        values["retry_count"] = 0
+    return (
+        update(RetryItem)
+        .where(RetryItem.id.in_(item_ids), RetryItem.status.in_(list(statuses)))
+        .values(**values)
+        .returning(RetryItem.id, RetryItem.event_id, RetryItem.retry_count)
+        .execution_options(**_SYNC_OFF)
+    )
+
+
+def _finished_before(cutoff: ColumnElement[datetime]) -> ColumnElement[bool]:
+    finished_at = func.coalesce(
+        RetryItem.completed_at, RetryItem.last_attempted_at, RetryItem.created_at
+    )
+    return and_(RetryItem.status.in_(list(TERMINAL_STATUSES)), finished_at < cutoff)
+
+
+def delete_finished_batch(at: datetime | None, retention_seconds: float, limit: int) -> Delete:
+    """Delete up to ``limit`` finished items older than the retention."""
+    doomed = (
+        select(RetryItem.id)
+        .where(_finished_before(after(at, -retention_seconds)))
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    return delete(RetryItem).where(RetryItem.id.in_(doomed)).execution_options(**_SYNC_OFF)
+
+
+def expired_batch(at: datetime | None, limit: int) -> Select[Any]:
+    """Pending items past expires_at (they can never run), locked for archiving."""
+    return (
+        select(RetryItem.id, RetryItem.event_id, RetryItem.retry_count)
+        .where(RetryItem.status == RetryStatus.PENDING, RetryItem.expires_at < now_expr(at))
+        .order_by(RetryItem.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+
+
+def delete_by_ids(item_ids: Sequence[int]) -> Delete:
+    """Delete queue rows by id."""
+    return delete(RetryItem).where(RetryItem.id.in_(item_ids)).execution_options(**_SYNC_OFF)
+
+
+def delete_history_batch(at: datetime | None, retention_seconds: float, limit: int) -> Delete:
+    """Delete up to ``limit`` history rows older than the retention."""
+    doomed = (
+        select(RetryHistory.id)
+        .where(RetryHistory.attempted_at < after(at, -retention_seconds))
+        .limit(limit)
+        .scalar_subquery()
+    )
+    return (
+        delete(RetryHistory).where(RetryHistory.id.in_(doomed)).execution_options(**_SYNC_OFF)
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Reading and monitoring
+
+SNAPSHOT_COLUMNS = (
+    RetryItem.id,
+    RetryItem.event_id,
+    RetryItem.event_type,
+    RetryItem.channel_name,
+    RetryItem.plugin_name,
+    RetryItem.status,
+    RetryItem.priority,
+    RetryItem.retry_count,
+    RetryItem.max_retries,
+    RetryItem.error_message,
+    RetryItem.last_error_code,
+    RetryItem.created_at,
+    RetryItem.next_retry_at,
+    RetryItem.last_attempted_at,
+    RetryItem.completed_at,
+    RetryItem.expires_at,
+    RetryItem.locked_by,
+    RetryItem.locked_at,
+    RetryItem.correlation_id,
+    RetryItem.tags,
+)
+
+
+def select_item(item_id: int) -> Select[Any]:
+    """One item's snapshot columns."""
+    return select(*SNAPSHOT_COLUMNS).where(RetryItem.id == item_id)
+
+
+def select_filtered(item_filter: ItemFilter) -> Select[Any]:
+    """Snapshot columns of the items a filter selects, oldest first."""
+    stmt = select(*SNAPSHOT_COLUMNS).where(*_filter_clauses(item_filter)).order_by(RetryItem.id)
+    if item_filter.limit is not None:
+        stmt = stmt.limit(item_filter.limit)
+    return stmt
+
+
+def history_for_item(item_id: int) -> Select[tuple[RetryHistory]]:
+    """An item's history rows in attempt order."""
+    return (
+        select(RetryHistory)
+        .where(RetryHistory.retry_queue_id == item_id)
+        .order_by(RetryHistory.attempted_at, RetryHistory.id)
+    )
+
+
+def stats() -> Select[Any]:
+    """Counts per (status, event_type, plugin_name)."""
+    return (
+        select(
+            RetryItem.status,
+            RetryItem.event_type,
+            RetryItem.plugin_name,
+            func.count(),
+            func.avg(RetryItem.retry_count),
+            func.max(RetryItem.retry_count),
+            func.min(RetryItem.created_at),
+            func.max(RetryItem.created_at),
+            func.count(RetryItem.locked_by),
+        )
+        .group_by(RetryItem.status, RetryItem.event_type, RetryItem.plugin_name)
+        .order_by(RetryItem.status, RetryItem.event_type, RetryItem.plugin_name)
+    )
+
+
+ALERT_DEAD_LETTER = "dead letter: manual intervention required"
+ALERT_STALE_LOCK = "stale lock"
+ALERT_APPROACHING_LIMIT = "approaching retry limit"
+ALERT_OLD_PENDING = "old pending item"
+
+
+def alerts(
+    at: datetime | None,
+    *,
+    stale_lock_seconds: float = 3600,
+    old_pending_seconds: float = 86400,
+) -> Select[Any]:
+    """Items needing attention, each with its most urgent reason."""
+    active = RetryItem.status.in_([RetryStatus.PENDING, RetryStatus.PROCESSING])
+    reason = case(
+        (RetryItem.status == RetryStatus.DEAD_LETTER, ALERT_DEAD_LETTER),
+        (
+            and_(
+                RetryItem.status == RetryStatus.PROCESSING,
+                RetryItem.locked_at < after(at, -stale_lock_seconds),
+            ),
+            ALERT_STALE_LOCK,
+        ),
+        # retry_count above 80 % of max_retries, in integers.
+        (and_(active, RetryItem.retry_count * 10 > RetryItem.max_retries * 8), ALERT_APPROACHING_LIMIT),
+        (
+            and_(
+                RetryItem.status == RetryStatus.PENDING,
+                RetryItem.created_at < after(at, -old_pending_seconds),
+            ),
+            ALERT_OLD_PENDING,
+        ),
+        else_=None,
+    ).label("reason")
+    inner = select(
+        RetryItem.id,
+        RetryItem.event_id,
+        RetryItem.event_type,
+        RetryItem.plugin_name,
+        RetryItem.channel_name,
+        RetryItem.status,
+        RetryItem.retry_count,
+        RetryItem.max_retries,
+        reason,
+        RetryItem.error_message,
+        RetryItem.created_at,
+        RetryItem.locked_by,
+        RetryItem.locked_at,
+    ).subquery("flagged")
+    return select(inner).where(inner.c.reason.is_not(None)).order_by(inner.c.id)
+
+
+def stuck(at: datetime | None, older_than_seconds: float) -> Select[Any]:
+    """Processing items whose lock is older than the given age."""
+    return (
+        select(*SNAPSHOT_COLUMNS)
+        .where(
+            RetryItem.status == RetryStatus.PROCESSING,
+            RetryItem.locked_at < after(at, -older_than_seconds),
+        )
+        .order_by(RetryItem.locked_at, RetryItem.id)
+    )
+
+
+def items_per_hour(at: datetime | None, hours: int) -> Select[Any]:
+    """Items created per UTC hour over the last ``hours`` hours."""
+    bucket = _hour_bucket(RetryItem.created_at).label("hour")
+    return (
+        select(bucket, func.count())
+        .where(RetryItem.created_at > after(at, -hours * 3600.0))
+        .group_by(bucket)
+        .order_by(bucket)
+    )
+
+
+def success_rate_by_event_type() -> Select[Any]:
+    """Per event type: all items and the completed ones."""
+    completed = func.sum(case((RetryItem.status == RetryStatus.COMPLETED, 1), else_=0))
+    return (
+        select(RetryItem.event_type, func.count(), completed)
+        .group_by(RetryItem.event_type)
+        .order_by(RetryItem.event_type)
+    )

@@ -1,0 +1,195 @@
+"""Checks on caller input, run before anything is written. Pure Python, no database.
+
+Each check raises :class:`~retryqueue.errors.InvalidArgument` naming the field and saying
+what was wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from retryqueue.errors import InvalidArgument
+from retryqueue.models import RetryStatus
+
+__all__ = [
+    "DEFAULT_MAX_PAYLOAD_BYTES",
+    "MAX_JSON_DEPTH",
+    "aware",
+    "bounded_int",
+    "json_document",
+    "multiplier",
+    "optional_text",
+    "seconds",
+    "status_list",
+    "tag_list",
+    "text",
+    "uuid_value",
+]
+
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+MAX_JSON_DEPTH = 64
+_INT32_MAX = 2**31 - 1
+
+
+def text(field: str, value: object, *, max_length: int = 255) -> str:
+    """A non-empty string of at most ``max_length`` characters, storable as UTF-8."""
+    if not isinstance(value, str):
+        raise InvalidArgument(field, f"expected a string, got {type(value).__name__}")
+    if not value.strip():
+        raise InvalidArgument(field, "must not be empty")
+    if len(value) > max_length:
+        raise InvalidArgument(field, f"is {len(value)} characters long, the limit is {max_length}")
+    _storable(field, value)
+    return value
+
+
+def optional_text(field: str, value: object, *, max_length: int = 255) -> str | None:
+    """Like :func:`text`, but ``None`` is allowed."""
+    return None if value is None else text(field, value, max_length=max_length)
+
+
+def _storable(field: str, value: str) -> None:
+    if "\x00" in value:
+        raise InvalidArgument(field, "contains a NUL character, which PostgreSQL cannot store")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidArgument(field, "is not valid Unicode (lone surrogate?)") from exc
+
+
+def bounded_int(field: str, value: object, *, low: int, high: int = _INT32_MAX) -> int:
+    """An int (not a bool) in ``low..high``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(field, f"expected an integer, got {type(value).__name__}")
+    if not low <= value <= high:
+        raise InvalidArgument(field, f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def seconds(field: str, value: object, *, allow_zero: bool = True) -> float:
+    """A finite, non-negative number of seconds (a timedelta is accepted too)."""
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        raise InvalidArgument(field, f"expected seconds as a number, got {type(value).__name__}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise InvalidArgument(field, f"must be finite, got {value}")
+    if number < 0 or (number == 0 and not allow_zero):
+        raise InvalidArgument(field, f"must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    return number
+
+
+def multiplier(field: str, value: object) -> float:
+    """A backoff multiplier that fits NUMERIC(3,2) exactly: 1.00 to 9.99, two decimals."""
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        raise InvalidArgument(field, f"expected a number, got {type(value).__name__}")
+    number = Decimal(str(value))
+    if not number.is_finite() or not Decimal("1") <= number <= Decimal("9.99"):
+        raise InvalidArgument(field, f"must be between 1.00 and 9.99 (NUMERIC(3,2)), got {value}")
+    if number != number.quantize(Decimal("0.01")):
+        raise InvalidArgument(field, f"has more than two decimal places: {value}")
+    return float(number)
+
+
+def aware(field: str, value: object) -> datetime:
+    """A timezone-aware datetime."""
+    if not isinstance(value, datetime):
+        raise InvalidArgument(field, f"expected a datetime, got {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidArgument(field, "is a naive datetime; pass a timezone-aware one")
+    return value
+
+
+def uuid_value(field: str, value: object) -> uuid.UUID:
+    """A UUID, given as :class:`uuid.UUID` or as its string form."""
+    if isinstance(value, uuid.UUID):
+        return value
+    if isinstance(value, str):
+        try:
+            return uuid.UUID(value)
+        except ValueError as exc:
+            raise InvalidArgument(field, f"is not a UUID: {value!r}") from exc
+    raise InvalidArgument(field, f"expected a UUID, got {type(value).__name__}")
+
+
+def tag_list(field: str, value: object) -> list[str] | None:
+    """A list of non-empty tag strings (or None)."""
+    if value is None:
+        return None
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise InvalidArgument(field, "expected a list of strings")
+    tags = [text(f"{field}[{index}]", tag) for index, tag in enumerate(value)]
+    if len(tags) > 100:
+        raise InvalidArgument(field, f"has {len(tags)} tags, the limit is 100")
+    return tags
+
+
+def status_list(field: str, values: Iterable[object]) -> list[RetryStatus]:
+    """Status names or members, checked against :class:`RetryStatus`."""
+    result = []
+    for value in values:
+        try:
+            result.append(RetryStatus(value))
+        except ValueError as exc:
+            names = ", ".join(status.value for status in RetryStatus)
+            raise InvalidArgument(field, f"unknown status {value!r}; expected {names}") from exc
+    return result
+
+
+def json_document(
+    field: str,
+    value: object,
+    *,
+    nullable: bool = False,
+    max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+) -> Any:
+    """A JSON-serialisable value that every backend stores and returns unchanged.
+
+    Refused: non-JSON types, NaN/Infinity, non-string keys, NUL characters and lone
+    surrogates (PostgreSQL's JSONB cannot hold them), nesting deeper than 64 levels, and
+    documents larger than ``max_bytes`` once encoded as UTF-8.
+    """
+    if value is None:
+        if nullable:
+            return None
+        raise InvalidArgument(field, "is required (got None)")
+    _check_json(field, value, depth=0)
+    encoded = json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    if len(encoded) > max_bytes:
+        raise InvalidArgument(
+            field, f"is {len(encoded)} bytes as JSON, larger than the limit of {max_bytes}"
+        )
+    return value
+
+
+def _check_json(field: str, value: object, *, depth: int) -> None:
+    if depth > MAX_JSON_DEPTH:
+        raise InvalidArgument(field, f"is nested deeper than {MAX_JSON_DEPTH} levels")
+    if value is None or isinstance(value, bool | int):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidArgument(field, f"contains {value}, which JSON cannot represent")
+        return
+    if isinstance(value, str):
+        _storable(field, value)
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidArgument(field, f"has a non-string key {key!r}")
+            _storable(field, key)
+            _check_json(field, item, depth=depth + 1)
+        return
+    if isinstance(value, list | tuple):
+        for item in value:
+            _check_json(field, item, depth=depth + 1)
+        return
+    raise InvalidArgument(field, f"contains a {type(value).__name__}, which is not JSON")

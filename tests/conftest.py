@@ -1,0 +1,96 @@
+"""Shared fixtures: real SQLite and PostgreSQL backends, sessions, queues, clocks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import Engine, delete
+from sqlalchemy.engine import URL
+from sqlalchemy.orm import Session, sessionmaker
+
+from retryqueue import ManualClock, RetryQueue, create_engine, metadata, migrations
+from retryqueue.models import RetryHistory, RetryItem
+from tests.support.servers import PostgresServer, server_version, start_postgres
+
+BACKENDS = ("sqlite", "postgresql")
+_ran: dict[str, str] = {}
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    """The PostgreSQL server of this run (embedded unless RETRYQUEUE_TEST_POSTGRES_URL)."""
+    server = start_postgres()
+    try:
+        _ran["postgresql"] = f"{server_version(server.admin_url)} via {server.origin}"
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_server: PostgresServer) -> URL:
+    """A database migrated to head, shared by the contract tests (emptied per test)."""
+    url = pg_server.create_database("rq_contract")
+    engine = create_engine(url)
+    migrations.upgrade(engine)
+    engine.dispose()
+    return url
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each backend in turn."""
+    return str(request.param)
+
+
+@pytest.fixture
+def engine(backend: str, request: pytest.FixtureRequest, tmp_path: object) -> Iterator[Engine]:
+    """An engine on a database with the schema and no rows."""
+    if backend == "sqlite":
+        _ran.setdefault("sqlite", "file database per test")
+        made = create_engine(f"sqlite:///{tmp_path}/queue.db")
+        metadata.create_all(made)
+    else:
+        made = create_engine(request.getfixturevalue("pg_url"), pool_size=10, max_overflow=10)
+        with made.begin() as connection:
+            connection.execute(delete(RetryHistory))
+            connection.execute(delete(RetryItem))
+    yield made
+    made.dispose()
+
+
+@pytest.fixture
+def sessions(engine: Engine) -> sessionmaker[Session]:
+    """A sessionmaker bound to the test database."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    """A clock that moves only when the test says so."""
+    return ManualClock(datetime(2026, 1, 5, 9, 0, tzinfo=UTC))
+
+
+@pytest.fixture
+def queue(clock: ManualClock) -> RetryQueue:
+    """A queue on the manual clock, so that tests control due times and lock expiry."""
+    return RetryQueue(clock=clock)
+
+
+@pytest.fixture
+def server_clock_queue() -> RetryQueue:
+    """A queue on its default clock (the database's on PostgreSQL)."""
+    return RetryQueue()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say which database backends this run exercised, and which it skipped."""
+    lines = []
+    for name in ("sqlite", "postgresql", "mysql"):
+        how = _ran.get(name)
+        lines.append(f"{name}: ran ({how})" if how else f"{name}: not run in this session")
+    terminalreporter.write_sep("-", "database backends")
+    for line in lines:
+        terminalreporter.write_line(line)
