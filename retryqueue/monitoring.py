@@ -14,9 +14,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from retryqueue import statements as sql
-from retryqueue.errors import ItemNotFound, database_error
+from retryqueue.errors import InvalidArgument, ItemNotFound, database_error
 from retryqueue.results import (
     Alert,
+    DeadLetterGroup,
     HistoryEntry,
     HourlyCount,
     ItemFilter,
@@ -27,6 +28,7 @@ from retryqueue.results import (
 
 __all__ = [
     "alerts",
+    "dead_letter_groups",
     "find_items",
     "get_item",
     "item_history",
@@ -151,4 +153,21 @@ def success_rate_by_event_type(session: Session) -> list[SuccessRate]:
         for event_type, total, completed in _rows(
             session, sql.success_rate_by_event_type(), "success_rate_by_event_type"
         )
+    ]
+
+
+def dead_letter_groups(session: Session, group_by: str = "error_code") -> list[DeadLetterGroup]:
+    """Dead letters per error_code, event_type, plugin or channel, largest group first."""
+    if group_by not in sql.DEAD_LETTER_GROUPS:
+        choices = ", ".join(sorted(sql.DEAD_LETTER_GROUPS))
+        raise InvalidArgument("group_by", f"unknown grouping {group_by!r}; expected {choices}")
+    return [
+        DeadLetterGroup(
+            key=row.key,
+            count=int(row.count),
+            sample_error=row.sample_error,
+            oldest_created_at=row.oldest,
+            newest_created_at=row.newest,
+        )
+        for row in _rows(session, sql.dead_letter_groups(group_by), "dead_letter_groups")
     ]

@@ -31,6 +31,7 @@ from retryqueue.results import (
     Alert,
     ClaimedItem,
     CleanupResult,
+    DeadLetterGroup,
     EnqueuedItem,
     HistoryEntry,
     HourlyCount,
@@ -96,6 +97,8 @@ class RetryQueue:
     :param policy: backoff cap and jitter applied to failures.
     :param max_payload_bytes: largest event_data accepted, as UTF-8 JSON (default 1 MiB).
     :param default_ttl: how long a new or requeued item may wait before it expires.
+    :param notify: on PostgreSQL, send ``NOTIFY retryqueue`` with every enqueue (delivered
+        when the enqueuing transaction commits), so idle workers wake at once.
     :param count_expired_locks: whether an attempt whose lock expired (its worker crashed
         or hung) counts toward max_retries. Default True, so a poison item that kills its
         worker every time ends in dead_letter instead of looping forever.
@@ -109,12 +112,14 @@ class RetryQueue:
         max_payload_bytes: int = check.DEFAULT_MAX_PAYLOAD_BYTES,
         default_ttl: timedelta = timedelta(days=7),
         count_expired_locks: bool = True,
+        notify: bool = True,
     ) -> None:
         self.clock = clock
         self.policy = policy or RetryPolicy()
         self.max_payload_bytes = check.bounded_int("max_payload_bytes", max_payload_bytes, low=1)
         self.default_ttl = timedelta(seconds=check.seconds("default_ttl", default_ttl))
         self.count_expired_locks = count_expired_locks
+        self.notify = notify
 
     def __repr__(self) -> str:
         return f"RetryQueue(clock={self.clock!r}, policy={self.policy!r})"
@@ -170,8 +175,13 @@ class RetryQueue:
         rows = [self._row(index, item, at) for index, item in enumerate(items)]
         if not rows:
             return []
-        stmt = sql.insert_items(session.get_bind().dialect.name, at)
-        inserted = {event_id: item_id for item_id, event_id in session.execute(stmt, rows)}
+        dialect = session.get_bind().dialect.name
+        inserted = {
+            event_id: item_id
+            for item_id, event_id in session.execute(sql.insert_items(dialect, at), rows)
+        }
+        if inserted and self.notify and dialect == "postgresql":
+            session.execute(sql.notify())
         missing = [row["event_id"] for row in rows if row["event_id"] not in inserted]
         existing = dict(
             (event_id, item_id)
@@ -318,6 +328,48 @@ class RetryQueue:
                       worker_id=worker_id, duration_ms=duration_ms)],
         )
         return True
+
+    @_database_errors
+    def complete_many(
+        self,
+        session: Session,
+        items: Sequence[ClaimedItem],
+        *,
+        durations_ms: Sequence[int | None] | None = None,
+    ) -> set[int]:
+        """Complete many claimed items of one worker in one UPDATE and one history INSERT.
+
+        Returns the ids completed; an item missing from the answer had lost its lease and
+        was left alone.
+        """
+        if not items:
+            return set()
+        if durations_ms is not None and len(durations_ms) != len(items):
+            raise InvalidArgument("durations_ms", "needs one entry per item")
+        workers = {item.locked_by for item in items}
+        if len(workers) != 1:
+            raise InvalidArgument("items", "must all be claimed by the same worker")
+        worker_id = workers.pop()
+        at = self.now(session)
+        leases = [(item.id, item.lease_token) for item in items]
+        rows = session.execute(sql.complete_many(at, worker_id, leases)).all()
+        duration_of = dict(zip((item.id for item in items), durations_ms or [], strict=False))
+        self._write_history(
+            session,
+            at,
+            [_history(row.id, row.event_id, row.retry_count + 1, Outcome.COMPLETED,
+                      worker_id=worker_id, duration_ms=duration_of.get(row.id))
+             for row in rows],
+        )
+        return {row.id for row in rows}
+
+    @_database_errors
+    def seconds_until_due(self, session: Session) -> float | None:
+        """Seconds until the earliest pending item is due (<= 0: due now); None if none."""
+        row = session.execute(sql.next_due(self.now(session))).one()
+        if row.next_due is None:
+            return None
+        return float((row.next_due - row.now).total_seconds())
 
     @_database_errors
     def fail(
@@ -472,6 +524,21 @@ class RetryQueue:
         )
         return sorted(row.id for row in moved)
 
+    @_database_errors
+    def purge(self, session: Session, selection: ItemFilter | Sequence[int]) -> list[int]:
+        """Delete the items a filter (or id list) selects; items being processed are kept.
+
+        History rows stay (they are the audit trail). Returns the ids deleted.
+        """
+        item_filter = selection if isinstance(selection, ItemFilter) else ItemFilter(
+            statuses=tuple(RetryStatus), ids=list(selection)
+        )
+        check.status_list("statuses", item_filter.statuses)
+        ids = list(session.scalars(sql.filtered_ids(item_filter, lock=True)))
+        if not ids:
+            return []
+        return sorted(session.scalars(sql.purge_ids(ids)))
+
     def iter_cleanup(
         self, session: Session, retention_days: float = 7, *, batch_size: int = 1000
     ) -> Iterator[CleanupResult]:
@@ -535,6 +602,12 @@ class RetryQueue:
     def find(self, session: Session, item_filter: ItemFilter) -> list[ItemSnapshot]:
         """The items a filter selects (what a requeue would move)."""
         return monitoring.find_items(session, item_filter)
+
+    def dead_letter_groups(
+        self, session: Session, group_by: str = "error_code"
+    ) -> list[DeadLetterGroup]:
+        """Dead letters counted per error_code, event_type, plugin or channel."""
+        return monitoring.dead_letter_groups(session, group_by)
 
     def history(self, session: Session, item_id: int) -> list[HistoryEntry]:
         """An item's attempts and replays, oldest first."""

@@ -15,6 +15,7 @@ __all__ = [
     "Alert",
     "ClaimedItem",
     "CleanupResult",
+    "DeadLetterGroup",
     "EnqueuedItem",
     "HistoryEntry",
     "HourlyCount",
@@ -179,6 +180,17 @@ class Alert:
     created_at: datetime
     locked_by: str | None
     locked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterGroup:
+    """Dead letters sharing one error code, event type, plugin or channel (``key``)."""
+
+    key: str | None
+    count: int
+    sample_error: str | None
+    oldest_created_at: datetime
+    newest_created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)

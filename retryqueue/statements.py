@@ -31,6 +31,8 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    text,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -197,6 +199,28 @@ def existing_by_event_ids(event_ids: Sequence[uuid.UUID]) -> Select[tuple[int, u
     return select(RetryItem.id, RetryItem.event_id).where(RetryItem.event_id.in_(event_ids))
 
 
+NOTIFY_CHANNEL = "retryqueue"
+
+
+def notify(channel: str = NOTIFY_CHANNEL) -> Select[Any]:
+    """PostgreSQL: wake listening workers when the enclosing transaction commits."""
+    return select(func.pg_notify(channel, ""))
+
+
+def listen(channel: str = NOTIFY_CHANNEL) -> Any:
+    """PostgreSQL: subscribe the current connection to ``channel``."""
+    if not channel.isidentifier():
+        raise ValueError(f"invalid channel name {channel!r}")
+    return text(f"LISTEN {channel}")
+
+
+def next_due(at: datetime | None) -> Select[Any]:
+    """The earliest next_retry_at of pending items, and now (on the same clock)."""
+    return select(
+        func.min(RetryItem.next_retry_at).label("next_due"), now_expr(at).label("now")
+    ).where(RetryItem.status == RetryStatus.PENDING)
+
+
 # ---------------------------------------------------------------------------------------
 # Acquire
 
@@ -319,6 +343,33 @@ def complete_owned(
     return (
         update(RetryItem)
         .where(_owned(item_id, worker_id, token))
+        .values(
+            status=RetryStatus.COMPLETED,
+            completed_at=now_expr(at),
+            locked_by=None,
+            locked_at=None,
+            lease_token=None,
+        )
+        .returning(RetryItem.id, RetryItem.event_id, RetryItem.retry_count)
+        .execution_options(**_SYNC_OFF)
+    )
+
+
+def complete_many(
+    at: datetime | None, worker_id: str, leases: Sequence[tuple[int, uuid.UUID]]
+) -> Update:
+    """Complete a batch of items in one statement; only rows whose lease still holds change.
+
+    ``leases`` are (item id, lease token) pairs; RETURNING id, event_id, retry_count of
+    the rows completed.
+    """
+    return (
+        update(RetryItem)
+        .where(
+            RetryItem.status == RetryStatus.PROCESSING,
+            RetryItem.locked_by == worker_id,
+            tuple_(RetryItem.id, RetryItem.lease_token).in_(list(leases)),
+        )
         .values(
             status=RetryStatus.COMPLETED,
             completed_at=now_expr(at),
@@ -479,6 +530,16 @@ def requeue_ids(
         .where(RetryItem.id.in_(item_ids), RetryItem.status.in_(list(statuses)))
         .values(**values)
         .returning(RetryItem.id, RetryItem.event_id, RetryItem.retry_count)
+        .execution_options(**_SYNC_OFF)
+    )
+
+
+def purge_ids(item_ids: Sequence[int]) -> Delete:
+    """Delete the given items unless they are being processed (history is kept)."""
+    return (
+        delete(RetryItem)
+        .where(RetryItem.id.in_(item_ids), RetryItem.status != RetryStatus.PROCESSING)
+        .returning(RetryItem.id)
         .execution_options(**_SYNC_OFF)
     )
 
@@ -671,6 +732,33 @@ def items_per_hour(at: datetime | None, hours: int) -> Select[Any]:
         .where(RetryItem.created_at > after(at, -hours * 3600.0))
         .group_by(bucket)
         .order_by(bucket)
+    )
+
+
+DEAD_LETTER_GROUPS = {
+    "error_code": RetryItem.last_error_code,
+    "event_type": RetryItem.event_type,
+    "plugin": RetryItem.plugin_name,
+    "plugin_name": RetryItem.plugin_name,
+    "channel": RetryItem.channel_name,
+    "channel_name": RetryItem.channel_name,
+}
+
+
+def dead_letter_groups(group_by: str) -> Select[Any]:
+    """Dead letters counted per group, with a sample error message and the age range."""
+    key = DEAD_LETTER_GROUPS[group_by]
+    return (
+        select(
+            key.label("key"),
+            func.count().label("count"),
+            func.max(RetryItem.error_message).label("sample_error"),
+            func.min(RetryItem.created_at).label("oldest"),
+            func.max(RetryItem.created_at).label("newest"),
+        )
+        .where(RetryItem.status == RetryStatus.DEAD_LETTER)
+        .group_by(key)
+        .order_by(func.count().desc(), key)
     )
 
 
