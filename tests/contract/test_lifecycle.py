@@ -1,0 +1,392 @@
+"""Acquire, complete, fail, heartbeat, release and fencing on every backend."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from retryqueue import (
+    ClaimedItem,
+    InvalidArgument,
+    ManualClock,
+    NewItem,
+    RetryPolicy,
+    RetryQueue,
+    RetryStatus,
+)
+from retryqueue.models import RetryHistory, RetryItem
+
+
+def item(sessions: sessionmaker[Session], item_id: int) -> RetryItem:
+    with sessions() as session:
+        return session.get_one(RetryItem, item_id)
+
+
+def history(sessions: sessionmaker[Session], item_id: int) -> list[RetryHistory]:
+    with sessions() as session:
+        return list(
+            session.scalars(
+                select(RetryHistory)
+                .where(RetryHistory.retry_queue_id == item_id)
+                .order_by(RetryHistory.id)
+            )
+        )
+
+
+def enqueue(sessions: sessionmaker[Session], queue: RetryQueue, **fields: object) -> int:
+    with sessions.begin() as session:
+        return queue.enqueue(session, str(fields.pop("event_type", "e")), {}, **fields).id
+
+
+def acquire(
+    sessions: sessionmaker[Session], queue: RetryQueue, worker: str = "w1", **kw: object
+) -> list[ClaimedItem]:
+    with sessions.begin() as session:
+        return queue.acquire(session, worker, **kw)  # type: ignore[arg-type]
+
+
+class TestAcquire:
+    """Acquisition claims due, unlocked, unexpired items in priority order."""
+
+    def test_claims_in_priority_then_due_then_id_order(
+        self, sessions: sessionmaker[Session], queue: RetryQueue, clock: ManualClock
+    ) -> None:
+        low = enqueue(sessions, queue, priority=1)
+        high_later = enqueue(sessions, queue, priority=10, run_at=clock.now() - timedelta(seconds=5))
+        high_earlier = enqueue(
+            sessions, queue, priority=10, run_at=clock.now() - timedelta(seconds=10)
+        )
+        middle_a = enqueue(sessions, queue, priority=5)
+        middle_b = enqueue(sessions, queue, priority=5)
+        claimed = acquire(sessions, queue, batch_size=10)
+        assert [c.id for c in claimed] == [high_earlier, high_later, middle_a, middle_b, low]
+
+    def test_batch_size_limits_the_claim(
+        self, sessions: sessionmaker[Session], queue: RetryQueue
+    ) -> None:
+        with sessions.begin() as session:
+            queue.enqueue_many(session, [NewItem("e", {"i": i}) for i in range(7)])
+        assert len(acquire(sessions, queue, batch_size=3)) == 3
+        assert len(acquire(sessions, queue, "w2", batch_size=10)) == 4
+        assert acquire(sessions, queue, "w3") == []
+
+    def test_sets_processing_lock_and_a_fresh_lease(
+        self, sessions: sessionmaker[Session], queue: RetryQueue, clock: ManualClock
+    ) -> None:
+        item_id = enqueue(sessions, queue)
+        (claimed,) = acquire(sessions, queue, "worker-7")
+        row = item(sessions, item_id)
+        assert row.status is RetryStatus.PROCESSING
+        assert (row.locked_by, row.locked_at) == ("worker-7", clock.now())
+        assert row.lease_token == claimed.lease_token is not None
+        assert claimed.attempt == 1 and claimed.locked_by == "worker-7"
+
+    def test_skips_items_not_yet_due_or_expired(
+        self, sessions: sessionmaker[Session], queue: RetryQueue, clock: ManualClock
+    ) -> None:
+        later = enqueue(sessions, queue, delay=60)
+        enqueue(sessions, queue, ttl=30)
+        clock.advance(31)
+        assert acquire(sessions, queue) == []  # one expired, one not yet due
+        clock.advance(30)
+        assert [c.id for c in acquire(sessions, queue)] == [later]
+
+    def test_handler_data_is_read_only(
+        self, sessions: sessionmaker[Session], queue: RetryQueue
+    ) -> None:
+        with sessions.begin() as session:
+            queue.enqueue(session, "e", {"list": [1, {"k": "v"}]}, event_metadata={"m": 1})
+        (claimed,) = acquire(sessions, queue)
+        assert claimed.event_data["list"][1]["k"] == "v"
+        with pytest.raises(TypeError):
+            claimed.event_data["new"] = 1
+        with pytest.raises(AttributeError):
+            claimed.retry_count = 9  # type: ignore[misc]
+
+    @pytest.mark.parametrize(
+        ("field", "kw"),
+        [
+            ("batch_size", {"batch_size": 0}),
+            ("batch_size", {"batch_size": -3}),
+            ("lock_timeout", {"lock_timeout": 0}),
+            ("lock_timeout", {"lock_timeout": -1}),
+            ("worker_id", {"worker_id": ""}),
+        ],
+    )
+    def test_bad_arguments_are_refused(
+        self, sessions: sessionmaker[Session], queue: RetryQueue, field: str, kw: dict[str, object]
+    ) -> None:
+        enqueue(sessions, queue)
+        kw = dict(kw)
+        worker = str(kw.pop("worker_id", "w1"))
+        with pytest.raises(InvalidArgument, match=field):
+            acquire(sessions, queue, worker, **kw)
+
+
+class TestStaleLocks:
+    """Locks older than lock_timeout are reclaimed, whoever held them."""
+
+    def test_another_workers_stale_lock_is_reclaimed_and_counted(
+        self, sessions: sessionmaker[Session], queue: RetryQueue, clock: ManualClock
+    ) -> None:
+        item_id = enqueue(sessions, queue, retry_delay_seconds=10)
+        acquire(sessions, queue, "crashed", lock_timeout=300)
+        clock.advance(299)
+        assert acquire(sessions, queue, "rescuer", lock_timeout=300) == []
+        clock.advance(2)
+        # Reclaimed as a failed attempt: due after the backoff delay.
+        assert acquire(sessions, queue, "rescuer", lock_timeout=300) == []
+        row = item(sessions, item_id)
+        assert (row.status, row.retry_count, row.locked_by) == (RetryStatus.PENDING, 1, None)
+        assert row.last_error_code == "LOCK_EXPIRED"
+        clock.advance(10)
+        (claimed,) = acquire(sessions, queue, "rescuer", lock_timeout=300)
+        assert claimed.attempt == 2
+        (expired,) = history(sessions, item_id)
+        assert (expired.status, expired.worker_id, expired.attempt_number) == (
+            "lock_expired",
+            "crashed",
+            1,
+        )
+
+    def test_poison_item_ends_in_dead_letter(
+        self, sessions: sessionmaker[Session], queue: RetryQueue, clock: ManualClock
+    ) -> None:
+        item_id = enqueue(sessions, queue, max_retries=1, retry_delay_seconds=0)
+        for _ in range(2):
+            assert len(acquire(sessions, queue, lock_timeout=10)) == 1
+            clock.advance(11)
+        acquire(sessions, queue, lock_timeout=10)
+        assert item(sessions, item_id).status is RetryStatus.DEAD_LETTER
+        assert [h.status for h in history(sessions, item_id)] == ["lock_expired"] * 2
+
+    def test_uncounted_reclaim_keeps_the_retry_budget(
+        self, sessions: sessionmaker[Session], clock: ManualClock
+    ) -> None:
+        lenient = RetryQueue(clock=clock, count_expired_locks=False)
+        item_id = enqueue(sessions, lenient, max_retries=0)
+        acquire(sessions, lenient, lock_timeout=10)
+        clock.advance(11)
+        (again,) = acquire(sessions, lenient, "w2", lock_timeout=10)
+        assert again.id == item_id and again.retry_count == 0
+
+
+class TestOutcomes:
+    """Only the lease holder records an outcome; failures follow the documented backoff."""
+
+    def test_complete_by_holder(
+        self, sessions: sessionmaker[Session], queue: RetryQueue, clock: ManualClock
+    ) -> None:
+        item_id = enqueue(sessions, queue)
+        (claimed,) = acquire(sessions, queue)
+        clock.advance(2)
+        with sessions.begin() as session:
+            assert queue.complete(session, claimed, duration_ms=1500)
+        row = item(sessions, item_id)
+        assert (row.status, row.completed_at, row.locked_by, row.lease_token) == (
+            RetryStatus.COMPLETED,
+            clock.now(),
+            None,
+            None,
+        )
+        (done,) = history(sessions, item_id)
+        assert (done.status, done.attempt_number, done.worker_id, done.duration_ms) == (
+            "completed",
+            1,
+            "w1",
+            1500,
+        )
+
+    def test_complete_by_id_checks_the_worker(
+        self, sessions: sessionmaker[Session], queue: RetryQueue
+    ) -> None:
+        item_id = enqueue(sessions, queue)
+        acquire(sessions, queue, "owner")
+        with sessions.begin() as session:
+            assert not queue.complete(session, item_id, "intruder")
+            assert not queue.fail(session, item_id, "intruder", "boom")
+        assert item(sessions, item_id).status is RetryStatus.PROCESSING
+        with sessions.begin() as session:
+            assert queue.complete(session, item_id, "owner")
+        with sessions.begin() as session:
+            assert not queue.complete(session, item_id, "owner")  # not processing any more
+        assert len(history(sessions, item_id)) == 1
+
+    def test_documented_backoff_then_dead_letter(
+        self, sessions: sessionmaker[Session], queue: RetryQueue, clock: ManualClock
+    ) -> None:
+        item_id = enqueue(sessions, queue, max_retries=3, retry_delay_seconds=60)
+        waits = []
+        for _ in range(4):
+            (claimed,) = acquire(sessions, queue)
+            with sessions.begin() as session:
+                assert queue.fail(session, claimed, error_message="Connection timeout",
+                                  error_code="TIMEOUT")
+            row = item(sessions, item_id)
+            if row.status is RetryStatus.PENDING:
+                waits.append((row.next_retry_at - clock.now()).total_seconds())
+                clock.set(row.next_retry_at)
+        assert waits == [60, 120, 240]
+        row = item(sessions, item_id)
+        assert (row.status, row.retry_count) == (RetryStatus.DEAD_LETTER, 3)
+        assert (row.error_message, row.last_error_code) == ("Connection timeout", "TIMEOUT")
+        assert [h.status for h in history(sessions, item_id)] == [
+            "retry_scheduled",
+            "retry_scheduled",
+            "retry_scheduled",
+            "dead_lettered",
+        ]
+        assert [h.attempt_number for h in history(sessions, item_id)] == [1, 2, 3, 4]
+
+    def test_non_retryable_failure_is_failed_at_once(
+        self, sessions: sessionmaker[Session], queue: RetryQueue
+    ) -> None:
+        item_id = enqueue(sessions, queue, max_retries=5)
+        (claimed,) = acquire(sessions, queue)
+        with sessions.begin() as session:
+            assert queue.fail(session, claimed, error_message="bad request",
+                              error_code="HTTP_400", retryable=False)
+        row = item(sessions, item_id)
+        assert (row.status, row.retry_count) == (RetryStatus.FAILED, 0)
+        assert history(sessions, item_id)[0].status == "failed"
+
+    def test_retry_after_overrides_the_backoff(
+        self, sessions: sessionmaker[Session], queue: RetryQueue, clock: ManualClock
+    ) -> None:
+        item_id = enqueue(sessions, queue)
+        (claimed,) = acquire(sessions, queue)
+        with sessions.begin() as session:
+            queue.fail(session, claimed, error_message="429", retry_after=7)
+        row = item(sessions, item_id)
+        assert row.next_retry_at == clock.now() + timedelta(seconds=7)
+        assert row.retry_count == 1
+
+    def test_policy_caps_the_delay(
+        self, sessions: sessionmaker[Session], clock: ManualClock
+    ) -> None:
+        capped = RetryQueue(clock=clock, policy=RetryPolicy(max_delay=timedelta(seconds=90)))
+        item_id = enqueue(sessions, capped, retry_delay_seconds=60, max_retries=5)
+        for expected in (60, 90, 90):
+            (claimed,) = acquire(sessions, capped)
+            with sessions.begin() as session:
+                capped.fail(session, claimed, error_message="x")
+            row = item(sessions, item_id)
+            assert (row.next_retry_at - clock.now()).total_seconds() == expected
+            clock.set(row.next_retry_at)
+
+    def test_complete_many_skips_lost_leases(
+        self, sessions: sessionmaker[Session], queue: RetryQueue, clock: ManualClock
+    ) -> None:
+        with sessions.begin() as session:
+            queue.enqueue_many(session, [NewItem("e", {"i": i}) for i in range(3)])
+        claimed = acquire(sessions, queue, batch_size=3, lock_timeout=10)
+        clock.advance(8)
+        with sessions.begin() as session:  # the third item gets no heartbeat ...
+            queue.heartbeat(session, "w1", [claimed[0].id, claimed[1].id])
+        clock.advance(4)
+        # ... so at 12 s its lock is stale and another worker reclaims it.
+        acquire(sessions, queue, "w2", batch_size=5, lock_timeout=10)
+        assert item(sessions, claimed[2].id).last_error_code == "LOCK_EXPIRED"
+        with sessions.begin() as session:
+            done = queue.complete_many(session, claimed, durations_ms=[5, 6, 7])
+        assert done == {claimed[0].id, claimed[1].id}
+        assert item(sessions, claimed[2].id).status is RetryStatus.PENDING
+
+
+class TestFencing:
+    """A worker whose lease was lost cannot overwrite the new owner's outcome."""
+
+    def test_same_worker_id_reacquiring_fences_the_old_lease(
+        self, sessions: sessionmaker[Session], queue: RetryQueue, clock: ManualClock
+    ) -> None:
+        item_id = enqueue(sessions, queue, retry_delay_seconds=0)
+        (old,) = acquire(sessions, queue, "w1", lock_timeout=10)
+        clock.advance(11)
+        (new,) = acquire(sessions, queue, "w1", lock_timeout=10)  # reclaims, then claims
+        assert new.lease_token != old.lease_token
+        with sessions.begin() as session:
+            assert not queue.complete(session, old)
+            assert not queue.fail(session, old, error_message="late")
+            assert queue.heartbeat(session, "w1", [item_id], lease_token=old.lease_token) == []
+        row = item(sessions, item_id)
+        assert (row.status, row.lease_token) == (RetryStatus.PROCESSING, new.lease_token)
+        with sessions.begin() as session:
+            assert queue.complete(session, new)
+        assert [h.status for h in history(sessions, item_id)] == ["lock_expired", "completed"]
+
+    def test_mismatched_worker_for_a_claim_is_refused(
+        self, sessions: sessionmaker[Session], queue: RetryQueue
+    ) -> None:
+        enqueue(sessions, queue)
+        (claimed,) = acquire(sessions, queue)
+        with sessions.begin() as session, pytest.raises(InvalidArgument, match="worker_id"):
+            queue.complete(session, claimed, "someone-else")
+
+    def test_id_without_worker_is_refused(
+        self, sessions: sessionmaker[Session], queue: RetryQueue
+    ) -> None:
+        with sessions.begin() as session, pytest.raises(InvalidArgument, match="worker_id"):
+            queue.complete(session, 1)
+
+
+class TestHeartbeatAndRelease:
+    """Heartbeats keep live locks; release hands unstarted items back."""
+
+    def test_heartbeat_keeps_a_long_attempt(
+        self, sessions: sessionmaker[Session], queue: RetryQueue, clock: ManualClock
+    ) -> None:
+        item_id = enqueue(sessions, queue)
+        (claimed,) = acquire(sessions, queue, lock_timeout=10)
+        for _ in range(5):  # 5 × 8 s = 4 × lock_timeout
+            clock.advance(8)
+            with sessions.begin() as session:
+                held = queue.heartbeat(session, "w1", lease_token=claimed.lease_token)
+            assert held == [item_id]
+            assert acquire(sessions, queue, "thief", lock_timeout=10) == []
+        with sessions.begin() as session:
+            assert queue.complete(session, claimed)
+
+    def test_release_returns_items_untouched(
+        self, sessions: sessionmaker[Session], queue: RetryQueue
+    ) -> None:
+        with sessions.begin() as session:
+            queue.enqueue_many(session, [NewItem("e", {"i": i}) for i in range(3)])
+        claimed = acquire(sessions, queue, batch_size=3)
+        with sessions.begin() as session:
+            released = queue.release(session, "w1", [claimed[0].id, claimed[1].id])
+            assert queue.release(session, "other-worker") == []
+        assert released == sorted([claimed[0].id, claimed[1].id])
+        for c in claimed[:2]:
+            row = item(sessions, c.id)
+            assert (row.status, row.retry_count, row.locked_by) == (RetryStatus.PENDING, 0, None)
+            assert history(sessions, c.id) == []
+        assert item(sessions, claimed[2].id).status is RetryStatus.PROCESSING
+        assert {c.id for c in acquire(sessions, queue, "w2", batch_size=5)} == {
+            claimed[0].id,
+            claimed[1].id,
+        }
+
+
+class TestSchedule:
+    """The next due time is reported on the queue's clock."""
+
+    def test_seconds_until_due(
+        self, sessions: sessionmaker[Session], queue: RetryQueue
+    ) -> None:
+        with sessions() as session:
+            assert queue.seconds_until_due(session) is None
+        enqueue(sessions, queue, delay=45)
+        with sessions() as session:
+            assert queue.seconds_until_due(session) == 45
+
+    def test_calculate_next_retry_is_the_documented_schedule(self) -> None:
+        queue = RetryQueue()
+        assert [queue.calculate_next_retry(n, 60, 2.0).total_seconds() for n in range(4)] == [
+            60,
+            120,
+            240,
+            480,
+        ]
