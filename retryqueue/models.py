@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     Uuid,
+    column,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -160,7 +161,7 @@ class RetryItem(Base):
         Index("idx_retry_queue_created_at", "created_at"),
         Index(
             "idx_retry_queue_priority",
-            text("priority DESC"),
+            column("priority").desc(),
             "status",
             "next_retry_at",
             postgresql_where=text("status = 'pending'"),

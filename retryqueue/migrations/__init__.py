@@ -18,8 +18,10 @@ import io
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
+from typing import Any
 
 from alembic import command
+from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -27,12 +29,14 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from retryqueue.errors import MigrationError, database_error
+from retryqueue.models import metadata
 
 __all__ = [
     "BRANCH",
     "HEAD",
     "VERSION_TABLE",
     "current",
+    "differences",
     "downgrade",
     "heads",
     "make_config",
@@ -107,6 +111,34 @@ def current(engine: Engine, *, version_table: str = VERSION_TABLE) -> list[str]:
                 connection, opts={"version_table": version_table}
             )
             return list(context.get_current_heads())
+    except SQLAlchemyError as exc:
+        raise database_error("migration", exc) from exc
+
+
+def differences(engine: Engine, *, version_table: str = VERSION_TABLE) -> list[Any]:
+    """How the database's schema differs from the models (empty when they agree).
+
+    Uses alembic's autogenerate comparison (tables, columns, types, nullability,
+    indexes); tables that are not retryqueue's are ignored.
+    """
+    ours = set(metadata.tables)
+
+    def include(obj: Any, name: str | None, kind: str, reflected: bool, other: Any) -> bool:
+        table = obj if kind == "table" else getattr(obj, "table", None)
+        table_name = name if kind == "table" else getattr(table, "name", None)
+        return table_name in ours
+
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(
+                connection,
+                opts={
+                    "compare_type": True,
+                    "version_table": version_table,
+                    "include_object": include,
+                },
+            )
+            return list(compare_metadata(context, metadata))
     except SQLAlchemyError as exc:
         raise database_error("migration", exc) from exc
 

@@ -1,0 +1,149 @@
+"""The shipped revisions: one head, upgrade/compare/downgrade on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, inspect
+
+from retryqueue import create_engine, migrations
+from tests.support.servers import PostgresServer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def empty_engine(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Engine]:
+    """An engine on an empty database of each backend."""
+    if backend == "sqlite":
+        engine = create_engine(f"sqlite:///{tmp_path}/migrate.db")
+        yield engine
+        engine.dispose()
+        return
+    server: PostgresServer = request.getfixturevalue("pg_server")
+    url = server.create_database("rq_migrate")
+    engine = create_engine(url)
+    yield engine
+    engine.dispose()
+    server.drop_database(url)
+
+
+def table_names(engine: Engine) -> set[str]:
+    return set(inspect(engine).get_table_names())
+
+
+class TestRevisions:
+    """The revision graph is a single line on the ``retryqueue`` branch."""
+
+    def test_single_head(self) -> None:
+        assert migrations.heads() == ["rq0002"]
+
+    def test_first_revision_carries_the_branch_label(self) -> None:
+        base = migrations.script_directory().get_revision("rq0001")
+        assert base is not None and "retryqueue" in base.branch_labels
+
+
+class TestUpgradeCompareDowngrade:
+    """base → head gives exactly the models' schema; downgrade removes everything."""
+
+    def test_round_trip(self, empty_engine: Engine) -> None:
+        assert migrations.current(empty_engine) == []
+        migrations.upgrade(empty_engine)
+        assert migrations.current(empty_engine) == ["rq0002"]
+        assert {"daz_retry_queue", "daz_retry_history"} <= table_names(empty_engine)
+        assert migrations.differences(empty_engine) == []
+        migrations.downgrade(empty_engine, "rq0001")
+        assert "lease_token" not in {
+            c["name"] for c in inspect(empty_engine).get_columns("daz_retry_queue")
+        }
+        migrations.upgrade(empty_engine)
+        assert migrations.differences(empty_engine) == []
+        migrations.downgrade(empty_engine, "retryqueue@base")
+        assert table_names(empty_engine) <= {migrations.VERSION_TABLE}
+        assert migrations.current(empty_engine) == []
+
+    def test_offline_sql_renders_for_postgresql(self) -> None:
+        script = migrations.offline_sql("postgresql")
+        assert "CREATE TYPE retry_status AS ENUM" in script
+        assert "CREATE UNIQUE INDEX uq_retry_queue_event_id" in script
+        assert "USING gin" in script
+
+
+class TestHostApplication:
+    """An application with its own alembic includes the revisions via version_locations."""
+
+    def test_host_branch_and_ours_share_one_version_table(
+        self, tmp_path: Path, empty_engine: Engine
+    ) -> None:
+        host = tmp_path / "host_migrations"
+        (host / "versions").mkdir(parents=True)
+        (host / "env.py").write_text(
+            textwrap.dedent(
+                """
+                from alembic import context
+                connection = context.config.attributes["connection"]
+                context.configure(connection=connection, target_metadata=None)
+                with context.begin_transaction():
+                    context.run_migrations()
+                """
+            )
+        )
+        (host / "versions" / "h001_orders.py").write_text(
+            textwrap.dedent(
+                """
+                import sqlalchemy as sa
+                from alembic import op
+                revision = "h001"
+                down_revision = None
+                branch_labels = ("host",)
+                depends_on = None
+                def upgrade():
+                    op.create_table("host_orders", sa.Column("id", sa.Integer, primary_key=True))
+                def downgrade():
+                    op.drop_table("host_orders")
+                """
+            )
+        )
+        config = Config()
+        config.set_main_option("script_location", str(host))
+        config.set_main_option("path_separator", "os")
+        config.set_main_option(
+            "version_locations", f"{host / 'versions'}:{migrations.package_path()}"
+        )
+        with empty_engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "heads")
+        assert {"host_orders", "daz_retry_queue", "alembic_version"} <= table_names(empty_engine)
+        assert sorted(migrations.current(empty_engine, version_table="alembic_version")) == [
+            "h001",
+            "rq0002",
+        ]
+
+
+class TestWheel:
+    """A wheel built from the tree ships the revisions and the alembic environment."""
+
+    def test_wheel_contains_the_revisions(self, tmp_path: Path) -> None:
+        subprocess.run(
+            [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path),
+             str(ROOT)],
+            check=True,
+            capture_output=True,
+        )
+        (wheel,) = tmp_path.glob("retryqueue-*.whl")
+        names = set(zipfile.ZipFile(wheel).namelist())
+        assert "retryqueue/migrations/env.py" in names
+        assert "retryqueue/migrations/script.py.mako" in names
+        assert "retryqueue/migrations/versions/rq0001_reference_schema.py" in names
+        assert "retryqueue/migrations/versions/rq0002_lease_token_unique_event_id.py" in names
+        assert "retryqueue/py.typed" in names
