@@ -67,7 +67,7 @@ class Base(DeclarativeBase):
     metadata = metadata
 
 
-class RetryStatus(str, enum.Enum):
+class RetryStatus(enum.StrEnum):
     """The lifecycle states of a queue item (PostgreSQL enum type ``retry_status``)."""
 
     PENDING = "pending"

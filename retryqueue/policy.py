@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from enum import Enum
+from enum import StrEnum
 
 __all__ = [
     "Decision",
@@ -78,7 +78,7 @@ def calculate_next_retry(
     )
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     """What became of one attempt; also the ``status`` written to its history row."""
 
     COMPLETED = "completed"

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from retryqueue import monitoring
 from retryqueue import statements as sql
 from retryqueue import validation as check
-from retryqueue.clock import Clock, DatabaseClock, SystemClock
+from retryqueue.clock import Clock, SystemClock
 from retryqueue.errors import InvalidArgument, RetryQueueError, database_error
 from retryqueue.models import TERMINAL_STATUSES, RetryStatus
 from retryqueue.policy import Decision, Outcome, RetryPolicy
@@ -131,7 +131,7 @@ class RetryQueue:
         if self.clock is not None:
             return self.clock.now()
         if session.get_bind().dialect.name in _SERVER_CLOCK_DIALECTS:
-            return DatabaseClock().now()
+            return None  # the database server's clock
         return SystemClock().now()
 
     def calculate_next_retry(
@@ -148,7 +148,9 @@ class RetryQueue:
 
     # -- enqueue -------------------------------------------------------------------------
 
-    def enqueue(self, session: Session, event_type: str, event_data: Any, **fields: Any) -> EnqueuedItem:
+    def enqueue(
+        self, session: Session, event_type: str, event_data: Any, **fields: Any
+    ) -> EnqueuedItem:
         """Add one item; every column is settable through keyword arguments.
 
         Keywords: ``channel_name``, ``plugin_name``, ``event_metadata``, ``max_retries``,
@@ -183,22 +185,25 @@ class RetryQueue:
         if inserted and self.notify and dialect == "postgresql":
             session.execute(sql.notify())
         missing = [row["event_id"] for row in rows if row["event_id"] not in inserted]
-        existing = dict(
-            (event_id, item_id)
-            for item_id, event_id in session.execute(sql.existing_by_event_ids(missing))
-        ) if missing else {}
-        results = []
+        existing: dict[uuid.UUID, int] = {}
+        if missing:
+            stmt = sql.existing_by_event_ids(missing)
+            existing = {event_id: item_id for item_id, event_id in session.execute(stmt)}
+        ids = {**existing, **inserted}
+        results, reported = [], set()
         for row in rows:
             event_id = row["event_id"]
-            if event_id in inserted:
-                results.append(EnqueuedItem(inserted.pop(event_id), event_id, True))
-            else:
-                results.append(EnqueuedItem(existing[event_id], event_id, False))
+            # The first mention of a newly inserted event_id created it; repeats did not.
+            created = event_id in inserted and event_id not in reported
+            reported.add(event_id)
+            results.append(EnqueuedItem(ids[event_id], event_id, created))
         return results
 
     def _row(self, index: int, item: NewItem, at: datetime | None) -> dict[str, Any]:
         if not isinstance(item, NewItem):
-            raise InvalidArgument(f"items[{index}]", f"expected a NewItem, got {type(item).__name__}")
+            raise InvalidArgument(
+                f"items[{index}]", f"expected a NewItem, got {type(item).__name__}"
+            )
         run_at = None if item.run_at is None else check.aware("run_at", item.run_at)
         expires_at = None if item.expires_at is None else check.aware("expires_at", item.expires_at)
         if run_at is not None and item.delay is not None:
@@ -240,7 +245,9 @@ class RetryQueue:
         else:
             row["created_at"] = at
             row["next_retry_at"] = run_at if run_at is not None else at + timedelta(seconds=delay)
-            row["expires_at"] = expires_at if expires_at is not None else at + timedelta(seconds=ttl)
+            row["expires_at"] = (
+                expires_at if expires_at is not None else at + timedelta(seconds=ttl)
+            )
         return row
 
     def _metadata(self, value: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -291,9 +298,15 @@ class RetryQueue:
             guard = sql.reclaim_stale(row.id, at, lock_timeout)
             if self._apply(session, guard, at, decision, message, "LOCK_EXPIRED"):
                 history.append(
-                    _history(row.id, row.event_id, row.retry_count + 1, Outcome.LOCK_EXPIRED,
-                             worker_id=row.locked_by, error_message=message,
-                             error_code="LOCK_EXPIRED")
+                    _history(
+                        row.id,
+                        row.event_id,
+                        row.retry_count + 1,
+                        Outcome.LOCK_EXPIRED,
+                        worker_id=row.locked_by,
+                        error_message=message,
+                        error_code="LOCK_EXPIRED",
+                    )
                 )
         self._write_history(session, at, history)
         return len(history)
@@ -324,8 +337,16 @@ class RetryQueue:
         self._write_history(
             session,
             at,
-            [_history(row.id, row.event_id, row.retry_count + 1, Outcome.COMPLETED,
-                      worker_id=worker_id, duration_ms=duration_ms)],
+            [
+                _history(
+                    row.id,
+                    row.event_id,
+                    row.retry_count + 1,
+                    Outcome.COMPLETED,
+                    worker_id=worker_id,
+                    duration_ms=duration_ms,
+                )
+            ],
         )
         return True
 
@@ -357,9 +378,17 @@ class RetryQueue:
         self._write_history(
             session,
             at,
-            [_history(row.id, row.event_id, row.retry_count + 1, Outcome.COMPLETED,
-                      worker_id=worker_id, duration_ms=duration_of.get(row.id))
-             for row in rows],
+            [
+                _history(
+                    row.id,
+                    row.event_id,
+                    row.retry_count + 1,
+                    Outcome.COMPLETED,
+                    worker_id=worker_id,
+                    duration_ms=duration_of.get(row.id),
+                )
+                for row in rows
+            ],
         )
         return {row.id for row in rows}
 
@@ -399,8 +428,10 @@ class RetryQueue:
         if error_message is not None:
             check.text("error_message", error_message, max_length=1_000_000)
         error_code = check.optional_text("error_code", error_code, max_length=50)
-        wait = None if retry_after is None else timedelta(
-            seconds=check.seconds("retry_after", retry_after)
+        wait = (
+            None
+            if retry_after is None
+            else timedelta(seconds=check.seconds("retry_after", retry_after))
         )
         at = self.now(session)
         row = session.execute(sql.lock_owned(item_id, worker_id, lease_token)).first()
@@ -413,14 +444,27 @@ class RetryQueue:
         self._write_history(
             session,
             at,
-            [_history(row.id, row.event_id, row.retry_count + 1, decision.outcome,
-                      worker_id=worker_id, error_message=error_message,
-                      error_code=error_code, duration_ms=duration_ms)],
+            [
+                _history(
+                    row.id,
+                    row.event_id,
+                    row.retry_count + 1,
+                    decision.outcome,
+                    worker_id=worker_id,
+                    error_message=error_message,
+                    error_code=error_code,
+                    duration_ms=duration_ms,
+                )
+            ],
         )
         return True
 
     def _decide(
-        self, row: Any, *, retryable: bool, retry_after: timedelta | None,
+        self,
+        row: Any,
+        *,
+        retryable: bool,
+        retry_after: timedelta | None,
         policy: RetryPolicy | None,
     ) -> Decision:
         return (policy or self.policy).decide(
@@ -434,12 +478,21 @@ class RetryQueue:
 
     @staticmethod
     def _apply(
-        session: Session, guard: Any, at: datetime | None, decision: Decision,
-        error_message: str | None, error_code: str | None,
+        session: Session,
+        guard: Any,
+        at: datetime | None,
+        decision: Decision,
+        error_message: str | None,
+        error_code: str | None,
     ) -> bool:
         stmt = sql.apply_failure(
-            guard, at, status=decision.status, retry_count=decision.retry_count,
-            delay=decision.delay, error_message=error_message, error_code=error_code,
+            guard,
+            at,
+            status=decision.status,
+            retry_count=decision.retry_count,
+            delay=decision.delay,
+            error_message=error_message,
+            error_code=error_code,
         )
         return session.execute(stmt).first() is not None
 
@@ -503,24 +556,33 @@ class RetryQueue:
         Completed items are replayed only if the filter's statuses name ``completed``.
         Each requeued item gets a ``requeued`` history row. Returns the ids moved.
         """
-        item_filter = selection if isinstance(selection, ItemFilter) else ItemFilter(ids=list(selection))
+        item_filter = (
+            selection if isinstance(selection, ItemFilter) else ItemFilter(ids=list(selection))
+        )
         statuses = check.status_list("statuses", item_filter.statuses)
         if not set(statuses) <= set(TERMINAL_STATUSES):
-            raise InvalidArgument("statuses", "only completed, failed and dead_letter items can be requeued")
+            raise InvalidArgument(
+                "statuses", "only completed, failed and dead_letter items can be requeued"
+            )
         at = self.now(session)
         ids = list(session.scalars(sql.filtered_ids(item_filter, lock=True)))
         if not ids:
             return []
         stmt = sql.requeue_ids(
-            at, ids, statuses, reset_retries=reset_retries,
+            at,
+            ids,
+            statuses,
+            reset_retries=reset_retries,
             ttl_seconds=self.default_ttl.total_seconds(),
         )
         moved = session.execute(stmt).all()
         self._write_history(
             session,
             at,
-            [_history(row.id, row.event_id, row.retry_count, "requeued", worker_id=requested_by)
-             for row in moved],
+            [
+                _history(row.id, row.event_id, row.retry_count, "requeued", worker_id=requested_by)
+                for row in moved
+            ],
         )
         return sorted(row.id for row in moved)
 
@@ -530,8 +592,10 @@ class RetryQueue:
 
         History rows stay (they are the audit trail). Returns the ids deleted.
         """
-        item_filter = selection if isinstance(selection, ItemFilter) else ItemFilter(
-            statuses=tuple(RetryStatus), ids=list(selection)
+        item_filter = (
+            selection
+            if isinstance(selection, ItemFilter)
+            else ItemFilter(statuses=tuple(RetryStatus), ids=list(selection))
         )
         check.status_list("statuses", item_filter.statuses)
         ids = list(session.scalars(sql.filtered_ids(item_filter, lock=True)))
@@ -570,9 +634,18 @@ class RetryQueue:
             expired = session.execute(sql.expired_batch(at, batch_size)).all()
             if expired:
                 self._write_history(
-                    session, at,
-                    [_history(row.id, row.event_id, row.retry_count, "expired",
-                              error_message="expired before it could run") for row in expired],
+                    session,
+                    at,
+                    [
+                        _history(
+                            row.id,
+                            row.event_id,
+                            row.retry_count,
+                            "expired",
+                            error_message="expired before it could run",
+                        )
+                        for row in expired
+                    ],
                 )
                 session.execute(sql.delete_by_ids([row.id for row in expired]))
                 yield CleanupResult(deleted_count=len(expired), archived_count=len(expired))
@@ -635,6 +708,20 @@ class RetryQueue:
         """Completed share of items, per event type."""
         return monitoring.success_rate_by_event_type(session)
 
+    # -- worker support (appended for the worker runtime) ----------------------------------
+
+    @_database_errors
+    def seconds_until_claimable(self, session: Session) -> float | None:
+        """Seconds until the earliest item :meth:`acquire` could take is due; None if none.
+
+        Like :meth:`seconds_until_due`, but expired and locked pending items, which acquire
+        never takes, are ignored, so an idle worker does not keep waking for them.
+        """
+        row = session.execute(sql.next_claimable_due(self.now(session))).one()
+        if row.next_due is None:
+            return None
+        return float((row.next_due - row.now).total_seconds())
+
 
 def _lease(
     item: ClaimedItem | int, worker_id: str | None, lease_token: uuid.UUID | None
@@ -658,9 +745,15 @@ def _ids(item_ids: Sequence[int] | None) -> list[int] | None:
 
 
 def _history(
-    item_id: int, event_id: uuid.UUID, attempt: int, status: Outcome | str, *,
-    worker_id: str | None = None, error_message: str | None = None,
-    error_code: str | None = None, duration_ms: int | None = None,
+    item_id: int,
+    event_id: uuid.UUID,
+    attempt: int,
+    status: Outcome | str,
+    *,
+    worker_id: str | None = None,
+    error_message: str | None = None,
+    error_code: str | None = None,
+    duration_ms: int | None = None,
 ) -> dict[str, Any]:
     return {
         "retry_queue_id": item_id,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeAlias, Unpack, cast
 
 from sqlalchemy import (
     ColumnElement,
@@ -21,6 +21,7 @@ from sqlalchemy import (
     Float,
     Insert,
     Select,
+    Table,
     Update,
     and_,
     bindparam,
@@ -38,6 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.dml import ReturningDelete
 from sqlalchemy.sql.functions import FunctionElement
 
 from retryqueue.models import TERMINAL_STATUSES, RetryHistory, RetryItem, RetryStatus
@@ -76,6 +78,12 @@ __all__ = [
 ]
 
 _SYNC_OFF = {"synchronize_session": False}
+
+# A SELECT of any row shape (SQLAlchemy 2.1 types rows as a variadic generic).
+AnySelect: TypeAlias = "Select[Unpack[tuple[Any, ...]]]"
+
+QUEUE_TABLE = cast("Table", RetryItem.__table__)
+HISTORY_TABLE = cast("Table", RetryHistory.__table__)
 
 # ---------------------------------------------------------------------------------------
 # Time
@@ -163,7 +171,7 @@ def insert_items(dialect_name: str, at: datetime | None) -> Insert:
     and ``expires_at``. With the database clock, rows carry instead ``p_run_at`` or
     ``p_delay_s`` and ``p_expires_at`` or ``p_ttl_s`` (see :func:`server_time_params`).
     """
-    table = RetryItem.__table__
+    table = QUEUE_TABLE
     stmt: Any
     if dialect_name == "postgresql":
         stmt = postgresql.insert(table).on_conflict_do_nothing(index_elements=["event_id"])
@@ -194,7 +202,7 @@ def server_time_params(
     return {_ROW_RUN_AT: run_at, _ROW_DELAY: delay, _ROW_EXPIRES_AT: expires_at, _ROW_TTL: ttl}
 
 
-def existing_by_event_ids(event_ids: Sequence[uuid.UUID]) -> Select[tuple[int, uuid.UUID]]:
+def existing_by_event_ids(event_ids: Sequence[uuid.UUID]) -> Select[int, uuid.UUID]:
     """Ids of rows that already hold these event_ids."""
     return select(RetryItem.id, RetryItem.event_id).where(RetryItem.event_id.in_(event_ids))
 
@@ -202,7 +210,7 @@ def existing_by_event_ids(event_ids: Sequence[uuid.UUID]) -> Select[tuple[int, u
 NOTIFY_CHANNEL = "retryqueue"
 
 
-def notify(channel: str = NOTIFY_CHANNEL) -> Select[Any]:
+def notify(channel: str = NOTIFY_CHANNEL) -> AnySelect:
     """PostgreSQL: wake listening workers when the enclosing transaction commits."""
     return select(func.pg_notify(channel, ""))
 
@@ -214,7 +222,7 @@ def listen(channel: str = NOTIFY_CHANNEL) -> Any:
     return text(f"LISTEN {channel}")
 
 
-def next_due(at: datetime | None) -> Select[Any]:
+def next_due(at: datetime | None) -> AnySelect:
     """The earliest next_retry_at of pending items, and now (on the same clock)."""
     return select(
         func.min(RetryItem.next_retry_at).label("next_due"), now_expr(at).label("now")
@@ -258,7 +266,7 @@ _FAILURE_COLUMNS = (
 )
 
 
-def select_stale(at: datetime | None, lock_timeout: float, limit: int) -> Select[Any]:
+def select_stale(at: datetime | None, lock_timeout: float, limit: int) -> AnySelect:
     """Processing items whose lock is older than ``lock_timeout`` — whoever holds them.
 
     Rows another transaction is working on are skipped, not waited for.
@@ -382,7 +390,7 @@ def complete_many(
     )
 
 
-def lock_owned(item_id: int, worker_id: str, token: uuid.UUID | None) -> Select[Any]:
+def lock_owned(item_id: int, worker_id: str, token: uuid.UUID | None) -> AnySelect:
     """Read (and row-lock) an item this worker's lease holds, for a failure decision."""
     return select(*_FAILURE_COLUMNS).where(_owned(item_id, worker_id, token)).with_for_update()
 
@@ -426,7 +434,7 @@ def apply_failure(
 
 def insert_history(at: datetime | None) -> Insert:
     """INSERT of history rows (executemany); attempted_at is now on the chosen clock."""
-    return insert(RetryHistory.__table__).values(attempted_at=now_expr(at))
+    return insert(HISTORY_TABLE).values(attempted_at=now_expr(at))
 
 
 def heartbeat(
@@ -476,18 +484,18 @@ def _filter_clauses(item_filter: ItemFilter) -> list[ColumnElement[bool]]:
     clauses: list[ColumnElement[bool]] = [RetryItem.status.in_(list(item_filter.statuses))]
     if item_filter.ids is not None:
         clauses.append(RetryItem.id.in_(list(item_filter.ids)))
-    for column, wanted in (
+    equal: list[tuple[Any, object]] = [
         (RetryItem.event_type, item_filter.event_type),
         (RetryItem.plugin_name, item_filter.plugin_name),
         (RetryItem.channel_name, item_filter.channel_name),
         (RetryItem.last_error_code, item_filter.error_code),
-    ):
-        if wanted is not None:
-            clauses.append(column == wanted)
-    for column, low, high in (
+    ]
+    clauses.extend(column == wanted for column, wanted in equal if wanted is not None)
+    ranges: list[tuple[Any, datetime | None, datetime | None]] = [
         (RetryItem.created_at, item_filter.created_after, item_filter.created_before),
         (RetryItem.last_attempted_at, item_filter.failed_after, item_filter.failed_before),
-    ):
+    ]
+    for column, low, high in ranges:
         if low is not None:
             clauses.append(column >= literal(low, UTCDateTime()))
         if high is not None:
@@ -495,7 +503,7 @@ def _filter_clauses(item_filter: ItemFilter) -> list[ColumnElement[bool]]:
     return clauses
 
 
-def filtered_ids(item_filter: ItemFilter, *, lock: bool = False) -> Select[tuple[int]]:
+def filtered_ids(item_filter: ItemFilter, *, lock: bool = False) -> Select[int]:
     """Ids of the items an :class:`ItemFilter` selects, oldest first."""
     stmt = select(RetryItem.id).where(*_filter_clauses(item_filter)).order_by(RetryItem.id)
     if item_filter.limit is not None:
@@ -534,7 +542,7 @@ def requeue_ids(
     )
 
 
-def purge_ids(item_ids: Sequence[int]) -> Delete:
+def purge_ids(item_ids: Sequence[int]) -> ReturningDelete[int]:
     """Delete the given items unless they are being processed (history is kept)."""
     return (
         delete(RetryItem)
@@ -563,7 +571,7 @@ def delete_finished_batch(at: datetime | None, retention_seconds: float, limit: 
     return delete(RetryItem).where(RetryItem.id.in_(doomed)).execution_options(**_SYNC_OFF)
 
 
-def expired_batch(at: datetime | None, limit: int) -> Select[Any]:
+def expired_batch(at: datetime | None, limit: int) -> AnySelect:
     """Pending items past expires_at (they can never run), locked for archiving."""
     return (
         select(RetryItem.id, RetryItem.event_id, RetryItem.retry_count)
@@ -619,12 +627,12 @@ SNAPSHOT_COLUMNS = (
 )
 
 
-def select_item(item_id: int) -> Select[Any]:
+def select_item(item_id: int) -> AnySelect:
     """One item's snapshot columns."""
     return select(*SNAPSHOT_COLUMNS).where(RetryItem.id == item_id)
 
 
-def select_filtered(item_filter: ItemFilter) -> Select[Any]:
+def select_filtered(item_filter: ItemFilter) -> AnySelect:
     """Snapshot columns of the items a filter selects, oldest first."""
     stmt = select(*SNAPSHOT_COLUMNS).where(*_filter_clauses(item_filter)).order_by(RetryItem.id)
     if item_filter.limit is not None:
@@ -632,7 +640,7 @@ def select_filtered(item_filter: ItemFilter) -> Select[Any]:
     return stmt
 
 
-def history_for_item(item_id: int) -> Select[tuple[RetryHistory]]:
+def history_for_item(item_id: int) -> Select[RetryHistory]:
     """An item's history rows in attempt order."""
     return (
         select(RetryHistory)
@@ -641,7 +649,7 @@ def history_for_item(item_id: int) -> Select[tuple[RetryHistory]]:
     )
 
 
-def stats() -> Select[Any]:
+def stats() -> AnySelect:
     """Counts per (status, event_type, plugin_name)."""
     return (
         select(
@@ -671,7 +679,7 @@ def alerts(
     *,
     stale_lock_seconds: float = 3600,
     old_pending_seconds: float = 86400,
-) -> Select[Any]:
+) -> AnySelect:
     """Items needing attention, each with its most urgent reason."""
     active = RetryItem.status.in_([RetryStatus.PENDING, RetryStatus.PROCESSING])
     reason = case(
@@ -712,7 +720,7 @@ def alerts(
     return select(inner).where(inner.c.reason.is_not(None)).order_by(inner.c.id)
 
 
-def stuck(at: datetime | None, older_than_seconds: float) -> Select[Any]:
+def stuck(at: datetime | None, older_than_seconds: float) -> AnySelect:
     """Processing items whose lock is older than the given age."""
     return (
         select(*SNAPSHOT_COLUMNS)
@@ -724,7 +732,7 @@ def stuck(at: datetime | None, older_than_seconds: float) -> Select[Any]:
     )
 
 
-def items_per_hour(at: datetime | None, hours: int) -> Select[Any]:
+def items_per_hour(at: datetime | None, hours: int) -> AnySelect:
     """Items created per UTC hour over the last ``hours`` hours."""
     bucket = _hour_bucket(RetryItem.created_at).label("hour")
     return (
@@ -745,7 +753,7 @@ DEAD_LETTER_GROUPS = {
 }
 
 
-def dead_letter_groups(group_by: str) -> Select[Any]:
+def dead_letter_groups(group_by: str) -> AnySelect:
     """Dead letters counted per group, with a sample error message and the age range."""
     key = DEAD_LETTER_GROUPS[group_by]
     return (
@@ -762,11 +770,59 @@ def dead_letter_groups(group_by: str) -> Select[Any]:
     )
 
 
-def success_rate_by_event_type() -> Select[Any]:
+def success_rate_by_event_type() -> AnySelect:
     """Per event type: all items and the completed ones."""
     completed = func.sum(case((RetryItem.status == RetryStatus.COMPLETED, 1), else_=0))
     return (
         select(RetryItem.event_type, func.count(), completed)
         .group_by(RetryItem.event_type)
         .order_by(RetryItem.event_type)
+    )
+
+
+def queue_gauges(at: datetime | None, stale_lock_seconds: float) -> AnySelect:
+    """Now, the due time of the oldest due (claimable) pending item, and the stale-lock count.
+
+    One round trip for the metrics exporter; all three figures are read on the same clock.
+    """
+    now = now_expr(at)
+    oldest_due = (
+        select(func.min(RetryItem.next_retry_at))
+        .where(
+            RetryItem.status == RetryStatus.PENDING,
+            RetryItem.next_retry_at <= now,
+            RetryItem.expires_at > now,
+        )
+        .scalar_subquery()
+    )
+    stale_locks = (
+        select(func.count())
+        .select_from(RetryItem)
+        .where(
+            RetryItem.status == RetryStatus.PROCESSING,
+            or_(
+                RetryItem.locked_at < after(at, -stale_lock_seconds),
+                RetryItem.locked_at.is_(None),
+            ),
+        )
+        .scalar_subquery()
+    )
+    return select(
+        now.label("now"),
+        oldest_due.label("oldest_due"),
+        stale_locks.label("stale_locks"),
+    )
+
+
+def next_claimable_due(at: datetime | None) -> AnySelect:
+    """The earliest next_retry_at among items :func:`claim` could take, and now.
+
+    Unlike :func:`next_due`, skips expired and locked pending items (never claimed), so
+    an idle worker does not keep waking for them.
+    """
+    now = now_expr(at)
+    return select(func.min(RetryItem.next_retry_at).label("next_due"), now.label("now")).where(
+        RetryItem.status == RetryStatus.PENDING,
+        RetryItem.locked_by.is_(None),
+        RetryItem.expires_at > now,
     )

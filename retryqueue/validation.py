@@ -136,7 +136,7 @@ def status_list(field: str, values: Iterable[object]) -> list[RetryStatus]:
     result = []
     for value in values:
         try:
-            result.append(RetryStatus(value))
+            result.append(RetryStatus(str(value)))
         except ValueError as exc:
             names = ", ".join(status.value for status in RetryStatus)
             raise InvalidArgument(field, f"unknown status {value!r}; expected {names}") from exc

@@ -107,9 +107,7 @@ def current(engine: Engine, *, version_table: str = VERSION_TABLE) -> list[str]:
     """The revision ids recorded in the database (empty before the first upgrade)."""
     try:
         with engine.connect() as connection:
-            context = MigrationContext.configure(
-                connection, opts={"version_table": version_table}
-            )
+            context = MigrationContext.configure(connection, opts={"version_table": version_table})
             return list(context.get_current_heads())
     except SQLAlchemyError as exc:
         raise database_error("migration", exc) from exc

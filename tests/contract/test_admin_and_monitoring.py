@@ -37,8 +37,13 @@ def finish(
         if outcome == "completed":
             queue.complete(session, claimed)
         else:
-            queue.fail(session, claimed, error_message=f"{error_code} happened",
-                       error_code=error_code, retryable=outcome != "failed")
+            queue.fail(
+                session,
+                claimed,
+                error_message=f"{error_code} happened",
+                error_code=error_code,
+                retryable=outcome != "failed",
+            )
     return item_id
 
 
@@ -74,7 +79,9 @@ class TestRequeue:
         for item_id in moved:
             row = item(sessions, item_id)
             assert (row.status, row.retry_count, row.next_retry_at) == (
-                RetryStatus.PENDING, 0, clock.now()
+                RetryStatus.PENDING,
+                0,
+                clock.now(),
             )
             assert row.expires_at == clock.now() + timedelta(days=7)
             assert history(sessions, item_id)[-1].status == "requeued"
@@ -257,9 +264,7 @@ class TestMonitoring:
         assert rates["chat"].success_rate == pytest.approx(2 / 3)
         assert rates["media"].success_rate == 1.0
 
-    def test_dead_letter_groups(
-        self, sessions: sessionmaker[Session], queue: RetryQueue
-    ) -> None:
+    def test_dead_letter_groups(self, sessions: sessionmaker[Session], queue: RetryQueue) -> None:
         for code in ("TIMEOUT", "TIMEOUT", "AUTH"):
             finish(sessions, queue, "dead_letter", error_code=code)
         with sessions() as session:

@@ -133,6 +133,19 @@ class TestEnqueue:
                     assert session.get_one(RetryItem, result.id).event_data == item.event_data
         assert count_items(sessions) == 51
 
+    def test_a_repeated_event_id_in_one_batch_is_stored_once(
+        self, sessions: sessionmaker[Session], queue: RetryQueue
+    ) -> None:
+        same = uuid.uuid4()
+        with sessions.begin() as session:
+            first, second = queue.enqueue_many(
+                session,
+                [NewItem("e", {"n": 1}, event_id=same), NewItem("e", {"n": 2}, event_id=same)],
+            )
+        assert (first.created, second.created) == (True, False)
+        assert first.id == second.id
+        assert count_items(sessions) == 1
+
     def test_enqueue_many_of_nothing_is_nothing(
         self, sessions: sessionmaker[Session], queue: RetryQueue
     ) -> None:

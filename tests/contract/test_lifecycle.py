@@ -55,7 +55,9 @@ class TestAcquire:
         self, sessions: sessionmaker[Session], queue: RetryQueue, clock: ManualClock
     ) -> None:
         low = enqueue(sessions, queue, priority=1)
-        high_later = enqueue(sessions, queue, priority=10, run_at=clock.now() - timedelta(seconds=5))
+        high_later = enqueue(
+            sessions, queue, priority=10, run_at=clock.now() - timedelta(seconds=5)
+        )
         high_earlier = enqueue(
             sessions, queue, priority=10, run_at=clock.now() - timedelta(seconds=10)
         )
@@ -223,8 +225,9 @@ class TestOutcomes:
         for _ in range(4):
             (claimed,) = acquire(sessions, queue)
             with sessions.begin() as session:
-                assert queue.fail(session, claimed, error_message="Connection timeout",
-                                  error_code="TIMEOUT")
+                assert queue.fail(
+                    session, claimed, error_message="Connection timeout", error_code="TIMEOUT"
+                )
             row = item(sessions, item_id)
             if row.status is RetryStatus.PENDING:
                 waits.append((row.next_retry_at - clock.now()).total_seconds())
@@ -247,8 +250,13 @@ class TestOutcomes:
         item_id = enqueue(sessions, queue, max_retries=5)
         (claimed,) = acquire(sessions, queue)
         with sessions.begin() as session:
-            assert queue.fail(session, claimed, error_message="bad request",
-                              error_code="HTTP_400", retryable=False)
+            assert queue.fail(
+                session,
+                claimed,
+                error_message="bad request",
+                error_code="HTTP_400",
+                retryable=False,
+            )
         row = item(sessions, item_id)
         assert (row.status, row.retry_count) == (RetryStatus.FAILED, 0)
         assert history(sessions, item_id)[0].status == "failed"
@@ -340,7 +348,7 @@ class TestHeartbeatAndRelease:
     ) -> None:
         item_id = enqueue(sessions, queue)
         (claimed,) = acquire(sessions, queue, lock_timeout=10)
-        for _ in range(5):  # 5 × 8 s = 4 × lock_timeout
+        for _ in range(5):  # 5 x 8 s = 4 x lock_timeout
             clock.advance(8)
             with sessions.begin() as session:
                 held = queue.heartbeat(session, "w1", lease_token=claimed.lease_token)
@@ -373,9 +381,7 @@ class TestHeartbeatAndRelease:
 class TestSchedule:
     """The next due time is reported on the queue's clock."""
 
-    def test_seconds_until_due(
-        self, sessions: sessionmaker[Session], queue: RetryQueue
-    ) -> None:
+    def test_seconds_until_due(self, sessions: sessionmaker[Session], queue: RetryQueue) -> None:
         with sessions() as session:
             assert queue.seconds_until_due(session) is None
         enqueue(sessions, queue, delay=45)

@@ -21,9 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def empty_engine(
-    backend: str, request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[Engine]:
+def empty_engine(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     """An engine on an empty database of each backend."""
     if backend == "sqlite":
         engine = create_engine(f"sqlite:///{tmp_path}/migrate.db")
@@ -135,8 +133,16 @@ class TestWheel:
 
     def test_wheel_contains_the_revisions(self, tmp_path: Path) -> None:
         subprocess.run(
-            [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path),
-             str(ROOT)],
+            [
+                sys.executable,
+                "-m",
+                "build",
+                "--wheel",
+                "--no-isolation",
+                "--outdir",
+                str(tmp_path),
+                str(ROOT),
+            ],
             check=True,
             capture_output=True,
         )

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Engine, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
 from retryqueue import ItemFilter, RetryQueue, RetryStatus, create_engine, migrations
 from retryqueue.models import RetryItem
@@ -121,7 +121,7 @@ class TestAdoption:
         with sessions() as session:
             by_status = {s.status: s.count for s in queue.stats(session)}
             reasons = {a.reason for a in queue.alerts(session)}
-        assert by_status == {status: 1 for status in RetryStatus}
+        assert by_status == dict.fromkeys(RetryStatus, 1)
         assert {"stale lock", "dead letter: manual intervention required"} <= reasons
 
         with sessions.begin() as session:
@@ -136,7 +136,9 @@ class TestAdoption:
             assert queue.fail(session, chat, error_message="still down", error_code="TIMEOUT")
             assert queue.requeue(session, ItemFilter(statuses=[RetryStatus.DEAD_LETTER]))
         with sessions.begin() as session:
-            (again,) = [c for c in queue.acquire(session, "new-worker") if c.event_type == "cytube.event.pm"]
+            (again,) = [
+                c for c in queue.acquire(session, "new-worker") if c.event_type == "cytube.event.pm"
+            ]
             assert queue.complete(session, again)
         with sessions.begin() as session:
             result = queue.cleanup(session, retention_days=7)
@@ -150,11 +152,19 @@ class TestAdoption:
         migrations.upgrade(legacy_engine)
         migrations.downgrade(legacy_engine, "retryqueue@base")
         with legacy_engine.connect() as connection:
-            tables = connection.exec_driver_sql(
-                "select tablename from pg_tables where schemaname = 'public'"
-            ).scalars().all()
-            types = connection.exec_driver_sql(
-                "select typname from pg_type where typname = 'retry_status'"
-            ).scalars().all()
+            tables = (
+                connection.exec_driver_sql(
+                    "select tablename from pg_tables where schemaname = 'public'"
+                )
+                .scalars()
+                .all()
+            )
+            types = (
+                connection.exec_driver_sql(
+                    "select typname from pg_type where typname = 'retry_status'"
+                )
+                .scalars()
+                .all()
+            )
         assert set(tables) <= {"retryqueue_alembic_version"}
         assert types == []

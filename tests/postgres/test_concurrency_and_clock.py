@@ -119,9 +119,7 @@ class TestDatabaseClock:
         with sessions.begin() as session:
             assert server_clock.complete(session, claimed)
 
-    def test_times_written_come_from_the_server(
-        self, sessions: sessionmaker[Session]
-    ) -> None:
+    def test_times_written_come_from_the_server(self, sessions: sessionmaker[Session]) -> None:
         queue = RetryQueue()
         with sessions.begin() as session:
             server_now = session.scalar(select(func.now()))

@@ -7,6 +7,7 @@ Each run works in databases of its own, dropped when the run ends.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -59,10 +60,8 @@ class PostgresServer:
     def stop(self) -> None:
         """Drop this run's databases; stop the embedded server if the run started one."""
         for name in list(self._databases):
-            try:
+            with contextlib.suppress(sqlalchemy.exc.OperationalError):
                 self.drop_database(self.admin_url.set(database=name))
-            except sqlalchemy.exc.OperationalError:
-                pass
         if self._server is not None:
             self._server.cleanup()
             self._server = None

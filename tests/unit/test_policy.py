@@ -10,7 +10,7 @@ from retryqueue import Outcome, RetryPolicy, backoff_delay, calculate_next_retry
 
 
 class TestBackoffDelay:
-    """delay × multiplier^retry_count, capped, with bounded jitter."""
+    """delay x multiplier^retry_count, capped, with bounded jitter."""
 
     def test_documented_schedule_starts_at_multiplier_to_the_zero(self) -> None:
         assert [backoff_delay(n, 60, 2).total_seconds() for n in range(4)] == [60, 120, 240, 480]
@@ -59,8 +59,12 @@ class TestDecide:
     policy = RetryPolicy()
 
     def test_retry_until_max_retries_then_dead_letter(self) -> None:
-        decisions = [self.policy.decide(retry_count=n, max_retries=3, retry_delay_seconds=60,
-                                        backoff_multiplier=2.0) for n in range(4)]
+        decisions = [
+            self.policy.decide(
+                retry_count=n, max_retries=3, retry_delay_seconds=60, backoff_multiplier=2.0
+            )
+            for n in range(4)
+        ]
         assert [d.outcome for d in decisions] == [Outcome.RETRY_SCHEDULED] * 3 + [
             Outcome.DEAD_LETTERED
         ]
@@ -80,17 +84,25 @@ class TestDecide:
 
     def test_permanent_failure(self) -> None:
         decision = self.policy.decide(
-            retry_count=0, max_retries=3, retry_delay_seconds=60, backoff_multiplier=2,
+            retry_count=0,
+            max_retries=3,
+            retry_delay_seconds=60,
+            backoff_multiplier=2,
             retryable=False,
         )
         assert (decision.outcome, decision.status, decision.retry_count) == (
-            Outcome.FAILED, "failed", 0
+            Outcome.FAILED,
+            "failed",
+            0,
         )
 
     def test_retry_after_is_honoured_beyond_the_cap(self) -> None:
         capped = RetryPolicy(max_delay=timedelta(seconds=10))
         decision = capped.decide(
-            retry_count=0, max_retries=3, retry_delay_seconds=60, backoff_multiplier=2,
+            retry_count=0,
+            max_retries=3,
+            retry_delay_seconds=60,
+            backoff_multiplier=2,
             retry_after=timedelta(seconds=90),
         )
         assert decision.delay == timedelta(seconds=90)
@@ -98,7 +110,10 @@ class TestDecide:
 
     def test_retry_after_still_dead_letters_when_exhausted(self) -> None:
         decision = self.policy.decide(
-            retry_count=3, max_retries=3, retry_delay_seconds=60, backoff_multiplier=2,
+            retry_count=3,
+            max_retries=3,
+            retry_delay_seconds=60,
+            backoff_multiplier=2,
             retry_after=timedelta(seconds=5),
         )
         assert decision.outcome is Outcome.DEAD_LETTERED

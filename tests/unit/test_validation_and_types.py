@@ -31,7 +31,7 @@ class TestChecks:
 
     @pytest.mark.parametrize("value", ["2.5", 0.99, 10, 1.005, float("inf")])
     def test_multiplier_refuses_the_rest(self, value: object) -> None:
-        with pytest.raises(InvalidArgument, match="^m: "):
+        with pytest.raises(InvalidArgument, match=r"^m: "):
             check.multiplier("m", value)
 
     def test_seconds_accepts_timedelta(self) -> None:
@@ -43,7 +43,10 @@ class TestChecks:
             check.json_document("d", {"s": "é" * 20}, max_bytes=40)
 
     def test_json_accepts_tuples_and_unicode(self) -> None:
-        assert check.json_document("d", {"t": (1, 2), "emoji": "🎉"}) == {"t": (1, 2), "emoji": "🎉"}
+        assert check.json_document("d", {"t": (1, 2), "emoji": "🎉"}) == {
+            "t": (1, 2),
+            "emoji": "🎉",
+        }
 
     def test_statuses(self) -> None:
         assert [s.value for s in check.status_list("s", ["pending", "dead_letter"])] == [

@@ -12,6 +12,7 @@ Create Date: 2026-11-28
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -51,7 +52,7 @@ def _defaults() -> dict[str, str]:
     }
 
 
-def _timestamp() -> sa.types.TypeEngine[object]:
+def _timestamp() -> sa.types.TypeEngine[Any]:
     if _dialect() in ("mysql", "mariadb"):
         from sqlalchemy.dialects import mysql
 
@@ -59,7 +60,7 @@ def _timestamp() -> sa.types.TypeEngine[object]:
     return sa.DateTime(timezone=_dialect() == "postgresql")
 
 
-def _json() -> sa.types.TypeEngine[object]:
+def _json() -> sa.types.TypeEngine[Any]:
     return postgresql.JSONB() if _dialect() == "postgresql" else sa.JSON()
 
 
@@ -90,7 +91,9 @@ def upgrade() -> None:
         sa.Column("status", status, nullable=False, server_default="pending"),
         sa.Column("error_message", sa.Text()),
         sa.Column("last_error_code", sa.String(50)),
-        sa.Column("created_at", _timestamp(), nullable=False, server_default=sa.text(defaults["now"])),
+        sa.Column(
+            "created_at", _timestamp(), nullable=False, server_default=sa.text(defaults["now"])
+        ),
         sa.Column(
             "next_retry_at", _timestamp(), nullable=False, server_default=sa.text(defaults["now"])
         ),
@@ -103,9 +106,7 @@ def upgrade() -> None:
         sa.Column("locked_at", _timestamp()),
         sa.Column("priority", sa.Integer(), nullable=False, server_default=sa.text("5")),
         sa.Column("correlation_id", sa.String(255)),
-        sa.Column(
-            "tags", postgresql.ARRAY(sa.Text()) if _dialect() == "postgresql" else sa.JSON()
-        ),
+        sa.Column("tags", postgresql.ARRAY(sa.Text()) if _dialect() == "postgresql" else sa.JSON()),
         sa.PrimaryKeyConstraint("id", name="pk_daz_retry_queue"),
         sa.CheckConstraint(
             "priority >= 1 AND priority <= 10", name="ck_daz_retry_queue_priority_range"
@@ -133,7 +134,7 @@ def upgrade() -> None:
     op.create_index("idx_retry_history_attempted_at", "daz_retry_history", ["attempted_at"])
 
 
-def _partial(condition: str) -> dict[str, object]:
+def _partial(condition: str) -> dict[str, Any]:
     return {"postgresql_where": sa.text(condition), "sqlite_where": sa.text(condition)}
 
 
