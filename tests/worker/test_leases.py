@@ -1,0 +1,229 @@
+"""Leases: heartbeats keep slow handlers' items, lost leases are refused, crashes reclaimed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from retryqueue import ManualClock, RetryQueue, RetryStatus
+from retryqueue.worker import Job, RunReport, Worker
+from tests.worker.conftest import (
+    LogRecorder,
+    count_status,
+    enqueue,
+    history,
+    item,
+    running,
+    wait_until,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class CountingQueue(RetryQueue):
+    """A RetryQueue that counts acquire calls (to prove a competitor kept trying)."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.acquire_calls = 0
+
+    def acquire(self, *args: Any, **kw: Any) -> Any:
+        self.acquire_calls += 1
+        return super().acquire(*args, **kw)
+
+
+class TestHeartbeat:
+    """A handler that runs longer than lock_timeout keeps its item."""
+
+    def test_handler_running_three_lock_timeouts_is_never_taken(
+        self, sessions: sessionmaker[Session]
+    ) -> None:
+        lock_timeout = 1.0
+        owner_queue, rival_queue = RetryQueue(), CountingQueue()
+        rival_calls: list[int] = []
+
+        started = threading.Event()
+
+        def slow(job: Job) -> None:
+            started.set()
+            time.sleep(3 * lock_timeout)  # the slow work itself, not synchronisation
+
+        [item_id] = enqueue(sessions, owner_queue, "slow.report", retry_delay_seconds=0)
+        owner = Worker(
+            owner_queue,
+            sessions,
+            {"slow.report": slow},
+            worker_id="owner",
+            lock_timeout=lock_timeout,
+            heartbeat_interval=0.2,
+            listen=False,
+        )
+        rival = Worker(
+            rival_queue,
+            sessions,
+            {"slow.report": lambda job: rival_calls.append(job.id)},
+            worker_id="rival",
+            lock_timeout=lock_timeout,
+            poll_interval=0.05,
+            listen=False,
+        )
+        reports: list[RunReport] = []
+        owner_thread = threading.Thread(target=lambda: reports.append(owner.run_once()))
+        owner_thread.start()
+        try:
+            assert started.wait(15)
+            with running(rival) as rival_run:
+                owner_thread.join(15)
+                rival_report = rival_run.stop()
+        finally:
+            owner_thread.join(15)
+        assert reports == [RunReport(acquired=1, completed=1)]
+        assert rival_calls == [] and rival_report == RunReport()
+        assert rival_queue.acquire_calls >= 10  # it really was trying to reclaim meanwhile
+        assert history(sessions, item_id) == [("completed", 1, "owner")]
+
+
+class TestLostLease:
+    """A worker whose lease was taken over cannot record an outcome."""
+
+    def test_stale_workers_outcome_is_refused(
+        self,
+        sessions: sessionmaker[Session],
+        queue: RetryQueue,
+        clock: ManualClock,
+        worker_logs: LogRecorder,
+    ) -> None:
+        taken_over = threading.Event()
+        lease_checks: list[bool] = []
+
+        def stalled(job: Job) -> None:
+            lease_checks.append(job.extend_lease())  # still ours
+            assert taken_over.wait(15)
+            lease_checks.append(job.extend_lease())  # gone
+            raise RuntimeError("this failure must not overwrite the new owner's outcome")
+
+        [item_id] = enqueue(sessions, queue, "pay.out", retry_delay_seconds=0)
+        # A heartbeat interval far beyond the test: this worker stalls, as after a long GC
+        # pause or a network partition.
+        stale = Worker(
+            queue,
+            sessions,
+            {"pay.out": stalled},
+            worker_id="stale",
+            lock_timeout=60,
+            heartbeat_interval=59,
+            listen=False,
+        )
+        result: list[RunReport] = []
+        thread = threading.Thread(target=lambda: result.append(stale.run_once()), daemon=True)
+        thread.start()
+        try:
+            wait_until(lambda: lease_checks, what="stale handler started")
+            clock.advance(61)  # its lock is now older than lock_timeout
+            fresh = Worker(
+                queue,
+                sessions,
+                {"pay.out": lambda job: None},
+                worker_id="fresh",
+                lock_timeout=60,
+                listen=False,
+            )
+            assert fresh.run_once() == RunReport(acquired=1, completed=1)
+        finally:
+            taken_over.set()
+            thread.join(15)
+        assert result == [RunReport(acquired=1, lost=1)]
+        assert lease_checks == [True, False]
+        row = item(sessions, item_id)
+        assert row.status is RetryStatus.COMPLETED
+        assert "must not overwrite" not in (row.error_message or "")
+        assert row.last_error_code != "RuntimeError"
+        assert history(sessions, item_id) == [
+            ("lock_expired", 1, "stale"),
+            ("completed", 2, "fresh"),
+        ]
+        assert worker_logs.matching("lease lost", level=30)
+
+
+CRASHING_WORKER = textwrap.dedent(
+    """
+    import sys, threading
+    from pathlib import Path
+    from sqlalchemy.orm import sessionmaker
+    from retryqueue import RetryQueue, create_engine
+    from retryqueue.worker import Worker
+
+    url, worker_id, marker = sys.argv[1:4]
+    engine = create_engine(url)
+
+    def hang(job):
+        Path(marker).touch()
+        threading.Event().wait()  # until SIGKILL
+
+    Worker(RetryQueue(), sessionmaker(engine), {"crash.job": hang}, worker_id=worker_id,
+           batch_size=3, lock_timeout=2, heartbeat_interval=0.5, listen=False).run()
+    """
+)
+
+
+@pytest.mark.slow
+class TestCrashedWorker:
+    """Items of a worker killed with SIGKILL are completed by another after lock_timeout."""
+
+    def test_sigkilled_workers_items_are_reclaimed(
+        self, engine: Engine, sessions: sessionmaker[Session], tmp_path: Path
+    ) -> None:
+        queue = RetryQueue()
+        ids = enqueue(sessions, queue, "crash.job", 3, retry_delay_seconds=0)
+        script, marker = tmp_path / "crashing_worker.py", tmp_path / "started"
+        script.write_text(CRASHING_WORKER)
+        url = engine.url.render_as_string(hide_password=False)
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        child = subprocess.Popen(
+            [sys.executable, str(script), url, "doomed-worker", str(marker)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            wait_until(marker.exists, timeout=30, what="child worker's handler started")
+            assert count_status(sessions, RetryStatus.PROCESSING) == 3  # mid-batch
+        finally:
+            child.send_signal(signal.SIGKILL)
+            _, stderr = child.communicate(timeout=15)
+        assert child.returncode == -signal.SIGKILL, stderr.decode()
+
+        done: list[int] = []
+        survivor = Worker(
+            queue,
+            sessions,
+            {"crash.job": lambda job: done.append(job.id)},
+            worker_id="survivor",
+            lock_timeout=2,
+            poll_interval=0.1,
+            listen=False,
+        )
+        with running(survivor) as handle:
+            wait_until(
+                lambda: count_status(sessions, RetryStatus.COMPLETED) == 3,
+                what="survivor completing the reclaimed items",
+            )
+            handle.stop()
+        assert sorted(done) == sorted(ids)
+        for item_id in ids:
+            assert history(sessions, item_id) == [
+                ("lock_expired", 1, "doomed-worker"),
+                ("completed", 2, "survivor"),
+            ]
