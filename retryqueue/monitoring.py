@@ -7,6 +7,7 @@ None for the database clock) and never write.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -93,18 +94,17 @@ def stats(session: Session) -> list[QueueStats]:
     """Counts, retry figures and ages per (status, event_type, plugin_name)."""
     return [
         QueueStats(
-            status=status,
-            event_type=event_type,
-            plugin_name=plugin_name,
-            count=int(count),
-            avg_retry_count=float(avg_retries or 0.0),
-            max_retry_count=int(max_retries or 0),
-            oldest_created_at=oldest,
-            newest_created_at=newest,
-            locked_count=int(locked),
+            status=row.status,
+            event_type=row.event_type,
+            plugin_name=row.plugin_name,
+            count=int(row.count),
+            avg_retry_count=float(row.avg_retry_count or 0.0),
+            max_retry_count=int(row.max_retry_count or 0),
+            oldest_created_at=row.oldest_created_at,
+            newest_created_at=row.newest_created_at,
+            locked_count=int(row.locked_count),
         )
-        for status, event_type, plugin_name, count, avg_retries, max_retries, oldest, newest, locked
-        in _rows(session, sql.stats(), "stats")
+        for row in _rows(session, sql.stats(), "stats")
     ]
 
 
@@ -171,3 +171,28 @@ def dead_letter_groups(session: Session, group_by: str = "error_code") -> list[D
         )
         for row in _rows(session, sql.dead_letter_groups(group_by), "dead_letter_groups")
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueGauges:
+    """Point-in-time figures for a metrics exporter, all read on one clock.
+
+    ``oldest_due_pending_age_seconds``: how long the longest-waiting claimable pending item
+    has been due (0 when none is due): the queue's lag behind its workers.
+    ``stale_locks``: processing items whose lock is older than the stale-lock threshold.
+    """
+
+    measured_at: datetime
+    oldest_due_pending_age_seconds: float
+    stale_locks: int
+
+
+def queue_gauges(session: Session, at: datetime | None, stale_lock_seconds: float) -> QueueGauges:
+    """The lag and stale-lock figures of :class:`QueueGauges` in one query."""
+    row = _rows(session, sql.queue_gauges(at, stale_lock_seconds), "queue_gauges")[0]
+    age = 0.0
+    if row.oldest_due is not None:
+        age = max(0.0, (row.now - row.oldest_due).total_seconds())
+    return QueueGauges(
+        measured_at=row.now, oldest_due_pending_age_seconds=age, stale_locks=int(row.stale_locks)
+    )

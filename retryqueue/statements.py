@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, TypeAlias, Unpack, cast
+from typing import Any, TypeAlias, cast
 
 from sqlalchemy import (
     ColumnElement,
@@ -80,7 +80,7 @@ __all__ = [
 _SYNC_OFF = {"synchronize_session": False}
 
 # A SELECT of any row shape (SQLAlchemy 2.1 types rows as a variadic generic).
-AnySelect: TypeAlias = "Select[Unpack[tuple[Any, ...]]]"
+AnySelect: TypeAlias = "Select[*tuple[Any, ...]]"
 
 QUEUE_TABLE = cast("Table", RetryItem.__table__)
 HISTORY_TABLE = cast("Table", RetryHistory.__table__)
@@ -89,7 +89,7 @@ HISTORY_TABLE = cast("Table", RetryHistory.__table__)
 # Time
 
 
-class _now_plus_seconds(FunctionElement[datetime]):  # noqa: N801 - SQL function naming
+class _now_plus_seconds(FunctionElement[datetime]):
     """The server's current time plus a number of seconds (a SQL expression)."""
 
     type = UTCDateTime()
@@ -129,7 +129,7 @@ def after(at: datetime | None, seconds: float) -> ColumnElement[datetime]:
     return literal(at + timedelta(seconds=seconds), UTCDateTime())
 
 
-class _hour_bucket(FunctionElement[datetime]):  # noqa: N801
+class _hour_bucket(FunctionElement[datetime]):
     """The start of the UTC hour a timestamp falls in."""
 
     type = UTCDateTime()
@@ -458,9 +458,7 @@ def heartbeat(
     )
 
 
-def release(
-    worker_id: str, token: uuid.UUID | None, item_ids: Sequence[int] | None
-) -> Update:
+def release(worker_id: str, token: uuid.UUID | None, item_ids: Sequence[int] | None) -> Update:
     """Give a worker's processing items back to pending, unchanged otherwise."""
     clauses = [RetryItem.status == RetryStatus.PROCESSING, RetryItem.locked_by == worker_id]
     if token is not None:
@@ -595,9 +593,7 @@ def delete_history_batch(at: datetime | None, retention_seconds: float, limit: i
         .limit(limit)
         .scalar_subquery()
     )
-    return (
-        delete(RetryHistory).where(RetryHistory.id.in_(doomed)).execution_options(**_SYNC_OFF)
-    )
+    return delete(RetryHistory).where(RetryHistory.id.in_(doomed)).execution_options(**_SYNC_OFF)
 
 
 # ---------------------------------------------------------------------------------------
@@ -656,12 +652,12 @@ def stats() -> AnySelect:
             RetryItem.status,
             RetryItem.event_type,
             RetryItem.plugin_name,
-            func.count(),
-            func.avg(RetryItem.retry_count),
-            func.max(RetryItem.retry_count),
-            func.min(RetryItem.created_at),
-            func.max(RetryItem.created_at),
-            func.count(RetryItem.locked_by),
+            func.count().label("count"),
+            func.avg(RetryItem.retry_count).label("avg_retry_count"),
+            func.max(RetryItem.retry_count).label("max_retry_count"),
+            func.min(RetryItem.created_at).label("oldest_created_at"),
+            func.max(RetryItem.created_at).label("newest_created_at"),
+            func.count(RetryItem.locked_by).label("locked_count"),
         )
         .group_by(RetryItem.status, RetryItem.event_type, RetryItem.plugin_name)
         .order_by(RetryItem.status, RetryItem.event_type, RetryItem.plugin_name)
@@ -692,7 +688,10 @@ def alerts(
             ALERT_STALE_LOCK,
         ),
         # retry_count above 80 % of max_retries, in integers.
-        (and_(active, RetryItem.retry_count * 10 > RetryItem.max_retries * 8), ALERT_APPROACHING_LIMIT),
+        (
+            and_(active, RetryItem.retry_count * 10 > RetryItem.max_retries * 8),
+            ALERT_APPROACHING_LIMIT,
+        ),
         (
             and_(
                 RetryItem.status == RetryStatus.PENDING,

@@ -1,0 +1,63 @@
+"""The ``retryqueue`` command: a thin shell over the queue, monitoring, worker and migrations.
+
+The database comes from ``--database-url`` (before the command name) or the
+``RETRYQUEUE_DATABASE_URL`` environment variable; the default is ``sqlite:///retryqueue.db``.
+Expected failures (bad URL, unreachable database, missing tables, invalid arguments) print
+one line on stderr and exit with status 1.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from retryqueue.cli import admin, db, monitor, run
+from retryqueue.cli._context import (
+    DATABASE_URL_ENV,
+    DEFAULT_DATABASE_URL,
+    CliDeps,
+    ErrorHandlingGroup,
+    State,
+)
+
+__all__ = ["CliDeps", "app", "main"]
+
+app = typer.Typer(
+    name="retryqueue",
+    cls=ErrorHandlingGroup,
+    help="Operate a retryqueue: migrate, inspect, replay, purge, run workers, export metrics.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    database_url: Annotated[
+        str,
+        typer.Option(
+            "--database-url",
+            envvar=DATABASE_URL_ENV,
+            help="SQLAlchemy URL of the queue's database.",
+            show_default=True,
+        ),
+    ] = DEFAULT_DATABASE_URL,
+) -> None:
+    """Operate a retryqueue from the command line."""
+    deps = ctx.obj if isinstance(ctx.obj, CliDeps) else CliDeps()
+    ctx.obj = State(raw_url=database_url, deps=deps, on_close=ctx.call_on_close)
+
+
+app.add_typer(db.app, name="db")
+admin.register(app)
+monitor.register(app)
+run.register(app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

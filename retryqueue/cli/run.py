@@ -1,0 +1,198 @@
+"""Long-running commands: the metrics exporter, the worker and the demo."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from typing import Annotated
+
+import typer
+from prometheus_client import CollectorRegistry
+
+from retryqueue import metrics
+from retryqueue.cli._context import CliError, console, print_json, state
+from retryqueue.cli.monitor import alerts_table, stats_table
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to ``app``."""
+    app.command("metrics")(serve_metrics)
+    app.command()(worker)
+    app.command()(demo)
+
+
+def serve_metrics(
+    ctx: typer.Context,
+    port: Annotated[
+        int, typer.Option(help="TCP port (0: any free port).", show_default=True)
+    ] = 9464,
+    host: Annotated[str, typer.Option(help="Address to listen on.", show_default=True)] = "0.0.0.0",
+    stale_lock_seconds: Annotated[
+        float, typer.Option(help="Lock age counted as stale.", show_default=True)
+    ] = metrics.DEFAULT_STALE_LOCK_SECONDS,
+) -> None:
+    """Serve the queue's figures on http://HOST:PORT/metrics for Prometheus (Ctrl-C stops)."""
+    current = state(ctx)
+    collector = metrics.QueueCollector(
+        current.engine(), current.queue(), stale_lock_seconds=stale_lock_seconds
+    )
+    collector.check()
+    registry = CollectorRegistry()
+    registry.register(collector)
+    _serve(ctx, registry, host, port, "queue metrics")
+
+
+def _serve(
+    ctx: typer.Context, registry: CollectorRegistry, host: str, port: int, what: str
+) -> None:
+    current = state(ctx)
+    try:
+        server = metrics.serve(registry, host=host, port=port)
+    except OSError as exc:
+        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    typer.echo(f"serving {what} on {server.url} for {current.display_url}", err=True)
+    try:
+        current.deps.serve_until(server.url)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+def worker(
+    ctx: typer.Context,
+    handlers: Annotated[
+        str, typer.Argument(help="Where the handlers are: 'package.module:router'.")
+    ],
+    worker_id: Annotated[str | None, typer.Option(help="Default: host-pid-random.")] = None,
+    batch_size: Annotated[int, typer.Option(show_default=True)] = 10,
+    lock_timeout: Annotated[float, typer.Option(show_default=True)] = 300,
+    poll_interval: Annotated[float, typer.Option(show_default=True)] = 1.0,
+    concurrency: Annotated[int, typer.Option(show_default=True)] = 1,
+    heartbeat_interval: Annotated[
+        float | None, typer.Option(help="Default: lock_timeout / 3.")
+    ] = None,
+    shutdown_grace: Annotated[float, typer.Option(show_default=True)] = 30.0,
+    listen: Annotated[
+        bool, typer.Option("--listen/--no-listen", help="Wake on PostgreSQL NOTIFY.")
+    ] = True,
+    once: Annotated[bool, typer.Option("--once", help="Process one batch, then exit.")] = False,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve worker metrics on this port.")
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(show_default=True)] = "0.0.0.0",
+    log_level: Annotated[str, typer.Option(show_default=True)] = "INFO",
+    as_json: JsonOption = False,
+) -> None:
+    """Run a worker with the handlers at HANDLERS until SIGTERM/Ctrl-C (or --once)."""
+    from sqlalchemy.orm import sessionmaker
+
+    from retryqueue.worker import Worker, load_router
+
+    logging.basicConfig(
+        level=log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if os.getcwd() not in sys.path:  # console scripts don't import from the current folder
+        sys.path.insert(0, os.getcwd())
+    current = state(ctx)
+    router = load_router(handlers)
+    worker_metrics = metrics.WorkerMetrics()
+    runner = Worker(
+        current.queue(),
+        sessionmaker(current.engine(), expire_on_commit=False),
+        router,
+        worker_id=worker_id,
+        batch_size=batch_size,
+        lock_timeout=lock_timeout,
+        poll_interval=poll_interval,
+        concurrency=concurrency,
+        heartbeat_interval=heartbeat_interval,
+        shutdown_grace=shutdown_grace,
+        listen=listen,
+        observers=(worker_metrics.observe,),
+    )
+    server = None
+    if metrics_port is not None:
+        server = metrics.serve(worker_metrics.registry, host=metrics_host, port=metrics_port)
+        typer.echo(f"serving worker metrics on {server.url}", err=True)
+    try:
+        report = runner.run_once() if once else runner.run(install_signals=True)
+    finally:
+        if server is not None:
+            server.stop()
+    if as_json:
+        print_json(report)
+    else:
+        typer.echo(
+            ", ".join(f"{name} {getattr(report, name)}" for name in report.__dataclass_fields__)
+        )
+
+
+def demo(
+    ctx: typer.Context,
+    database_url: Annotated[
+        str | None,
+        typer.Option("--database-url", help="Run on this (empty) database, e.g. PostgreSQL."),
+    ] = None,
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the temporary database.")] = False,
+    items: Annotated[int, typer.Option(help="How many items.", show_default=True)] = 60,
+    seed: Annotated[int, typer.Option(help="Random seed of the mix.", show_default=True)] = 7,
+    as_json: JsonOption = False,
+) -> None:
+    """Watch the retry story (backoff, retry, dead letter) on a temporary SQLite database."""
+    from retryqueue.demo import run_demo
+
+    url = database_url or _explicit_root_url(ctx)
+    folder = None
+    if url is None:
+        folder = tempfile.mkdtemp(prefix="retryqueue-demo-")
+        url = f"sqlite:///{folder}/demo.db"
+    current = state(ctx)
+    current.raw_url = url
+    out = console(stderr=as_json)
+    try:
+        engine = current.engine()
+        result = run_demo(engine, out, items=items, seed=seed)
+        with current.session() as session:
+            queue = current.queue()
+            stats, alerts = queue.stats(session), queue.alerts(session)
+        engine.dispose()
+    finally:
+        if folder is not None and not keep:
+            shutil.rmtree(folder, ignore_errors=True)
+    if not result.finished:
+        raise CliError(f"the demo did not finish within its time limit: {result.statuses}")
+    kept = current.display_url if (folder is None or keep) else None
+    if as_json:
+        print_json(
+            {
+                "elapsed_seconds": round(result.elapsed_seconds, 2),
+                "statuses": result.statuses,
+                "database": kept,
+                "stats": stats,
+                "alerts": alerts,
+            }
+        )
+        return
+    out.print()
+    out.print(stats_table(stats))
+    out.print(alerts_table(alerts))
+    summary = ", ".join(f"{name} {count}" for name, count in sorted(result.statuses.items()))
+    out.print(f"demo finished in {result.elapsed_seconds:.1f} s: {summary}")
+    if kept:
+        out.print(f"database: {kept}  (try: retryqueue --database-url {kept} dead-letters)")
+
+
+def _explicit_root_url(ctx: typer.Context) -> str | None:
+    root = ctx.find_root()
+    source = root.get_parameter_source("database_url")
+    if source is None or source.name == "DEFAULT":
+        return None
+    return state(ctx).raw_url

@@ -1,0 +1,222 @@
+"""Prometheus metrics: queue figures read from the database, and worker-side counters.
+
+:class:`QueueCollector` queries the database at every scrape, so any number of exporter
+replicas report the same numbers (nothing is counted in process memory). Register it on a
+:class:`~prometheus_client.CollectorRegistry` of its own, or use :func:`serve`.
+
+:class:`WorkerMetrics` counts what one worker process did: attempts by outcome and handler
+durations. Pass its :meth:`~WorkerMetrics.observe` as a worker observer. These figures are
+per process; sum them in PromQL.
+
+Don't register :class:`QueueCollector` in every worker process: each scrape runs a few
+aggregate queries, so one exporter (``retryqueue metrics``) per database is enough.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from retryqueue import monitoring
+from retryqueue.errors import RetryQueueError
+from retryqueue.models import RetryStatus
+from retryqueue.queue import RetryQueue
+
+__all__ = [
+    "DEFAULT_STALE_LOCK_SECONDS",
+    "AttemptLike",
+    "MetricsServer",
+    "QueueCollector",
+    "WorkerMetrics",
+    "serve",
+]
+
+DEFAULT_STALE_LOCK_SECONDS = 300.0
+_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class QueueCollector(Collector):
+    """A custom collector whose every scrape reads the queue's state from the database.
+
+    Metrics (``plugin`` is ``""`` for items without a plugin):
+
+    * ``retryqueue_items{status,event_type,plugin}``: queue depth per group;
+    * ``retryqueue_status_items{status}``: items per status, every status present (zeros);
+    * ``retryqueue_dead_letter_items``: dead letters in total;
+    * ``retryqueue_oldest_due_pending_age_seconds``: how long the oldest claimable pending
+      item has been due (queue lag; 0 when nothing is due);
+    * ``retryqueue_stale_locks``: processing items locked longer than ``stale_lock_seconds``;
+    * ``retryqueue_database_up``: 1 if the queries succeeded, else 0 (other metrics omitted).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        queue: RetryQueue | None = None,
+        *,
+        stale_lock_seconds: float = DEFAULT_STALE_LOCK_SECONDS,
+    ) -> None:
+        self.engine = engine
+        self.queue = queue or RetryQueue()
+        self.stale_lock_seconds = stale_lock_seconds
+
+    def describe(self) -> Iterable[Metric]:
+        """Nothing: describing would need a database round trip at registration time."""
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        """Read the figures; a database failure yields ``retryqueue_database_up 0`` only."""
+        up = GaugeMetricFamily(
+            "retryqueue_database_up", "1 if the exporter could read the queue's tables."
+        )
+        try:
+            families = list(self._families())
+        except RetryQueueError:
+            up.add_metric([], 0.0)
+            return [up]
+        up.add_metric([], 1.0)
+        return [up, *families]
+
+    def check(self) -> None:
+        """Run the scrape queries once, raising the :class:`RetryQueueError` if they fail."""
+        list(self._families())
+
+    def _families(self) -> Iterator[Metric]:
+        with Session(self.engine) as session:
+            stats = monitoring.stats(session)
+            gauges = monitoring.queue_gauges(
+                session, self.queue.now(session), self.stale_lock_seconds
+            )
+        depth = GaugeMetricFamily(
+            "retryqueue_items",
+            "Queue items per status, event type and plugin.",
+            labels=["status", "event_type", "plugin"],
+        )
+        per_status = dict.fromkeys((status.value for status in RetryStatus), 0)
+        for row in stats:
+            status = RetryStatus(row.status).value
+            depth.add_metric([status, row.event_type, row.plugin_name or ""], row.count)
+            per_status[status] += row.count
+        yield depth
+        by_status = GaugeMetricFamily(
+            "retryqueue_status_items", "Queue items per status.", labels=["status"]
+        )
+        for status, count in per_status.items():
+            by_status.add_metric([status], count)
+        yield by_status
+        yield GaugeMetricFamily(
+            "retryqueue_dead_letter_items",
+            "Items in dead_letter (need manual triage or replay).",
+            value=per_status[RetryStatus.DEAD_LETTER.value],
+        )
+        yield GaugeMetricFamily(
+            "retryqueue_oldest_due_pending_age_seconds",
+            "Seconds the oldest claimable pending item has been due (0 if none).",
+            value=gauges.oldest_due_pending_age_seconds,
+        )
+        yield GaugeMetricFamily(
+            "retryqueue_stale_locks",
+            "Processing items whose lock is older than the stale-lock threshold.",
+            value=gauges.stale_locks,
+        )
+
+
+class AttemptLike(Protocol):
+    """What :meth:`WorkerMetrics.observe` reads from a worker's attempt result."""
+
+    @property
+    def event_type(self) -> str:
+        """The item's event type."""
+        ...
+
+    @property
+    def plugin_name(self) -> str | None:
+        """The item's plugin, if any."""
+        ...
+
+    @property
+    def outcome(self) -> str:
+        """What happened: completed, retry, failed, dead_letter, ..."""
+        ...
+
+    @property
+    def duration_seconds(self) -> float:
+        """How long the handler ran."""
+        ...
+
+
+class WorkerMetrics:
+    """Worker-side counters and histograms, fed one attempt result at a time.
+
+    * ``retryqueue_worker_attempts_total{event_type,plugin,outcome}``
+    * ``retryqueue_worker_handler_duration_seconds{event_type,outcome}`` (histogram)
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.attempts = Counter(
+            "retryqueue_worker_attempts",
+            "Handler attempts by outcome.",
+            ["event_type", "plugin", "outcome"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "retryqueue_worker_handler_duration_seconds",
+            "Handler run time in seconds.",
+            ["event_type", "outcome"],
+            buckets=_DURATION_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe(self, result: AttemptLike) -> None:
+        """Count one attempt (use as a worker observer)."""
+        outcome = str(getattr(result.outcome, "value", result.outcome))
+        self.attempts.labels(result.event_type, result.plugin_name or "", outcome).inc()
+        self.duration.labels(result.event_type, outcome).observe(
+            max(0.0, float(result.duration_seconds))
+        )
+
+    __call__ = observe
+
+
+@dataclass
+class MetricsServer:
+    """A running /metrics HTTP server; :meth:`stop` shuts it down and joins its thread."""
+
+    host: str
+    port: int
+    _server: WSGIServer
+    _thread: threading.Thread
+
+    @property
+    def url(self) -> str:
+        """The scrape URL."""
+        return f"http://{self.host}:{self.port}/metrics"
+
+    def stop(self) -> None:
+        """Stop serving and release the socket."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+def serve(
+    registry: CollectorRegistry, *, host: str = "127.0.0.1", port: int = 9464
+) -> MetricsServer:
+    """Serve ``registry`` on ``http://host:port/metrics`` from a daemon thread.
+
+    ``port=0`` picks a free port (see :attr:`MetricsServer.port`).
+    """
+    server, thread = start_http_server(port, addr=host, registry=registry)
+    bound = server.server_address
+    display_host = host if host not in ("", "0.0.0.0") else "127.0.0.1"
+    return MetricsServer(display_host, int(bound[1]), server, thread)

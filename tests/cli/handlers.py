@@ -1,0 +1,14 @@
+"""Handlers loaded by the `retryqueue worker` tests (as tests.cli.handlers:router)."""
+
+from __future__ import annotations
+
+from retryqueue.worker import Job, PermanentError, Router
+
+router = Router()
+
+
+@router.route("chat.*")
+def deliver(job: Job) -> None:
+    """Succeeds unless the message asks to fail."""
+    if job.event_data.get("fail"):
+        raise PermanentError("recipient unknown", code="NO_RECIPIENT")
