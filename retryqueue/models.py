@@ -59,6 +59,9 @@ metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 # SQLite only autoincrements an INTEGER PRIMARY KEY; elsewhere this is BIGSERIAL/BIGINT.
 _BigId = BigInteger().with_variant(Integer(), "sqlite")
+# Without AUTOINCREMENT, SQLite hands a deleted row's id to the next insert, and history
+# rows of a cleaned-up item would then describe a new one. Ids are never reused.
+_NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
 
 
 class Base(DeclarativeBase):
@@ -189,6 +192,7 @@ class RetryItem(Base):
         ),
         # Added by retryqueue (revision 0002): idempotent enqueue on event_id.
         Index("uq_retry_queue_event_id", "event_id", unique=True),
+        _NEVER_REUSE_IDS,
     )
 
     def __repr__(self) -> str:
@@ -224,6 +228,7 @@ class RetryHistory(Base):
         Index("idx_retry_history_queue_id", "retry_queue_id"),
         Index("idx_retry_history_event_id", "event_id"),
         Index("idx_retry_history_attempted_at", "attempted_at"),
+        _NEVER_REUSE_IDS,
     )
 
     def __repr__(self) -> str:

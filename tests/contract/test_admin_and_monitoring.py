@@ -168,6 +168,17 @@ class TestCleanup:
         with sessions() as session:
             assert session.get(RetryItem, waiting) is None
 
+    def test_ids_of_cleaned_up_items_are_never_reused(
+        self, sessions: sessionmaker[Session], queue: RetryQueue, clock: ManualClock
+    ) -> None:
+        old = finish(sessions, queue, "completed")
+        clock.advance(timedelta(days=8))
+        with sessions.begin() as session:
+            assert queue.cleanup(session, retention_days=7).deleted_count == 1
+        new = enqueue(sessions, queue)
+        assert new > old  # else the old item's history rows would describe the new one
+        assert history(sessions, new) == []
+
     def test_iter_cleanup_yields_bounded_batches(
         self, sessions: sessionmaker[Session], queue: RetryQueue, clock: ManualClock
     ) -> None:

@@ -111,6 +111,8 @@ def upgrade() -> None:
         sa.CheckConstraint(
             "priority >= 1 AND priority <= 10", name="ck_daz_retry_queue_priority_range"
         ),
+        # SQLite would otherwise reuse a deleted row's id (and confuse its history).
+        sqlite_autoincrement=True,
     )
     _queue_indexes()
     op.create_table(
@@ -128,6 +130,7 @@ def upgrade() -> None:
         ),
         sa.Column("duration_ms", sa.Integer()),
         sa.PrimaryKeyConstraint("id", name="pk_daz_retry_history"),
+        sqlite_autoincrement=True,
     )
     op.create_index("idx_retry_history_queue_id", "daz_retry_history", ["retry_queue_id"])
     op.create_index("idx_retry_history_event_id", "daz_retry_history", ["event_id"])

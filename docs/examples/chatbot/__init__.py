@@ -1,0 +1,1 @@
+"""A small chat-bot style event processor that uses retryqueue (an example application)."""
