@@ -14,14 +14,24 @@ from typing import Any
 import sqlalchemy
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import StaticPool
+
+from retryqueue.errors import InvalidArgument
 
 __all__ = ["configure_sqlite", "create_engine", "normalise_url"]
 
 
 def normalise_url(url: str | URL) -> URL:
-    """Parse a database URL; plain ``postgresql://`` means psycopg 3, ``mysql://`` PyMySQL."""
-    parsed = make_url(url)
+    """Parse a database URL; plain ``postgresql://`` means psycopg 3, ``mysql://`` PyMySQL.
+
+    An unparseable URL raises :class:`~retryqueue.errors.InvalidArgument` without echoing
+    the URL (it may hold a password).
+    """
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        raise InvalidArgument("url", "not a valid database URL (dialect://user@host/db)") from None
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     elif parsed.drivername in ("mysql", "mariadb"):

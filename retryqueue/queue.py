@@ -556,7 +556,7 @@ class RetryQueue:
         Completed items are replayed only if the filter's statuses name ``completed``.
         Each requeued item gets a ``requeued`` history row. Returns the ids moved.
         """
-        item_filter = (
+        item_filter = check.item_filter(
             selection if isinstance(selection, ItemFilter) else ItemFilter(ids=list(selection))
         )
         statuses = check.status_list("statuses", item_filter.statuses)
@@ -592,12 +592,11 @@ class RetryQueue:
 
         History rows stay (they are the audit trail). Returns the ids deleted.
         """
-        item_filter = (
+        item_filter = check.item_filter(
             selection
             if isinstance(selection, ItemFilter)
             else ItemFilter(statuses=tuple(RetryStatus), ids=list(selection))
         )
-        check.status_list("statuses", item_filter.statuses)
         ids = list(session.scalars(sql.filtered_ids(item_filter, lock=True)))
         if not ids:
             return []
@@ -674,7 +673,7 @@ class RetryQueue:
 
     def find(self, session: Session, item_filter: ItemFilter) -> list[ItemSnapshot]:
         """The items a filter selects (what a requeue would move)."""
-        return monitoring.find_items(session, item_filter)
+        return monitoring.find_items(session, check.item_filter(item_filter))
 
     def dead_letter_groups(
         self, session: Session, group_by: str = "error_code"
@@ -728,7 +727,11 @@ def _lease(
 ) -> tuple[int, str, uuid.UUID | None]:
     if isinstance(item, ClaimedItem):
         if worker_id is not None and worker_id != item.locked_by:
-            raise InvalidArgument("worker_id", "differs from the claimed item's worker")
+            raise InvalidArgument(
+                "worker_id",
+                f"{worker_id!r} differs from the claimed item's worker {item.locked_by!r} "
+                "(with a ClaimedItem, pass error_message= by keyword)",
+            )
         if lease_token is not None and lease_token != item.lease_token:
             raise InvalidArgument("lease_token", "differs from the claimed item's token")
         return item.id, item.locked_by, item.lease_token

@@ -16,12 +16,14 @@ from typing import Any
 
 from retryqueue.errors import InvalidArgument
 from retryqueue.models import RetryStatus
+from retryqueue.results import ItemFilter
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "MAX_JSON_DEPTH",
     "aware",
     "bounded_int",
+    "item_filter",
     "json_document",
     "multiplier",
     "optional_text",
@@ -141,6 +143,26 @@ def status_list(field: str, values: Iterable[object]) -> list[RetryStatus]:
             names = ", ".join(status.value for status in RetryStatus)
             raise InvalidArgument(field, f"unknown status {value!r}; expected {names}") from exc
     return result
+
+
+def item_filter(value: object) -> ItemFilter:
+    """An :class:`ItemFilter` whose statuses, ids, times and limit are all valid."""
+    if not isinstance(value, ItemFilter):
+        raise InvalidArgument("selection", f"expected an ItemFilter, got {type(value).__name__}")
+    status_list("statuses", value.statuses)
+    if value.ids is not None:
+        for item_id in value.ids:
+            bounded_int("ids", item_id, low=1, high=2**63 - 1)
+    for name in ("created_after", "created_before", "failed_after", "failed_before"):
+        moment = getattr(value, name)
+        if moment is not None:
+            aware(name, moment)
+    for name in ("event_type", "plugin_name", "channel_name"):
+        optional_text(name, getattr(value, name))
+    optional_text("error_code", value.error_code, max_length=50)
+    if value.limit is not None:
+        bounded_int("limit", value.limit, low=1)
+    return value
 
 
 def json_document(
