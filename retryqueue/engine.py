@@ -31,7 +31,7 @@ def normalise_url(url: str | URL) -> URL:
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):
-        raise InvalidArgument("url", "not a valid database URL (dialect://user@host/db)") from None
+        raise InvalidArgument("url", "cannot be parsed (expected dialect://user:password@host/database)") from None
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     elif parsed.drivername in ("mysql", "mariadb"):

@@ -67,8 +67,8 @@ class State:
         """The parsed, normalised database URL; :class:`CliError` if it does not parse."""
         try:
             return normalise_url(self.raw_url)
-        except (ArgumentError, ValueError) as exc:
-            raise CliError(f"invalid database URL: {_first_line(exc)}") from exc
+        except InvalidArgument as exc:
+            raise CliError(f"invalid database URL: {exc.problem}") from None
 
     @property
     def display_url(self) -> str:

@@ -23,7 +23,7 @@ class TestErrors:
     @pytest.mark.parametrize(
         ("url", "expected"),
         [
-            ("not a url", "error: invalid database URL: Could not parse"),
+            ("not a url", "error: invalid database URL: cannot be parsed"),
             ("nosuchdb://host/db", "error: invalid database URL: Can't load plugin"),
         ],
     )
