@@ -31,7 +31,8 @@ def normalise_url(url: str | URL) -> URL:
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):
-        raise InvalidArgument("url", "cannot be parsed (expected dialect://user:password@host/database)") from None
+        expected = "cannot be parsed (expected dialect://user:password@host/database)"
+        raise InvalidArgument("url", expected) from None
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     elif parsed.drivername in ("mysql", "mariadb"):

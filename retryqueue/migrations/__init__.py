@@ -26,8 +26,10 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import SQLAlchemyError
 
+from retryqueue import validation as check
 from retryqueue.errors import MigrationError, database_error
 from retryqueue.models import metadata
 
@@ -38,6 +40,7 @@ __all__ = [
     "current",
     "differences",
     "downgrade",
+    "grant_statements",
     "heads",
     "make_config",
     "offline_sql",
@@ -159,6 +162,27 @@ def offline_sql(
     except Exception as exc:
         raise MigrationError(f"could not render SQL for {dialect_name}: {exc}") from exc
     return buffer.getvalue()
+
+
+def grant_statements(role: str, *, maintenance: bool = False, schema: str = "public") -> list[str]:
+    """PostgreSQL GRANTs that let ``role`` use the queue with no DDL rights.
+
+    The runtime role (applications that enqueue, workers) gets SELECT, INSERT and UPDATE on
+    ``daz_retry_queue``, SELECT and INSERT on ``daz_retry_history`` and USAGE on their id
+    sequences. ``maintenance=True`` adds DELETE on both tables, for cleanup and purge.
+    Schema changes stay with the migration owner.
+    """
+    preparer = postgresql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
+    who = preparer.quote(check.text("role", role, max_length=63))
+    where = preparer.quote_schema(check.text("schema", schema, max_length=63))
+    delete = ", DELETE" if maintenance else ""
+    return [
+        f"GRANT USAGE ON SCHEMA {where} TO {who}",
+        f"GRANT SELECT, INSERT, UPDATE{delete} ON {where}.daz_retry_queue TO {who}",
+        f"GRANT SELECT, INSERT{delete} ON {where}.daz_retry_history TO {who}",
+        f"GRANT USAGE ON SEQUENCE {where}.daz_retry_queue_id_seq, "
+        f"{where}.daz_retry_history_id_seq TO {who}",
+    ]
 
 
 def package_path() -> Path:
