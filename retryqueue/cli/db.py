@@ -86,5 +86,16 @@ def offline_sql(
     typer.echo(migrations.offline_sql(name, revision, from_revision=from_revision), nl=False)
 
 
+@app.command("grants")
+def grants(
+    role: Annotated[str, typer.Argument(help="The PostgreSQL role to grant to.")],
+    maintenance: Annotated[bool, typer.Option(help="Also allow DELETE (cleanup, purge).")] = False,
+    schema: Annotated[str, typer.Option(help="Schema holding the tables.")] = "public",
+) -> None:
+    """Print the GRANTs for a least-privilege runtime (or maintenance) role: DML, no DDL."""
+    for statement in migrations.grant_statements(role, maintenance=maintenance, schema=schema):
+        typer.echo(f"{statement};")
+
+
 def _describe(revisions: list[str]) -> str:
     return ", ".join(revisions) if revisions else "no revision (empty or unmigrated database)"

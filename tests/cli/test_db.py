@@ -56,3 +56,16 @@ class TestMigrations:
         sqlite = invoke_cli("postgresql://127.0.0.1:1/none", "db", "sql", "--dialect", "sqlite")
         assert "CREATE TABLE daz_retry_queue" in sqlite.stdout
         assert "CREATE TYPE" not in sqlite.stdout
+
+
+def test_grants_print_dml_only() -> None:
+    from typer.testing import CliRunner
+
+    from retryqueue.cli import app
+
+    result = CliRunner().invoke(app, ["db", "grants", "app_worker"])
+    assert result.exit_code == 0, result.output
+    assert "GRANT SELECT, INSERT, UPDATE ON public.daz_retry_queue TO app_worker;" in result.output
+    assert "DELETE" not in result.output
+    result = CliRunner().invoke(app, ["db", "grants", "ops", "--maintenance"])
+    assert "GRANT SELECT, INSERT, DELETE ON public.daz_retry_history TO ops;" in result.output
