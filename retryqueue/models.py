@@ -21,7 +21,6 @@ from sqlalchemy import (
     MetaData,
     Numeric,
     String,
-    Text,
     Uuid,
     column,
     text,
@@ -30,6 +29,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from retryqueue.types import (
     JsonDocument,
+    SealedJSON,
+    SealedText,
     TagList,
     UTCDateTime,
     random_uuid,
@@ -109,7 +110,7 @@ class RetryItem(Base):
     event_type: Mapped[str] = mapped_column(String(255), nullable=False)
     channel_name: Mapped[str | None] = mapped_column(String(255))
     plugin_name: Mapped[str | None] = mapped_column(String(255))
-    event_data: Mapped[Any] = mapped_column(JsonDocument(), nullable=False)
+    event_data: Mapped[Any] = mapped_column(SealedJSON(), nullable=False)
     event_metadata: Mapped[dict[str, Any] | None] = mapped_column(JsonDocument())
     retry_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
     max_retries: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("3"))
@@ -122,7 +123,7 @@ class RetryItem(Base):
     status: Mapped[RetryStatus] = mapped_column(
         retry_status_type, nullable=False, server_default=RetryStatus.PENDING.value
     )
-    error_message: Mapped[str | None] = mapped_column(Text)
+    error_message: Mapped[str | None] = mapped_column(SealedText())
     last_error_code: Mapped[str | None] = mapped_column(String(50))
     created_at: Mapped[datetime] = mapped_column(
         UTCDateTime(), nullable=False, server_default=utc_now()
@@ -216,7 +217,7 @@ class RetryHistory(Base):
     event_id: Mapped[uuid.UUID] = mapped_column(Uuid(), nullable=False)
     attempt_number: Mapped[int] = mapped_column(Integer, nullable=False)
     status: Mapped[str] = mapped_column(String(50), nullable=False)
-    error_message: Mapped[str | None] = mapped_column(Text)
+    error_message: Mapped[str | None] = mapped_column(SealedText())
     error_code: Mapped[str | None] = mapped_column(String(50))
     worker_id: Mapped[str | None] = mapped_column(String(255))
     attempted_at: Mapped[datetime] = mapped_column(

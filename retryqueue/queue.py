@@ -656,6 +656,38 @@ class RetryQueue:
             if gone.rowcount < batch_size:  # type: ignore[attr-defined]
                 break
 
+    def iter_rotate_keys(self, session: Session, *, batch_size: int = 500) -> Iterator[int]:
+        """Re-encrypt event_data and error messages under the newest key, in batches.
+
+        Reads each row with whichever configured key sealed it (or as plaintext) and writes
+        it back sealed with the newest key (see :mod:`retryqueue.encryption`). Yields the
+        number of rows rewritten per batch; commit between batches. Rows being processed
+        are rewritten too: only the sealed columns change.
+        """
+        batch_size = check.bounded_int("batch_size", batch_size, low=1, high=100_000)
+        try:
+            last = 0
+            while rows := session.execute(sql.sealed_queue_rows(last, batch_size)).all():
+                session.execute(
+                    sql.rewrite_queue_rows(),
+                    [
+                        {"id": r.id, "event_data": r.event_data, "error_message": r.error_message}
+                        for r in rows
+                    ],
+                )
+                last = rows[-1].id
+                yield len(rows)
+            last = 0
+            while rows := session.execute(sql.sealed_history_rows(last, batch_size)).all():
+                session.execute(
+                    sql.rewrite_history_rows(),
+                    [{"id": r.id, "error_message": r.error_message} for r in rows],
+                )
+                last = rows[-1].id
+                yield len(rows)
+        except SQLAlchemyError as exc:
+            raise database_error("rotate_keys", exc) from exc
+
     def cleanup(
         self, session: Session, retention_days: float = 7, *, batch_size: int = 1000
     ) -> CleanupResult:

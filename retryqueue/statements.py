@@ -825,3 +825,37 @@ def next_claimable_due(at: datetime | None) -> AnySelect:
         RetryItem.locked_by.is_(None),
         RetryItem.expires_at > now,
     )
+
+
+# ---------------------------------------------------------------------------------------
+# Encryption at rest: key rotation rewrites the sealed columns in id order.
+
+
+def sealed_queue_rows(after_id: int, limit: int) -> AnySelect:
+    """The next ``limit`` queue rows after ``after_id``: id, event_data, error_message."""
+    return (
+        select(RetryItem.id, RetryItem.event_data, RetryItem.error_message)
+        .where(RetryItem.id > after_id)
+        .order_by(RetryItem.id)
+        .limit(limit)
+    )
+
+
+def sealed_history_rows(after_id: int, limit: int) -> AnySelect:
+    """The next ``limit`` history rows with an error message after ``after_id``."""
+    return (
+        select(RetryHistory.id, RetryHistory.error_message)
+        .where(RetryHistory.id > after_id, RetryHistory.error_message.is_not(None))
+        .order_by(RetryHistory.id)
+        .limit(limit)
+    )
+
+
+def rewrite_queue_rows() -> Update:
+    """Bulk UPDATE by primary key of event_data and error_message (executemany)."""
+    return update(RetryItem).execution_options(**_SYNC_OFF)
+
+
+def rewrite_history_rows() -> Update:
+    """Bulk UPDATE by primary key of history error messages (executemany)."""
+    return update(RetryHistory).execution_options(**_SYNC_OFF)

@@ -17,8 +17,12 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
+from retryqueue import encryption
+
 __all__ = [
     "JsonDocument",
+    "SealedJSON",
+    "SealedText",
     "TagList",
     "UTCDateTime",
     "random_uuid",
@@ -68,6 +72,47 @@ class UTCDateTime(TypeDecorator[datetime]):
 def JsonDocument() -> TypeEngine[Any]:
     """JSONB on PostgreSQL, JSON elsewhere; Python ``None`` is stored as SQL NULL."""
     return JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
+
+
+class SealedJSON(TypeDecorator[Any]):
+    """A JSON document (JSONB on PostgreSQL), encrypted at rest when keys are configured.
+
+    See :mod:`retryqueue.encryption`. Without keys it is plain JSON; values written under
+    a key are read back only with that key.
+    """
+
+    impl = JSON(none_as_null=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.JSONB(none_as_null=True))
+        return dialect.type_descriptor(JSON(none_as_null=True))
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        ring = encryption.active()
+        if value is None or ring is None:
+            return value
+        return ring.seal_json(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        return encryption.open_json(value)
+
+
+class SealedText(TypeDecorator[str]):
+    """TEXT, encrypted at rest when keys are configured (see :mod:`retryqueue.encryption`)."""
+
+    impl = Text()
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        ring = encryption.active()
+        if value is None or ring is None:
+            return value
+        return ring.seal_text(value)
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> str | None:
+        return encryption.open_text(value)
 
 
 def TagList() -> TypeEngine[Any]:

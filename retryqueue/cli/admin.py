@@ -10,7 +10,9 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 
+from retryqueue import encryption
 from retryqueue.cli._context import (
+    CliError,
     State,
     chunks,
     console,
@@ -36,6 +38,7 @@ def register(app: typer.Typer) -> None:
     app.command()(replay)
     app.command()(purge)
     app.command()(cleanup)
+    app.command("rotate-keys")(rotate_keys)
 
 
 def enqueue(
@@ -364,3 +367,23 @@ class _progress:
 
     def __exit__(self, *exc: object) -> None:
         self._bar.__exit__(None, None, None)
+
+
+def rotate_keys(
+    ctx: typer.Context,
+    batch_size: Annotated[int, typer.Option(help="Rows per transaction.", show_default=True)] = 500,
+) -> None:
+    """Re-encrypt event data and error messages under the newest key, in batches.
+
+    Keys come from RETRYQUEUE_ENCRYPTION_KEYS (comma-separated, newest first); every key
+    listed can still decrypt. Drop the old key once this has run.
+    """
+    if encryption.active() is None:
+        raise CliError(f"no encryption keys configured: set {encryption.KEYS_ENV} (newest first)")
+    current = state(ctx)
+    total = 0
+    with current.session() as session:
+        for rewritten in current.queue().iter_rotate_keys(session, batch_size=batch_size):
+            session.commit()
+            total += rewritten
+    typer.echo(f"re-encrypted {total} stored value(s) under the newest key")
