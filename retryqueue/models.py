@@ -163,13 +163,15 @@ class RetryItem(Base):
         ),
         Index("idx_retry_queue_event_type", "event_type"),
         Index("idx_retry_queue_created_at", "created_at"),
+        # Added by retryqueue (revision 0003, replacing idx_retry_queue_priority): serves the
+        # claim query's filter and order exactly, so claiming never sorts the backlog.
         Index(
-            "idx_retry_queue_priority",
+            "idx_retry_queue_claim",
             column("priority").desc(),
-            "status",
             "next_retry_at",
-            postgresql_where=text("status = 'pending'"),
-            sqlite_where=text("status = 'pending'"),
+            "id",
+            postgresql_where=text("status = 'pending' AND locked_by IS NULL"),
+            sqlite_where=text("status = 'pending' AND locked_by IS NULL"),
         ),
         Index(
             "idx_retry_queue_locked",

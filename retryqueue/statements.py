@@ -10,6 +10,7 @@ serialised by its single writer instead (see :mod:`retryqueue.engine`).
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -20,9 +21,12 @@ from sqlalchemy import (
     Delete,
     Float,
     Insert,
+    Integer,
     Select,
+    String,
     Table,
     Update,
+    Uuid,
     and_,
     bindparam,
     case,
@@ -49,6 +53,7 @@ from retryqueue.types import UTCDateTime, utc_now
 __all__ = [
     "CLAIM_COLUMNS",
     "SNAPSHOT_COLUMNS",
+    "Bound",
     "after",
     "alerts",
     "apply_failure",
@@ -292,14 +297,19 @@ def reclaim_stale(item_id: int, at: datetime | None, lock_timeout: float) -> Col
     )
 
 
-def claim(at: datetime | None, worker_id: str, token: uuid.UUID, batch_size: int) -> Update:
-    """Claim up to ``batch_size`` due items in priority order, in one round trip.
+Bound = tuple[Update, dict[str, Any]]
+"""A statement built once (cached) and the parameters of one execution."""
 
-    Candidates: pending, due, unlocked and not expired, ordered by priority DESC, then
-    next_retry_at, then id; locked with SKIP LOCKED so concurrent workers never get the
-    same row. RETURNING gives the claimed rows (in no particular order).
-    """
-    now = now_expr(at)
+
+def _now_param(server_clock: bool, name: str) -> ColumnElement[datetime]:
+    return utc_now() if server_clock else bindparam(name, type_=UTCDateTime())
+
+
+@functools.cache
+def _claim_template(server_clock: bool) -> Update:
+    # Built once per clock kind: the hot path skips statement construction and its
+    # cache-key computation, and the SQL text stays the same for every batch.
+    now = _now_param(server_clock, "claim_now")
     candidates = (
         select(RetryItem.id)
         .where(
@@ -309,7 +319,7 @@ def claim(at: datetime | None, worker_id: str, token: uuid.UUID, batch_size: int
             RetryItem.expires_at > now,
         )
         .order_by(RetryItem.priority.desc(), RetryItem.next_retry_at, RetryItem.id)
-        .limit(batch_size)
+        .limit(bindparam("claim_limit", type_=Integer()))
         .with_for_update(skip_locked=True)
         .cte("claimable")
         .prefix_with("MATERIALIZED", dialect="postgresql")
@@ -319,14 +329,32 @@ def claim(at: datetime | None, worker_id: str, token: uuid.UUID, batch_size: int
         .where(RetryItem.id == candidates.c.id)
         .values(
             status=RetryStatus.PROCESSING,
-            locked_by=worker_id,
+            locked_by=bindparam("claim_worker", type_=String()),
             locked_at=now,
-            lease_token=token,
+            lease_token=bindparam("claim_token", type_=Uuid()),
             last_attempted_at=now,
         )
         .returning(*CLAIM_COLUMNS)
         .execution_options(**_SYNC_OFF)
     )
+
+
+def claim(at: datetime | None, worker_id: str, token: uuid.UUID, batch_size: int) -> Bound:
+    """Claim up to ``batch_size`` due items in priority order, in one round trip.
+
+    Candidates: pending, due, unlocked and not expired, ordered by priority DESC, then
+    next_retry_at, then id (served by ``idx_retry_queue_claim``); locked with SKIP LOCKED
+    so concurrent workers never get the same row. RETURNING gives the claimed rows (in no
+    particular order).
+    """
+    params: dict[str, Any] = {
+        "claim_worker": worker_id,
+        "claim_token": token,
+        "claim_limit": batch_size,
+    }
+    if at is not None:
+        params["claim_now"] = at
+    return _claim_template(at is None), params
 
 
 # ---------------------------------------------------------------------------------------
@@ -363,24 +391,20 @@ def complete_owned(
     )
 
 
-def complete_many(
-    at: datetime | None, worker_id: str, leases: Sequence[tuple[int, uuid.UUID]]
-) -> Update:
-    """Complete a batch of items in one statement; only rows whose lease still holds change.
-
-    ``leases`` are (item id, lease token) pairs; RETURNING id, event_id, retry_count of
-    the rows completed.
-    """
+@functools.cache
+def _complete_many_template(server_clock: bool) -> Update:
     return (
         update(RetryItem)
         .where(
             RetryItem.status == RetryStatus.PROCESSING,
-            RetryItem.locked_by == worker_id,
-            tuple_(RetryItem.id, RetryItem.lease_token).in_(list(leases)),
+            RetryItem.locked_by == bindparam("done_worker", type_=String()),
+            tuple_(RetryItem.id, RetryItem.lease_token).in_(
+                bindparam("done_leases", expanding=True)
+            ),
         )
         .values(
             status=RetryStatus.COMPLETED,
-            completed_at=now_expr(at),
+            completed_at=_now_param(server_clock, "done_now"),
             locked_by=None,
             locked_at=None,
             lease_token=None,
@@ -388,6 +412,20 @@ def complete_many(
         .returning(RetryItem.id, RetryItem.event_id, RetryItem.retry_count)
         .execution_options(**_SYNC_OFF)
     )
+
+
+def complete_many(
+    at: datetime | None, worker_id: str, leases: Sequence[tuple[int, uuid.UUID]]
+) -> Bound:
+    """Complete a batch of items in one statement; only rows whose lease still holds change.
+
+    ``leases`` are (item id, lease token) pairs; RETURNING id, event_id, retry_count of
+    the rows completed.
+    """
+    params: dict[str, Any] = {"done_worker": worker_id, "done_leases": list(leases)}
+    if at is not None:
+        params["done_now"] = at
+    return _complete_many_template(at is None), params
 
 
 def lock_owned(item_id: int, worker_id: str, token: uuid.UUID | None) -> AnySelect:

@@ -69,6 +69,7 @@ _MAX_BACKOFF = 30.0
 _RECHECK_SOON = 0.25  # idle wait when something looked due but could not be taken
 _FLUSH_AFTER = 0.5  # a finished outcome waits at most this long for its batch-mates
 _LONGEST_WAIT = 5.0
+_RECLAIM_EVERY = 15.0  # upper bound between two looks for stale locks
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +233,7 @@ class Worker:
         self._batch_lock = threading.Lock()
         self._batch: Batch | None = None
         self._previous_handlers: dict[int, Any] = {}
+        self._next_reclaim = 0.0
 
     def __repr__(self) -> str:
         return f"Worker(worker_id={self.worker_id!r}, router={self.router!r})"
@@ -286,10 +288,17 @@ class Worker:
         """
         if self._stopping.is_set():
             return RunReport()
+        reclaim = time.monotonic() >= self._next_reclaim
         with self._transaction("acquire") as session:
             claimed = self.queue.acquire(
-                session, self.worker_id, self.batch_size, self.lock_timeout
+                session,
+                self.worker_id,
+                self.batch_size,
+                self.lock_timeout,
+                reclaim_stale=reclaim,
             )
+        if reclaim:  # stale locks are looked for a few times per lock_timeout, not per batch
+            self._next_reclaim = time.monotonic() + min(self.lock_timeout / 4, _RECLAIM_EVERY)
         if not claimed:
             return RunReport()
         logger.debug("acquired %d items", len(claimed), extra={"worker_id": self.worker_id})
