@@ -39,11 +39,19 @@ class TimedQueue(RetryQueue):
         self.acquire_times: list[tuple[float, float]] = []
 
     def acquire(
-        self, session: Session, worker_id: str, batch_size: int = 10, lock_timeout: float = 300
+        self,
+        session: Session,
+        worker_id: str,
+        batch_size: int = 10,
+        lock_timeout: float = 300,
+        *,
+        reclaim_stale: bool = True,
     ) -> list[ClaimedItem]:
         """Time :meth:`RetryQueue.acquire`, committing included (the caller's commit is not)."""
         began = time.perf_counter()
-        claimed = super().acquire(session, worker_id, batch_size, lock_timeout)
+        claimed = super().acquire(
+            session, worker_id, batch_size, lock_timeout, reclaim_stale=reclaim_stale
+        )
         if claimed:
             self.acquire_times.append((time.time(), time.perf_counter() - began))
         return claimed

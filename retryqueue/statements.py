@@ -34,6 +34,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     or_,
     select,
     text,
@@ -118,6 +119,22 @@ def _now_plus_pg(element: _now_plus_seconds, compiler: SQLCompiler, **kw: Any) -
 def _now_plus_mysql(element: _now_plus_seconds, compiler: SQLCompiler, **kw: Any) -> str:
     seconds = compiler.process(element.clauses, **kw)
     return f"TIMESTAMPADD(MICROSECOND, ROUND(({seconds}) * 1000000), UTC_TIMESTAMP(6))"
+
+
+def _status_is(status: RetryStatus) -> ColumnElement[bool]:
+    """``status = 'x'`` with the value inlined, not bound.
+
+    The partial indexes name statuses in their predicates; PostgreSQL can use them for a
+    prepared (generic) plan only when the status is a constant in the SQL text.
+    """
+    return RetryItem.status == literal_column(f"'{status.value}'", RetryItem.status.type)
+
+
+def _status_in(*statuses: RetryStatus) -> ColumnElement[bool]:
+    """``status IN ('x', 'y')`` with the values inlined (see :func:`_status_is`)."""
+    return RetryItem.status.in_(
+        [literal_column(f"'{status.value}'", RetryItem.status.type) for status in statuses]
+    )
 
 
 def now_expr(at: datetime | None) -> ColumnElement[datetime]:
@@ -231,7 +248,7 @@ def next_due(at: datetime | None) -> AnySelect:
     """The earliest next_retry_at of pending items, and now (on the same clock)."""
     return select(
         func.min(RetryItem.next_retry_at).label("next_due"), now_expr(at).label("now")
-    ).where(RetryItem.status == RetryStatus.PENDING)
+    ).where(_status_is(RetryStatus.PENDING))
 
 
 # ---------------------------------------------------------------------------------------
@@ -279,7 +296,7 @@ def select_stale(at: datetime | None, lock_timeout: float, limit: int) -> AnySel
     return (
         select(*_FAILURE_COLUMNS)
         .where(
-            RetryItem.status == RetryStatus.PROCESSING,
+            _status_is(RetryStatus.PROCESSING),
             or_(RetryItem.locked_at < after(at, -lock_timeout), RetryItem.locked_at.is_(None)),
         )
         .order_by(RetryItem.id)
@@ -292,7 +309,7 @@ def reclaim_stale(item_id: int, at: datetime | None, lock_timeout: float) -> Col
     """The guard under which a stale item may be reclaimed (still processing, still stale)."""
     return and_(
         RetryItem.id == item_id,
-        RetryItem.status == RetryStatus.PROCESSING,
+        _status_is(RetryStatus.PROCESSING),
         or_(RetryItem.locked_at < after(at, -lock_timeout), RetryItem.locked_at.is_(None)),
     )
 
@@ -313,7 +330,7 @@ def _claim_template(server_clock: bool) -> Update:
     candidates = (
         select(RetryItem.id)
         .where(
-            RetryItem.status == RetryStatus.PENDING,
+            _status_is(RetryStatus.PENDING),
             RetryItem.next_retry_at <= now,
             RetryItem.locked_by.is_(None),
             RetryItem.expires_at > now,
@@ -364,7 +381,7 @@ def claim(at: datetime | None, worker_id: str, token: uuid.UUID, batch_size: int
 def _owned(item_id: int, worker_id: str, token: uuid.UUID | None) -> ColumnElement[bool]:
     clauses = [
         RetryItem.id == item_id,
-        RetryItem.status == RetryStatus.PROCESSING,
+        _status_is(RetryStatus.PROCESSING),
         RetryItem.locked_by == worker_id,
     ]
     if token is not None:
@@ -396,7 +413,7 @@ def _complete_many_template(server_clock: bool) -> Update:
     return (
         update(RetryItem)
         .where(
-            RetryItem.status == RetryStatus.PROCESSING,
+            _status_is(RetryStatus.PROCESSING),
             RetryItem.locked_by == bindparam("done_worker", type_=String()),
             tuple_(RetryItem.id, RetryItem.lease_token).in_(
                 bindparam("done_leases", expanding=True)
@@ -482,7 +499,7 @@ def heartbeat(
     item_ids: Sequence[int] | None,
 ) -> Update:
     """Refresh locked_at on the items a worker still holds; RETURNING their ids."""
-    clauses = [RetryItem.status == RetryStatus.PROCESSING, RetryItem.locked_by == worker_id]
+    clauses = [_status_is(RetryStatus.PROCESSING), RetryItem.locked_by == worker_id]
     if token is not None:
         clauses.append(RetryItem.lease_token == token)
     if item_ids is not None:
@@ -498,7 +515,7 @@ def heartbeat(
 
 def release(worker_id: str, token: uuid.UUID | None, item_ids: Sequence[int] | None) -> Update:
     """Give a worker's processing items back to pending, unchanged otherwise."""
-    clauses = [RetryItem.status == RetryStatus.PROCESSING, RetryItem.locked_by == worker_id]
+    clauses = [_status_is(RetryStatus.PROCESSING), RetryItem.locked_by == worker_id]
     if token is not None:
         clauses.append(RetryItem.lease_token == token)
     if item_ids is not None:
@@ -582,7 +599,7 @@ def purge_ids(item_ids: Sequence[int]) -> ReturningDelete[int]:
     """Delete the given items unless they are being processed (history is kept)."""
     return (
         delete(RetryItem)
-        .where(RetryItem.id.in_(item_ids), RetryItem.status != RetryStatus.PROCESSING)
+        .where(RetryItem.id.in_(item_ids), ~_status_is(RetryStatus.PROCESSING))
         .returning(RetryItem.id)
         .execution_options(**_SYNC_OFF)
     )
@@ -592,7 +609,7 @@ def _finished_before(cutoff: ColumnElement[datetime]) -> ColumnElement[bool]:
     finished_at = func.coalesce(
         RetryItem.completed_at, RetryItem.last_attempted_at, RetryItem.created_at
     )
-    return and_(RetryItem.status.in_(list(TERMINAL_STATUSES)), finished_at < cutoff)
+    return and_(_status_in(*TERMINAL_STATUSES), finished_at < cutoff)
 
 
 def delete_finished_batch(at: datetime | None, retention_seconds: float, limit: int) -> Delete:
@@ -611,7 +628,7 @@ def expired_batch(at: datetime | None, limit: int) -> AnySelect:
     """Pending items past expires_at (they can never run), locked for archiving."""
     return (
         select(RetryItem.id, RetryItem.event_id, RetryItem.retry_count)
-        .where(RetryItem.status == RetryStatus.PENDING, RetryItem.expires_at < now_expr(at))
+        .where(_status_is(RetryStatus.PENDING), RetryItem.expires_at < now_expr(at))
         .order_by(RetryItem.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -715,12 +732,12 @@ def alerts(
     old_pending_seconds: float = 86400,
 ) -> AnySelect:
     """Items needing attention, each with its most urgent reason."""
-    active = RetryItem.status.in_([RetryStatus.PENDING, RetryStatus.PROCESSING])
+    active = _status_in(RetryStatus.PENDING, RetryStatus.PROCESSING)
     reason = case(
-        (RetryItem.status == RetryStatus.DEAD_LETTER, ALERT_DEAD_LETTER),
+        (_status_is(RetryStatus.DEAD_LETTER), ALERT_DEAD_LETTER),
         (
             and_(
-                RetryItem.status == RetryStatus.PROCESSING,
+                _status_is(RetryStatus.PROCESSING),
                 RetryItem.locked_at < after(at, -stale_lock_seconds),
             ),
             ALERT_STALE_LOCK,
@@ -732,7 +749,7 @@ def alerts(
         ),
         (
             and_(
-                RetryItem.status == RetryStatus.PENDING,
+                _status_is(RetryStatus.PENDING),
                 RetryItem.created_at < after(at, -old_pending_seconds),
             ),
             ALERT_OLD_PENDING,
@@ -762,7 +779,7 @@ def stuck(at: datetime | None, older_than_seconds: float) -> AnySelect:
     return (
         select(*SNAPSHOT_COLUMNS)
         .where(
-            RetryItem.status == RetryStatus.PROCESSING,
+            _status_is(RetryStatus.PROCESSING),
             RetryItem.locked_at < after(at, -older_than_seconds),
         )
         .order_by(RetryItem.locked_at, RetryItem.id)
@@ -801,7 +818,7 @@ def dead_letter_groups(group_by: str) -> AnySelect:
             func.min(RetryItem.created_at).label("oldest"),
             func.max(RetryItem.created_at).label("newest"),
         )
-        .where(RetryItem.status == RetryStatus.DEAD_LETTER)
+        .where(_status_is(RetryStatus.DEAD_LETTER))
         .group_by(key)
         .order_by(func.count().desc(), key)
     )
@@ -809,7 +826,7 @@ def dead_letter_groups(group_by: str) -> AnySelect:
 
 def success_rate_by_event_type() -> AnySelect:
     """Per event type: all items and the completed ones."""
-    completed = func.sum(case((RetryItem.status == RetryStatus.COMPLETED, 1), else_=0))
+    completed = func.sum(case((_status_is(RetryStatus.COMPLETED), 1), else_=0))
     return (
         select(RetryItem.event_type, func.count(), completed)
         .group_by(RetryItem.event_type)
@@ -826,7 +843,7 @@ def queue_gauges(at: datetime | None, stale_lock_seconds: float) -> AnySelect:
     oldest_due = (
         select(func.min(RetryItem.next_retry_at))
         .where(
-            RetryItem.status == RetryStatus.PENDING,
+            _status_is(RetryStatus.PENDING),
             RetryItem.next_retry_at <= now,
             RetryItem.expires_at > now,
         )
@@ -836,7 +853,7 @@ def queue_gauges(at: datetime | None, stale_lock_seconds: float) -> AnySelect:
         select(func.count())
         .select_from(RetryItem)
         .where(
-            RetryItem.status == RetryStatus.PROCESSING,
+            _status_is(RetryStatus.PROCESSING),
             or_(
                 RetryItem.locked_at < after(at, -stale_lock_seconds),
                 RetryItem.locked_at.is_(None),
@@ -859,7 +876,7 @@ def next_claimable_due(at: datetime | None) -> AnySelect:
     """
     now = now_expr(at)
     return select(func.min(RetryItem.next_retry_at).label("next_due"), now.label("now")).where(
-        RetryItem.status == RetryStatus.PENDING,
+        _status_is(RetryStatus.PENDING),
         RetryItem.locked_by.is_(None),
         RetryItem.expires_at > now,
     )
