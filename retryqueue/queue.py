@@ -341,19 +341,8 @@ class RetryQueue:
         row = session.execute(sql.complete_owned(at, item_id, worker_id, lease_token)).first()
         if row is None:
             return False
-        self._write_history(
-            session,
-            at,
-            [
-                _history(
-                    row.id,
-                    row.event_id,
-                    row.retry_count + 1,
-                    Outcome.COMPLETED,
-                    worker_id=worker_id,
-                    duration_ms=duration_ms,
-                )
-            ],
+        self._write_attempt(
+            session, at, row, Outcome.COMPLETED, worker_id=worker_id, duration_ms=duration_ms
         )
         return True
 
@@ -449,21 +438,15 @@ class RetryQueue:
         guard = sql.owned_guard(item_id, worker_id, lease_token)
         if not self._apply(session, guard, at, decision, error_message, error_code):
             return False
-        self._write_history(
+        self._write_attempt(
             session,
             at,
-            [
-                _history(
-                    row.id,
-                    row.event_id,
-                    row.retry_count + 1,
-                    decision.outcome,
-                    worker_id=worker_id,
-                    error_message=error_message,
-                    error_code=error_code,
-                    duration_ms=duration_ms,
-                )
-            ],
+            row,
+            decision.outcome,
+            worker_id=worker_id,
+            error_message=error_message,
+            error_code=error_code,
+            duration_ms=duration_ms,
         )
         return True
 
@@ -503,6 +486,15 @@ class RetryQueue:
             error_code=error_code,
         )
         return session.execute(stmt).first() is not None
+
+    @classmethod
+    def _write_attempt(
+        cls, session: Session, at: datetime | None, row: Any, outcome: Outcome, **fields: Any
+    ) -> None:
+        """One history row for the attempt an acquired ``row`` (id, event_id, retry_count) made."""
+        cls._write_history(
+            session, at, [_history(row.id, row.event_id, row.retry_count + 1, outcome, **fields)]
+        )
 
     @staticmethod
     def _write_history(session: Session, at: datetime | None, rows: list[dict[str, Any]]) -> None:

@@ -23,7 +23,6 @@ import socket
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
@@ -36,6 +35,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from retryqueue import validation as check
+from retryqueue._batch import Batch, Finished, by_token
 from retryqueue.errors import DatabaseError, InvalidArgument, database_error
 from retryqueue.listener import NotifyListener, supports_listen
 from retryqueue.queue import RetryQueue
@@ -44,7 +44,6 @@ from retryqueue.routing import (
     Handler,
     PermanentError,
     RetryLater,
-    Route,
     Router,
     as_router,
     load_router,
@@ -67,8 +66,6 @@ logger = logging.getLogger("retryqueue.worker")
 
 _MAX_BACKOFF = 30.0
 _RECHECK_SOON = 0.25  # idle wait when something looked due but could not be taken
-_FLUSH_AFTER = 0.5  # a finished outcome waits at most this long for its batch-mates
-_LONGEST_WAIT = 5.0
 _RECLAIM_EVERY = 15.0  # upper bound between two looks for stale locks
 
 
@@ -541,7 +538,7 @@ class Worker:
             try:
                 released = 0
                 with self._transaction("release") as session:
-                    for token, token_ids in _by_token(unstarted).items():
+                    for token, token_ids in by_token(unstarted).items():
                         released += len(
                             self.queue.release(
                                 session, self.worker_id, token_ids, lease_token=token
@@ -581,7 +578,7 @@ class Worker:
                 return set()
             kept: set[int] = set()
             with self._transaction("heartbeat") as session:
-                for token, ids in _by_token(held).items():
+                for token, ids in by_token(held).items():
                     kept.update(
                         self.queue.heartbeat(session, self.worker_id, ids, lease_token=token)
                     )
@@ -617,140 +614,6 @@ class Worker:
         if due <= 0:
             return min(self.poll_interval, _RECHECK_SOON)
         return min(self.poll_interval, due + 0.01)
-
-
-@dataclass(slots=True)
-class Finished:
-    """A handler run that ended (``error`` None: success; ``route`` None: no handler)."""
-
-    item: ClaimedItem
-    route: Route | None
-    error: BaseException | None
-    duration_seconds: float
-    finished_at: float = field(default_factory=time.monotonic)
-
-    @property
-    def duration_ms(self) -> int:
-        """The run's duration in whole milliseconds."""
-        return round(self.duration_seconds * 1000)
-
-
-class Batch:
-    """One acquired batch: items waiting, running and finished; the leases still held.
-
-    The item lists are guarded by an internal condition; ``held``, ``renewed_at`` and the
-    lost set by ``db_lock``, which also serialises this batch's writes (heartbeat, outcome,
-    release) so that a heartbeat never mistakes a just-recorded item for a lost one.
-    """
-
-    def __init__(self, items: list[ClaimedItem]) -> None:
-        self.items = items
-        self.db_lock = threading.Lock()
-        self.renewed_at = time.monotonic()
-        self._cond = threading.Condition()
-        self._unstarted = deque(items)
-        self._running: dict[int, ClaimedItem] = {}
-        self._finished: list[Finished] = []
-        self._held = {item.id: item for item in items}
-        self._lost: set[int] = set()
-
-    def next_item(self, stopping: threading.Event) -> ClaimedItem | None:
-        """The next item to run, or None when there is none or the worker is stopping."""
-        with self._cond:
-            if stopping.is_set() or not self._unstarted:
-                return None
-            item = self._unstarted.popleft()
-            self._running[item.id] = item
-            return item
-
-    def finish(self, done: Finished) -> None:
-        """Note a handler run that ended."""
-        with self._cond:
-            self._running.pop(done.item.id, None)
-            self._finished.append(done)
-            self._cond.notify_all()
-
-    def poke(self) -> None:
-        """Wake :meth:`wait_for_outcomes` (the worker is stopping)."""
-        with self._cond:
-            self._cond.notify_all()
-
-    def take_unstarted(self) -> list[ClaimedItem]:
-        """Remove and return the items no handler has started."""
-        with self._cond:
-            items = list(self._unstarted)
-            self._unstarted.clear()
-            return items
-
-    def wait_for_outcomes(
-        self, stopping: threading.Event, deadline: float | None
-    ) -> list[Finished]:
-        """Finished runs worth recording now: wait for batch-mates up to _FLUSH_AFTER.
-
-        Returns early (possibly empty) when all runs ended, at the deadline, or when a stop
-        was requested and no deadline is set yet. Once stopping, records without delay.
-        """
-        hurry = deadline is not None
-        with self._cond:
-            while True:
-                now = time.monotonic()
-                idle = not self._unstarted and not self._running
-                oldest = self._finished[0].finished_at if self._finished else None
-                if oldest is not None and (hurry or idle or now - oldest >= _FLUSH_AFTER):
-                    taken, self._finished = self._finished, []
-                    return taken
-                if idle or (stopping.is_set() and not hurry):
-                    return []
-                if deadline is not None and now >= deadline:
-                    return []
-                timeout = _LONGEST_WAIT
-                if oldest is not None:
-                    timeout = min(timeout, oldest + _FLUSH_AFTER - now)
-                if deadline is not None:
-                    timeout = min(timeout, deadline - now)
-                self._cond.wait(max(timeout, 0.001))
-
-    def done(self) -> bool:
-        """True when every item was recorded, released or abandoned."""
-        with self._cond:
-            return not (self._unstarted or self._running or self._finished)
-
-    def has_finished(self) -> bool:
-        """True when some run ended and is not recorded yet."""
-        with self._cond:
-            return bool(self._finished)
-
-    def abandon_running(self) -> list[ClaimedItem]:
-        """Give up on the running handlers (caller holds db_lock); returns their items."""
-        with self._cond:
-            items = list(self._running.values())
-            self._running.clear()
-        self.forget(item.id for item in items)
-        return items
-
-    def forget(self, ids: Iterable[int]) -> None:
-        """Stop heartbeating these items (caller holds db_lock)."""
-        for item_id in ids:
-            self._held.pop(item_id, None)
-
-    def held_items(self, only: list[int] | None) -> list[ClaimedItem]:
-        """Items whose leases we still hold (caller holds db_lock)."""
-        if only is None:
-            return list(self._held.values())
-        return [self._held[item_id] for item_id in only if item_id in self._held]
-
-    def mark_lost(self, items: Iterable[ClaimedItem]) -> list[ClaimedItem]:
-        """Note lost leases; returns those not noted before (caller holds db_lock)."""
-        new = [item for item in items if item.id not in self._lost]
-        self._lost.update(item.id for item in new)
-        return new
-
-
-def _by_token(items: Iterable[ClaimedItem]) -> dict[Any, list[int]]:
-    groups: dict[Any, list[int]] = {}
-    for item in items:
-        groups.setdefault(item.lease_token, []).append(item.id)
-    return groups
 
 
 def _fields(item: ClaimedItem, worker_id: str, **more: Any) -> dict[str, Any]:
