@@ -101,9 +101,9 @@ def drain(
     while rounds < max_rounds:
         batch = queue.acquire(session, worker_id, batch_size=batch_size)
         if not batch:
-            wait = queue.seconds_until_due(session) if advance_clock else None
+            wait = queue.seconds_until_claimable(session) if advance_clock else None
             if wait is None or wait <= 0:
-                break  # nothing pending, or pending but not claimable (expired)
+                break  # nothing left that can still be claimed
             assert isinstance(clock, ManualClock)
             clock.advance(wait)
             continue

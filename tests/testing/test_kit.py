@@ -190,3 +190,16 @@ class TestSameTestOnPostgres:
         assert report[item.id].status is RetryStatus.DEAD_LETTER
         found = rq_queue.find(rq_session, ItemFilter(statuses=[RetryStatus.DEAD_LETTER]))
         assert [f.id for f in found] == [item.id]
+
+
+class TestDrainSkipsExpiredItems:
+    """An expired item neither stops the clock walk nor keeps it spinning."""
+
+    def test_later_items_still_run(
+        self, rq_session: Session, rq_queue: RetryQueue, rq_clock: ManualClock
+    ) -> None:
+        rq_queue.enqueue(rq_session, "stale", {}, ttl=10)
+        later = rq_queue.enqueue(rq_session, "job", {}, delay=600, ttl=3600)
+        rq_clock.advance(11)  # the first item expired unrun
+        report = drain(rq_queue, rq_session, {"job": lambda job: None}, advance_clock=True)
+        assert report[later.id].status is RetryStatus.COMPLETED
