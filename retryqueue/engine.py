@@ -44,7 +44,8 @@ def create_engine(url: str | URL, **kwargs: Any) -> Engine:
     """Create an engine set up for the queue (SQLite: BEGIN IMMEDIATE, WAL, busy timeout).
 
     An in-memory SQLite URL gets one shared connection so that every thread sees the
-    same database.
+    same database. MySQL/MariaDB engines default to ``READ COMMITTED`` (fewer gap locks
+    under concurrent claims); pass ``isolation_level`` to choose another.
     """
     parsed = normalise_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -54,6 +55,10 @@ def create_engine(url: str | URL, **kwargs: Any) -> Engine:
         engine = sqlalchemy.create_engine(parsed, **kwargs)
         configure_sqlite(engine)
         return engine
+    if parsed.get_backend_name() in ("mysql", "mariadb"):
+        # InnoDB's REPEATABLE READ takes gap and next-key locks on every row a locking read
+        # scans; READ COMMITTED locks only the matching rows, so claims contend less.
+        kwargs.setdefault("isolation_level", "READ COMMITTED")
     return sqlalchemy.create_engine(parsed, **kwargs)
 
 

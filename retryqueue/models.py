@@ -186,7 +186,8 @@ class RetryItem(Base):
             postgresql_using="gin",
             postgresql_where=text("tags IS NOT NULL"),
             sqlite_where=text("tags IS NOT NULL"),
-        ),
+            # MySQL/MariaDB cannot index a JSON column: no tags index there.
+        ).ddl_if(dialect=("postgresql", "sqlite")),  # type: ignore[arg-type]  # tuple: documented
         Index(
             "idx_retry_queue_expires_at",
             "expires_at",

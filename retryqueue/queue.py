@@ -178,10 +178,13 @@ class RetryQueue:
         if not rows:
             return []
         dialect = session.get_bind().dialect.name
-        inserted = {
-            event_id: item_id
-            for item_id, event_id in session.execute(sql.insert_items(dialect, at), rows)
-        }
+        if sql.has_returning(dialect):
+            inserted = {
+                event_id: item_id
+                for item_id, event_id in session.execute(sql.insert_items(dialect, at), rows)
+            }
+        else:
+            inserted = self._insert_without_returning(session, dialect, at, rows)
         if inserted and self.notify and dialect == "postgresql":
             session.execute(sql.notify())
         missing = [row["event_id"] for row in rows if row["event_id"] not in inserted]
@@ -198,6 +201,23 @@ class RetryQueue:
             reported.add(event_id)
             results.append(EnqueuedItem(ids[event_id], event_id, created))
         return results
+
+    @staticmethod
+    def _insert_without_returning(
+        session: Session, dialect: str, at: datetime | None, rows: list[dict[str, Any]]
+    ) -> dict[uuid.UUID, int]:
+        # MySQL/MariaDB: no INSERT ... RETURNING. The event_ids already present are read
+        # first (a plain read: no gap locks); after the insert, a locking read (which sees
+        # rows other transactions committed meanwhile) gives every id. Caveat: an event_id
+        # that a concurrent transaction inserts between the two reads counts as ours.
+        event_ids = list({row["event_id"] for row in rows})
+        before = {event_id for _, event_id in session.execute(sql.existing_by_event_ids(event_ids))}
+        session.execute(sql.insert_items(dialect, at), rows)
+        return {
+            event_id: item_id
+            for item_id, event_id in session.execute(sql.enqueued_by_event_ids(event_ids))
+            if event_id not in before
+        }
 
     def _row(self, index: int, item: NewItem, at: datetime | None) -> dict[str, Any]:
         if not isinstance(item, NewItem):
@@ -287,14 +307,25 @@ class RetryQueue:
         if reclaim_stale:
             self._reclaim_stale(session, at, lock_timeout)
         token = uuid.uuid4()
-        stmt, params = sql.claim(at, worker_id, token, batch_size)
-        rows = session.execute(stmt, params).all()
+        if _has_returning(session):
+            stmt, params = sql.claim(at, worker_id, token, batch_size)
+            rows = session.execute(stmt, params).all()
+        else:  # MySQL: SELECT ... SKIP LOCKED, UPDATE those ids, read them back
+            rows = _run_emulated(session, sql.claim_emulated(at, worker_id, token, batch_size))
         claimed = [_claimed(row) for row in rows]
         claimed.sort(key=lambda item: (-item.priority, item.next_retry_at, item.id))
         return claimed
 
     def _reclaim_stale(self, session: Session, at: datetime | None, lock_timeout: float) -> int:
-        stale = session.execute(sql.select_stale(at, lock_timeout, _STALE_RECLAIM_LIMIT)).all()
+        stmt = sql.select_stale(at, lock_timeout, _STALE_RECLAIM_LIMIT)
+        if not _has_returning(session):
+            # MySQL: a locking scan of the status index takes next-key locks that deadlock
+            # with concurrent claims; find candidates with a plain read, then lock by id.
+            ids = list(session.scalars(sql.stale_ids(at, lock_timeout, _STALE_RECLAIM_LIMIT)))
+            if not ids:
+                return 0
+            stmt = sql.select_stale(at, lock_timeout, _STALE_RECLAIM_LIMIT, only_ids=ids)
+        stale = session.execute(stmt).all()
         history = []
         for row in stale:
             if self.count_expired_locks:
@@ -338,7 +369,8 @@ class RetryQueue:
         """
         item_id, worker_id, lease_token = _lease(item, worker_id, lease_token)
         at = self.now(session)
-        row = session.execute(sql.complete_owned(at, item_id, worker_id, lease_token)).first()
+        done = _returning_rows(session, sql.complete_owned(at, item_id, worker_id, lease_token))
+        row = done[0] if done else None
         if row is None:
             return False
         self._write_attempt(
@@ -370,7 +402,7 @@ class RetryQueue:
         at = self.now(session)
         leases = [(item.id, item.lease_token) for item in items]
         stmt, params = sql.complete_many(at, worker_id, leases)
-        rows = session.execute(stmt, params).all()
+        rows = _returning_rows(session, stmt, params)
         duration_of = dict(zip((item.id for item in items), durations_ms or [], strict=False))
         self._write_history(
             session,
@@ -485,7 +517,7 @@ class RetryQueue:
             error_message=error_message,
             error_code=error_code,
         )
-        return session.execute(stmt).first() is not None
+        return bool(_returning_rows(session, stmt))
 
     @classmethod
     def _write_attempt(
@@ -520,7 +552,7 @@ class RetryQueue:
         worker_id = check.text("worker_id", worker_id)
         at = self.now(session)
         stmt = sql.heartbeat(at, worker_id, lease_token, _ids(item_ids))
-        return sorted(session.scalars(stmt))
+        return sorted(row.id for row in _returning_rows(session, stmt))
 
     @_database_errors
     def release(
@@ -537,7 +569,8 @@ class RetryQueue:
         Returns the ids released.
         """
         worker_id = check.text("worker_id", worker_id)
-        return sorted(session.scalars(sql.release(worker_id, lease_token, _ids(item_ids))))
+        stmt = sql.release(worker_id, lease_token, _ids(item_ids))
+        return sorted(row.id for row in _returning_rows(session, stmt))
 
     # -- administration ------------------------------------------------------------------
 
@@ -575,7 +608,7 @@ class RetryQueue:
             reset_retries=reset_retries,
             ttl_seconds=self.default_ttl.total_seconds(),
         )
-        moved = session.execute(stmt).all()
+        moved = _returning_rows(session, stmt)
         self._write_history(
             session,
             at,
@@ -600,7 +633,7 @@ class RetryQueue:
         ids = list(session.scalars(sql.filtered_ids(item_filter, lock=True)))
         if not ids:
             return []
-        return sorted(session.scalars(sql.purge_ids(ids)))
+        return sorted(row.id for row in _returning_rows(session, sql.purge_ids(ids)))
 
     def iter_cleanup(
         self, session: Session, retention_days: float = 7, *, batch_size: int = 1000
@@ -625,9 +658,9 @@ class RetryQueue:
         self, session: Session, at: datetime | None, retention: float, batch_size: int
     ) -> Iterator[CleanupResult]:
         while True:
-            deleted = session.execute(sql.delete_finished_batch(at, retention, batch_size))
-            yield CleanupResult(deleted_count=deleted.rowcount)  # type: ignore[attr-defined]
-            if deleted.rowcount < batch_size:  # type: ignore[attr-defined]
+            count = self._delete_finished(session, at, retention, batch_size)
+            yield CleanupResult(deleted_count=count)
+            if count < batch_size:
                 break
         while True:
             expired = session.execute(sql.expired_batch(at, batch_size)).all()
@@ -651,10 +684,36 @@ class RetryQueue:
             if len(expired) < batch_size:
                 break
         while True:
-            gone = session.execute(sql.delete_history_batch(at, 2 * retention, batch_size))
-            yield CleanupResult(history_deleted_count=gone.rowcount)  # type: ignore[attr-defined]
-            if gone.rowcount < batch_size:  # type: ignore[attr-defined]
+            count = self._delete_history(session, at, 2 * retention, batch_size)
+            yield CleanupResult(history_deleted_count=count)
+            if count < batch_size:
                 break
+
+    @staticmethod
+    def _delete_finished(
+        session: Session, at: datetime | None, retention: float, batch_size: int
+    ) -> int:
+        if _has_returning(session):
+            deleted = session.execute(sql.delete_finished_batch(at, retention, batch_size))
+            return int(deleted.rowcount)  # type: ignore[attr-defined]
+        # MySQL cannot DELETE through a LIMITed subquery of the same table: ids first.
+        ids = list(session.scalars(sql.finished_batch_ids(at, retention, batch_size)))
+        if ids:
+            session.execute(sql.delete_by_ids(ids))
+        return len(ids)
+
+    @staticmethod
+    def _delete_history(
+        session: Session, at: datetime | None, retention: float, batch_size: int
+    ) -> int:
+        if _has_returning(session):
+            gone = session.execute(sql.delete_history_batch(at, retention, batch_size))
+            return int(gone.rowcount)  # type: ignore[attr-defined]
+        # MySQL: as in _delete_finished.
+        ids = list(session.scalars(sql.history_batch_ids(at, retention, batch_size)))
+        if ids:
+            session.execute(sql.delete_history_by_ids(ids))
+        return len(ids)
 
     def iter_rotate_keys(self, session: Session, *, batch_size: int = 500) -> Iterator[int]:
         """Re-encrypt event_data and error messages under the newest key, in batches.
@@ -752,6 +811,38 @@ class RetryQueue:
         if row.next_due is None:
             return None
         return float((row.next_due - row.now).total_seconds())
+
+
+def _has_returning(session: Session) -> bool:
+    return sql.has_returning(session.get_bind().dialect.name)
+
+
+def _returning_rows(
+    session: Session, stmt: Any, params: Mapping[str, Any] | None = None
+) -> list[Any]:
+    """The rows of an UPDATE/DELETE ... RETURNING (on MySQL: of its three-step form)."""
+    if _has_returning(session):
+        return list(session.execute(stmt, params).all())
+    return _run_emulated(session, sql.emulate_returning(stmt), params)
+
+
+def _run_emulated(
+    session: Session, emulation: sql.Emulation, params: Mapping[str, Any] | None = None
+) -> list[Any]:
+    # MySQL/MariaDB, in the caller's transaction: lock the ids, change exactly those rows,
+    # then read back what RETURNING would have given (ids only for a DELETE).
+    ids = list(session.scalars(emulation.lock, params))
+    if not ids:
+        return []
+    session.execute(emulation.apply(ids), params)
+    if emulation.read is None:
+        return [_IdRow(item_id) for item_id in ids]
+    return list(session.execute(emulation.read(ids), params).all())
+
+
+@dataclass(frozen=True, slots=True)
+class _IdRow:
+    id: int
 
 
 def _lease(

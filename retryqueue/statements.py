@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeAlias, cast
 
@@ -41,7 +42,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import ReturningDelete
@@ -55,18 +56,26 @@ __all__ = [
     "CLAIM_COLUMNS",
     "SNAPSHOT_COLUMNS",
     "Bound",
+    "Emulation",
     "after",
     "alerts",
     "apply_failure",
     "claim",
+    "claim_emulated",
     "complete_owned",
     "delete_by_ids",
     "delete_finished_batch",
     "delete_history_batch",
+    "delete_history_by_ids",
+    "emulate_returning",
+    "enqueued_by_event_ids",
     "existing_by_event_ids",
     "expired_batch",
     "filtered_ids",
+    "finished_batch_ids",
+    "has_returning",
     "heartbeat",
+    "history_batch_ids",
     "history_for_item",
     "insert_history",
     "insert_items",
@@ -78,6 +87,7 @@ __all__ = [
     "requeue_ids",
     "select_item",
     "select_stale",
+    "stale_ids",
     "stats",
     "stuck",
     "success_rate_by_event_type",
@@ -116,6 +126,7 @@ def _now_plus_pg(element: _now_plus_seconds, compiler: SQLCompiler, **kw: Any) -
 
 
 @compiles(_now_plus_seconds, "mysql")
+@compiles(_now_plus_seconds, "mariadb")
 def _now_plus_mysql(element: _now_plus_seconds, compiler: SQLCompiler, **kw: Any) -> str:
     seconds = compiler.process(element.clauses, **kw)
     return f"TIMESTAMPADD(MICROSECOND, ROUND(({seconds}) * 1000000), UTC_TIMESTAMP(6))"
@@ -171,6 +182,7 @@ def _hour_bucket_pg(element: _hour_bucket, compiler: SQLCompiler, **kw: Any) -> 
 
 
 @compiles(_hour_bucket, "mysql")
+@compiles(_hour_bucket, "mariadb")
 def _hour_bucket_mysql(element: _hour_bucket, compiler: SQLCompiler, **kw: Any) -> str:
     column = compiler.process(element.clauses, **kw)
     return f"CAST(DATE_FORMAT({column}, '%%Y-%%m-%%d %%H:00:00') AS DATETIME(6))"
@@ -189,6 +201,10 @@ _ROW_TTL = "p_ttl_s"
 def insert_items(dialect_name: str, at: datetime | None) -> Insert:
     """INSERT of queue rows, skipping rows whose event_id exists; RETURNING id, event_id.
 
+    MySQL/MariaDB: no RETURNING; a duplicate event_id is a no-op (``ON DUPLICATE KEY
+    UPDATE id = id``, which unlike ``INSERT IGNORE`` does not downgrade other errors to
+    warnings) and the caller looks the ids up by event_id (see :func:`has_returning`).
+
     With a Python clock (``at`` given) every row carries ``created_at``, ``next_retry_at``
     and ``expires_at``. With the database clock, rows carry instead ``p_run_at`` or
     ``p_delay_s`` and ``p_expires_at`` or ``p_ttl_s`` (see :func:`server_time_params`).
@@ -199,6 +215,8 @@ def insert_items(dialect_name: str, at: datetime | None) -> Insert:
         stmt = postgresql.insert(table).on_conflict_do_nothing(index_elements=["event_id"])
     elif dialect_name == "sqlite":
         stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=["event_id"])
+    elif not has_returning(dialect_name):
+        stmt = mysql.insert(table).on_duplicate_key_update(id=table.c.id)
     else:
         stmt = insert(table).prefix_with("IGNORE")
     if at is None:
@@ -213,8 +231,19 @@ def insert_items(dialect_name: str, at: datetime | None) -> Insert:
                 _now_plus_seconds(bindparam(_ROW_TTL, type_=Float())),
             ),
         )
+    if not has_returning(dialect_name):
+        plain: Insert = stmt
+        return plain
     result: Insert = stmt.returning(table.c.id, table.c.event_id)
     return result
+
+
+def enqueued_by_event_ids(event_ids: Sequence[uuid.UUID]) -> Select[int, uuid.UUID]:
+    """Ids of rows holding these event_ids, read with a lock (MySQL enqueue, no RETURNING).
+
+    A locking read sees the newest committed rows, whatever the isolation level.
+    """
+    return existing_by_event_ids(event_ids).with_for_update()
 
 
 def server_time_params(
@@ -288,21 +317,40 @@ _FAILURE_COLUMNS = (
 )
 
 
-def select_stale(at: datetime | None, lock_timeout: float, limit: int) -> AnySelect:
+def _stale(at: datetime | None, lock_timeout: float) -> list[ColumnElement[bool]]:
+    return [
+        _status_is(RetryStatus.PROCESSING),
+        or_(RetryItem.locked_at < after(at, -lock_timeout), RetryItem.locked_at.is_(None)),
+    ]
+
+
+def select_stale(
+    at: datetime | None,
+    lock_timeout: float,
+    limit: int,
+    *,
+    only_ids: Sequence[int] | None = None,
+) -> AnySelect:
     """Processing items whose lock is older than ``lock_timeout`` — whoever holds them.
 
-    Rows another transaction is working on are skipped, not waited for.
+    Rows another transaction is working on are skipped, not waited for. ``only_ids``
+    (MySQL) restricts the locking read to ids found by :func:`stale_ids`.
     """
+    clauses = _stale(at, lock_timeout)
+    if only_ids is not None:
+        clauses.append(RetryItem.id.in_(list(only_ids)))
     return (
         select(*_FAILURE_COLUMNS)
-        .where(
-            _status_is(RetryStatus.PROCESSING),
-            or_(RetryItem.locked_at < after(at, -lock_timeout), RetryItem.locked_at.is_(None)),
-        )
+        .where(*clauses)
         .order_by(RetryItem.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
+
+
+def stale_ids(at: datetime | None, lock_timeout: float, limit: int) -> Select[int]:
+    """Ids that look stale, read without locks (MySQL: then locked by id)."""
+    return select(RetryItem.id).where(*_stale(at, lock_timeout)).order_by(RetryItem.id).limit(limit)
 
 
 def reclaim_stale(item_id: int, at: datetime | None, lock_timeout: float) -> ColumnElement[bool]:
@@ -530,6 +578,119 @@ def release(worker_id: str, token: uuid.UUID | None, item_ids: Sequence[int] | N
 
 
 # ---------------------------------------------------------------------------------------
+# Dialects without UPDATE/DELETE ... RETURNING (MySQL, MariaDB)
+#
+# PostgreSQL and SQLite run the statements above as they are. MySQL has no RETURNING and
+# cannot UPDATE/DELETE a table through a LIMITed subquery of itself, so there the same
+# statement runs in three steps inside the caller's transaction: lock the matching ids
+# (SELECT ... FOR UPDATE), apply the statement to exactly those ids, then read back what
+# RETURNING would have given. The WHERE clause and the SET values are the statement's own.
+
+_MYSQL_FAMILY = frozenset({"mysql", "mariadb"})
+_CLAIM_INDEX_HINT = "FORCE INDEX (idx_retry_queue_claim)"
+
+
+def has_returning(dialect_name: str) -> bool:
+    """Whether the queue's UPDATE/DELETE ... RETURNING statements run as they are."""
+    return dialect_name not in _MYSQL_FAMILY
+
+
+@dataclass(frozen=True, slots=True)
+class Emulation:
+    """An UPDATE/DELETE ... RETURNING as lock ids, apply to those ids, read back."""
+
+    lock: AnySelect
+    """SELECT id ... FOR UPDATE (or SKIP LOCKED for claims): the rows to change."""
+    apply: Callable[[Sequence[int]], Update | Delete]
+    """The statement, without RETURNING, restricted to the locked ids."""
+    read: Callable[[Sequence[int]], AnySelect] | None
+    """The RETURNING columns of the changed rows (None for a DELETE: ids only)."""
+
+
+def emulate_returning(stmt: Update | ReturningDelete[Any]) -> Emulation:
+    """The three-step form of a single-table ``UPDATE``/``DELETE ... RETURNING``."""
+    table = cast("Table", stmt.table)
+    where = stmt.whereclause
+    lock = select(table.c.id).order_by(table.c.id).with_for_update()
+    if where is not None:
+        lock = lock.where(where)
+    returning = stmt._returning  # the columns RETURNING would have produced
+
+    def apply(ids: Sequence[int]) -> Update | Delete:
+        plain = stmt._generate()  # a copy, minus RETURNING
+        plain._returning = ()
+        restricted: Update | Delete = plain.where(table.c.id.in_(list(ids)))
+        return restricted
+
+    def read(ids: Sequence[int]) -> AnySelect:
+        return select(*returning).where(table.c.id.in_(list(ids))).order_by(table.c.id)
+
+    return Emulation(lock=lock, apply=apply, read=None if isinstance(stmt, Delete) else read)
+
+
+def claim_emulated(
+    at: datetime | None, worker_id: str, token: uuid.UUID, batch_size: int
+) -> Emulation:
+    """:func:`claim` in three steps: candidates with SKIP LOCKED, claim them, read them."""
+    now = now_expr(at)
+    candidates = (
+        select(RetryItem.id)
+        .where(
+            _status_is(RetryStatus.PENDING),
+            RetryItem.next_retry_at <= now,
+            RetryItem.locked_by.is_(None),
+            RetryItem.expires_at > now,
+        )
+        .order_by(RetryItem.priority.desc(), RetryItem.next_retry_at, RetryItem.id)
+        .limit(batch_size)
+        .with_for_update(skip_locked=True)
+    )
+    # Without the hint InnoDB may scan and filesort, locking every candidate before the
+    # LIMIT applies: one worker then holds the whole backlog and the others find nothing.
+    # Read in index order, the scan stops after batch_size unlocked matches.
+    for name in _MYSQL_FAMILY:
+        candidates = candidates.with_hint(RetryItem, _CLAIM_INDEX_HINT, name)
+
+    def apply(ids: Sequence[int]) -> Update:
+        return (
+            update(RetryItem)
+            .where(RetryItem.id.in_(list(ids)))
+            .values(
+                status=RetryStatus.PROCESSING,
+                locked_by=worker_id,
+                locked_at=now,
+                lease_token=token,
+                last_attempted_at=now,
+            )
+            .execution_options(**_SYNC_OFF)
+        )
+
+    def read(ids: Sequence[int]) -> AnySelect:
+        return select(*CLAIM_COLUMNS).where(RetryItem.id.in_(list(ids)))
+
+    return Emulation(lock=candidates, apply=apply, read=read)
+
+
+def finished_batch_ids(at: datetime | None, retention_seconds: float, limit: int) -> Select[int]:
+    """The ids :func:`delete_finished_batch` would delete (MySQL: selected first)."""
+    return _finished_batch(at, retention_seconds, limit)
+
+
+def history_batch_ids(at: datetime | None, retention_seconds: float, limit: int) -> Select[int]:
+    """The ids :func:`delete_history_batch` would delete (MySQL: selected first)."""
+    return _history_batch(at, retention_seconds, limit).order_by(RetryHistory.id)
+
+
+def delete_history_by_ids(history_ids: Sequence[int]) -> Delete:
+    """Delete history rows by id."""
+    return (
+        delete(RetryHistory)
+        .where(RetryHistory.id.in_(list(history_ids)))
+        .execution_options(**_SYNC_OFF)
+    )
+
+
+# ---------------------------------------------------------------------------------------
 # Administration: filters, requeue, cleanup
 
 
@@ -612,15 +773,18 @@ def _finished_before(cutoff: ColumnElement[datetime]) -> ColumnElement[bool]:
     return and_(_status_in(*TERMINAL_STATUSES), finished_at < cutoff)
 
 
-def delete_finished_batch(at: datetime | None, retention_seconds: float, limit: int) -> Delete:
-    """Delete up to ``limit`` finished items older than the retention."""
-    doomed = (
+def _finished_batch(at: datetime | None, retention_seconds: float, limit: int) -> Select[int]:
+    return (
         select(RetryItem.id)
         .where(_finished_before(after(at, -retention_seconds)))
         .limit(limit)
         .with_for_update(skip_locked=True)
-        .scalar_subquery()
     )
+
+
+def delete_finished_batch(at: datetime | None, retention_seconds: float, limit: int) -> Delete:
+    """Delete up to ``limit`` finished items older than the retention."""
+    doomed = _finished_batch(at, retention_seconds, limit).scalar_subquery()
     return delete(RetryItem).where(RetryItem.id.in_(doomed)).execution_options(**_SYNC_OFF)
 
 
@@ -640,14 +804,17 @@ def delete_by_ids(item_ids: Sequence[int]) -> Delete:
     return delete(RetryItem).where(RetryItem.id.in_(item_ids)).execution_options(**_SYNC_OFF)
 
 
-def delete_history_batch(at: datetime | None, retention_seconds: float, limit: int) -> Delete:
-    """Delete up to ``limit`` history rows older than the retention."""
-    doomed = (
+def _history_batch(at: datetime | None, retention_seconds: float, limit: int) -> Select[int]:
+    return (
         select(RetryHistory.id)
         .where(RetryHistory.attempted_at < after(at, -retention_seconds))
         .limit(limit)
-        .scalar_subquery()
     )
+
+
+def delete_history_batch(at: datetime | None, retention_seconds: float, limit: int) -> Delete:
+    """Delete up to ``limit`` history rows older than the retention."""
+    doomed = _history_batch(at, retention_seconds, limit).scalar_subquery()
     return delete(RetryHistory).where(RetryHistory.id.in_(doomed)).execution_options(**_SYNC_OFF)
 
 

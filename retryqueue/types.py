@@ -61,9 +61,14 @@ class UTCDateTime(TypeDecorator[datetime]):
             return value.replace(tzinfo=None)
         return value
 
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+    def process_result_value(
+        self, value: datetime | str | None, dialect: Dialect
+    ) -> datetime | None:
         if value is None:
             return None
+        if isinstance(value, str):
+            # MySQL returns a bare bound parameter (SELECT %s AS now) as text.
+            value = datetime.fromisoformat(value)
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
@@ -155,8 +160,11 @@ def _utc_now_pg(element: utc_now, compiler: SQLCompiler, **kw: Any) -> str:
 
 
 @compiles(utc_now, "mysql")
+@compiles(utc_now, "mariadb")
 def _utc_now_mysql(element: utc_now, compiler: SQLCompiler, **kw: Any) -> str:
-    return "CURRENT_TIMESTAMP(6)"
+    # Not NOW()/CURRENT_TIMESTAMP: those follow the session time zone; DATETIME(6) holds UTC.
+    # Parenthesised so that it is also valid as a column DEFAULT expression.
+    return "(UTC_TIMESTAMP(6))"
 
 
 @compiles(utc_now_plus_days)
@@ -170,8 +178,9 @@ def _plus_days_pg(element: utc_now_plus_days, compiler: SQLCompiler, **kw: Any) 
 
 
 @compiles(utc_now_plus_days, "mysql")
+@compiles(utc_now_plus_days, "mariadb")
 def _plus_days_mysql(element: utc_now_plus_days, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"(CURRENT_TIMESTAMP(6) + INTERVAL {element.days} DAY)"
+    return f"(UTC_TIMESTAMP(6) + INTERVAL {element.days} DAY)"
 
 
 @compiles(random_uuid)
@@ -186,5 +195,6 @@ def _random_uuid_pg(element: random_uuid, compiler: SQLCompiler, **kw: Any) -> s
 
 
 @compiles(random_uuid, "mysql")
+@compiles(random_uuid, "mariadb")
 def _random_uuid_mysql(element: random_uuid, compiler: SQLCompiler, **kw: Any) -> str:
     return "(replace(uuid(), '-', ''))"

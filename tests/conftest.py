@@ -1,4 +1,4 @@
-"""Shared fixtures: real SQLite and PostgreSQL backends, sessions, queues, clocks."""
+"""Shared fixtures: real SQLite, PostgreSQL and MySQL/MariaDB backends, sessions, queues."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from retryqueue import ManualClock, RetryQueue, create_engine, metadata, migrations
 from retryqueue.models import RetryHistory, RetryItem
+from tests.mysql.server import SKIP_REASON, MysqlServer
 from tests.support.servers import PostgresServer, server_version, start_postgres
 
-BACKENDS = ("sqlite", "postgresql")
+BACKENDS = ("sqlite", "postgresql", "mysql")
 _ran: dict[str, str] = {}
 
 
@@ -41,6 +42,29 @@ def pg_url(pg_server: PostgresServer) -> URL:
     return url
 
 
+@pytest.fixture(scope="session")
+def mysql_server() -> MysqlServer:
+    """The MySQL/MariaDB server of RETRYQUEUE_TEST_MYSQL_URL; skips the test when unset."""
+    server = MysqlServer.from_environment()
+    if server is None:
+        pytest.skip(SKIP_REASON)
+    _ran["mysql"] = f"{server.version()} via {MysqlServer.__module__}"
+    return server
+
+
+@pytest.fixture(scope="session")
+def mysql_url(mysql_server: MysqlServer) -> Iterator[URL]:
+    """A database of its own, migrated to head, shared by the contract tests."""
+    url = mysql_server.create_database()
+    try:
+        engine = create_engine(url)
+        migrations.upgrade(engine)
+        engine.dispose()
+        yield url
+    finally:
+        mysql_server.drop_database(url)
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     """Each backend in turn."""
@@ -55,7 +79,8 @@ def engine(backend: str, request: pytest.FixtureRequest, tmp_path: object) -> It
         made = create_engine(f"sqlite:///{tmp_path}/queue.db")
         metadata.create_all(made)
     else:
-        made = create_engine(request.getfixturevalue("pg_url"), pool_size=10, max_overflow=10)
+        url = request.getfixturevalue("pg_url" if backend == "postgresql" else "mysql_url")
+        made = create_engine(url, pool_size=10, max_overflow=10)
         with made.begin() as connection:
             connection.execute(delete(RetryHistory))
             connection.execute(delete(RetryItem))

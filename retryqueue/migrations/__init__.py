@@ -127,7 +127,7 @@ def differences(engine: Engine, *, version_table: str = VERSION_TABLE) -> list[A
     def include(obj: Any, name: str | None, kind: str, reflected: bool, other: Any) -> bool:
         table = obj if kind == "table" else getattr(obj, "table", None)
         table_name = name if kind == "table" else getattr(table, "name", None)
-        return table_name in ours
+        return table_name in ours and _created_on(obj, kind, reflected, engine.dialect.name)
 
     try:
         with engine.connect() as connection:
@@ -142,6 +142,16 @@ def differences(engine: Engine, *, version_table: str = VERSION_TABLE) -> list[A
             return list(compare_metadata(context, metadata))
     except SQLAlchemyError as exc:
         raise database_error("migration", exc) from exc
+
+
+def _created_on(obj: Any, kind: str, reflected: bool, dialect_name: str) -> bool:
+    """False for a model index restricted (``ddl_if``) to other dialects than this one."""
+    if kind != "index" or reflected:
+        return True
+    only = getattr(getattr(obj, "_ddl_if", None), "dialect", None)
+    if only is None:
+        return True
+    return dialect_name in ((only,) if isinstance(only, str) else only)
 
 
 def offline_sql(

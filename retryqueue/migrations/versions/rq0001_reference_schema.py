@@ -42,8 +42,9 @@ def _defaults() -> dict[str, str]:
     if name in ("mysql", "mariadb"):
         return {
             "uuid": "(replace(uuid(), '-', ''))",
-            "now": "CURRENT_TIMESTAMP(6)",
-            "week": "(CURRENT_TIMESTAMP(6) + INTERVAL 7 DAY)",
+            # UTC whatever the session time zone (CURRENT_TIMESTAMP follows it).
+            "now": "(UTC_TIMESTAMP(6))",
+            "week": "(UTC_TIMESTAMP(6) + INTERVAL 7 DAY)",
         }
     return {
         "uuid": "(lower(hex(randomblob(16))))",
@@ -171,13 +172,15 @@ def _queue_indexes() -> None:
         ["locked_by", "locked_at"],
         **_partial("locked_by IS NOT NULL"),
     )
-    op.create_index(
-        "idx_retry_queue_tags",
-        table,
-        ["tags"],
-        postgresql_using="gin",
-        **_partial("tags IS NOT NULL"),
-    )
+    if _dialect() not in ("mysql", "mariadb"):
+        # MySQL/MariaDB cannot index a JSON column (only generated columns over it).
+        op.create_index(
+            "idx_retry_queue_tags",
+            table,
+            ["tags"],
+            postgresql_using="gin",
+            **_partial("tags IS NOT NULL"),
+        )
     op.create_index(
         "idx_retry_queue_expires_at",
         table,
