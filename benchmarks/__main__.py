@@ -1,8 +1,9 @@
 """``python -m benchmarks [--quick] [--database-url URL] [--out FILE] [--only a,b]``.
 
 Groups: enqueue, drain (retryqueue), ceiling, pgqueuer, procrastinate, latency, scale,
-cleanup, memory. Without a URL (or $RETRYQUEUE_BENCH_POSTGRES_URL) the run starts its own
-embedded PostgreSQL and stops it at the end. A group that fails is reported as skipped.
+cleanup, memory, mariadb (retryqueue on MariaDB/MySQL at $RETRYQUEUE_BENCH_MYSQL_URL).
+Without a URL (or $RETRYQUEUE_BENCH_POSTGRES_URL) the run starts its own embedded
+PostgreSQL and stops it at the end. A group that fails is reported as skipped.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import extra, peers, report, scenarios, seed, sql_ceiling
+from benchmarks import extra, mariadb, peers, report, scenarios, seed, sql_ceiling
 from benchmarks.harness import Figure, run_consumers
 from benchmarks.server import BenchServer, bench_server, libpq_dsn
 
@@ -33,6 +34,7 @@ GROUPS = (
     "scale",
     "cleanup",
     "memory",
+    "mariadb",
 )
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -241,6 +243,21 @@ class Run:
             self.record(Figure("cleanup", "retryqueue", {}, None, "", skipped="full run only"))
             return
         self.record(extra.cleanup_under_load(self.rq_url, self.rq_dsn))
+
+    def mariadb(self) -> None:
+        server = mariadb.server_url()
+        if server is None:
+            reason = f"set {mariadb.URL_ENV} to a MariaDB/MySQL server URL"
+            self.record(Figure("drain", mariadb.SYSTEM, {}, None, "", skipped=reason))
+            return
+        for figure in mariadb.figures(
+            server,
+            enqueue_single=self.plan.enqueue_single,
+            enqueue_bulk=self.plan.enqueue_bulk,
+            drain_items=self.plan.drain_items,
+            drains=self.plan.rq_drains[:2],
+        ):
+            self.record(figure)
 
     def memory(self) -> None:
         if not self.plan.big:

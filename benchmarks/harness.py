@@ -69,12 +69,14 @@ def run_consumers(
     expected: int,
     timeout: float,
     results: Queue[Any] | None = None,
+    count: Callable[[], int] | None = None,
 ) -> tuple[float, int, list[Any]]:
     """Start ``processes`` consumers, time until ``count_query`` reaches ``expected``.
 
     ``target(signals, *args)`` runs in each child: it sets ``signals.ready`` when
     connected, waits for ``signals.start``, consumes until ``signals.stop``.
     Returns (seconds, items counted, what the children put on ``results`` after stopping).
+    ``count`` replaces ``dsn``/``count_query`` for databases other than PostgreSQL.
     Raises TimeoutError if ``expected`` is not reached.
     """
     messages: list[Any] = []
@@ -93,13 +95,21 @@ def run_consumers(
             while not ready.wait(0.2):
                 if not child.is_alive() or time.monotonic() > deadline:
                     raise RuntimeError(f"consumer process failed to start (exit {child.exitcode})")
-        with psycopg.connect(dsn, autocommit=True) as conn:
+        conn = psycopg.connect(dsn, autocommit=True) if count is None else None
+
+        def counted() -> int:
+            if count is not None:
+                return count()
+            assert conn is not None
+            row = conn.execute(count_query).fetchone()
+            return int(row[0]) if row else 0
+
+        with contextlib.closing(conn) if conn is not None else contextlib.nullcontext():
             began = time.perf_counter()
             start.set()
             done = 0
             while True:
-                row = conn.execute(count_query).fetchone()
-                done = int(row[0]) if row else 0
+                done = counted()
                 elapsed = time.perf_counter() - began
                 if done >= expected:
                     break
