@@ -693,27 +693,23 @@ class RetryQueue:
     def _delete_finished(
         session: Session, at: datetime | None, retention: float, batch_size: int
     ) -> int:
-        if _has_returning(session):
-            deleted = session.execute(sql.delete_finished_batch(at, retention, batch_size))
-            return int(deleted.rowcount)  # type: ignore[attr-defined]
-        # MySQL cannot DELETE through a LIMITed subquery of the same table: ids first.
-        ids = list(session.scalars(sql.finished_batch_ids(at, retention, batch_size)))
-        if ids:
-            session.execute(sql.delete_by_ids(ids))
-        return len(ids)
+        return _delete_batch(
+            session,
+            sql.delete_finished_batch(at, retention, batch_size),
+            sql.finished_batch_ids(at, retention, batch_size),
+            sql.delete_by_ids,
+        )
 
     @staticmethod
     def _delete_history(
         session: Session, at: datetime | None, retention: float, batch_size: int
     ) -> int:
-        if _has_returning(session):
-            gone = session.execute(sql.delete_history_batch(at, retention, batch_size))
-            return int(gone.rowcount)  # type: ignore[attr-defined]
-        # MySQL: as in _delete_finished.
-        ids = list(session.scalars(sql.history_batch_ids(at, retention, batch_size)))
-        if ids:
-            session.execute(sql.delete_history_by_ids(ids))
-        return len(ids)
+        return _delete_batch(
+            session,
+            sql.delete_history_batch(at, retention, batch_size),
+            sql.history_batch_ids(at, retention, batch_size),
+            sql.delete_history_by_ids,
+        )
 
     def iter_rotate_keys(self, session: Session, *, batch_size: int = 500) -> Iterator[int]:
         """Re-encrypt event_data and error messages under the newest key, in batches.
@@ -811,6 +807,22 @@ class RetryQueue:
         if row.next_due is None:
             return None
         return float((row.next_due - row.now).total_seconds())
+
+
+def _delete_batch(
+    session: Session,
+    in_one_statement: Any,
+    batch_ids: Any,
+    delete_ids: Callable[[Sequence[int]], Any],
+) -> int:
+    """Delete one bounded batch; returns how many rows went."""
+    if _has_returning(session):
+        return int(session.execute(in_one_statement).rowcount)  # type: ignore[attr-defined]
+    # MySQL cannot DELETE through a LIMITed subquery of the same table: ids first.
+    ids = list(session.scalars(batch_ids))
+    if ids:
+        session.execute(delete_ids(ids))
+    return len(ids)
 
 
 def _has_returning(session: Session) -> bool:
