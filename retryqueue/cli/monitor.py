@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 from rich.table import Table
+from sqlalchemy.orm import Session
 
 from retryqueue.cli._context import console, parse_duration, print_json, state, text
-from retryqueue.results import Alert, HourlyCount, ItemSnapshot, QueueStats
+from retryqueue.queue import RetryQueue
+from retryqueue.results import (
+    Alert,
+    DeadLetterGroup,
+    HourlyCount,
+    ItemSnapshot,
+    QueueStats,
+    SuccessRate,
+)
+
+R = TypeVar("R")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 _BAR_WIDTH = 40
@@ -28,15 +39,25 @@ def register(app: typer.Typer) -> None:
     app.command("dead-letters")(dead_letters)
 
 
-def stats(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """Counts per status, event type and plugin."""
+def _report(
+    ctx: typer.Context,
+    read: Callable[[RetryQueue, Session], R],
+    render: Callable[[R], Table],
+    as_json: bool,
+) -> None:
+    """Read through the queue in a read-only session; print JSON or the rendered table."""
     current = state(ctx)
     with current.session() as session:
-        rows = current.queue().stats(session)
+        rows = read(current.queue(), session)
     if as_json:
         print_json(rows)
         return
-    console().print(stats_table(rows))
+    console().print(render(rows))
+
+
+def stats(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """Counts per status, event type and plugin."""
+    _report(ctx, RetryQueue.stats, stats_table, as_json)
 
 
 def stats_table(rows: Sequence[QueueStats]) -> Table:
@@ -78,13 +99,7 @@ def stats_table(rows: Sequence[QueueStats]) -> Table:
 
 def alerts(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Items needing attention: dead letters, stale locks, near the retry limit, old pending."""
-    current = state(ctx)
-    with current.session() as session:
-        rows = current.queue().alerts(session)
-    if as_json:
-        print_json(rows)
-        return
-    console().print(alerts_table(rows))
+    _report(ctx, RetryQueue.alerts, alerts_table, as_json)
 
 
 def alerts_table(rows: Sequence[Alert]) -> Table:
@@ -114,14 +129,13 @@ def stuck(
     as_json: JsonOption = False,
 ) -> None:
     """Items processing for longer than --older-than (crashed or hung workers)."""
-    current = state(ctx)
     age = timedelta(seconds=parse_duration(older_than, "--older-than"))
-    with current.session() as session:
-        rows = current.queue().stuck(session, age)
-    if as_json:
-        print_json(rows)
-        return
-    console().print(items_table(rows, f"Processing for more than {older_than} ({len(rows)})"))
+    _report(
+        ctx,
+        lambda queue, session: queue.stuck(session, age),
+        lambda rows: items_table(rows, f"Processing for more than {older_than} ({len(rows)})"),
+        as_json,
+    )
 
 
 def items_table(rows: Sequence[ItemSnapshot], title: str) -> Table:
@@ -247,18 +261,16 @@ def _fill_hours(rows: Sequence[HourlyCount]) -> list[HourlyCount]:
 
 def success_rate(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Share of items that completed, per event type."""
-    current = state(ctx)
-    with current.session() as session:
-        rows = current.queue().success_rate_by_event_type(session)
-    if as_json:
-        print_json(rows)
-        return
+    _report(ctx, RetryQueue.success_rate_by_event_type, _success_table, as_json)
+
+
+def _success_table(rows: Sequence[SuccessRate]) -> Table:
     table = Table(title="Success rate by event type")
     for name in ("event type", "total", "completed", "success rate"):
         table.add_column(name, justify="left" if name == "event type" else "right")
     for row in rows:
         table.add_row(row.event_type, str(row.total), str(row.completed), f"{row.success_rate:.1%}")
-    console().print(table)
+    return table
 
 
 def dead_letters(
@@ -269,12 +281,15 @@ def dead_letters(
     as_json: JsonOption = False,
 ) -> None:
     """Dead letters counted per group, with a sample error: triage before a replay."""
-    current = state(ctx)
-    with current.session() as session:
-        groups = current.queue().dead_letter_groups(session, group_by)
-    if as_json:
-        print_json(groups)
-        return
+    _report(
+        ctx,
+        lambda queue, session: queue.dead_letter_groups(session, group_by),
+        lambda groups: _dead_letter_table(groups, group_by),
+        as_json,
+    )
+
+
+def _dead_letter_table(groups: Sequence[DeadLetterGroup], group_by: str) -> Table:
     table = Table(title=f"Dead letters by {group_by}")
     for name in (group_by, "count", "sample error", "oldest", "newest"):
         table.add_column(name, justify="right" if name == "count" else "left")
@@ -288,7 +303,7 @@ def dead_letters(
         )
     table.add_section()
     table.add_row("total", str(sum(group.count for group in groups)), "", "", "")
-    console().print(table)
+    return table
 
 
 def _short(message: str | None, limit: int = 60) -> str:
