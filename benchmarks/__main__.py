@@ -22,7 +22,7 @@ from typing import Any
 
 from benchmarks import extra, mariadb, peers, report, scenarios, seed, sql_ceiling
 from benchmarks.harness import Figure, run_consumers
-from benchmarks.server import BenchServer, bench_server, libpq_dsn
+from benchmarks.server import BenchServer, bench_server, describe, libpq_dsn
 
 GROUPS = (
     "enqueue",
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             "git_commit": _git_commit(),
             "cpu_count": os.cpu_count(),
             "load_average": os.getloadavg(),
-            "postgres": server.describe(),
+            "postgres": describe(server),
             "groups": list(chosen),
         }
         print(f"PostgreSQL: {meta['postgres']['version']} ({server.origin})", flush=True)

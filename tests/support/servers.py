@@ -75,11 +75,14 @@ class PostgresServer:
         return self._server is not None
 
 
-def start_postgres() -> PostgresServer:
-    """Connect to RETRYQUEUE_TEST_POSTGRES_URL, or start an embedded PostgreSQL."""
-    configured = os.environ.get(POSTGRES_ENV)
+def start_postgres(url: str | None = None, *, origin: str | None = None) -> PostgresServer:
+    """Connect to ``url`` (default: RETRYQUEUE_TEST_POSTGRES_URL), else start an embedded one.
+
+    The benchmarks use this too, with their own URL variable.
+    """
+    configured = url if url is not None else os.environ.get(POSTGRES_ENV)
     if configured:
-        return PostgresServer(normalise_url(configured), origin=f"${POSTGRES_ENV}")
+        return PostgresServer(normalise_url(configured), origin=origin or f"${POSTGRES_ENV}")
     os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
