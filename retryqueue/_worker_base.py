@@ -1,0 +1,441 @@
+"""What the thread worker and the asyncio worker share: settings, the steps of a round
+inside a transaction, and how outcomes are reported.
+
+Every database step is a plain function of a Session (``_claim``, ``_write_outcomes``,
+``_release``, ``_renew``, ``_due``): :class:`~retryqueue.worker.Worker` runs it inside
+``sessionmaker.begin()``, :class:`~retryqueue.async_worker.AsyncWorker` through
+``AsyncSession.run_sync``. The outcome rules (:func:`~retryqueue.routing.plan_failure`,
+the queue's decisions), the waits, the logging and the observers therefore exist once.
+Private; the public names are re-exported by :mod:`retryqueue.worker`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import secrets
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from retryqueue import validation as check
+from retryqueue._batch import BatchState, Finished, by_token
+from retryqueue.errors import DatabaseError, InvalidArgument
+from retryqueue.queue import RetryQueue
+from retryqueue.results import ClaimedItem
+from retryqueue.routing import FailurePlan, Handler, Router, as_router, plan_failure
+
+__all__ = ["AttemptResult", "Job", "Observer", "RunReport", "WorkerBase", "job_for"]
+
+logger = logging.getLogger("retryqueue.worker")
+
+MAX_BACKOFF = 30.0
+_RECHECK_SOON = 0.25  # idle wait when something looked due but could not be taken
+_RECLAIM_EVERY = 15.0  # upper bound between two looks for stale locks
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """What a handler receives: one item's data, read-only, and a way to extend its lease.
+
+    ``attempt`` is 1 for the first run. ``event_data`` and ``metadata`` are read-only views
+    (mappings and tuples); copy them to modify. Under the asyncio worker an ``async def``
+    handler awaits :meth:`extend_lease_async`; a plain handler (run in a thread) calls
+    :meth:`extend_lease` under either worker.
+    """
+
+    id: int
+    event_id: uuid.UUID
+    event_type: str
+    event_data: Any
+    metadata: Mapping[str, Any]
+    channel_name: str | None
+    plugin_name: str | None
+    correlation_id: str | None
+    tags: tuple[str, ...]
+    attempt: int
+    max_retries: int
+    priority: int
+    _extend: Callable[[], bool] = field(repr=False, compare=False)
+    _extend_async: Callable[[], Any] | None = field(default=None, repr=False, compare=False)
+
+    def extend_lease(self) -> bool:
+        """Heartbeat this item now; False if the lease was already lost (stop working on it).
+
+        Raises :class:`~retryqueue.errors.DatabaseError` if the database cannot be reached.
+        """
+        return self._extend()
+
+    async def extend_lease_async(self) -> bool:
+        """:meth:`extend_lease` for ``async def`` handlers of the asyncio worker."""
+        if self._extend_async is None:
+            return self._extend()
+        return bool(await self._extend_async())
+
+
+@dataclass(frozen=True, slots=True)
+class RunReport:
+    """What a round (or a whole run) did, counted per outcome.
+
+    ``lost``: outcomes refused because the lease had been taken over. ``released``: items
+    given back unstarted at shutdown. ``abandoned``: handlers still running when the
+    shutdown grace ran out (their items return after lock_timeout).
+    """
+
+    acquired: int = 0
+    completed: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    failed: int = 0
+    lost: int = 0
+    released: int = 0
+    abandoned: int = 0
+
+    def __add__(self, other: RunReport) -> RunReport:
+        return RunReport(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    """One attempt, as passed to every observer once its outcome is recorded.
+
+    ``outcome`` is ``completed``, ``retry_scheduled``, ``dead_lettered``, ``failed`` or
+    ``lost``.
+    """
+
+    item_id: int
+    event_type: str
+    plugin_name: str | None
+    attempt: int
+    outcome: str
+    duration_seconds: float
+    error_code: str | None
+
+
+Observer = Callable[[AttemptResult], object]
+
+_REPORT_FIELD = {
+    "completed": "completed",
+    "retry_scheduled": "retried",
+    "dead_lettered": "dead_lettered",
+    "failed": "failed",
+    "lost": "lost",
+}
+_LOG_LEVEL = {
+    "completed": logging.INFO,
+    "retry_scheduled": logging.WARNING,
+    "dead_lettered": logging.ERROR,
+    "failed": logging.ERROR,
+    "lost": logging.WARNING,
+}
+
+
+def job_for(
+    item: ClaimedItem,
+    extend_lease: Callable[[], bool],
+    extend_lease_async: Callable[[], Any] | None = None,
+) -> Job:
+    """The :class:`Job` a handler receives for a claimed item.
+
+    ``extend_lease`` renews the item's lock and says whether it is still held.
+    """
+    return Job(
+        id=item.id,
+        event_id=item.event_id,
+        event_type=item.event_type,
+        event_data=item.event_data,
+        metadata=item.event_metadata or MappingProxyType({}),
+        channel_name=item.channel_name,
+        plugin_name=item.plugin_name,
+        correlation_id=item.correlation_id,
+        tags=item.tags,
+        attempt=item.attempt,
+        max_retries=item.max_retries,
+        priority=item.priority,
+        _extend=extend_lease,
+        _extend_async=extend_lease_async,
+    )
+
+
+def default_worker_id() -> str:
+    """Host name, process id and a random suffix (a restarted process is a new worker)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"[-255:]
+
+
+def fields_of(item: ClaimedItem, worker_id: str, **more: Any) -> dict[str, Any]:
+    """The structured logging fields of one item."""
+    return {
+        "item_id": item.id,
+        "event_type": item.event_type,
+        "attempt": item.attempt,
+        "plugin_name": item.plugin_name,
+        "worker_id": worker_id,
+        **more,
+    }
+
+
+class WorkerBase:
+    """Settings and the transaction bodies of a worker round; see the module docstring."""
+
+    def __init__(
+        self,
+        queue: RetryQueue,
+        handlers: Router | Mapping[str, Handler],
+        *,
+        worker_id: str | None,
+        batch_size: int,
+        lock_timeout: float,
+        poll_interval: float,
+        concurrency: int,
+        heartbeat_interval: float | None,
+        shutdown_grace: float,
+        listen: bool,
+        observers: Iterable[Observer],
+    ) -> None:
+        self.queue = queue
+        self.router = as_router(handlers)
+        self.worker_id = check.text("worker_id", worker_id or default_worker_id())
+        self.batch_size = check.bounded_int("batch_size", batch_size, low=1, high=10_000)
+        self.lock_timeout = check.seconds("lock_timeout", lock_timeout, allow_zero=False)
+        self.poll_interval = check.seconds("poll_interval", poll_interval, allow_zero=False)
+        self.concurrency = check.bounded_int("concurrency", concurrency, low=1, high=1024)
+        beat = self.lock_timeout / 3 if heartbeat_interval is None else heartbeat_interval
+        self.heartbeat_interval = check.seconds("heartbeat_interval", beat, allow_zero=False)
+        if self.heartbeat_interval >= self.lock_timeout:
+            raise InvalidArgument("heartbeat_interval", "must be shorter than lock_timeout")
+        self.shutdown_grace = check.seconds("shutdown_grace", shutdown_grace)
+        self.listen = listen
+        self.observers = tuple(observers)
+        self._next_reclaim = 0.0
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(worker_id={self.worker_id!r}, router={self.router!r})"
+
+    # -- the steps, each the body of one transaction ------------------------------------
+
+    def _claim(self, session: Session) -> list[ClaimedItem]:
+        """Acquire a batch; stale locks are looked for a few times per lock_timeout."""
+        reclaim = time.monotonic() >= self._next_reclaim
+        claimed = self.queue.acquire(
+            session, self.worker_id, self.batch_size, self.lock_timeout, reclaim_stale=reclaim
+        )
+        if reclaim:
+            self._next_reclaim = time.monotonic() + min(self.lock_timeout / 4, _RECLAIM_EVERY)
+        if claimed:
+            logger.debug("acquired %d items", len(claimed), extra={"worker_id": self.worker_id})
+        return claimed
+
+    def _plans(self, finished: list[Finished]) -> list[FailurePlan | None]:
+        return [plan_failure(f.item, f.route, f.error, self.queue.policy) for f in finished]
+
+    def _write_outcomes(
+        self, session: Session, finished: list[Finished], plans: list[FailurePlan | None]
+    ) -> dict[int, str]:
+        """Record a group of outcomes: completions in one statement, then each failure."""
+        successes = [f for f, plan in zip(finished, plans, strict=True) if plan is None]
+        outcomes: dict[int, str] = {}
+        completed = (
+            self.queue.complete_many(
+                session,
+                [f.item for f in successes],
+                durations_ms=[f.duration_ms for f in successes],
+            )
+            if successes
+            else set()
+        )
+        for done in successes:
+            outcomes[done.item.id] = "completed" if done.item.id in completed else "lost"
+        for done, plan in zip(finished, plans, strict=True):
+            if plan is None:
+                continue
+            recorded = self.queue.fail(
+                session,
+                done.item,
+                error_message=plan.message,
+                error_code=plan.code,
+                retryable=plan.retryable,
+                retry_after=plan.retry_after,
+                duration_ms=done.duration_ms,
+                policy=plan.policy,
+            )
+            outcomes[done.item.id] = plan.decision.outcome.value if recorded else "lost"
+        return outcomes
+
+    def _release(self, session: Session, items: list[ClaimedItem]) -> int:
+        released = 0
+        for token, ids in by_token(items).items():
+            released += len(self.queue.release(session, self.worker_id, ids, lease_token=token))
+        return released
+
+    def _renew(self, session: Session, held: list[ClaimedItem]) -> set[int]:
+        kept: set[int] = set()
+        for token, ids in by_token(held).items():
+            kept.update(self.queue.heartbeat(session, self.worker_id, ids, lease_token=token))
+        return kept
+
+    def _due(self, session: Session) -> float | None:
+        return self.queue.seconds_until_claimable(session)
+
+    # -- decisions around the steps -------------------------------------------------------
+
+    def _outage_delay(self, failures: int, exc: DatabaseError) -> float:
+        """Capped, jittered backoff after ``failures`` failed rounds in a row (logged)."""
+        delay = min(MAX_BACKOFF, 0.5 * 2.0 ** (failures - 1)) * random.uniform(0.8, 1.2)
+        logger.warning(
+            "database unavailable, retrying in %.1fs: %s",
+            delay,
+            exc,
+            extra={"worker_id": self.worker_id, "backoff_s": delay},
+        )
+        return delay
+
+    def _recording_delay(
+        self, batch: BatchState, finished: list[Finished], failing: int, exc: DatabaseError
+    ) -> float | None:
+        """How long to wait before recording again; None to give up (leases expired)."""
+        if time.monotonic() - batch.renewed_at > self.lock_timeout:
+            logger.error(
+                "giving up recording %d outcomes (leases expired): %s",
+                len(finished),
+                exc,
+                extra={"worker_id": self.worker_id},
+            )
+            return None
+        delay = min(MAX_BACKOFF, 0.25 * 2.0 ** (failing - 1))
+        logger.warning(
+            "recording outcomes failed, retrying in %.1fs: %s",
+            delay,
+            exc,
+            extra={"worker_id": self.worker_id, "backoff_s": delay},
+        )
+        return delay
+
+    def _idle_for(self, due: float | None) -> float:
+        """Seconds to sleep: until the next item is due, at most poll_interval."""
+        if due is None:
+            return self.poll_interval
+        if due <= 0:
+            return min(self.poll_interval, _RECHECK_SOON)
+        return min(self.poll_interval, due + 0.01)
+
+    def _log_idle(self, seconds: float) -> None:
+        logger.debug(
+            "idle for up to %.2fs", seconds, extra={"worker_id": self.worker_id, "wait_s": seconds}
+        )
+
+    # -- reporting -----------------------------------------------------------------------
+
+    def _report_all(
+        self,
+        finished: list[Finished],
+        plans: list[FailurePlan | None],
+        outcomes: dict[int, str],
+        tally: dict[str, int],
+    ) -> None:
+        for done, plan in zip(finished, plans, strict=True):
+            self._report(done, outcomes[done.item.id], plan.code if plan else None, tally)
+
+    def _report(
+        self, done: Finished, outcome: str, code: str | None, tally: dict[str, int]
+    ) -> None:
+        key = _REPORT_FIELD[outcome]
+        tally[key] = tally.get(key, 0) + 1
+        item = done.item
+        extra = fields_of(
+            item, self.worker_id, outcome=outcome, duration_ms=done.duration_ms, error_code=code
+        )
+        if outcome == "lost":
+            logger.warning(
+                "item %s: lease lost, outcome refused (another worker owns it)",
+                item.id,
+                extra=extra,
+            )
+        else:
+            logger.log(
+                _LOG_LEVEL[outcome],
+                "item %s (%s) attempt %d: %s in %d ms%s",
+                item.id,
+                item.event_type,
+                item.attempt,
+                outcome,
+                done.duration_ms,
+                f" [{code}]" if code else "",
+                extra=extra,
+            )
+        result = AttemptResult(
+            item.id,
+            item.event_type,
+            item.plugin_name,
+            item.attempt,
+            outcome,
+            done.duration_seconds,
+            code,
+        )
+        for observer in self.observers:
+            try:
+                observer(result)
+            except Exception:
+                logger.warning(
+                    "observer %r failed",
+                    observer,
+                    exc_info=True,
+                    extra={"worker_id": self.worker_id},
+                )
+
+    def _report_abandoned(self, items: list[ClaimedItem], tally: dict[str, int]) -> None:
+        for item in items:
+            logger.warning(
+                "shutdown grace ran out; item %s left to expire",
+                item.id,
+                extra=fields_of(item, self.worker_id, outcome="abandoned"),
+            )
+            tally["abandoned"] = tally.get("abandoned", 0) + 1
+
+    def _report_released(
+        self, ids: list[int], released: int | DatabaseError, tally: dict[str, int]
+    ) -> None:
+        if isinstance(released, DatabaseError):
+            logger.warning(
+                "could not release %d unstarted items; they return after lock_timeout: %s",
+                len(ids),
+                released,
+                extra={"worker_id": self.worker_id},
+            )
+            return
+        tally["released"] = tally.get("released", 0) + released
+        logger.info(
+            "released %d unstarted items",
+            released,
+            extra={"worker_id": self.worker_id, "item_ids": ids},
+        )
+
+    def _note_renewal(self, batch: BatchState, held: list[ClaimedItem], kept: set[int]) -> None:
+        """After a heartbeat: note the time, log leases lost while their handler runs."""
+        batch.renewed_at = time.monotonic()
+        for item in batch.mark_lost(item for item in held if item.id not in kept):
+            logger.warning(
+                "item %s: lease lost while its handler runs",
+                item.id,
+                extra=fields_of(item, self.worker_id, outcome="lost"),
+            )
+
+    def _log_stopped(self) -> None:
+        logger.info("worker stopped", extra={"worker_id": self.worker_id})
+
+    def _log_signal(self, name: str) -> None:
+        logger.info(
+            "%s received, shutting down", name, extra={"worker_id": self.worker_id, "signal": name}
+        )
+
+    def _log_heartbeat_failed(self, exc: DatabaseError) -> None:
+        logger.warning("heartbeat failed: %s", exc, extra={"worker_id": self.worker_id})
+
+    def _log_due_unknown(self, exc: DatabaseError) -> None:
+        logger.debug("could not read the next due time: %s", exc)
