@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import secrets
 import socket
 import time
@@ -21,18 +20,27 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypedDict
 
 from sqlalchemy.orm import Session
 
 from retryqueue import validation as check
 from retryqueue._batch import BatchState, Finished, by_token
 from retryqueue.errors import DatabaseError, InvalidArgument
+from retryqueue.listener import reconnect_delay
 from retryqueue.queue import RetryQueue
 from retryqueue.results import ClaimedItem
 from retryqueue.routing import FailurePlan, Handler, Router, as_router, plan_failure
 
-__all__ = ["AttemptResult", "Job", "Observer", "RunReport", "WorkerBase", "job_for"]
+__all__ = [
+    "AttemptResult",
+    "Job",
+    "Observer",
+    "RunReport",
+    "WorkerBase",
+    "WorkerOptions",
+    "job_for",
+]
 
 logger = logging.getLogger("retryqueue.worker")
 
@@ -181,6 +189,29 @@ def fields_of(item: ClaimedItem, worker_id: str, **more: Any) -> dict[str, Any]:
     }
 
 
+class WorkerOptions(TypedDict, total=False):
+    """The settings both workers take, as keyword arguments (defaults in brackets).
+
+    ``worker_id`` [host-pid-random]; ``batch_size`` items per acquisition [10];
+    ``lock_timeout`` seconds before an unrenewed lock may be reclaimed [300];
+    ``poll_interval`` longest idle wait in seconds [1.0]; ``concurrency`` handlers
+    running at once [1]; ``heartbeat_interval`` seconds between lock renewals
+    [lock_timeout / 3]; ``shutdown_grace`` seconds running handlers get at shutdown [30];
+    ``listen`` wake on PostgreSQL NOTIFY [True]; ``observers`` callables receiving an
+    :class:`AttemptResult` after each attempt.
+    """
+
+    worker_id: str | None
+    batch_size: int
+    lock_timeout: float
+    poll_interval: float
+    concurrency: int
+    heartbeat_interval: float | None
+    shutdown_grace: float
+    listen: bool
+    observers: Iterable[Observer]
+
+
 class WorkerBase:
     """Settings and the transaction bodies of a worker round; see the module docstring."""
 
@@ -189,15 +220,15 @@ class WorkerBase:
         queue: RetryQueue,
         handlers: Router | Mapping[str, Handler],
         *,
-        worker_id: str | None,
-        batch_size: int,
-        lock_timeout: float,
-        poll_interval: float,
-        concurrency: int,
-        heartbeat_interval: float | None,
-        shutdown_grace: float,
-        listen: bool,
-        observers: Iterable[Observer],
+        worker_id: str | None = None,
+        batch_size: int = 10,
+        lock_timeout: float = 300,
+        poll_interval: float = 1.0,
+        concurrency: int = 1,
+        heartbeat_interval: float | None = None,
+        shutdown_grace: float = 30.0,
+        listen: bool = True,
+        observers: Iterable[Observer] = (),
     ) -> None:
         self.queue = queue
         self.router = as_router(handlers)
@@ -287,7 +318,7 @@ class WorkerBase:
 
     def _outage_delay(self, failures: int, exc: DatabaseError) -> float:
         """Capped, jittered backoff after ``failures`` failed rounds in a row (logged)."""
-        delay = min(MAX_BACKOFF, 0.5 * 2.0 ** (failures - 1)) * random.uniform(0.8, 1.2)
+        delay = reconnect_delay(failures)
         logger.warning(
             "database unavailable, retrying in %.1fs: %s",
             delay,

@@ -17,11 +17,11 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial
 from types import FrameType
-from typing import Any
+from typing import Any, Unpack
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -31,9 +31,9 @@ from retryqueue._batch import Batch, Finished
 from retryqueue._worker_base import (
     AttemptResult,
     Job,
-    Observer,
     RunReport,
     WorkerBase,
+    WorkerOptions,
     job_for,
 )
 from retryqueue.errors import DatabaseError, database_error
@@ -55,6 +55,7 @@ __all__ = [
     "Router",
     "RunReport",
     "Worker",
+    "WorkerOptions",
     "job_for",
     "load_router",
 ]
@@ -68,8 +69,9 @@ class Worker(WorkerBase):
         gives one connection for LISTEN, unless ``listen_engine`` names another (a direct
         connection when ``sessions`` goes through PgBouncer in transaction pooling mode).
     :param handlers: a :class:`Router` or a mapping of event type to handler.
-    :param heartbeat_interval: seconds between lock renewals (default lock_timeout / 3).
-    :param observers: callables receiving an :class:`AttemptResult` after each attempt.
+    :param settings: ``batch_size``, ``lock_timeout``, ``poll_interval``, ``concurrency``,
+        ``heartbeat_interval``, ``shutdown_grace``, ``listen``, ``observers``,
+        ``worker_id``: see :class:`WorkerOptions` for their meaning and defaults.
     """
 
     def __init__(
@@ -78,30 +80,10 @@ class Worker(WorkerBase):
         sessions: sessionmaker[Session],
         handlers: Router | Mapping[str, Handler],
         *,
-        worker_id: str | None = None,
-        batch_size: int = 10,
-        lock_timeout: float = 300,
-        poll_interval: float = 1.0,
-        concurrency: int = 1,
-        heartbeat_interval: float | None = None,
-        shutdown_grace: float = 30.0,
-        listen: bool = True,
         listen_engine: Engine | None = None,
-        observers: Iterable[Observer] = (),
+        **settings: Unpack[WorkerOptions],
     ) -> None:
-        super().__init__(
-            queue,
-            handlers,
-            worker_id=worker_id,
-            batch_size=batch_size,
-            lock_timeout=lock_timeout,
-            poll_interval=poll_interval,
-            concurrency=concurrency,
-            heartbeat_interval=heartbeat_interval,
-            shutdown_grace=shutdown_grace,
-            listen=listen,
-            observers=observers,
-        )
+        super().__init__(queue, handlers, **settings)
         self.sessions = sessions
         self.listen_engine = listen_engine
         self._stopping = threading.Event()
