@@ -159,7 +159,8 @@ class AsyncWorker(WorkerBase):
             running = None
         if running is loop:
             self._stop_now()
-        else:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing runs
             loop.call_soon_threadsafe(self._stop_now)
 
     @property
@@ -174,7 +175,10 @@ class AsyncWorker(WorkerBase):
             self._batch.changed.set()
 
     def _bind_loop(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # asyncio events belong to one loop: new ones per loop
+            self._loop = loop
+            self._stopping, self._wakeup = asyncio.Event(), asyncio.Event()
         if self._stop_requested.is_set():
             self._stopping.set()
         if self._threads is None:
@@ -183,6 +187,7 @@ class AsyncWorker(WorkerBase):
     async def _rounds(self, install_signals: bool) -> RunReport:
         loop = asyncio.get_running_loop()
         signals = (signal.SIGTERM, signal.SIGINT) if install_signals else ()
+        previous = {signum: signal.getsignal(signum) for signum in signals}
         for signum in signals:
             loop.add_signal_handler(signum, self._on_signal, signum)
         listener = await self._start_listener()
@@ -205,8 +210,9 @@ class AsyncWorker(WorkerBase):
         finally:
             if listener is not None:
                 await listener.close()
-            for signum in signals:
+            for signum, handler in previous.items():
                 loop.remove_signal_handler(signum)
+                signal.signal(signum, handler)  # asyncio would leave the default behind
             if self._threads is not None:
                 self._threads.shutdown(wait=False)
                 self._threads = None

@@ -17,10 +17,35 @@ from sqlalchemy.orm import Session, sessionmaker
 from retryqueue import RetryQueue, RetryStatus
 from retryqueue.models import RetryHistory, RetryItem
 from retryqueue.worker import RunReport, Worker
+from tests.support.async_worker import BlockingAsyncWorker
 from tests.support.restartable import RestartablePostgres, restartable_postgres
 
 # wait_until is re-exported: the worker tests import it from here.
 from tests.support.waiting import DEADLINE, wait_until  # noqa: F401
+
+WORKER_KINDS = ("threads", "asyncio")
+_kind = ["threads"]
+
+
+@pytest.fixture(params=WORKER_KINDS)
+def worker_kind(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each worker in turn: the thread Worker and the AsyncWorker (via its blocking view).
+
+    Modules whose tests hold for both use ``pytestmark = pytest.mark.usefixtures("worker_kind")``
+    and build workers with :func:`new_worker`.
+    """
+    _kind[0] = str(request.param)
+    try:
+        yield _kind[0]
+    finally:
+        _kind[0] = "threads"
+
+
+def new_worker(queue: RetryQueue, sessions: sessionmaker[Session], handlers: Any, **kw: Any) -> Any:
+    """A worker of the kind the current test runs with (see :func:`worker_kind`)."""
+    if _kind[0] == "asyncio":
+        return BlockingAsyncWorker(queue, sessions, handlers, **kw)
+    return Worker(queue, sessions, handlers, **kw)
 
 
 @dataclass

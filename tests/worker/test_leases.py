@@ -17,18 +17,21 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from retryqueue import ManualClock, RetryQueue, RetryStatus
-from retryqueue.worker import Job, RunReport, Worker
+from retryqueue.worker import Job, RunReport
 from tests.worker.conftest import (
     LogRecorder,
     count_status,
     enqueue,
     history,
     item,
+    new_worker,
     running,
     wait_until,
 )
 
 REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.usefixtures("worker_kind")
 
 
 class CountingQueue(RetryQueue):
@@ -60,7 +63,7 @@ class TestHeartbeat:
             time.sleep(3 * lock_timeout)  # the slow work itself, not synchronisation
 
         [item_id] = enqueue(sessions, owner_queue, "slow.report", retry_delay_seconds=0)
-        owner = Worker(
+        owner = new_worker(
             owner_queue,
             sessions,
             {"slow.report": slow},
@@ -69,7 +72,7 @@ class TestHeartbeat:
             heartbeat_interval=0.2,
             listen=False,
         )
-        rival = Worker(
+        rival = new_worker(
             rival_queue,
             sessions,
             {"slow.report": lambda job: rival_calls.append(job.id)},
@@ -116,7 +119,7 @@ class TestLostLease:
         [item_id] = enqueue(sessions, queue, "pay.out", retry_delay_seconds=0)
         # A heartbeat interval far beyond the test: this worker stalls, as after a long GC
         # pause or a network partition.
-        stale = Worker(
+        stale = new_worker(
             queue,
             sessions,
             {"pay.out": stalled},
@@ -131,7 +134,7 @@ class TestLostLease:
         try:
             wait_until(lambda: lease_checks, what="stale handler started")
             clock.advance(61)  # its lock is now older than lock_timeout
-            fresh = Worker(
+            fresh = new_worker(
                 queue,
                 sessions,
                 {"pay.out": lambda job: None},
@@ -158,21 +161,28 @@ class TestLostLease:
 
 CRASHING_WORKER = textwrap.dedent(
     """
-    import sys, threading
+    import asyncio, sys, threading
     from pathlib import Path
+    from sqlalchemy.ext.asyncio import async_sessionmaker
     from sqlalchemy.orm import sessionmaker
-    from retryqueue import RetryQueue, create_engine
+    from retryqueue import RetryQueue, create_async_engine, create_engine
+    from retryqueue.async_worker import AsyncWorker
     from retryqueue.worker import Worker
 
-    url, worker_id, marker = sys.argv[1:4]
-    engine = create_engine(url)
+    url, worker_id, marker, kind = sys.argv[1:5]
 
     def hang(job):
         Path(marker).touch()
         threading.Event().wait()  # until SIGKILL
 
-    Worker(RetryQueue(), sessionmaker(engine), {"crash.job": hang}, worker_id=worker_id,
-           batch_size=3, lock_timeout=2, heartbeat_interval=0.5, listen=False).run()
+    settings = dict(worker_id=worker_id, batch_size=3, lock_timeout=2, heartbeat_interval=0.5,
+                    listen=False)
+    if kind == "threads":
+        Worker(RetryQueue(), sessionmaker(create_engine(url)), {"crash.job": hang},
+               **settings).run()
+    else:
+        sessions = async_sessionmaker(create_async_engine(url))
+        asyncio.run(AsyncWorker(RetryQueue(), sessions, {"crash.job": hang}, **settings).run())
     """
 )
 
@@ -182,7 +192,7 @@ class TestCrashedWorker:
     """Items of a worker killed with SIGKILL are completed by another after lock_timeout."""
 
     def test_sigkilled_workers_items_are_reclaimed(
-        self, engine: Engine, sessions: sessionmaker[Session], tmp_path: Path
+        self, engine: Engine, sessions: sessionmaker[Session], tmp_path: Path, worker_kind: str
     ) -> None:
         queue = RetryQueue()
         ids = enqueue(sessions, queue, "crash.job", 3, retry_delay_seconds=0)
@@ -191,7 +201,7 @@ class TestCrashedWorker:
         url = engine.url.render_as_string(hide_password=False)
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         child = subprocess.Popen(
-            [sys.executable, str(script), url, "doomed-worker", str(marker)],
+            [sys.executable, str(script), url, "doomed-worker", str(marker), worker_kind],
             cwd=REPO,
             env=env,
             stdout=subprocess.DEVNULL,
@@ -206,7 +216,7 @@ class TestCrashedWorker:
         assert child.returncode == -signal.SIGKILL, stderr.decode()
 
         done: list[int] = []
-        survivor = Worker(
+        survivor = new_worker(
             queue,
             sessions,
             {"crash.job": lambda job: done.append(job.id)},

@@ -8,30 +8,40 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.orm import sessionmaker
 
 from retryqueue import RetryQueue, RetryStatus, create_engine, migrations
-from retryqueue.models import RetryHistory
-from retryqueue.worker import Job, Worker
+from retryqueue.models import RetryHistory, RetryItem
+from retryqueue.worker import Job
 from tests.worker.conftest import (
     LogRecorder,
     RestartablePostgres,
     count_status,
     enqueue,
+    new_worker,
     running,
     wait_until,
 )
 
 ITEMS = 60
 
+pytestmark = pytest.mark.usefixtures("worker_kind")
+
 
 @pytest.fixture
 def outage_engines(restartable_pg: RestartablePostgres) -> Iterator[list[Engine]]:
-    """Two engines (one per worker) on a migrated database of the restartable server."""
+    """Two engines (one per worker) on a migrated database of the restartable server.
+
+    Pre-ping: the test reads through them after the restart, and the asyncio worker (on
+    engines of its own) never cleans their pools of the connections the restart broke.
+    """
     url = restartable_pg.server.admin_url
-    engines = [create_engine(url) for _ in range(2)]
+    engines = [create_engine(url, pool_pre_ping=True) for _ in range(2)]
     migrations.upgrade(engines[0])
+    with engines[0].begin() as connection:  # the server outlives one test: start empty
+        connection.execute(delete(RetryHistory))
+        connection.execute(delete(RetryItem))
     try:
         yield engines
     finally:
@@ -61,7 +71,7 @@ class TestDatabaseRestart:
             time.sleep(0.1)  # work in progress when the server goes away
 
         workers = [
-            Worker(
+            new_worker(
                 queue,
                 sessions,
                 {"outage.item": handle},
@@ -93,7 +103,7 @@ class TestDatabaseRestart:
             )
             reports = [first.stop(), second.stop()]
 
-        assert sum(r.completed for r in reports) == ITEMS
+        assert sum(r.completed for r in reports) == ITEMS, reports
         assert all(r.completed > 0 for r in reports), reports  # both took part
         assert sum(r.lost for r in reports) == 0
         assert set(calls) == set(ids)

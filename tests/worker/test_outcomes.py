@@ -22,7 +22,9 @@ from retryqueue.worker import (
     RunReport,
     Worker,
 )
-from tests.worker.conftest import enqueue, history, item
+from tests.worker.conftest import enqueue, history, item, new_worker
+
+pytestmark = pytest.mark.usefixtures("worker_kind")
 
 
 def make_worker(
@@ -30,7 +32,7 @@ def make_worker(
 ) -> Worker:
     kw.setdefault("worker_id", "worker-test")
     kw.setdefault("listen", False)
-    return Worker(queue, sessions, router, **kw)
+    return new_worker(queue, sessions, router, **kw)
 
 
 class CodedError(Exception):
@@ -210,7 +212,7 @@ class TestRunOnce:
         assert all(r.duration_seconds >= 0 for r in results)
 
     def test_completions_of_a_batch_are_one_statement(
-        self, engine: Engine, sessions: sessionmaker[Session], queue: RetryQueue
+        self, sessions: sessionmaker[Session], queue: RetryQueue
     ) -> None:
         completing: list[str] = []
 
@@ -219,13 +221,14 @@ class TestRunOnce:
                 completing.append(statement)
 
         enqueue(sessions, queue, "bulk", 8)
-        event.listen(engine, "before_cursor_execute", count)
+        # On the Engine class: the asyncio worker's engine is its own (its sync_engine).
+        event.listen(Engine, "before_cursor_execute", count)
         try:
             report = make_worker(
                 queue, sessions, {"bulk": lambda job: None}, concurrency=4, batch_size=8
             ).run_once()
         finally:
-            event.remove(engine, "before_cursor_execute", count)
+            event.remove(Engine, "before_cursor_execute", count)
         assert report == RunReport(acquired=8, completed=8)
         assert len(completing) == 1
 

@@ -12,7 +12,17 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from retryqueue import RetryQueue, RetryStatus
 from retryqueue.worker import Job, RunReport, Worker
-from tests.worker.conftest import LogRecorder, enqueue, history, running, statuses, wait_until
+from tests.worker.conftest import (
+    LogRecorder,
+    enqueue,
+    history,
+    new_worker,
+    running,
+    statuses,
+    wait_until,
+)
+
+pytestmark = pytest.mark.usefixtures("worker_kind")
 
 
 class Gate:
@@ -39,7 +49,7 @@ def make_worker(
 ) -> Worker:
     kw.setdefault("listen", False)
     kw.setdefault("poll_interval", 0.1)
-    return Worker(queue, sessions, handlers, worker_id="shutdown-test", **kw)
+    return new_worker(queue, sessions, handlers, worker_id="shutdown-test", **kw)
 
 
 class TestGracefulShutdown:

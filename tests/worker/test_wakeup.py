@@ -8,12 +8,14 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from retryqueue import RetryQueue
-from retryqueue.worker import Job, Worker
-from tests.worker.conftest import LogRecorder, enqueue, running, wait_until
+from retryqueue.worker import Job
+from tests.worker.conftest import LogRecorder, enqueue, new_worker, running, wait_until
 
 POLL_INTERVAL = 30.0
 # Well below POLL_INTERVAL: handled within this means the worker did not wait for the poll.
 PROMPTLY = 10.0
+
+pytestmark = pytest.mark.usefixtures("worker_kind")
 
 
 def idle_waits(logs: LogRecorder) -> list[float]:
@@ -35,7 +37,7 @@ class TestNotify:
         def handle(job: Job) -> None:
             handled.set()
 
-        worker = Worker(
+        worker = new_worker(
             server_clock_queue,
             sessions,
             {"wake.up": handle},
@@ -55,7 +57,7 @@ class TestNotify:
         server_clock_queue: RetryQueue,
         worker_logs: LogRecorder,
     ) -> None:
-        worker = Worker(server_clock_queue, sessions, {}, poll_interval=POLL_INTERVAL)
+        worker = new_worker(server_clock_queue, sessions, {}, poll_interval=POLL_INTERVAL)
         with running(worker) as handle_run:
             wait_until(lambda: idle_waits(worker_logs), what="worker idle")
             handle_run.stop()
@@ -79,7 +81,7 @@ class TestScheduledItems:
     ) -> None:
         handled = threading.Event()
         enqueue(sessions, server_clock_queue, "later", delay=1.0)
-        worker = Worker(
+        worker = new_worker(
             server_clock_queue,
             sessions,
             {"later": lambda job: handled.set()},
@@ -102,7 +104,7 @@ class TestScheduledItems:
         assert isinstance(queue.clock, ManualClock)
         enqueue(sessions, queue, "stale", ttl=60)
         queue.clock.advance(120)  # due, but expired: acquire will never take it
-        worker = Worker(queue, sessions, {}, poll_interval=POLL_INTERVAL, listen=False)
+        worker = new_worker(queue, sessions, {}, poll_interval=POLL_INTERVAL, listen=False)
         with running(worker) as handle_run:
             wait_until(lambda: idle_waits(worker_logs), what="worker idle")
             handle_run.stop()
