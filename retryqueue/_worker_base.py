@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
+from functools import partial
 from types import MappingProxyType
 from typing import Any, TypedDict
 
@@ -26,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from retryqueue import validation as check
 from retryqueue._batch import BatchState, Finished, by_token
+from retryqueue.circuits import CircuitBreaker
 from retryqueue.errors import DatabaseError, InvalidArgument
 from retryqueue.listener import reconnect_delay
 from retryqueue.queue import RetryQueue
@@ -177,6 +179,19 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"[-255:]
 
 
+def _health(
+    finished: list[Finished], plans: list[FailurePlan | None], outcomes: dict[int, str]
+) -> list[tuple[str | None, str | None, bool]]:
+    """What a circuit breaker learns from recorded attempts: successes, and the failures
+    that say the downstream is unhealthy (retryable ones; not PermanentError, not a
+    missing handler). Refused outcomes (lost leases) say nothing."""
+    return [
+        (done.item.plugin_name, done.item.event_type, plan is None)
+        for done, plan in zip(finished, plans, strict=True)
+        if outcomes[done.item.id] != "lost" and (plan is None or plan.retryable)
+    ]
+
+
 def fields_of(item: ClaimedItem, worker_id: str, **more: Any) -> dict[str, Any]:
     """The structured logging fields of one item."""
     return {
@@ -198,7 +213,9 @@ class WorkerOptions(TypedDict, total=False):
     running at once [1]; ``heartbeat_interval`` seconds between lock renewals
     [lock_timeout / 3]; ``shutdown_grace`` seconds running handlers get at shutdown [30];
     ``listen`` wake on PostgreSQL NOTIFY [True]; ``observers`` callables receiving an
-    :class:`AttemptResult` after each attempt.
+    :class:`AttemptResult` after each attempt; ``breaker`` a
+    :class:`~retryqueue.circuits.CircuitBreaker` whose open circuits' items are skipped
+    [None].
     """
 
     worker_id: str | None
@@ -210,6 +227,7 @@ class WorkerOptions(TypedDict, total=False):
     shutdown_grace: float
     listen: bool
     observers: Iterable[Observer]
+    breaker: CircuitBreaker | None
 
 
 class WorkerBase:
@@ -229,6 +247,7 @@ class WorkerBase:
         shutdown_grace: float = 30.0,
         listen: bool = True,
         observers: Iterable[Observer] = (),
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.queue = queue
         self.router = as_router(handlers)
@@ -244,6 +263,7 @@ class WorkerBase:
         self.shutdown_grace = check.seconds("shutdown_grace", shutdown_grace)
         self.listen = listen
         self.observers = tuple(observers)
+        self.breaker = breaker
         self._next_reclaim = 0.0
 
     def __repr__(self) -> str:
@@ -252,11 +272,36 @@ class WorkerBase:
     # -- the steps, each the body of one transaction ------------------------------------
 
     def _claim(self, session: Session) -> list[ClaimedItem]:
-        """Acquire a batch; stale locks are looked for a few times per lock_timeout."""
+        """Acquire a batch; stale locks are looked for a few times per lock_timeout.
+
+        With a circuit breaker: the probes this worker won come first (one item each; a
+        probe that finds nothing is given back), then a batch that skips open circuits.
+        """
         reclaim = time.monotonic() >= self._next_reclaim
-        claimed = self.queue.acquire(
-            session, self.worker_id, self.batch_size, self.lock_timeout, reclaim_stale=reclaim
-        )
+        claim = partial(self.queue.acquire, session, self.worker_id, lock_timeout=self.lock_timeout)
+        if self.breaker is None:
+            claimed = claim(self.batch_size, reclaim_stale=reclaim)
+        else:
+            gate = self.breaker.gate(session, owner=self.worker_id)
+            claimed = []
+            for key in gate.probes:
+                probe = claim(
+                    1, reclaim_stale=False, only_key=key, per_event_type=gate.per_event_type
+                )
+                if not probe:
+                    self.breaker.release_probe(session, key)
+                claimed += probe
+            room = self.batch_size - len(claimed)
+            claimed += (
+                claim(
+                    room,
+                    reclaim_stale=reclaim,
+                    skip_keys=gate.blocked,
+                    per_event_type=gate.per_event_type,
+                )
+                if room > 0
+                else []
+            )
         if reclaim:
             self._next_reclaim = time.monotonic() + min(self.lock_timeout / 4, _RECLAIM_EVERY)
         if claimed:
@@ -297,6 +342,8 @@ class WorkerBase:
                 policy=plan.policy,
             )
             outcomes[done.item.id] = plan.decision.outcome.value if recorded else "lost"
+        if self.breaker is not None:
+            self.breaker.record(session, _health(finished, plans, outcomes), actor=self.worker_id)
         return outcomes
 
     def _release(self, session: Session, items: list[ClaimedItem]) -> int:

@@ -21,12 +21,13 @@ from typing import Protocol
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from retryqueue import monitoring
+from retryqueue import circuits, monitoring
+from retryqueue.breaker_policy import CircuitStatus
 from retryqueue.errors import RetryQueueError
 from retryqueue.models import RetryStatus
 from retryqueue.queue import RetryQueue
@@ -55,6 +56,9 @@ class QueueCollector(Collector):
     * ``retryqueue_oldest_due_pending_age_seconds``: how long the oldest claimable pending
       item has been due (queue lag; 0 when nothing is due);
     * ``retryqueue_stale_locks``: processing items locked longer than ``stale_lock_seconds``;
+    * ``retryqueue_circuit_state{key}``: each stored circuit, 0 closed, 1 half-open, 2 open;
+    * ``retryqueue_circuit_transitions_total{key,to_state}``: transitions in the audit trail
+      (``daz_retry_circuit_events``; the count drops if that table is pruned);
     * ``retryqueue_database_up``: 1 if the queries succeeded, else 0 (other metrics omitted).
     """
 
@@ -96,6 +100,8 @@ class QueueCollector(Collector):
             gauges = monitoring.queue_gauges(
                 session, self.queue.now(session), self.stale_lock_seconds
             )
+            circuit_states = circuits.circuit_states(session)
+            transitions = circuits.transition_counts(session)
         depth = GaugeMetricFamily(
             "retryqueue_items",
             "Queue items per status, event type and plugin.",
@@ -128,6 +134,36 @@ class QueueCollector(Collector):
             "Processing items whose lock is older than the stale-lock threshold.",
             value=gauges.stale_locks,
         )
+        yield from _circuit_families(circuit_states, transitions)
+
+
+_CIRCUIT_STATE_VALUES = {
+    CircuitStatus.CLOSED: 0.0,
+    CircuitStatus.HALF_OPEN: 1.0,
+    CircuitStatus.OPEN: 2.0,
+}
+
+
+def _circuit_families(
+    states: Iterable[circuits.CircuitState],
+    transitions: Iterable[tuple[str, CircuitStatus, int]],
+) -> Iterator[Metric]:
+    state = GaugeMetricFamily(
+        "retryqueue_circuit_state",
+        "Circuit breaker state per key: 0 closed, 1 half-open, 2 open.",
+        labels=["key"],
+    )
+    for circuit in states:
+        state.add_metric([circuit.key], _CIRCUIT_STATE_VALUES[circuit.status])
+    yield state
+    counted = CounterMetricFamily(
+        "retryqueue_circuit_transitions",
+        "Circuit breaker transitions per key and state entered (from the audit trail).",
+        labels=["key", "to_state"],
+    )
+    for key, to_state, count in transitions:
+        counted.add_metric([key, to_state.value], count)
+    yield counted
 
 
 class AttemptLike(Protocol):

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Double,
     Enum,
     Index,
     Integer,
@@ -42,6 +43,8 @@ __all__ = [
     "ACTIVE_STATUSES",
     "TERMINAL_STATUSES",
     "Base",
+    "RetryCircuit",
+    "RetryCircuitEvent",
     "RetryHistory",
     "RetryItem",
     "RetryStatus",
@@ -239,4 +242,83 @@ class RetryHistory(Base):
         return (
             f"<RetryHistory id={self.id} item={self.retry_queue_id} "
             f"attempt={self.attempt_number} status={self.status!r}>"
+        )
+
+
+# Revision 0004: circuit breaker state, one row per key, and the audit trail of transitions.
+# A key is a plugin_name, or "plugin_name:event_type": 255 + 1 + 255 characters at most.
+CIRCUIT_KEY_LENGTH = 511
+
+
+class RetryCircuit(Base):
+    """The circuit breaker state of one key (table ``daz_retry_circuits``).
+
+    Written only by :mod:`retryqueue.circuits`; see :mod:`retryqueue.breaker_policy` for
+    the meaning of the counters. A key without a row is closed.
+    """
+
+    __tablename__ = "daz_retry_circuits"
+
+    circuit_key: Mapped[str] = mapped_column(String(CIRCUIT_KEY_LENGTH), primary_key=True)
+    state: Mapped[str] = mapped_column(String(20), nullable=False, server_default="closed")
+    consecutive_failures: Mapped[int] = mapped_column(
+        Integer, nullable=False, server_default=text("0")
+    )
+    window_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    window_attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    window_failures: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    previous_attempts: Mapped[int] = mapped_column(
+        Integer, nullable=False, server_default=text("0")
+    )
+    previous_failures: Mapped[int] = mapped_column(
+        Integer, nullable=False, server_default=text("0")
+    )
+    opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    open_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    cooldown_seconds: Mapped[float] = mapped_column(
+        Double(), nullable=False, server_default=text("0")
+    )
+    probe_owner: Mapped[str | None] = mapped_column(String(255))
+    probe_deadline: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    reason: Mapped[str | None] = mapped_column(String(255))
+    # Bumped by every write: the compare-and-set that hands out exactly one probe.
+    version: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    updated_at: Mapped[datetime] = mapped_column(
+        UTCDateTime(), nullable=False, server_default=utc_now()
+    )
+
+    __table_args__ = (
+        CheckConstraint("state IN ('closed', 'half_open', 'open')", name="state_valid"),
+    )
+
+    def __repr__(self) -> str:
+        return f"<RetryCircuit {self.circuit_key!r} state={self.state!r}>"
+
+
+class RetryCircuitEvent(Base):
+    """One circuit transition, for the audit trail (table ``daz_retry_circuit_events``)."""
+
+    __tablename__ = "daz_retry_circuit_events"
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    circuit_key: Mapped[str] = mapped_column(String(CIRCUIT_KEY_LENGTH), nullable=False)
+    from_state: Mapped[str] = mapped_column(String(20), nullable=False)
+    to_state: Mapped[str] = mapped_column(String(20), nullable=False)
+    reason: Mapped[str] = mapped_column(String(255), nullable=False)
+    cooldown_seconds: Mapped[float | None] = mapped_column(Double())
+    actor: Mapped[str | None] = mapped_column(String(255))
+    occurred_at: Mapped[datetime] = mapped_column(
+        UTCDateTime(), nullable=False, server_default=utc_now()
+    )
+
+    __table_args__ = (
+        Index("idx_retry_circuit_events_key", "circuit_key", "occurred_at"),
+        Index("idx_retry_circuit_events_occurred_at", "occurred_at"),
+        _NEVER_REUSE_IDS,
+    )
+
+    def __repr__(self) -> str:
+        return (
+            f"<RetryCircuitEvent {self.circuit_key!r} {self.from_state}->{self.to_state} "
+            f"({self.reason})>"
         )

@@ -12,7 +12,15 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    Callable,
+    Collection,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
@@ -149,7 +157,7 @@ class RetryQueue:
     # -- enqueue -------------------------------------------------------------------------
 
     def enqueue(
-        self, session: Session, event_type: str, event_data: Any, **fields: Any
+        self, session: Session, /, event_type: str, event_data: Any, **fields: Any
     ) -> EnqueuedItem:
         """Add one item; every column is settable through keyword arguments.
 
@@ -289,6 +297,9 @@ class RetryQueue:
         lock_timeout: float = 300,
         *,
         reclaim_stale: bool = True,
+        skip_keys: Collection[str] = (),
+        only_key: str | None = None,
+        per_event_type: bool = False,
     ) -> list[ClaimedItem]:
         """Claim up to ``batch_size`` due items for ``worker_id``, highest priority first.
 
@@ -299,19 +310,33 @@ class RetryQueue:
 
         ``reclaim_stale=False`` skips the first step (one statement fewer): a worker that
         acquires many times a second reclaims on a timer instead (see the Worker).
+
+        Circuit breaker (see :mod:`retryqueue.circuits`): items whose circuit key is in
+        ``skip_keys`` (an open circuit's) stay pending, untouched; ``only_key`` claims
+        only that key's items (a half-open circuit's probe, with ``batch_size=1``). The
+        key is the item's plugin_name, or ``plugin_name:event_type`` with
+        ``per_event_type=True``; items without a plugin_name are never skipped.
         """
         worker_id = check.text("worker_id", worker_id)
         batch_size = check.bounded_int("batch_size", batch_size, low=1, high=10_000)
         lock_timeout = check.seconds("lock_timeout", lock_timeout, allow_zero=False)
+        if isinstance(skip_keys, str):
+            raise InvalidArgument("skip_keys", "expected a collection of keys, not one string")
+        keys: dict[str, Any] = {  # the circuit filter of the claim
+            "skip_keys": sorted(check.text("skip_keys", key, max_length=511) for key in skip_keys),
+            "only_key": check.optional_text("only_key", only_key, max_length=511),
+            "per_event_type": per_event_type,
+        }
         at = self.now(session)
         if reclaim_stale:
             self._reclaim_stale(session, at, lock_timeout)
         token = uuid.uuid4()
         if _has_returning(session):
-            stmt, params = sql.claim(at, worker_id, token, batch_size)
+            stmt, params = sql.claim(at, worker_id, token, batch_size, **keys)
             rows = session.execute(stmt, params).all()
         else:  # MySQL: SELECT ... SKIP LOCKED, UPDATE those ids, read them back
-            rows = _run_emulated(session, sql.claim_emulated(at, worker_id, token, batch_size))
+            emulation = sql.claim_emulated(at, worker_id, token, batch_size, **keys)
+            rows = _run_emulated(session, emulation)
         claimed = [_claimed(row) for row in rows]
         claimed.sort(key=lambda item: (-item.priority, item.next_retry_at, item.id))
         return claimed
@@ -657,8 +682,9 @@ class RetryQueue:
     def _cleanup_batches(
         self, session: Session, at: datetime | None, retention: float, batch_size: int
     ) -> Iterator[CleanupResult]:
+        created_before = yield from _drop_partitions(session, at, retention)
         while True:
-            count = self._delete_finished(session, at, retention, batch_size)
+            count = self._delete_finished(session, at, retention, batch_size, created_before)
             yield CleanupResult(deleted_count=count)
             if count < batch_size:
                 break
@@ -691,12 +717,16 @@ class RetryQueue:
 
     @staticmethod
     def _delete_finished(
-        session: Session, at: datetime | None, retention: float, batch_size: int
+        session: Session,
+        at: datetime | None,
+        retention: float,
+        batch_size: int,
+        created_before: datetime | None = None,
     ) -> int:
         return _delete_batch(
             session,
-            sql.delete_finished_batch(at, retention, batch_size),
-            sql.finished_batch_ids(at, retention, batch_size),
+            sql.delete_finished_batch(at, retention, batch_size, created_before=created_before),
+            sql.finished_batch_ids(at, retention, batch_size, created_before=created_before),
             sql.delete_by_ids,
         )
 
@@ -807,6 +837,32 @@ class RetryQueue:
         if row.next_due is None:
             return None
         return float((row.next_due - row.now).total_seconds())
+
+
+def _drop_partitions(
+    session: Session, at: datetime | None, retention: float
+) -> Generator[CleanupResult, None, datetime | None]:
+    """On a partitioned table (PostgreSQL), drop the months past the retention.
+
+    Returns None on a plain table; else the start of the oldest month not past the
+    retention: DELETE-based cleanup then only touches the older months that had to be
+    kept (they still hold live items), never the months that will be dropped later.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return None
+    # Imported here: the migrations package brings alembic, which workers never need.
+    from retryqueue.migrations import partitioning
+
+    # session.connection() again after every yield: the caller may commit in between.
+    if not partitioning.is_partitioned(session.connection()):
+        return None
+    cutoff = partitioning.server_now(session.connection(), at) - timedelta(seconds=retention)
+    for part in partitioning.partitions_past(session.connection(), cutoff):
+        drop = partitioning.drop_partition(session.connection(), part, cutoff)
+        if drop.dropped:
+            yield CleanupResult(deleted_count=drop.rows, partitions_dropped=1)
+            partitioning.forget_keys(session.connection(), part)
+    return partitioning.month_start(cutoff)
 
 
 def _delete_batch(

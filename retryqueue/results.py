@@ -9,20 +9,25 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
+from retryqueue.breaker_policy import CircuitStatus
 from retryqueue.models import RetryStatus
 
 __all__ = [
     "Alert",
+    "CircuitEvent",
+    "CircuitState",
     "ClaimedItem",
     "CleanupResult",
     "DeadLetterGroup",
     "EnqueuedItem",
+    "Gate",
     "HistoryEntry",
     "HourlyCount",
     "ItemFilter",
     "ItemSnapshot",
     "QueueStats",
     "SuccessRate",
+    "Transition",
     "freeze",
 ]
 
@@ -134,17 +139,21 @@ class CleanupResult:
     ``archived_count``: of those, expired items that never finished; each got an
     ``expired`` history row first, so its fate stays traceable.
     ``history_deleted_count``: history rows older than twice the retention.
+    ``partitions_dropped``: monthly partitions dropped (PostgreSQL, partitioned table);
+    their rows are counted in ``deleted_count``.
     """
 
     deleted_count: int = 0
     archived_count: int = 0
     history_deleted_count: int = 0
+    partitions_dropped: int = 0
 
     def __add__(self, other: CleanupResult) -> CleanupResult:
         return CleanupResult(
             self.deleted_count + other.deleted_count,
             self.archived_count + other.archived_count,
             self.history_deleted_count + other.history_deleted_count,
+            self.partitions_dropped + other.partitions_dropped,
         )
 
 
@@ -231,3 +240,74 @@ class ItemFilter:
     failed_after: datetime | None = None
     failed_before: datetime | None = None
     limit: int | None = None
+
+
+# -- circuit breaker (see retryqueue.circuits) --------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitState:
+    """One circuit as stored: its status, counters, cool-down and probe.
+
+    ``window_attempts``/``window_failures`` count the current bucket of the failure-rate
+    window; ``probe_owner`` is who holds the half-open probe; ``reason`` says why the
+    latest transition happened.
+    """
+
+    key: str
+    status: CircuitStatus
+    consecutive_failures: int
+    window_attempts: int
+    window_failures: int
+    opened_at: datetime | None
+    open_until: datetime | None
+    cooldown_seconds: float
+    probe_owner: str | None
+    probe_deadline: datetime | None
+    reason: str | None
+    updated_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A circuit changed state (also written to the audit trail and logged)."""
+
+    key: str
+    from_status: CircuitStatus
+    to_status: CircuitStatus
+    reason: str
+    at: datetime
+    cooldown_seconds: float | None
+    open_until: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitEvent:
+    """One row of the audit trail ``daz_retry_circuit_events``."""
+
+    id: int
+    key: str
+    from_status: CircuitStatus
+    to_status: CircuitStatus
+    reason: str
+    cooldown_seconds: float | None
+    actor: str | None
+    occurred_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    """What a worker may claim now.
+
+    ``blocked``: keys whose items the normal claim must skip (open and half-open
+    circuits, this caller's probes included); pass it as ``acquire(skip_keys=...)``.
+    ``probes``: keys whose single probe this caller won; claim one item of each with
+    ``acquire(only_key=key, batch_size=1)``, then :meth:`CircuitBreaker.record` its
+    outcome (or :meth:`CircuitBreaker.release_probe` if there was nothing to claim).
+    ``per_event_type``: pass it to ``acquire`` so that it builds keys the same way.
+    """
+
+    blocked: frozenset[str] = frozenset()
+    probes: tuple[str, ...] = ()
+    per_event_type: bool = False
+    transitions: tuple[Transition, ...] = ()

@@ -48,21 +48,36 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import ReturningDelete
 from sqlalchemy.sql.functions import FunctionElement
 
-from retryqueue.models import TERMINAL_STATUSES, RetryHistory, RetryItem, RetryStatus
+from retryqueue.models import (
+    TERMINAL_STATUSES,
+    RetryCircuit,
+    RetryCircuitEvent,
+    RetryHistory,
+    RetryItem,
+    RetryStatus,
+)
 from retryqueue.results import ItemFilter
 from retryqueue.types import UTCDateTime, utc_now
 
 __all__ = [
+    "CIRCUIT_COLUMNS",
     "CLAIM_COLUMNS",
     "SNAPSHOT_COLUMNS",
     "Bound",
     "Emulation",
     "after",
     "alerts",
+    "all_circuits",
     "apply_failure",
+    "circuit_events",
+    "circuit_key_of_item",
+    "circuit_transition_counts",
+    "circuits_by_key",
+    "circuits_not_closed",
     "claim",
     "claim_emulated",
     "complete_owned",
+    "database_now",
     "delete_by_ids",
     "delete_finished_batch",
     "delete_history_batch",
@@ -77,6 +92,8 @@ __all__ = [
     "heartbeat",
     "history_batch_ids",
     "history_for_item",
+    "insert_circuit_events",
+    "insert_circuits",
     "insert_history",
     "insert_items",
     "items_per_hour",
@@ -91,6 +108,7 @@ __all__ = [
     "stats",
     "stuck",
     "success_rate_by_event_type",
+    "update_circuit",
 ]
 
 _SYNC_OFF = {"synchronize_session": False}
@@ -212,7 +230,10 @@ def insert_items(dialect_name: str, at: datetime | None) -> Insert:
     table = QUEUE_TABLE
     stmt: Any
     if dialect_name == "postgresql":
-        stmt = postgresql.insert(table).on_conflict_do_nothing(index_elements=["event_id"])
+        # No conflict target: the only unique index an insert can hit is event_id's (ids
+        # come from the sequence), and a partitioned table (docs/partitioning.md) has none
+        # to name; there a trigger skips a duplicate event_id just as DO NOTHING does.
+        stmt = postgresql.insert(table).on_conflict_do_nothing()
     elif dialect_name == "sqlite":
         stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=["event_id"])
     elif not has_returning(dialect_name):
@@ -370,10 +391,32 @@ def _now_param(server_clock: bool, name: str) -> ColumnElement[datetime]:
     return utc_now() if server_clock else bindparam(name, type_=UTCDateTime())
 
 
+def circuit_key_of_item(per_event_type: bool) -> ColumnElement[str | None]:
+    """An item's circuit breaker key: plugin_name, or ``plugin_name || ':' || event_type``.
+
+    NULL for items without a plugin (no circuit guards them).
+    """
+    if not per_event_type:
+        return RetryItem.plugin_name.expression
+    return RetryItem.plugin_name + literal_column("':'") + RetryItem.event_type
+
+
+def _key_filter(keys: str | None, per_event_type: bool) -> list[ColumnElement[bool]]:
+    """The claim's circuit filter: none, skip the keys in ``claim_skip``, or only ``claim_only``."""
+    key = circuit_key_of_item(per_event_type)
+    if keys == "skip":
+        skipped = bindparam("claim_skip", expanding=True, type_=String())
+        return [or_(RetryItem.plugin_name.is_(None), key.not_in(skipped))]
+    if keys == "only":
+        return [key == bindparam("claim_only", type_=String())]
+    return []
+
+
 @functools.cache
-def _claim_template(server_clock: bool) -> Update:
-    # Built once per clock kind: the hot path skips statement construction and its
-    # cache-key computation, and the SQL text stays the same for every batch.
+def _claim_template(server_clock: bool, keys: str | None = None, per_event: bool = False) -> Update:
+    # Built once per clock kind and circuit filter: the hot path skips statement
+    # construction and its cache-key computation, and the SQL text stays the same for every
+    # batch. Without open circuits (keys=None) the claim carries no extra predicate.
     now = _now_param(server_clock, "claim_now")
     candidates = (
         select(RetryItem.id)
@@ -382,6 +425,7 @@ def _claim_template(server_clock: bool) -> Update:
             RetryItem.next_retry_at <= now,
             RetryItem.locked_by.is_(None),
             RetryItem.expires_at > now,
+            *_key_filter(keys, per_event),
         )
         .order_by(RetryItem.priority.desc(), RetryItem.next_retry_at, RetryItem.id)
         .limit(bindparam("claim_limit", type_=Integer()))
@@ -404,13 +448,25 @@ def _claim_template(server_clock: bool) -> Update:
     )
 
 
-def claim(at: datetime | None, worker_id: str, token: uuid.UUID, batch_size: int) -> Bound:
+def claim(
+    at: datetime | None,
+    worker_id: str,
+    token: uuid.UUID,
+    batch_size: int,
+    *,
+    skip_keys: Sequence[str] = (),
+    only_key: str | None = None,
+    per_event_type: bool = False,
+) -> Bound:
     """Claim up to ``batch_size`` due items in priority order, in one round trip.
 
     Candidates: pending, due, unlocked and not expired, ordered by priority DESC, then
     next_retry_at, then id (served by ``idx_retry_queue_claim``); locked with SKIP LOCKED
     so concurrent workers never get the same row. RETURNING gives the claimed rows (in no
     particular order).
+
+    Circuit breaker: items whose key (see :func:`circuit_key_of_item`) is in ``skip_keys``
+    are left alone; ``only_key`` claims that key's items only (a half-open probe).
     """
     params: dict[str, Any] = {
         "claim_worker": worker_id,
@@ -419,7 +475,12 @@ def claim(at: datetime | None, worker_id: str, token: uuid.UUID, batch_size: int
     }
     if at is not None:
         params["claim_now"] = at
-    return _claim_template(at is None), params
+    keys: str | None = None
+    if only_key is not None:
+        keys, params["claim_only"] = "only", only_key
+    elif skip_keys:
+        keys, params["claim_skip"] = "skip", list(skip_keys)
+    return _claim_template(at is None, keys, per_event_type and keys is not None), params
 
 
 # ---------------------------------------------------------------------------------------
@@ -629,10 +690,23 @@ def emulate_returning(stmt: Update | ReturningDelete[Any]) -> Emulation:
 
 
 def claim_emulated(
-    at: datetime | None, worker_id: str, token: uuid.UUID, batch_size: int
+    at: datetime | None,
+    worker_id: str,
+    token: uuid.UUID,
+    batch_size: int,
+    *,
+    skip_keys: Sequence[str] = (),
+    only_key: str | None = None,
+    per_event_type: bool = False,
 ) -> Emulation:
     """:func:`claim` in three steps: candidates with SKIP LOCKED, claim them, read them."""
     now = now_expr(at)
+    key = circuit_key_of_item(per_event_type)
+    circuit: list[ColumnElement[bool]] = []
+    if only_key is not None:
+        circuit.append(key == only_key)
+    elif skip_keys:
+        circuit.append(or_(RetryItem.plugin_name.is_(None), key.not_in(list(skip_keys))))
     candidates = (
         select(RetryItem.id)
         .where(
@@ -640,6 +714,7 @@ def claim_emulated(
             RetryItem.next_retry_at <= now,
             RetryItem.locked_by.is_(None),
             RetryItem.expires_at > now,
+            *circuit,
         )
         .order_by(RetryItem.priority.desc(), RetryItem.next_retry_at, RetryItem.id)
         .limit(batch_size)
@@ -671,9 +746,15 @@ def claim_emulated(
     return Emulation(lock=candidates, apply=apply, read=read)
 
 
-def finished_batch_ids(at: datetime | None, retention_seconds: float, limit: int) -> Select[int]:
+def finished_batch_ids(
+    at: datetime | None,
+    retention_seconds: float,
+    limit: int,
+    *,
+    created_before: datetime | None = None,
+) -> Select[int]:
     """The ids :func:`delete_finished_batch` would delete (MySQL: selected first)."""
-    return _finished_batch(at, retention_seconds, limit)
+    return _finished_batch(at, retention_seconds, limit, created_before)
 
 
 def history_batch_ids(at: datetime | None, retention_seconds: float, limit: int) -> Select[int]:
@@ -773,19 +854,40 @@ def _finished_before(cutoff: ColumnElement[datetime]) -> ColumnElement[bool]:
     return and_(_status_in(*TERMINAL_STATUSES), finished_at < cutoff)
 
 
-def _finished_batch(at: datetime | None, retention_seconds: float, limit: int) -> Select[int]:
+def _created_before(moment: datetime | None) -> list[ColumnElement[bool]]:
+    # On a partitioned table this confines a statement to the months it names (pruning).
+    return [] if moment is None else [RetryItem.created_at < literal(moment, UTCDateTime())]
+
+
+def _finished_batch(
+    at: datetime | None, retention_seconds: float, limit: int, created_before: datetime | None
+) -> Select[int]:
     return (
         select(RetryItem.id)
-        .where(_finished_before(after(at, -retention_seconds)))
+        .where(_finished_before(after(at, -retention_seconds)), *_created_before(created_before))
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
 
 
-def delete_finished_batch(at: datetime | None, retention_seconds: float, limit: int) -> Delete:
-    """Delete up to ``limit`` finished items older than the retention."""
-    doomed = _finished_batch(at, retention_seconds, limit).scalar_subquery()
-    return delete(RetryItem).where(RetryItem.id.in_(doomed)).execution_options(**_SYNC_OFF)
+def delete_finished_batch(
+    at: datetime | None,
+    retention_seconds: float,
+    limit: int,
+    *,
+    created_before: datetime | None = None,
+) -> Delete:
+    """Delete up to ``limit`` finished items older than the retention.
+
+    ``created_before`` restricts it to items created earlier (partitioned table: the
+    months past the retention that could not be dropped).
+    """
+    doomed = _finished_batch(at, retention_seconds, limit, created_before).scalar_subquery()
+    return (
+        delete(RetryItem)
+        .where(RetryItem.id.in_(doomed), *_created_before(created_before))
+        .execution_options(**_SYNC_OFF)
+    )
 
 
 def expired_batch(at: datetime | None, limit: int) -> AnySelect:
@@ -1081,3 +1183,119 @@ def rewrite_queue_rows() -> Update:
 def rewrite_history_rows() -> Update:
     """Bulk UPDATE by primary key of history error messages (executemany)."""
     return update(RetryHistory).execution_options(**_SYNC_OFF)
+
+
+# ---------------------------------------------------------------------------------------
+# Circuit breaker (see retryqueue.circuits): one row per key, transitions in an audit table.
+# Every write is a compare-and-set on the row's version, so of two workers that read the
+# same open circuit past its cool-down, exactly one turns it half-open and owns the probe.
+
+CIRCUIT_COLUMNS = (
+    RetryCircuit.circuit_key,
+    RetryCircuit.state,
+    RetryCircuit.consecutive_failures,
+    RetryCircuit.window_started_at,
+    RetryCircuit.window_attempts,
+    RetryCircuit.window_failures,
+    RetryCircuit.previous_attempts,
+    RetryCircuit.previous_failures,
+    RetryCircuit.opened_at,
+    RetryCircuit.open_until,
+    RetryCircuit.cooldown_seconds,
+    RetryCircuit.probe_owner,
+    RetryCircuit.probe_deadline,
+    RetryCircuit.reason,
+    RetryCircuit.version,
+    RetryCircuit.updated_at,
+)
+
+
+def circuits_not_closed(at: datetime | None) -> AnySelect:
+    """Circuits that are open or half-open, with now on the chosen clock (the gate's read)."""
+    return select(*CIRCUIT_COLUMNS, now_expr(at).label("now")).where(
+        RetryCircuit.state != literal_column("'closed'", String())
+    )
+
+
+def circuits_by_key(
+    at: datetime | None, keys: Sequence[str], *, lock: bool, skip_locked: bool = False
+) -> AnySelect:
+    """These keys' circuits (key order), with now; ``lock``: FOR UPDATE, to change them.
+
+    ``skip_locked``: rows another transaction holds are left out instead of waited for.
+    """
+    stmt = (
+        select(*CIRCUIT_COLUMNS, now_expr(at).label("now"))
+        .where(RetryCircuit.circuit_key.in_(list(keys)))
+        .order_by(RetryCircuit.circuit_key)
+    )
+    return stmt.with_for_update(skip_locked=skip_locked) if lock else stmt
+
+
+def database_now(at: datetime | None) -> AnySelect:
+    """Now, on the chosen clock."""
+    return select(now_expr(at).label("now"))
+
+
+def all_circuits() -> AnySelect:
+    """Every circuit row, by key."""
+    return select(*CIRCUIT_COLUMNS).order_by(RetryCircuit.circuit_key)
+
+
+def insert_circuits(dialect_name: str, at: datetime | None) -> Insert:
+    """INSERT of closed circuit rows (executemany of ``circuit_key``), skipping existing keys."""
+    table = cast("Table", RetryCircuit.__table__)
+    stmt: Any
+    if dialect_name == "postgresql":
+        stmt = postgresql.insert(table).on_conflict_do_nothing(index_elements=["circuit_key"])
+    elif dialect_name == "sqlite":
+        stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=["circuit_key"])
+    else:
+        stmt = mysql.insert(table).on_duplicate_key_update(circuit_key=table.c.circuit_key)
+    result: Insert = stmt.values(updated_at=now_expr(at))
+    return result
+
+
+def update_circuit(at: datetime | None, key: str, version: int, values: dict[str, Any]) -> Update:
+    """Write a circuit's new state if its version is still ``version`` (then bump it).
+
+    The caller checks the row count: 0 means another worker changed the circuit first.
+    """
+    return (
+        update(RetryCircuit)
+        .where(RetryCircuit.circuit_key == key, RetryCircuit.version == version)
+        .values(**values, version=version + 1, updated_at=now_expr(at))
+        .execution_options(**_SYNC_OFF)
+    )
+
+
+def insert_circuit_events(at: datetime | None) -> Insert:
+    """INSERT of audit rows (executemany); occurred_at is now on the chosen clock."""
+    table = cast("Table", RetryCircuitEvent.__table__)
+    return insert(table).values(occurred_at=now_expr(at))
+
+
+def circuit_events(key: str | None, limit: int) -> AnySelect:
+    """The newest audit rows (of one key, or all), newest first."""
+    stmt = select(
+        RetryCircuitEvent.id,
+        RetryCircuitEvent.circuit_key,
+        RetryCircuitEvent.from_state,
+        RetryCircuitEvent.to_state,
+        RetryCircuitEvent.reason,
+        RetryCircuitEvent.cooldown_seconds,
+        RetryCircuitEvent.actor,
+        RetryCircuitEvent.occurred_at,
+    )
+    if key is not None:
+        stmt = stmt.where(RetryCircuitEvent.circuit_key == key)
+    return stmt.order_by(RetryCircuitEvent.id.desc()).limit(limit)
+
+
+def circuit_transition_counts() -> AnySelect:
+    """Audit rows counted per (key, to_state), for the metrics exporter."""
+    return (
+        select(RetryCircuitEvent.circuit_key, RetryCircuitEvent.to_state, func.count())
+        .group_by(RetryCircuitEvent.circuit_key, RetryCircuitEvent.to_state)
+        .order_by(RetryCircuitEvent.circuit_key, RetryCircuitEvent.to_state)
+    )

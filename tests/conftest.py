@@ -13,7 +13,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session, sessionmaker
 
 from retryqueue import ManualClock, RetryQueue, create_engine, metadata, migrations
-from retryqueue.models import RetryHistory, RetryItem
+from retryqueue.models import RetryCircuit, RetryCircuitEvent, RetryHistory, RetryItem
 from tests.mysql.server import SKIP_REASON, MysqlServer
 from tests.support.servers import PostgresServer, server_version, start_postgres
 
@@ -82,8 +82,8 @@ def engine(backend: str, request: pytest.FixtureRequest, tmp_path: object) -> It
         url = request.getfixturevalue("pg_url" if backend == "postgresql" else "mysql_url")
         made = create_engine(url, pool_size=10, max_overflow=10)
         with made.begin() as connection:
-            connection.execute(delete(RetryHistory))
-            connection.execute(delete(RetryItem))
+            for table in (RetryHistory, RetryItem, RetryCircuitEvent, RetryCircuit):
+                connection.execute(delete(table))
     yield made
     made.dispose()
 

@@ -5,6 +5,8 @@ Revisions live in ``retryqueue/migrations/versions`` on the branch labelled
 
 * Applications without alembic of their own: ``retryqueue.migrations.upgrade(engine)``.
   The revision applied is recorded in the table ``retryqueue_alembic_version``.
+* Opt-in, PostgreSQL only and outside the revisions: :func:`enable_partitioning` turns the
+  queue table into monthly partitions (see :mod:`retryqueue.migrations.partitioning`).
 * Applications with alembic: add the folder :func:`package_path` returns (in
   ``alembic.ini``: ``version_locations = %(here)s/migrations ...`` plus that folder, or in
   ``env.py`` / code through ``Config.set_main_option``) and run
@@ -31,20 +33,38 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from retryqueue import validation as check
 from retryqueue.errors import MigrationError, database_error
+from retryqueue.migrations import partitioning
+from retryqueue.migrations.partitioning import (
+    PartitioningError,
+    create_partitions,
+    drop_partitions,
+    is_partitioned,
+    iter_drop_partitions,
+    partitions,
+)
+from retryqueue.migrations.partitioning import enable as enable_partitioning
 from retryqueue.models import metadata
 
 __all__ = [
     "BRANCH",
     "HEAD",
     "VERSION_TABLE",
+    "PartitioningError",
+    "create_partitions",
     "current",
     "differences",
     "downgrade",
+    "drop_partitions",
+    "enable_partitioning",
     "grant_statements",
     "heads",
+    "is_partitioned",
+    "iter_drop_partitions",
     "make_config",
     "offline_sql",
     "package_path",
+    "partitioning",
+    "partitions",
     "stamp",
     "upgrade",
 ]
@@ -179,8 +199,9 @@ def grant_statements(role: str, *, maintenance: bool = False, schema: str = "pub
 
     The runtime role (applications that enqueue, workers) gets SELECT, INSERT and UPDATE on
     ``daz_retry_queue``, SELECT and INSERT on ``daz_retry_history`` and USAGE on their id
-    sequences. ``maintenance=True`` adds DELETE on both tables, for cleanup and purge.
-    Schema changes stay with the migration owner.
+    sequences; for circuit breakers, SELECT, INSERT and UPDATE on ``daz_retry_circuits`` and
+    SELECT and INSERT on ``daz_retry_circuit_events``. ``maintenance=True`` adds DELETE on
+    these tables, for cleanup and purge. Schema changes stay with the migration owner.
     """
     preparer = postgresql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
     who = preparer.quote(check.text("role", role, max_length=63))
@@ -192,6 +213,9 @@ def grant_statements(role: str, *, maintenance: bool = False, schema: str = "pub
         f"GRANT SELECT, INSERT{delete} ON {where}.daz_retry_history TO {who}",
         f"GRANT USAGE ON SEQUENCE {where}.daz_retry_queue_id_seq, "
         f"{where}.daz_retry_history_id_seq TO {who}",
+        f"GRANT SELECT, INSERT, UPDATE{delete} ON {where}.daz_retry_circuits TO {who}",
+        f"GRANT SELECT, INSERT{delete} ON {where}.daz_retry_circuit_events TO {who}",
+        f"GRANT USAGE ON SEQUENCE {where}.daz_retry_circuit_events_id_seq TO {who}",
     ]
 
 
