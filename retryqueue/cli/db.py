@@ -7,9 +7,12 @@ from typing import Annotated
 import typer
 
 from retryqueue import migrations
+from retryqueue.cli import partitions
 from retryqueue.cli._context import print_json, state
 
 app = typer.Typer(help="Schema migrations (alembic revisions shipped in the package).")
+app.add_typer(partitions.app, name="partitions")
+app.add_typer(partitions.app, name="partition", hidden=True)  # `db partition enable` reads well
 
 
 @app.command()
