@@ -19,8 +19,9 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from retryqueue import statements as sql
+from retryqueue.engine import behind_pgbouncer
 
-__all__ = ["NotifyListener", "supports_listen"]
+__all__ = ["NotifyListener", "first_line", "reconnect_delay", "supports_listen"]
 
 logger = logging.getLogger("retryqueue.worker")
 
@@ -29,8 +30,16 @@ _MAX_BACKOFF = 30.0
 
 
 def supports_listen(engine: Engine) -> bool:
-    """Whether this engine can LISTEN: PostgreSQL through psycopg 3."""
-    return engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg"
+    """Whether this engine can LISTEN: PostgreSQL through psycopg 3, not through PgBouncer.
+
+    Under transaction pooling a LISTEN lands on whichever server connection runs it, and
+    notifications never reach the listener: an engine made with ``pgbouncer=True`` polls.
+    """
+    return (
+        engine.dialect.name == "postgresql"
+        and engine.dialect.driver == "psycopg"
+        and not behind_pgbouncer(engine)
+    )
 
 
 class NotifyListener:
@@ -54,7 +63,7 @@ class NotifyListener:
         try:
             self._connect()
         except (SQLAlchemyError, OSError) as exc:
-            logger.warning("LISTEN failed, will retry: %s", _first_line(exc))
+            logger.warning("LISTEN failed, will retry: %s", first_line(exc))
         self._thread = threading.Thread(target=self._run, name="retryqueue-listener", daemon=True)
         self._thread.start()
 
@@ -98,11 +107,11 @@ class NotifyListener:
             except Exception as exc:  # driver errors come unwrapped from notifies()
                 failures += 1
                 self._disconnect()
-                delay = min(_MAX_BACKOFF, 0.5 * 2 ** (failures - 1)) * random.uniform(0.8, 1.2)
+                delay = reconnect_delay(failures)
                 logger.warning(
                     "LISTEN connection lost, reconnecting in %.1fs: %s",
                     delay,
-                    _first_line(exc),
+                    first_line(exc),
                     extra={"channel": self._channel},
                 )
                 self._wakeup.set()  # let the worker poll while we are away
@@ -116,6 +125,12 @@ class NotifyListener:
                 self._wakeup.set()
 
 
-def _first_line(exc: BaseException) -> str:
+def reconnect_delay(failures: int) -> float:
+    """Capped, jittered backoff before reconnect attempt number ``failures`` + 1."""
+    return min(_MAX_BACKOFF, 0.5 * 2.0 ** (failures - 1)) * random.uniform(0.8, 1.2)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's text (driver errors span several lines)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
