@@ -1,7 +1,10 @@
 """``python -m benchmarks [--quick] [--database-url URL] [--out FILE] [--only a,b]``.
 
-Groups: enqueue, drain (retryqueue), ceiling, pgqueuer, procrastinate, latency, scale,
-cleanup, memory, mariadb (retryqueue on MariaDB/MySQL at $RETRYQUEUE_BENCH_MYSQL_URL).
+Groups: enqueue, drain (retryqueue), asyncio (the asyncio worker's drain), ceiling, pgqueuer,
+procrastinate, latency, scale, cleanup, memory,
+mariadb (retryqueue on MariaDB/MySQL at $RETRYQUEUE_BENCH_MYSQL_URL),
+scaling (1-16 worker processes, database figures; also through PgBouncer if installed),
+partitions (cleanup by DELETE vs partition drop, claim latency on a bloated vs partitioned table).
 Without a URL (or $RETRYQUEUE_BENCH_POSTGRES_URL) the run starts its own embedded
 PostgreSQL and stops it at the end. A group that fails is reported as skipped.
 """
@@ -20,13 +23,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import extra, mariadb, peers, report, scenarios, seed, sql_ceiling
+from benchmarks import (
+    async_drain,
+    extra,
+    mariadb,
+    peers,
+    report,
+    scaling,
+    scenarios,
+    seed,
+    sql_ceiling,
+)
+from benchmarks import partitions as partition_bench
 from benchmarks.harness import Figure, run_consumers
 from benchmarks.server import BenchServer, bench_server, describe, libpq_dsn
 
 GROUPS = (
     "enqueue",
     "drain",
+    "asyncio",
     "ceiling",
     "pgqueuer",
     "procrastinate",
@@ -35,6 +50,8 @@ GROUPS = (
     "cleanup",
     "memory",
     "mariadb",
+    "scaling",
+    "partitions",
 )
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -167,6 +184,14 @@ class Run:
                 _drain_figure("retryqueue", workers, batch, self.plan.drain_items, measured)
             )
 
+    def asyncio(self) -> None:
+        for driver in async_drain.DRIVERS:
+            for workers, batch in self.plan.rq_drains:
+                args = (self.rq_url, driver, batch)
+                measured = self._seeded_drain(async_drain.consume, args, workers)
+                system = f"retryqueue-async-{driver}"
+                self.record(_drain_figure(system, workers, batch, self.plan.drain_items, measured))
+
     def ceiling(self) -> None:
         for workers, batch in self.plan.ceiling_drains:
             measured = self._seeded_drain(sql_ceiling.consume, (self.rq_dsn, batch), workers)
@@ -257,6 +282,16 @@ class Run:
             drain_items=self.plan.drain_items,
             drains=self.plan.rq_drains[:2],
         ):
+            self.record(figure)
+
+    def scaling(self) -> None:
+        counts, items = scaling.SIZES[self.plan.mode]
+        for figure in scaling.scaling(self.rq_url, self.server.admin_url, counts, items):
+            self.record(figure)
+
+    def partitions(self) -> None:
+        rows = 1_000_000 if self.plan.big else 100_000
+        for figure in partition_bench.figures(self.server, rows):
             self.record(figure)
 
     def memory(self) -> None:

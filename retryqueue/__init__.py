@@ -14,8 +14,11 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from retryqueue.aio import AsyncRetryQueue
+from retryqueue.breaker_policy import CircuitStatus
+from retryqueue.circuits import CircuitBreaker
 from retryqueue.clock import Clock, DatabaseClock, ManualClock, SystemClock
-from retryqueue.engine import configure_sqlite, create_engine
+from retryqueue.engine import configure_sqlite, create_async_engine, create_engine
 from retryqueue.errors import (
     DatabaseError,
     InvalidArgument,
@@ -28,15 +31,19 @@ from retryqueue.policy import Decision, Outcome, RetryPolicy, backoff_delay, cal
 from retryqueue.queue import NewItem, RetryQueue
 from retryqueue.results import (
     Alert,
+    CircuitEvent,
+    CircuitState,
     ClaimedItem,
     CleanupResult,
     EnqueuedItem,
+    Gate,
     HistoryEntry,
     HourlyCount,
     ItemFilter,
     ItemSnapshot,
     QueueStats,
     SuccessRate,
+    Transition,
 )
 
 try:
@@ -46,7 +53,12 @@ except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
 
 __all__ = [
     "Alert",
+    "AsyncRetryQueue",
     "Base",
+    "CircuitBreaker",
+    "CircuitEvent",
+    "CircuitState",
+    "CircuitStatus",
     "ClaimedItem",
     "CleanupResult",
     "Clock",
@@ -54,6 +66,7 @@ __all__ = [
     "DatabaseError",
     "Decision",
     "EnqueuedItem",
+    "Gate",
     "HistoryEntry",
     "HourlyCount",
     "InvalidArgument",
@@ -73,10 +86,12 @@ __all__ = [
     "RetryStatus",
     "SuccessRate",
     "SystemClock",
+    "Transition",
     "__version__",
     "backoff_delay",
     "calculate_next_retry",
     "configure_sqlite",
+    "create_async_engine",
     "create_engine",
     "metadata",
 ]

@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
 import sys
 import tempfile
-from typing import Annotated
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
 
 import typer
 from prometheus_client import CollectorRegistry
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import ArgumentError
 
 from retryqueue import metrics
-from retryqueue.cli._context import CliError, console, print_json, state
+from retryqueue.cli._context import CliError, _first_line, console, print_json, state
 from retryqueue.cli.monitor import alerts_table, stats_table
+from retryqueue.engine import create_async_engine, create_engine
+from retryqueue.queue import RetryQueue
+from retryqueue.routing import Router
+from retryqueue.worker import RunReport, WorkerOptions
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+E = TypeVar("E")
 
 
 def register(app: typer.Typer) -> None:
@@ -81,6 +91,27 @@ def worker(
     listen: Annotated[
         bool, typer.Option("--listen/--no-listen", help="Wake on PostgreSQL NOTIFY.")
     ] = True,
+    use_asyncio: Annotated[
+        bool,
+        typer.Option(
+            "--asyncio", help="Run the asyncio worker (async def handlers; async driver)."
+        ),
+    ] = False,
+    pgbouncer: Annotated[
+        bool,
+        typer.Option("--pgbouncer", help="The URL is PgBouncer in transaction pooling mode."),
+    ] = False,
+    listen_url: Annotated[
+        str | None,
+        typer.Option(help="A direct PostgreSQL URL for LISTEN (with --pgbouncer)."),
+    ] = None,
+    breaker_failures: Annotated[
+        int | None,
+        typer.Option(help="Circuit breaker: open a plugin's circuit after N failures in a row."),
+    ] = None,
+    breaker_cooldown: Annotated[
+        float, typer.Option(help="Circuit breaker: first cool-down in seconds.")
+    ] = 30.0,
     once: Annotated[bool, typer.Option("--once", help="Process one batch, then exit.")] = False,
     metrics_port: Annotated[
         int | None, typer.Option(help="Serve worker metrics on this port.")
@@ -90,9 +121,8 @@ def worker(
     as_json: JsonOption = False,
 ) -> None:
     """Run a worker with the handlers at HANDLERS until SIGTERM/Ctrl-C (or --once)."""
-    from sqlalchemy.orm import sessionmaker
-
-    from retryqueue.worker import Worker, load_router
+    from retryqueue.circuits import CircuitBreaker
+    from retryqueue.worker import load_router
 
     logging.basicConfig(
         level=log_level.upper(),
@@ -104,10 +134,10 @@ def worker(
     current = state(ctx)
     router = load_router(handlers)
     worker_metrics = metrics.WorkerMetrics()
-    runner = Worker(
-        current.queue(),
-        sessionmaker(current.engine(), expire_on_commit=False),
-        router,
+    breaker = None
+    if breaker_failures is not None:
+        breaker = CircuitBreaker(failure_threshold=breaker_failures, cooldown=breaker_cooldown)
+    settings = WorkerOptions(
         worker_id=worker_id,
         batch_size=batch_size,
         lock_timeout=lock_timeout,
@@ -117,13 +147,18 @@ def worker(
         shutdown_grace=shutdown_grace,
         listen=listen,
         observers=(worker_metrics.observe,),
+        breaker=breaker,
     )
+    connection = _Connection(current.url, pgbouncer, listen_url)
     server = None
     if metrics_port is not None:
         server = metrics.serve(worker_metrics.registry, host=metrics_host, port=metrics_port)
         typer.echo(f"serving worker metrics on {server.url}", err=True)
     try:
-        report = runner.run_once() if once else runner.run(install_signals=True)
+        if use_asyncio:
+            report = asyncio.run(_run_async(current.queue(), connection, router, settings, once))
+        else:
+            report = _run_threads(current.queue(), connection, router, settings, once)
     finally:
         if server is not None:
             server.stop()
@@ -133,6 +168,64 @@ def worker(
         typer.echo(
             ", ".join(f"{name} {getattr(report, name)}" for name in report.__dataclass_fields__)
         )
+
+
+@dataclass(frozen=True)
+class _Connection:
+    """Where the worker connects: the URL, through PgBouncer or not, and LISTEN's URL."""
+
+    url: URL
+    pgbouncer: bool
+    listen_url: str | None
+
+
+def _run_threads(
+    queue: RetryQueue, connection: _Connection, router: Router, settings: WorkerOptions, once: bool
+) -> RunReport:
+    from sqlalchemy.orm import sessionmaker
+
+    from retryqueue.worker import Worker
+
+    engine = _engine(create_engine, connection.url, pgbouncer=connection.pgbouncer)
+    listen_engine = None
+    if connection.listen_url is not None:
+        listen_engine = _engine(create_engine, connection.listen_url)
+    sessions = sessionmaker(engine, expire_on_commit=False)
+    try:
+        runner = Worker(queue, sessions, router, listen_engine=listen_engine, **settings)
+        return runner.run_once() if once else runner.run(install_signals=True)
+    finally:
+        for made in (engine, listen_engine):
+            if made is not None:
+                made.dispose()
+
+
+async def _run_async(
+    queue: RetryQueue, connection: _Connection, router: Router, settings: WorkerOptions, once: bool
+) -> RunReport:
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+    from retryqueue.async_worker import AsyncWorker
+
+    engine = _engine(create_async_engine, connection.url, pgbouncer=connection.pgbouncer)
+    listen_engine = None
+    if connection.listen_url is not None:
+        listen_engine = _engine(create_async_engine, connection.listen_url)
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    try:
+        runner = AsyncWorker(queue, sessions, router, listen_engine=listen_engine, **settings)
+        return await (runner.run_once() if once else runner.run(install_signals=True))
+    finally:
+        for made in (engine, listen_engine):
+            if made is not None:
+                await made.dispose()
+
+
+def _engine(factory: Callable[..., E], url: URL | str, **kwargs: Any) -> E:
+    try:
+        return factory(url, **kwargs)
+    except (ArgumentError, ImportError) as exc:
+        raise CliError(f"invalid database URL: {_first_line(exc)}") from exc
 
 
 def demo(

@@ -12,3 +12,9 @@ def deliver(job: Job) -> None:
     """Succeeds unless the message asks to fail."""
     if job.event_data.get("fail"):
         raise PermanentError("recipient unknown", code="NO_RECIPIENT")
+
+
+@router.route("crm.*")
+async def sync_contact(job: Job) -> None:
+    """An async handler (for --asyncio) whose downstream is down."""
+    raise ConnectionError("crm unreachable")

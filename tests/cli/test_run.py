@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from retryqueue import RetryStatus, create_engine
 from retryqueue.demo import FAILING_PLUGIN
 from retryqueue.queue import RetryQueue
@@ -14,7 +16,8 @@ from tests.cli.conftest import Invoke, Seeder, invoke_cli
 class TestWorkerCommand:
     """The worker command loads handlers by import path and records outcomes."""
 
-    def test_once(self, cli: Invoke, seed: Seeder) -> None:
+    @pytest.mark.parametrize("kind", [[], ["--asyncio"]], ids=["threads", "asyncio"])
+    def test_once(self, cli: Invoke, seed: Seeder, kind: list[str]) -> None:
         ok = cli("enqueue", "chat.message", '{"text": "hi"}', "--json")
         bad = cli("enqueue", "chat.message", '{"fail": true}', "--json")
         result = cli(
@@ -27,6 +30,7 @@ class TestWorkerCommand:
             "--log-level",
             "WARNING",
             "--json",
+            *kind,
         )
         assert result.exit_code == 0, result.output
         report = json.loads(result.stdout)
@@ -35,6 +39,18 @@ class TestWorkerCommand:
         assert statuses[json.loads(ok.stdout)["id"]] == "completed"
         assert statuses[json.loads(bad.stdout)["id"]] == "failed"
         assert seed.history_statuses(json.loads(ok.stdout)["id"]) == [("completed", "cli-test")]
+
+    def test_breaker_option_opens_a_failing_plugins_circuit(
+        self, cli: Invoke, seed: Seeder
+    ) -> None:
+        for _ in range(2):
+            cli("enqueue", "crm.contact", "{}", "--plugin", "crm")
+        args = ["worker", "tests.cli.handlers:router", "--once", "--no-listen", "--json"]
+        result = cli(*args, "--asyncio", "--breaker-failures", "2", "--breaker-cooldown", "600")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["retried"] == 2
+        circuits = json.loads(cli("circuits", "--json").stdout)
+        assert [(c["key"], c["status"]) for c in circuits] == [("crm", "open")]
 
     def test_bad_handler_path(self, cli: Invoke, seed: Seeder) -> None:
         result = cli("worker", "tests.cli.no_such_module:router", "--once")
