@@ -365,14 +365,7 @@ class WorkerBase:
 
     def _outage_delay(self, failures: int, exc: DatabaseError) -> float:
         """Capped, jittered backoff after ``failures`` failed rounds in a row (logged)."""
-        delay = reconnect_delay(failures)
-        logger.warning(
-            "database unavailable, retrying in %.1fs: %s",
-            delay,
-            exc,
-            extra={"worker_id": self.worker_id, "backoff_s": delay},
-        )
-        return delay
+        return self._backing_off("database unavailable", reconnect_delay(failures), exc)
 
     def _recording_delay(
         self, batch: BatchState, finished: list[Finished], failing: int, exc: DatabaseError
@@ -387,8 +380,12 @@ class WorkerBase:
             )
             return None
         delay = min(MAX_BACKOFF, 0.25 * 2.0 ** (failing - 1))
+        return self._backing_off("recording outcomes failed", delay, exc)
+
+    def _backing_off(self, what: str, delay: float, exc: DatabaseError) -> float:
         logger.warning(
-            "recording outcomes failed, retrying in %.1fs: %s",
+            "%s, retrying in %.1fs: %s",
+            what,
             delay,
             exc,
             extra={"worker_id": self.worker_id, "backoff_s": delay},

@@ -19,8 +19,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from retryqueue import statements as sql
-from retryqueue.engine import behind_pgbouncer
-from retryqueue.listener import first_line, reconnect_delay
+from retryqueue.listener import Listening, first_line, supports_listen
 
 __all__ = ["AsyncNotifyListener", "supports_async_listen"]
 
@@ -30,27 +29,17 @@ _CHECK_EVERY = 0.5
 
 
 def supports_async_listen(engine: AsyncEngine) -> bool:
-    """Whether this async engine can LISTEN: PostgreSQL through asyncpg or psycopg 3.
-
-    Not through PgBouncer in transaction pooling (see :func:`~retryqueue.listener.supports_listen`).
-    """
-    sync = engine.sync_engine
-    return (
-        engine.dialect.name == "postgresql"
-        and engine.dialect.driver in ("asyncpg", "psycopg")
-        and not behind_pgbouncer(sync)
-    )
+    """Whether this async engine can LISTEN: PostgreSQL through asyncpg or psycopg 3."""
+    return supports_listen(engine.sync_engine, drivers=("asyncpg", "psycopg"))
 
 
-class AsyncNotifyListener:
+class AsyncNotifyListener(Listening):
     """A task that sets ``wakeup`` whenever a NOTIFY arrives on ``channel``."""
 
     def __init__(
         self, engine: AsyncEngine, wakeup: asyncio.Event, channel: str = sql.NOTIFY_CHANNEL
     ) -> None:
-        self._engine = engine
-        self._wakeup = wakeup
-        self._channel = channel
+        super().__init__(engine, wakeup, channel)
         self._connection: AsyncConnection | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -89,7 +78,7 @@ class AsyncNotifyListener:
             await connection.close()
             raise
         self._connection = connection
-        logger.debug("listening for NOTIFY on %s", self._channel, extra={"channel": self._channel})
+        self._listening()
 
     async def _disconnect(self) -> None:
         connection, self._connection = self._connection, None
@@ -116,15 +105,7 @@ class AsyncNotifyListener:
             except Exception as exc:  # driver errors arrive unwrapped
                 failures += 1
                 await self._disconnect()
-                delay = reconnect_delay(failures)
-                logger.warning(
-                    "LISTEN connection lost, reconnecting in %.1fs: %s",
-                    delay,
-                    first_line(exc),
-                    extra={"channel": self._channel},
-                )
-                self._wakeup.set()  # let the worker poll while we are away
-                await asyncio.sleep(delay)
+                await asyncio.sleep(self._lost(failures, exc))
 
     async def _wait_for_notifies(self) -> None:
         assert self._connection is not None

@@ -48,6 +48,7 @@ from retryqueue.breaker_policy import CircuitCounters, CircuitRules, CircuitStat
 from retryqueue.clock import Clock, SystemClock
 from retryqueue.errors import InvalidArgument, database_error
 from retryqueue.models import CIRCUIT_KEY_LENGTH
+from retryqueue.monitoring import fetch_all
 from retryqueue.results import CircuitEvent, CircuitState, Gate, Transition
 
 __all__ = [
@@ -156,7 +157,7 @@ class CircuitBreaker:
         probe's holder.
         """
         at = self.now(session)
-        rows = _execute(session, sql.circuits_not_closed(at), "circuit gate")
+        rows = fetch_all(session, sql.circuits_not_closed(at), "circuit gate")
         if not rows:
             return Gate(per_event_type=self.per_event_type)
         due = [row.circuit_key for row in rows if self.rules.probe_due(_counters(row), row.now)]
@@ -165,7 +166,7 @@ class CircuitBreaker:
         if due:
             holder = check.text("owner", owner) if owner is not None else _default_owner()
             locked = sql.circuits_by_key(at, due, lock=True, skip_locked=True)
-            for row in _execute(session, locked, "circuit gate"):
+            for row in fetch_all(session, locked, "circuit gate"):
                 counters = _counters(row)
                 if not self.rules.probe_due(counters, row.now):
                     continue  # someone probed between our two reads
@@ -213,7 +214,7 @@ class CircuitBreaker:
                 current = sql.circuits_by_key(at, healthy, lock=False)
                 keys += [
                     row.circuit_key
-                    for row in _execute(session, current, "record")
+                    for row in fetch_all(session, current, "record")
                     if not _pristine(row)
                 ]
             if not keys:
@@ -304,7 +305,7 @@ class CircuitBreaker:
         self, session: Session, at: datetime | None, keys: Sequence[str], *, create: bool = True
     ) -> list[Any]:
         """The circuits of ``keys`` locked FOR UPDATE (in key order); missing ones created."""
-        rows = _execute(session, sql.circuits_by_key(at, keys, lock=True), "circuit update")
+        rows = fetch_all(session, sql.circuits_by_key(at, keys, lock=True), "circuit update")
         missing = sorted(set(keys) - {row.circuit_key for row in rows})
         if missing and create:
             dialect = session.get_bind().dialect.name
@@ -314,7 +315,9 @@ class CircuitBreaker:
                 )
             except SQLAlchemyError as exc:
                 raise database_error("circuit update", exc) from exc
-            rows += _execute(session, sql.circuits_by_key(at, missing, lock=True), "circuit update")
+            rows += fetch_all(
+                session, sql.circuits_by_key(at, missing, lock=True), "circuit update"
+            )
             rows.sort(key=lambda row: row.circuit_key)
         return rows
 
@@ -396,7 +399,7 @@ class CircuitBreaker:
             )
 
     def _state(self, session: Session, at: datetime | None, key: str) -> CircuitState:
-        rows = _execute(session, sql.circuits_by_key(at, [key], lock=False), "circuit state")
+        rows = fetch_all(session, sql.circuits_by_key(at, [key], lock=False), "circuit state")
         if rows:
             return _state(rows[0])
         return CircuitState(
@@ -420,7 +423,7 @@ class CircuitBreaker:
 
 def circuit_states(session: Session) -> list[CircuitState]:
     """Every stored circuit, by key (what ``retryqueue circuits`` lists)."""
-    return [_state(row) for row in _execute(session, sql.all_circuits(), "circuit states")]
+    return [_state(row) for row in fetch_all(session, sql.all_circuits(), "circuit states")]
 
 
 def circuit_events(
@@ -440,24 +443,17 @@ def circuit_events(
             actor=row.actor,
             occurred_at=row.occurred_at,
         )
-        for row in _execute(session, stmt, "circuit events")
+        for row in fetch_all(session, stmt, "circuit events")
     ]
 
 
 def transition_counts(session: Session) -> list[tuple[str, CircuitStatus, int]]:
     """Audited transitions counted per (key, state entered), for the metrics exporter."""
-    rows = _execute(session, sql.circuit_transition_counts(), "circuit transitions")
+    rows = fetch_all(session, sql.circuit_transition_counts(), "circuit transitions")
     return [(key, CircuitStatus(to_state), int(count)) for key, to_state, count in rows]
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def _execute(session: Session, stmt: Any, operation: str) -> list[Any]:
-    try:
-        return list(session.execute(stmt).all())
-    except SQLAlchemyError as exc:
-        raise database_error(operation, exc) from exc
 
 
 def _key(key: object) -> str:

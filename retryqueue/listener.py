@@ -21,7 +21,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from retryqueue import statements as sql
 from retryqueue.engine import behind_pgbouncer
 
-__all__ = ["NotifyListener", "first_line", "reconnect_delay", "supports_listen"]
+__all__ = [
+    "Listening",
+    "NotifyListener",
+    "first_line",
+    "reconnect_delay",
+    "supports_listen",
+]
 
 logger = logging.getLogger("retryqueue.worker")
 
@@ -29,28 +35,50 @@ _CHECK_CLOSED_EVERY = 0.5  # seconds between checks of close() while waiting for
 _MAX_BACKOFF = 30.0
 
 
-def supports_listen(engine: Engine) -> bool:
-    """Whether this engine can LISTEN: PostgreSQL through psycopg 3, not through PgBouncer.
+def supports_listen(engine: Engine, drivers: tuple[str, ...] = ("psycopg",)) -> bool:
+    """Whether this engine can LISTEN: PostgreSQL through one of ``drivers``, not PgBouncer.
 
     Under transaction pooling a LISTEN lands on whichever server connection runs it, and
     notifications never reach the listener: an engine made with ``pgbouncer=True`` polls.
     """
     return (
         engine.dialect.name == "postgresql"
-        and engine.dialect.driver == "psycopg"
+        and engine.dialect.driver in drivers
         and not behind_pgbouncer(engine)
     )
 
 
-class NotifyListener:
+class Listening:
+    """What both listeners (thread and asyncio) keep and how they report a lost connection."""
+
+    def __init__(self, engine: Any, wakeup: Any, channel: str) -> None:
+        self._engine = engine
+        self._wakeup = wakeup
+        self._channel = channel
+
+    def _listening(self) -> None:
+        logger.debug("listening for NOTIFY on %s", self._channel, extra={"channel": self._channel})
+
+    def _lost(self, failures: int, exc: BaseException) -> float:
+        """Log a lost connection, wake the worker to poll meanwhile; the reconnect delay."""
+        delay = reconnect_delay(failures)
+        logger.warning(
+            "LISTEN connection lost, reconnecting in %.1fs: %s",
+            delay,
+            first_line(exc),
+            extra={"channel": self._channel},
+        )
+        self._wakeup.set()  # let the worker poll while we are away
+        return delay
+
+
+class NotifyListener(Listening):
     """A background thread that sets ``wakeup`` whenever a NOTIFY arrives on ``channel``."""
 
     def __init__(
         self, engine: Engine, wakeup: threading.Event, channel: str = sql.NOTIFY_CHANNEL
     ) -> None:
-        self._engine = engine
-        self._wakeup = wakeup
-        self._channel = channel
+        super().__init__(engine, wakeup, channel)
         self._closed = threading.Event()
         self._connection: Connection | None = None
         self._thread: threading.Thread | None = None
@@ -84,7 +112,7 @@ class NotifyListener:
             connection.close()
             raise
         self._connection = connection
-        logger.debug("listening for NOTIFY on %s", self._channel, extra={"channel": self._channel})
+        self._listening()
 
     def _disconnect(self) -> None:
         connection, self._connection = self._connection, None
@@ -107,15 +135,7 @@ class NotifyListener:
             except Exception as exc:  # driver errors come unwrapped from notifies()
                 failures += 1
                 self._disconnect()
-                delay = reconnect_delay(failures)
-                logger.warning(
-                    "LISTEN connection lost, reconnecting in %.1fs: %s",
-                    delay,
-                    first_line(exc),
-                    extra={"channel": self._channel},
-                )
-                self._wakeup.set()  # let the worker poll while we are away
-                self._closed.wait(delay)
+                self._closed.wait(self._lost(failures, exc))
 
     def _wait_for_notifies(self) -> None:
         assert self._connection is not None

@@ -30,6 +30,7 @@ from retryqueue.results import (
 __all__ = [
     "alerts",
     "dead_letter_groups",
+    "fetch_all",
     "find_items",
     "get_item",
     "item_history",
@@ -40,7 +41,8 @@ __all__ = [
 ]
 
 
-def _rows(session: Session, stmt: Any, operation: str) -> list[Any]:
+def fetch_all(session: Session, stmt: Any, operation: str) -> list[Any]:
+    """All rows of ``stmt``; a database failure becomes :class:`DatabaseError` (``operation``)."""
     try:
         return list(session.execute(stmt).all())
     except SQLAlchemyError as exc:
@@ -56,7 +58,7 @@ def snapshot(row: Any) -> ItemSnapshot:
 
 def get_item(session: Session, item_id: int) -> ItemSnapshot:
     """One item by id; :class:`ItemNotFound` if there is none."""
-    rows = _rows(session, sql.select_item(item_id), "get")
+    rows = fetch_all(session, sql.select_item(item_id), "get")
     if not rows:
         raise ItemNotFound(item_id)
     return snapshot(rows[0])
@@ -64,7 +66,7 @@ def get_item(session: Session, item_id: int) -> ItemSnapshot:
 
 def find_items(session: Session, item_filter: ItemFilter) -> list[ItemSnapshot]:
     """The items an :class:`ItemFilter` selects, oldest first."""
-    return [snapshot(row) for row in _rows(session, sql.select_filtered(item_filter), "find")]
+    return [snapshot(row) for row in fetch_all(session, sql.select_filtered(item_filter), "find")]
 
 
 def item_history(session: Session, item_id: int) -> list[HistoryEntry]:
@@ -104,7 +106,7 @@ def stats(session: Session) -> list[QueueStats]:
             newest_created_at=row.newest_created_at,
             locked_count=int(row.locked_count),
         )
-        for row in _rows(session, sql.stats(), "stats")
+        for row in fetch_all(session, sql.stats(), "stats")
     ]
 
 
@@ -126,18 +128,18 @@ def alerts(session: Session, at: datetime | None) -> list[Alert]:
             locked_by=row.locked_by,
             locked_at=row.locked_at,
         )
-        for row in _rows(session, sql.alerts(at), "alerts")
+        for row in fetch_all(session, sql.alerts(at), "alerts")
     ]
 
 
 def stuck(session: Session, at: datetime | None, older_than_seconds: float) -> list[ItemSnapshot]:
     """Items processing for longer than ``older_than_seconds``."""
-    return [snapshot(row) for row in _rows(session, sql.stuck(at, older_than_seconds), "stuck")]
+    return [snapshot(row) for row in fetch_all(session, sql.stuck(at, older_than_seconds), "stuck")]
 
 
 def items_per_hour(session: Session, at: datetime | None, hours: int) -> list[HourlyCount]:
     """Items created per UTC hour over the last ``hours`` hours (hours with none omitted)."""
-    rows = _rows(session, sql.items_per_hour(at, hours), "items_per_hour")
+    rows = fetch_all(session, sql.items_per_hour(at, hours), "items_per_hour")
     return [HourlyCount(hour=hour, count=int(count)) for hour, count in rows]
 
 
@@ -150,7 +152,7 @@ def success_rate_by_event_type(session: Session) -> list[SuccessRate]:
             completed=int(completed or 0),
             success_rate=(int(completed or 0) / int(total)) if total else 0.0,
         )
-        for event_type, total, completed in _rows(
+        for event_type, total, completed in fetch_all(
             session, sql.success_rate_by_event_type(), "success_rate_by_event_type"
         )
     ]
@@ -169,7 +171,7 @@ def dead_letter_groups(session: Session, group_by: str = "error_code") -> list[D
             oldest_created_at=row.oldest,
             newest_created_at=row.newest,
         )
-        for row in _rows(session, sql.dead_letter_groups(group_by), "dead_letter_groups")
+        for row in fetch_all(session, sql.dead_letter_groups(group_by), "dead_letter_groups")
     ]
 
 
@@ -189,7 +191,7 @@ class QueueGauges:
 
 def queue_gauges(session: Session, at: datetime | None, stale_lock_seconds: float) -> QueueGauges:
     """The lag and stale-lock figures of :class:`QueueGauges` in one query."""
-    row = _rows(session, sql.queue_gauges(at, stale_lock_seconds), "queue_gauges")[0]
+    row = fetch_all(session, sql.queue_gauges(at, stale_lock_seconds), "queue_gauges")[0]
     age = 0.0
     if row.oldest_due is not None:
         age = max(0.0, (row.now - row.oldest_due).total_seconds())

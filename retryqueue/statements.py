@@ -401,15 +401,43 @@ def circuit_key_of_item(per_event_type: bool) -> ColumnElement[str | None]:
     return RetryItem.plugin_name + literal_column("':'") + RetryItem.event_type
 
 
-def _key_filter(keys: str | None, per_event_type: bool) -> list[ColumnElement[bool]]:
-    """The claim's circuit filter: none, skip the keys in ``claim_skip``, or only ``claim_only``."""
+def _circuit_filter(per_event_type: bool, only: Any = None, skip: Any = None) -> list[Any]:
+    """The claim's circuit predicate: only ``only``'s items, or none of ``skip``'s (values
+    or bind parameters); no predicate at all when neither is given."""
     key = circuit_key_of_item(per_event_type)
-    if keys == "skip":
-        skipped = bindparam("claim_skip", expanding=True, type_=String())
-        return [or_(RetryItem.plugin_name.is_(None), key.not_in(skipped))]
-    if keys == "only":
-        return [key == bindparam("claim_only", type_=String())]
+    if only is not None:
+        return [key == only]
+    if skip is not None:
+        return [or_(RetryItem.plugin_name.is_(None), key.not_in(skip))]
     return []
+
+
+def _claimable(now: Any, limit: Any, circuit: list[Any]) -> Select[int]:
+    """Ids of claimable items, best first, locked with SKIP LOCKED: pending, due,
+    unlocked and not expired, by priority DESC, next_retry_at, id (the claim index)."""
+    return (
+        select(RetryItem.id)
+        .where(
+            _status_is(RetryStatus.PENDING),
+            RetryItem.next_retry_at <= now,
+            RetryItem.locked_by.is_(None),
+            RetryItem.expires_at > now,
+            *circuit,
+        )
+        .order_by(RetryItem.priority.desc(), RetryItem.next_retry_at, RetryItem.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+
+
+def _claimed_values(now: Any, worker: Any, token: Any) -> dict[str, Any]:
+    return {
+        "status": RetryStatus.PROCESSING,
+        "locked_by": worker,
+        "locked_at": now,
+        "lease_token": token,
+        "last_attempted_at": now,
+    }
 
 
 @functools.cache
@@ -418,31 +446,23 @@ def _claim_template(server_clock: bool, keys: str | None = None, per_event: bool
     # construction and its cache-key computation, and the SQL text stays the same for every
     # batch. Without open circuits (keys=None) the claim carries no extra predicate.
     now = _now_param(server_clock, "claim_now")
+    circuit = _circuit_filter(
+        per_event,
+        only=bindparam("claim_only", type_=String()) if keys == "only" else None,
+        skip=bindparam("claim_skip", expanding=True, type_=String()) if keys == "skip" else None,
+    )
+    limit = bindparam("claim_limit", type_=Integer())
     candidates = (
-        select(RetryItem.id)
-        .where(
-            _status_is(RetryStatus.PENDING),
-            RetryItem.next_retry_at <= now,
-            RetryItem.locked_by.is_(None),
-            RetryItem.expires_at > now,
-            *_key_filter(keys, per_event),
-        )
-        .order_by(RetryItem.priority.desc(), RetryItem.next_retry_at, RetryItem.id)
-        .limit(bindparam("claim_limit", type_=Integer()))
-        .with_for_update(skip_locked=True)
+        _claimable(now, limit, circuit)
         .cte("claimable")
         .prefix_with("MATERIALIZED", dialect="postgresql")
     )
+    worker = bindparam("claim_worker", type_=String())
+    token = bindparam("claim_token", type_=Uuid())
     return (
         update(RetryItem)
         .where(RetryItem.id == candidates.c.id)
-        .values(
-            status=RetryStatus.PROCESSING,
-            locked_by=bindparam("claim_worker", type_=String()),
-            locked_at=now,
-            lease_token=bindparam("claim_token", type_=Uuid()),
-            last_attempted_at=now,
-        )
+        .values(**_claimed_values(now, worker, token))
         .returning(*CLAIM_COLUMNS)
         .execution_options(**_SYNC_OFF)
     )
@@ -701,25 +721,8 @@ def claim_emulated(
 ) -> Emulation:
     """:func:`claim` in three steps: candidates with SKIP LOCKED, claim them, read them."""
     now = now_expr(at)
-    key = circuit_key_of_item(per_event_type)
-    circuit: list[ColumnElement[bool]] = []
-    if only_key is not None:
-        circuit.append(key == only_key)
-    elif skip_keys:
-        circuit.append(or_(RetryItem.plugin_name.is_(None), key.not_in(list(skip_keys))))
-    candidates = (
-        select(RetryItem.id)
-        .where(
-            _status_is(RetryStatus.PENDING),
-            RetryItem.next_retry_at <= now,
-            RetryItem.locked_by.is_(None),
-            RetryItem.expires_at > now,
-            *circuit,
-        )
-        .order_by(RetryItem.priority.desc(), RetryItem.next_retry_at, RetryItem.id)
-        .limit(batch_size)
-        .with_for_update(skip_locked=True)
-    )
+    circuit = _circuit_filter(per_event_type, only=only_key, skip=list(skip_keys) or None)
+    candidates = _claimable(now, batch_size, circuit)
     # Without the hint InnoDB may scan and filesort, locking every candidate before the
     # LIMIT applies: one worker then holds the whole backlog and the others find nothing.
     # Read in index order, the scan stops after batch_size unlocked matches.
@@ -730,13 +733,7 @@ def claim_emulated(
         return (
             update(RetryItem)
             .where(RetryItem.id.in_(list(ids)))
-            .values(
-                status=RetryStatus.PROCESSING,
-                locked_by=worker_id,
-                locked_at=now,
-                lease_token=token,
-                last_attempted_at=now,
-            )
+            .values(**_claimed_values(now, worker_id, token))
             .execution_options(**_SYNC_OFF)
         )
 

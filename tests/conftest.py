@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, delete
@@ -15,6 +17,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from retryqueue import ManualClock, RetryQueue, create_engine, metadata, migrations
 from retryqueue.models import RetryCircuit, RetryCircuitEvent, RetryHistory, RetryItem
 from tests.mysql.server import SKIP_REASON, MysqlServer
+from tests.reliability.fleet import Fleet
+from tests.support.logs import LogRecorder
 from tests.support.servers import PostgresServer, server_version, start_postgres
 
 BACKENDS = ("sqlite", "postgresql", "mysql")
@@ -131,3 +135,36 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.write_sep("-", "database backends")
     for line in lines:
         terminalreporter.write_line(line)
+
+
+@pytest.fixture
+def worker_logs() -> Iterator[LogRecorder]:
+    """Everything the worker logs during the test, DEBUG included."""
+    logger = logging.getLogger("retryqueue.worker")
+    recorder = LogRecorder()
+    previous = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(recorder)
+    try:
+        yield recorder
+    finally:
+        logger.removeHandler(recorder)
+        logger.setLevel(previous)
+
+
+@pytest.fixture
+def make_fleet(tmp_path: Path) -> Iterator[Callable[[URL], Fleet]]:
+    """Make fleets of worker processes; every process is stopped when the test ends."""
+    fleets: list[Fleet] = []
+
+    def make(url: URL) -> Fleet:
+        directory = tmp_path / f"fleet{len(fleets)}"
+        directory.mkdir()
+        fleets.append(Fleet(directory, url))
+        return fleets[-1]
+
+    try:
+        yield make
+    finally:
+        for fleet in fleets:
+            fleet.close()

@@ -178,6 +178,13 @@ class _Connection:
     pgbouncer: bool
     listen_url: str | None
 
+    def engines(self, factory: Callable[..., E]) -> tuple[E, E | None]:
+        """The worker's engine and, with a listen URL, the direct one for LISTEN."""
+        engine = _engine(factory, self.url, pgbouncer=self.pgbouncer)
+        if self.listen_url is None:
+            return engine, None
+        return engine, _engine(factory, self.listen_url)
+
 
 def _run_threads(
     queue: RetryQueue, connection: _Connection, router: Router, settings: WorkerOptions, once: bool
@@ -186,18 +193,14 @@ def _run_threads(
 
     from retryqueue.worker import Worker
 
-    engine = _engine(create_engine, connection.url, pgbouncer=connection.pgbouncer)
-    listen_engine = None
-    if connection.listen_url is not None:
-        listen_engine = _engine(create_engine, connection.listen_url)
-    sessions = sessionmaker(engine, expire_on_commit=False)
+    engine, listen_engine = connection.engines(create_engine)
     try:
+        sessions = sessionmaker(engine, expire_on_commit=False)
         runner = Worker(queue, sessions, router, listen_engine=listen_engine, **settings)
         return runner.run_once() if once else runner.run(install_signals=True)
     finally:
-        for made in (engine, listen_engine):
-            if made is not None:
-                made.dispose()
+        for made in filter(None, (engine, listen_engine)):
+            made.dispose()
 
 
 async def _run_async(
@@ -207,18 +210,13 @@ async def _run_async(
 
     from retryqueue.async_worker import AsyncWorker
 
-    engine = _engine(create_async_engine, connection.url, pgbouncer=connection.pgbouncer)
-    listen_engine = None
-    if connection.listen_url is not None:
-        listen_engine = _engine(create_async_engine, connection.listen_url)
-    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    engine, listen_engine = connection.engines(create_async_engine)
     try:
+        sessions = async_sessionmaker(engine, expire_on_commit=False)
         runner = AsyncWorker(queue, sessions, router, listen_engine=listen_engine, **settings)
         return await (runner.run_once() if once else runner.run(install_signals=True))
     finally:
-        for made in (engine, listen_engine):
-            if made is not None:
-                await made.dispose()
+        await asyncio.gather(*(made.dispose() for made in filter(None, (engine, listen_engine))))
 
 
 def _engine(factory: Callable[..., E], url: URL | str, **kwargs: Any) -> E:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
-from sqlalchemy.engine import URL
 from sqlalchemy.orm import sessionmaker
 
 from retryqueue import create_engine, migrations
-from tests.reliability.fleet import Database, Fleet
+from tests.reliability.fleet import Database
 from tests.support.servers import PostgresServer
 
 
@@ -25,21 +23,3 @@ def dedicated_db(pg_server: PostgresServer) -> Iterator[Database]:
     finally:
         engine.dispose()
         pg_server.drop_database(url)
-
-
-@pytest.fixture
-def make_fleet(tmp_path: Path) -> Iterator[Callable[[URL], Fleet]]:
-    """Make fleets of worker processes; every process is stopped when the test ends."""
-    fleets: list[Fleet] = []
-
-    def make(url: URL) -> Fleet:
-        directory = tmp_path / f"fleet{len(fleets)}"
-        directory.mkdir()
-        fleets.append(Fleet(directory, url))
-        return fleets[-1]
-
-    try:
-        yield make
-    finally:
-        for fleet in fleets:
-            fleet.close()

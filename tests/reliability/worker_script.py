@@ -78,6 +78,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--poll", type=float, default=0.5)
     parser.add_argument("--no-listen", action="store_true")
     parser.add_argument(
+        "--pgbouncer", action="store_true", help="the URL is PgBouncer (transaction pooling)"
+    )
+    parser.add_argument(
         "--expect-skew",
         type=float,
         default=None,
@@ -120,7 +123,7 @@ def main(argv: list[str]) -> int:
     from retryqueue import RetryQueue, create_engine
     from retryqueue.worker import Job, Worker
 
-    engine = create_engine(os.environ[URL_VARIABLE])
+    engine = create_engine(os.environ[URL_VARIABLE], pgbouncer=args.pgbouncer)
     skew = _clock_skew(engine)
     if args.expect_skew is not None and abs(skew - args.expect_skew) > 300:
         print(f"clock skew is {skew:.0f}s, expected {args.expect_skew:.0f}s", file=sys.stderr)

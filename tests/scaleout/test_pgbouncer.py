@@ -9,7 +9,6 @@ keeps the worker from LISTENing through it.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections import Counter
@@ -21,7 +20,6 @@ from sqlalchemy import Engine, func, select, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
-import tests.reliability.fleet as fleet_module
 from retryqueue import RetryQueue, RetryStatus, create_engine
 from retryqueue.listener import supports_listen
 from retryqueue.models import RetryHistory, RetryItem
@@ -43,7 +41,6 @@ from tests.worker.conftest import LogRecorder, running
 
 pytestmark = [pytest.mark.postgres]
 
-SCRIPT = fleet_module.SCRIPT.parents[1] / "scaleout" / "worker_script.py"
 PROCESSES = 6  # x 2 connections each: 12 clients on POOL_SIZE server connections
 ITEMS = 3_000
 FAIL_PERCENT = 20
@@ -56,27 +53,6 @@ HEARTBEAT = 0.5
 def max_retries_of(n: int) -> int:
     """Items carry 0 to 3 retries, so some dead-letter and some succeed late."""
     return n % 4
-
-
-@pytest.fixture
-def make_fleet(
-    tmp_path: object, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Callable[[URL], Fleet]]:
-    """Fleets of ``tests/scaleout/worker_script.py`` processes, all stopped at the end."""
-    monkeypatch.setattr(fleet_module, "SCRIPT", SCRIPT)
-    fleets: list[Fleet] = []
-
-    def make(url: URL) -> Fleet:
-        directory = tmp_path / f"fleet{len(fleets)}"  # type: ignore[operator]
-        directory.mkdir()
-        fleets.append(Fleet(directory, url))
-        return fleets[-1]
-
-    try:
-        yield make
-    finally:
-        for fleet in fleets:
-            fleet.close()
 
 
 @contextmanager
@@ -102,20 +78,6 @@ def peak_server_connections(direct: Engine, database: str) -> Iterator[list[int]
     finally:
         done.set()
         thread.join(5)
-
-
-@contextmanager
-def worker_log() -> Iterator[LogRecorder]:
-    """What ``retryqueue.worker`` logs during the block, DEBUG included."""
-    logger = logging.getLogger("retryqueue.worker")
-    recorder, previous = LogRecorder(), logger.level
-    logger.setLevel(logging.DEBUG)
-    logger.addHandler(recorder)
-    try:
-        yield recorder
-    finally:
-        logger.removeHandler(recorder)
-        logger.setLevel(previous)
 
 
 class TestEngine:
@@ -172,6 +134,7 @@ class TestWorkers:
                 lock_timeout=LOCK_TIMEOUT,
                 heartbeat=HEARTBEAT,
                 poll=0.2,
+                pgbouncer=True,  # listen stays on: the worker must fall back to polling
             )
             for n in range(PROCESSES)
         ]
@@ -260,7 +223,7 @@ class TestListenOnADirectConnection:
     """Enqueue through PgBouncer wakes a worker that LISTENs on a direct connection."""
 
     def test_enqueue_through_pgbouncer_wakes_a_worker_listening_directly(
-        self, bounced_db: BouncedDatabase
+        self, bounced_db: BouncedDatabase, worker_logs: LogRecorder
     ) -> None:
         handled = threading.Event()
 
@@ -268,19 +231,18 @@ class TestListenOnADirectConnection:
             handled.set()
 
         poll = 30.0
-        with worker_log() as log:
-            worker = Worker(
-                RetryQueue(),
-                bounced_db.sessions,
-                {"wake.up": handle},
-                poll_interval=poll,
-                listen_engine=bounced_db.direct,
-            )
-            with running(worker) as running_worker:
-                wait_until(lambda: log.matching("idle for up to"), what="worker idle")
-                began = time.monotonic()
-                with bounced_db.sessions.begin() as session:  # NOTIFY sent on commit
-                    RetryQueue().enqueue(session, "wake.up", {})
-                assert handled.wait(poll / 3), "the NOTIFY did not wake the worker"
-                print(f"\n[pgbouncer] woken by NOTIFY after {time.monotonic() - began:.3f}s")
-                running_worker.stop()
+        worker = Worker(
+            RetryQueue(),
+            bounced_db.sessions,
+            {"wake.up": handle},
+            poll_interval=poll,
+            listen_engine=bounced_db.direct,
+        )
+        with running(worker) as running_worker:
+            wait_until(lambda: worker_logs.matching("idle for up to"), what="worker idle")
+            began = time.monotonic()
+            with bounced_db.sessions.begin() as session:  # NOTIFY sent on commit
+                RetryQueue().enqueue(session, "wake.up", {})
+            assert handled.wait(poll / 3), "the NOTIFY did not wake the worker"
+            print(f"\n[pgbouncer] woken by NOTIFY after {time.monotonic() - began:.3f}s")
+            running_worker.stop()

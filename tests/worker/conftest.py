@@ -3,7 +3,6 @@ and a PostgreSQL server of our own that a test may stop and start."""
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +17,7 @@ from retryqueue import RetryQueue, RetryStatus
 from retryqueue.models import RetryHistory, RetryItem
 from retryqueue.worker import RunReport, Worker
 from tests.support.async_worker import BlockingAsyncWorker
+from tests.support.logs import LogRecorder  # noqa: F401  (re-exported for the worker tests)
 from tests.support.restartable import RestartablePostgres, restartable_postgres
 
 # wait_until is re-exported: the worker tests import it from here.
@@ -86,39 +86,6 @@ def running(worker: Worker) -> Iterator[RunningWorker]:
         if handle.thread.is_alive():
             worker.stop()
             handle.thread.join(DEADLINE)
-
-
-class LogRecorder(logging.Handler):
-    """Keeps the records of the ``retryqueue.worker`` logger."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-        self._lock_records = threading.Lock()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        with self._lock_records:
-            self.records.append(record)
-
-    def matching(self, text: str, level: int = logging.DEBUG) -> list[logging.LogRecord]:
-        """Records at ``level`` or above whose message contains ``text``."""
-        with self._lock_records:
-            return [r for r in self.records if r.levelno >= level and text in r.getMessage()]
-
-
-@pytest.fixture
-def worker_logs() -> Iterator[LogRecorder]:
-    """Everything the worker logs during the test, DEBUG included."""
-    logger = logging.getLogger("retryqueue.worker")
-    recorder = LogRecorder()
-    previous = logger.level
-    logger.setLevel(logging.DEBUG)
-    logger.addHandler(recorder)
-    try:
-        yield recorder
-    finally:
-        logger.removeHandler(recorder)
-        logger.setLevel(previous)
 
 
 def enqueue(
