@@ -193,7 +193,10 @@ class CircuitBreaker:
 
         Opens circuits that reached the threshold or the failure rate; a half-open
         circuit's first outcome closes it (success) or reopens it with a doubled cool-down
-        (failure). Outcomes without a key are ignored. Successes on a healthy circuit
+        (failure); with ``actor`` given, only the probe holder's outcomes decide it (a
+        worker passes its worker id, the ``owner`` it gave :meth:`gate`), so late outcomes
+        of items claimed before the circuit opened cannot. Outcomes without a key are
+        ignored. Successes on a healthy circuit
         write nothing unless the failure-rate rule is on. Returns the transitions made.
         """
         by_key: dict[str, list[bool]] = {}
@@ -223,6 +226,8 @@ class CircuitBreaker:
         transitions: list[Transition] = []
         for row in self._locked_rows(session, at, keys):
             counters, reason = _counters(row), None
+            if _someone_elses_probe(row, actor):
+                continue  # late outcomes of items claimed before the circuit opened
             for succeeded in by_key[row.circuit_key]:
                 step = self.rules.observe(counters, succeeded, row.now)
                 if step.changed:
@@ -454,6 +459,16 @@ def transition_counts(session: Session) -> list[tuple[str, CircuitStatus, int]]:
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+
+def _someone_elses_probe(row: Any, actor: str | None) -> bool:
+    """A half-open circuit is decided by its probe: other actors' outcomes don't count."""
+    return (
+        CircuitStatus(row.state) is CircuitStatus.HALF_OPEN
+        and actor is not None
+        and row.probe_owner is not None
+        and row.probe_owner != actor
+    )
 
 
 def _key(key: object) -> str:

@@ -714,6 +714,8 @@ class RetryQueue:
             yield CleanupResult(history_deleted_count=count)
             if count < batch_size:
                 break
+        audit: Any = session.execute(sql.delete_circuit_events(at, 2 * retention))
+        yield CleanupResult(circuit_events_deleted=int(audit.rowcount))
 
     @staticmethod
     def _delete_finished(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any
@@ -141,19 +141,18 @@ class CleanupResult:
     ``history_deleted_count``: history rows older than twice the retention.
     ``partitions_dropped``: monthly partitions dropped (PostgreSQL, partitioned table);
     their rows are counted in ``deleted_count``.
+    ``circuit_events_deleted``: circuit breaker audit rows older than twice the retention.
     """
 
     deleted_count: int = 0
     archived_count: int = 0
     history_deleted_count: int = 0
     partitions_dropped: int = 0
+    circuit_events_deleted: int = 0
 
     def __add__(self, other: CleanupResult) -> CleanupResult:
         return CleanupResult(
-            self.deleted_count + other.deleted_count,
-            self.archived_count + other.archived_count,
-            self.history_deleted_count + other.history_deleted_count,
-            self.partitions_dropped + other.partitions_dropped,
+            *(getattr(self, f.name) + getattr(other, f.name) for f in fields(self))
         )
 
 

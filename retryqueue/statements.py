@@ -79,6 +79,7 @@ __all__ = [
     "complete_owned",
     "database_now",
     "delete_by_ids",
+    "delete_circuit_events",
     "delete_finished_batch",
     "delete_history_batch",
     "delete_history_by_ids",
@@ -915,6 +916,15 @@ def delete_history_batch(at: datetime | None, retention_seconds: float, limit: i
     """Delete up to ``limit`` history rows older than the retention."""
     doomed = _history_batch(at, retention_seconds, limit).scalar_subquery()
     return delete(RetryHistory).where(RetryHistory.id.in_(doomed)).execution_options(**_SYNC_OFF)
+
+
+def delete_circuit_events(at: datetime | None, retention_seconds: float) -> Delete:
+    """Delete circuit breaker audit rows older than the retention (a small table: at once)."""
+    return (
+        delete(RetryCircuitEvent)
+        .where(RetryCircuitEvent.occurred_at < after(at, -retention_seconds))
+        .execution_options(**_SYNC_OFF)
+    )
 
 
 # ---------------------------------------------------------------------------------------

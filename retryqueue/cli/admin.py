@@ -331,18 +331,16 @@ def cleanup(
         print_json({"dry_run": dry_run, **_cleanup_dict(total)})
         return
     verb = "would delete" if dry_run else "deleted"
+    dropped = f", {total.partitions_dropped} month partition(s)" if total.partitions_dropped else ""
     typer.echo(
         f"{verb} {total.deleted_count} item(s) ({total.archived_count} expired, archived "
-        f"in history) and {total.history_deleted_count} history row(s)"
+        f"in history{dropped}), {total.history_deleted_count} history row(s) and "
+        f"{total.circuit_events_deleted} circuit audit row(s)"
     )
 
 
 def _cleanup_dict(total: CleanupResult) -> dict[str, int]:
-    return {
-        "deleted_count": total.deleted_count,
-        "archived_count": total.archived_count,
-        "history_deleted_count": total.history_deleted_count,
-    }
+    return {name: getattr(total, name) for name in CleanupResult.__dataclass_fields__}
 
 
 class _progress:

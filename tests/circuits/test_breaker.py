@@ -260,6 +260,18 @@ class TestProbeOutcome:
             clock.advance(1)
         assert cooldowns == [60, 100, 100]
 
+    def test_only_the_probe_holder_decides_a_half_open_circuit(
+        self, breaker: CircuitBreaker, sessions: sessionmaker[Session], clock: ManualClock
+    ) -> None:
+        open_and_cool_down(breaker, sessions, clock)
+        with sessions.begin() as session:
+            assert breaker.gate(session, owner="prober").probes == ("pay",)
+            # A late success of an item claimed before the circuit opened decides nothing.
+            assert breaker.record(session, [("pay", "capture", True)], actor="late") == []
+            assert breaker.states(session)[0].status is HALF_OPEN
+            (reopened,) = breaker.record(session, failures(1), actor="prober")
+        assert (reopened.from_status, reopened.to_status) == (HALF_OPEN, OPEN)
+
     def test_failures_after_closing_count_from_zero(
         self, breaker: CircuitBreaker, sessions: sessionmaker[Session], clock: ManualClock
     ) -> None:
@@ -319,3 +331,25 @@ def test_queue_and_breaker_share_the_clock(
     breaker: CircuitBreaker, queue: RetryQueue, clock: ManualClock
 ) -> None:
     assert breaker.clock is clock and queue.clock is clock
+
+
+class TestAuditRetention:
+    """Cleanup prunes the audit trail like the history: past twice the retention."""
+
+    def test_cleanup_deletes_old_audit_rows_only(
+        self,
+        breaker: CircuitBreaker,
+        sessions: sessionmaker[Session],
+        clock: ManualClock,
+        queue: RetryQueue,
+    ) -> None:
+        with sessions.begin() as session:
+            breaker.record(session, failures(3))  # opened: one audit row
+        clock.advance(timedelta(days=13))
+        with sessions.begin() as session:
+            breaker.close(session, "pay")  # a second, recent one
+        clock.advance(timedelta(days=2))  # the first is now 15 days old, the second 2
+        with sessions.begin() as session:
+            result = queue.cleanup(session, retention_days=7)
+        assert result.circuit_events_deleted == 1
+        assert trail(sessions) == [("pay", "open", "closed", "manual_close")]
