@@ -140,17 +140,24 @@ def differences(engine: Engine, *, version_table: str = VERSION_TABLE) -> list[A
     """How the database's schema differs from the models (empty when they agree).
 
     Uses alembic's autogenerate comparison (tables, columns, types, nullability,
-    indexes); tables that are not retryqueue's are ignored.
+    indexes); tables that are not retryqueue's are ignored. On a partitioned queue table
+    (:mod:`~retryqueue.migrations.partitioning`) the event_id indexes that partitioning
+    replaces by design are not reported.
     """
     ours = set(metadata.tables)
+    replaced: frozenset[str] = frozenset()
 
     def include(obj: Any, name: str | None, kind: str, reflected: bool, other: Any) -> bool:
         table = obj if kind == "table" else getattr(obj, "table", None)
         table_name = name if kind == "table" else getattr(table, "name", None)
+        if kind == "index" and name in replaced:
+            return False
         return table_name in ours and _created_on(obj, kind, reflected, engine.dialect.name)
 
     try:
         with engine.connect() as connection:
+            if partitioning.is_partitioned(connection):
+                replaced = partitioning.REPLACED_INDEXES
             context = MigrationContext.configure(
                 connection,
                 opts={

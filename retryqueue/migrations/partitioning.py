@@ -40,6 +40,7 @@ from retryqueue.models import RetryItem
 __all__ = [
     "DEFAULT_PARTITION",
     "KEYS_TABLE",
+    "REPLACED_INDEXES",
     "EnableResult",
     "Partition",
     "PartitionDrop",
@@ -68,6 +69,8 @@ _EVENT_ID_INDEX = "idx_retry_queue_event_id"
 _CLAIM_KEY = "daz_retry_claim_event_key"
 _RELEASE_KEYS = "daz_retry_release_event_keys"
 _FORGET_KEYS = "daz_retry_forget_event_keys"
+REPLACED_INDEXES = frozenset({_UNIQUE_EVENT_ID, _EVENT_ID_INDEX})
+"""The model's unique event_id index and the plain one that stands in for it when partitioned."""
 _LIVE = "status IN ('pending', 'processing')"
 _FINISHED_AT = "coalesce(completed_at, last_attempted_at, created_at)"
 _BOUND = re.compile(r"FROM \('([^']+)'\) TO \('([^']+)'\)")
