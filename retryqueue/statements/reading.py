@@ -1,0 +1,257 @@
+"""Reading and monitoring: item snapshots, history, stats, alerts, throughput, gauges."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    Select,
+    and_,
+    case,
+    func,
+    or_,
+    select,
+)
+
+from retryqueue.models import (
+    RetryHistory,
+    RetryItem,
+    RetryStatus,
+)
+from retryqueue.results import ItemFilter
+from retryqueue.statements._base import (
+    AnySelect,
+    _hour_bucket,
+    _status_in,
+    _status_is,
+    after,
+    now_expr,
+)
+from retryqueue.statements.admin import _filter_clauses
+
+SNAPSHOT_COLUMNS = (
+    RetryItem.id,
+    RetryItem.event_id,
+    RetryItem.event_type,
+    RetryItem.channel_name,
+    RetryItem.plugin_name,
+    RetryItem.status,
+    RetryItem.priority,
+    RetryItem.retry_count,
+    RetryItem.max_retries,
+    RetryItem.error_message,
+    RetryItem.last_error_code,
+    RetryItem.created_at,
+    RetryItem.next_retry_at,
+    RetryItem.last_attempted_at,
+    RetryItem.completed_at,
+    RetryItem.expires_at,
+    RetryItem.locked_by,
+    RetryItem.locked_at,
+    RetryItem.correlation_id,
+    RetryItem.tags,
+)
+
+
+def select_item(item_id: int) -> AnySelect:
+    """One item's snapshot columns."""
+    return select(*SNAPSHOT_COLUMNS).where(RetryItem.id == item_id)
+
+
+def select_filtered(item_filter: ItemFilter) -> AnySelect:
+    """Snapshot columns of the items a filter selects, oldest first."""
+    stmt = select(*SNAPSHOT_COLUMNS).where(*_filter_clauses(item_filter)).order_by(RetryItem.id)
+    if item_filter.limit is not None:
+        stmt = stmt.limit(item_filter.limit)
+    return stmt
+
+
+def history_for_item(item_id: int) -> Select[RetryHistory]:
+    """An item's history rows in attempt order."""
+    return (
+        select(RetryHistory)
+        .where(RetryHistory.retry_queue_id == item_id)
+        .order_by(RetryHistory.attempted_at, RetryHistory.id)
+    )
+
+
+def stats() -> AnySelect:
+    """Counts per (status, event_type, plugin_name)."""
+    return (
+        select(
+            RetryItem.status,
+            RetryItem.event_type,
+            RetryItem.plugin_name,
+            func.count().label("count"),
+            func.avg(RetryItem.retry_count).label("avg_retry_count"),
+            func.max(RetryItem.retry_count).label("max_retry_count"),
+            func.min(RetryItem.created_at).label("oldest_created_at"),
+            func.max(RetryItem.created_at).label("newest_created_at"),
+            func.count(RetryItem.locked_by).label("locked_count"),
+        )
+        .group_by(RetryItem.status, RetryItem.event_type, RetryItem.plugin_name)
+        .order_by(RetryItem.status, RetryItem.event_type, RetryItem.plugin_name)
+    )
+
+
+ALERT_DEAD_LETTER = "dead letter: manual intervention required"
+ALERT_STALE_LOCK = "stale lock"
+ALERT_APPROACHING_LIMIT = "approaching retry limit"
+ALERT_OLD_PENDING = "old pending item"
+
+
+def alerts(
+    at: datetime | None,
+    *,
+    stale_lock_seconds: float = 3600,
+    old_pending_seconds: float = 86400,
+) -> AnySelect:
+    """Items needing attention, each with its most urgent reason."""
+    active = _status_in(RetryStatus.PENDING, RetryStatus.PROCESSING)
+    reason = case(
+        (_status_is(RetryStatus.DEAD_LETTER), ALERT_DEAD_LETTER),
+        (
+            and_(
+                _status_is(RetryStatus.PROCESSING),
+                RetryItem.locked_at < after(at, -stale_lock_seconds),
+            ),
+            ALERT_STALE_LOCK,
+        ),
+        # retry_count above 80 % of max_retries, in integers.
+        (
+            and_(active, RetryItem.retry_count * 10 > RetryItem.max_retries * 8),
+            ALERT_APPROACHING_LIMIT,
+        ),
+        (
+            and_(
+                _status_is(RetryStatus.PENDING),
+                RetryItem.created_at < after(at, -old_pending_seconds),
+            ),
+            ALERT_OLD_PENDING,
+        ),
+        else_=None,
+    ).label("reason")
+    inner = select(
+        RetryItem.id,
+        RetryItem.event_id,
+        RetryItem.event_type,
+        RetryItem.plugin_name,
+        RetryItem.channel_name,
+        RetryItem.status,
+        RetryItem.retry_count,
+        RetryItem.max_retries,
+        reason,
+        RetryItem.error_message,
+        RetryItem.created_at,
+        RetryItem.locked_by,
+        RetryItem.locked_at,
+    ).subquery("flagged")
+    return select(inner).where(inner.c.reason.is_not(None)).order_by(inner.c.id)
+
+
+def stuck(at: datetime | None, older_than_seconds: float) -> AnySelect:
+    """Processing items whose lock is older than the given age."""
+    return (
+        select(*SNAPSHOT_COLUMNS)
+        .where(
+            _status_is(RetryStatus.PROCESSING),
+            RetryItem.locked_at < after(at, -older_than_seconds),
+        )
+        .order_by(RetryItem.locked_at, RetryItem.id)
+    )
+
+
+def items_per_hour(at: datetime | None, hours: int) -> AnySelect:
+    """Items created per UTC hour over the last ``hours`` hours."""
+    bucket = _hour_bucket(RetryItem.created_at).label("hour")
+    return (
+        select(bucket, func.count())
+        .where(RetryItem.created_at > after(at, -hours * 3600.0))
+        .group_by(bucket)
+        .order_by(bucket)
+    )
+
+
+DEAD_LETTER_GROUPS = {
+    "error_code": RetryItem.last_error_code,
+    "event_type": RetryItem.event_type,
+    "plugin": RetryItem.plugin_name,
+    "plugin_name": RetryItem.plugin_name,
+    "channel": RetryItem.channel_name,
+    "channel_name": RetryItem.channel_name,
+}
+
+
+def dead_letter_groups(group_by: str) -> AnySelect:
+    """Dead letters counted per group, with a sample error message and the age range."""
+    key = DEAD_LETTER_GROUPS[group_by]
+    return (
+        select(
+            key.label("key"),
+            func.count().label("count"),
+            func.max(RetryItem.error_message).label("sample_error"),
+            func.min(RetryItem.created_at).label("oldest"),
+            func.max(RetryItem.created_at).label("newest"),
+        )
+        .where(_status_is(RetryStatus.DEAD_LETTER))
+        .group_by(key)
+        .order_by(func.count().desc(), key)
+    )
+
+
+def success_rate_by_event_type() -> AnySelect:
+    """Per event type: all items and the completed ones."""
+    completed = func.sum(case((_status_is(RetryStatus.COMPLETED), 1), else_=0))
+    return (
+        select(RetryItem.event_type, func.count(), completed)
+        .group_by(RetryItem.event_type)
+        .order_by(RetryItem.event_type)
+    )
+
+
+def queue_gauges(at: datetime | None, stale_lock_seconds: float) -> AnySelect:
+    """Now, the due time of the oldest due (claimable) pending item, and the stale-lock count.
+
+    One round trip for the metrics exporter; all three figures are read on the same clock.
+    """
+    now = now_expr(at)
+    oldest_due = (
+        select(func.min(RetryItem.next_retry_at))
+        .where(
+            _status_is(RetryStatus.PENDING),
+            RetryItem.next_retry_at <= now,
+            RetryItem.expires_at > now,
+        )
+        .scalar_subquery()
+    )
+    stale_locks = (
+        select(func.count())
+        .select_from(RetryItem)
+        .where(
+            _status_is(RetryStatus.PROCESSING),
+            or_(
+                RetryItem.locked_at < after(at, -stale_lock_seconds),
+                RetryItem.locked_at.is_(None),
+            ),
+        )
+        .scalar_subquery()
+    )
+    return select(
+        now.label("now"),
+        oldest_due.label("oldest_due"),
+        stale_locks.label("stale_locks"),
+    )
+
+
+def next_claimable_due(at: datetime | None) -> AnySelect:
+    """The earliest next_retry_at among items :func:`claim` could take, and now.
+
+    Unlike :func:`next_due`, skips expired and locked pending items (never claimed), so
+    an idle worker does not keep waking for them.
+    """
+    now = now_expr(at)
+    return select(func.min(RetryItem.next_retry_at).label("next_due"), now.label("now")).where(
+        _status_is(RetryStatus.PENDING),
+        RetryItem.locked_by.is_(None),
+        RetryItem.expires_at > now,
+    )
