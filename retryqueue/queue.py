@@ -185,8 +185,18 @@ class RetryQueue:
         rows = [self._row(index, item, at) for index, item in enumerate(items)]
         if not rows:
             return []
-        dialect = session.get_bind().dialect.name
-        if sql.has_returning(dialect):
+        bind_dialect = session.get_bind().dialect
+        dialect = bind_dialect.name
+        inserted: dict[uuid.UUID, int]
+        if dialect == "postgresql":
+            inserted = {}
+            insert_json = sql.insert_items_json(at is None)
+            for payload in sql.json_payloads(rows, bind_dialect):
+                inserted.update(
+                    (event_id, item_id)
+                    for item_id, event_id in session.execute(insert_json, {"rows": payload})
+                )
+        elif sql.has_returning(dialect):
             inserted = {
                 event_id: item_id
                 for item_id, event_id in session.execute(sql.insert_items(dialect, at), rows)

@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import uuid
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
     Float,
     Insert,
     Select,
+    Text,
     bindparam,
+    cast,
+    column,
     func,
     insert,
+    literal,
+    literal_column,
     select,
     text,
 )
 from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.engine import Dialect
 
 from retryqueue.models import (
     RetryItem,
@@ -31,7 +39,7 @@ from retryqueue.statements._base import (
     has_returning,
     now_expr,
 )
-from retryqueue.types import UTCDateTime, utc_now
+from retryqueue.types import SealedJSON, UTCDateTime, utc_now
 
 # Bulk enqueue on the database clock computes due and expiry times on the server per row.
 _ROW_RUN_AT = "p_run_at"
@@ -81,6 +89,107 @@ def insert_items(dialect_name: str, at: datetime | None) -> Insert:
         return plain
     result: Insert = stmt.returning(table.c.id, table.c.event_id)
     return result
+
+
+# PostgreSQL: the rows travel as one JSON document, unpacked by jsonb_to_recordset. A
+# multi-row VALUES of 1,000 rows has ~17,000 placeholders: psycopg re-parses that text on
+# every execution (it caches only short queries) and the server plans it each time. This
+# statement's text is short and constant; 5 to 9 times faster (docs/benchmarks.md).
+_RECORD_COLUMNS = (
+    "event_id",
+    "event_type",
+    "channel_name",
+    "plugin_name",
+    "event_data",
+    "event_metadata",
+    "max_retries",
+    "retry_delay_seconds",
+    "backoff_multiplier",
+    "priority",
+    "correlation_id",
+    "tags",
+)
+_PYTHON_CLOCK_COLUMNS = ("created_at", "next_retry_at", "expires_at")
+_PAYLOAD_ROWS = 1000
+_PAYLOAD_BYTES = 8 * 1024 * 1024
+
+
+@functools.cache
+def insert_items_json(server_clock: bool) -> Insert:
+    """PostgreSQL's :func:`insert_items`: the rows in one ``rows`` JSON parameter.
+
+    Same effect and RETURNING (id, event_id); the parameter comes from :func:`json_payloads`.
+    """
+    table = QUEUE_TABLE
+    fields = [column(name, table.c[name].type) for name in _RECORD_COLUMNS]
+    if server_clock:
+        fields += [
+            column(_ROW_RUN_AT, UTCDateTime()),
+            column(_ROW_DELAY, Float()),
+            column(_ROW_EXPIRES_AT, UTCDateTime()),
+            column(_ROW_TTL, Float()),
+        ]
+    else:
+        fields += [column(name, table.c[name].type) for name in _PYTHON_CLOCK_COLUMNS]
+    payload = cast(bindparam("rows", type_=Text()), postgresql.JSONB)
+    record = (
+        func.jsonb_to_recordset(payload)
+        .table_valued(*fields)
+        .render_derived(name="item", with_types=True)
+    )
+    values: dict[str, Any] = {name: record.c[name] for name in _RECORD_COLUMNS}
+    values["retry_count"] = literal(0)
+    values["status"] = literal_column(f"'{RetryStatus.PENDING.value}'")
+    if server_clock:
+        values["created_at"] = utc_now()
+        values["next_retry_at"] = func.coalesce(
+            record.c[_ROW_RUN_AT], _now_plus_seconds(record.c[_ROW_DELAY])
+        )
+        values["expires_at"] = func.coalesce(
+            record.c[_ROW_EXPIRES_AT], _now_plus_seconds(record.c[_ROW_TTL])
+        )
+    else:
+        values.update({name: record.c[name] for name in _PYTHON_CLOCK_COLUMNS})
+    stmt = (
+        postgresql.insert(table)
+        .from_select(list(values), select(*values.values()))
+        .on_conflict_do_nothing()  # no target: see insert_items
+        .returning(table.c.id, table.c.event_id)
+    )
+    return stmt
+
+
+def json_payloads(rows: Sequence[dict[str, Any]], dialect: Dialect) -> Iterator[str]:
+    """The ``rows`` parameters of :func:`insert_items_json`: JSON arrays of at most 1,000
+    rows or about 8 MiB each, in input order. event_data is sealed here when encryption is
+    on (the column type would have done it for a bound value)."""
+    sealed = SealedJSON()
+    batch: list[str] = []
+    size = 0
+    for row in rows:
+        document = {
+            name: _json_value(sealed.process_bind_param(value, dialect))
+            if name == "event_data"
+            else _json_value(value)
+            for name, value in row.items()
+            if name not in ("status", "retry_count")
+        }
+        text_row = json.dumps(document, separators=(",", ":"))
+        if batch and (len(batch) == _PAYLOAD_ROWS or size + len(text_row) > _PAYLOAD_BYTES):
+            yield "[" + ",".join(batch) + "]"
+            batch, size = [], 0
+        batch.append(text_row)
+        size += len(text_row)
+    if batch:
+        yield "[" + ",".join(batch) + "]"
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    return value
 
 
 def enqueued_by_event_ids(event_ids: Sequence[uuid.UUID]) -> Select[int, uuid.UUID]:
