@@ -437,6 +437,10 @@ class RetryQueue:
         worker_id = workers.pop()
         at = self.now(session)
         leases = [(item.id, item.lease_token) for item in items]
+        if session.get_bind().dialect.name == "postgresql":  # both writes in one statement
+            durations = list(durations_ms) if durations_ms is not None else [None] * len(items)
+            recorded, values = sql.complete_and_record(at, worker_id, leases, durations)
+            return set(session.scalars(recorded, values))
         stmt, params = sql.complete_many(at, worker_id, leases)
         rows = _returning_rows(session, stmt, params)
         duration_of = dict(zip((item.id for item in items), durations_ms or [], strict=False))
