@@ -29,11 +29,15 @@ ITEMS = 20_000
 class TestContention:
     """Many processes racing for the same rows never share an item and never drop one."""
 
+    @pytest.mark.parametrize("kind", ["threads", "asyncio"])
     def test_eight_processes_complete_twenty_thousand_items_exactly_once(
-        self, dedicated_db: Database, make_fleet: Callable[[URL], Fleet]
+        self, dedicated_db: Database, make_fleet: Callable[[URL], Fleet], kind: str
     ) -> None:
         fleet = make_fleet(dedicated_db.url)
-        workers = [fleet.start(f"contend-{n}", batch_size=20, poll=0.5) for n in range(PROCESSES)]
+        workers = [
+            fleet.start(f"contend-{n}", batch_size=20, poll=0.5, asyncio=kind == "asyncio")
+            for n in range(PROCESSES)
+        ]
         fleet.wait_ready(workers)
 
         started = time.monotonic()

@@ -61,8 +61,9 @@ def lock_holders(engine: Engine) -> Counter[str]:
 class TestCrashes:
     """Every item of a run with a dozen SIGKILLs completes, once, as recorded."""
 
+    @pytest.mark.parametrize("kind", ["threads", "asyncio"])
     def test_sigkilled_workers_lose_nothing_and_never_complete_twice(
-        self, dedicated_db: Database, make_fleet: Callable[[URL], Fleet]
+        self, dedicated_db: Database, make_fleet: Callable[[URL], Fleet], kind: str
     ) -> None:
         engine, rng = dedicated_db.engine, random.Random(SEED)
         fleet = make_fleet(dedicated_db.url)
@@ -71,7 +72,7 @@ class TestCrashes:
         def spawn() -> WorkerProcess:
             nonlocal spawned
             spawned += 1
-            return fleet.start(f"crashy-{spawned}", **WORKER_OPTIONS)
+            return fleet.start(f"crashy-{spawned}", asyncio=kind == "asyncio", **WORKER_OPTIONS)
 
         slots = [spawn() for _ in range(PROCESSES)]
         fleet.wait_ready(slots)

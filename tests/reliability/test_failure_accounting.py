@@ -42,11 +42,15 @@ def max_retries_of(n: int) -> int:
 class TestFailureAccounting:
     """Retries, dead letters and history rows add up to exactly what the policy predicts."""
 
+    @pytest.mark.parametrize("kind", ["threads", "asyncio"])
     def test_every_item_ends_in_the_predicted_state_with_one_history_row_per_attempt(
-        self, dedicated_db: Database, make_fleet: Callable[[URL], Fleet]
+        self, dedicated_db: Database, make_fleet: Callable[[URL], Fleet], kind: str
     ) -> None:
         fleet = make_fleet(dedicated_db.url)
-        workers = [fleet.start(f"failing-{n}", batch_size=20, poll=0.5) for n in range(PROCESSES)]
+        workers = [
+            fleet.start(f"failing-{n}", batch_size=20, poll=0.5, asyncio=kind == "asyncio")
+            for n in range(PROCESSES)
+        ]
         fleet.wait_ready(workers)
 
         started = time.monotonic()

@@ -20,10 +20,12 @@ item until that file exists).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -80,6 +82,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--pgbouncer", action="store_true", help="the URL is PgBouncer (transaction pooling)"
     )
+    parser.add_argument("--asyncio", action="store_true", help="run the AsyncWorker instead")
     parser.add_argument(
         "--expect-skew",
         type=float,
@@ -87,6 +90,29 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         help="seconds this host's clock must be ahead of the database's (exit 3 otherwise)",
     )
     return parser.parse_args(argv)
+
+
+async def _run_async(
+    args: argparse.Namespace, handlers: dict[str, Any], settings: dict[str, Any], ready: Any
+) -> Any:
+    """The AsyncWorker on the async driver; the (plain) handlers run in its thread pool."""
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+    from retryqueue import RetryQueue, create_async_engine
+    from retryqueue.async_worker import AsyncWorker
+
+    engine = create_async_engine(os.environ[URL_VARIABLE], pgbouncer=args.pgbouncer)
+    worker = AsyncWorker(RetryQueue(), async_sessionmaker(engine), handlers, **settings)
+    threading.Thread(target=_stop_when_orphaned, args=(worker,), daemon=True).start()
+    default = signal.getsignal(signal.SIGTERM)
+    running = asyncio.create_task(worker.run(install_signals=True))
+    while signal.getsignal(signal.SIGTERM) is default and not running.done():
+        await asyncio.sleep(0.01)  # until run() has taken SIGTERM over
+    _write_json(args.dir / f"{args.name}.ready.json", ready)
+    try:
+        return await running
+    finally:
+        await engine.dispose()
 
 
 def _clock_skew(engine: Any) -> float:
@@ -158,26 +184,30 @@ def main(argv: list[str]) -> int:
                 raise TimeoutError("never released")
             time.sleep(0.05)
 
-    worker = Worker(
-        RetryQueue(),
-        sessionmaker(engine),
-        {WORK: work, HOLD: hold},
-        worker_id=args.name,
-        batch_size=args.batch_size,
-        concurrency=args.concurrency,
-        lock_timeout=args.lock_timeout,
-        heartbeat_interval=args.heartbeat,
-        poll_interval=args.poll,
-        listen=not args.no_listen,
-    )
-    worker.install_signal_handlers()  # before "ready": SIGTERM from then on stops cleanly
-    threading.Thread(target=_stop_when_orphaned, args=(worker,), daemon=True).start()
+    settings: dict[str, Any] = {
+        "worker_id": args.name,
+        "batch_size": args.batch_size,
+        "concurrency": args.concurrency,
+        "lock_timeout": args.lock_timeout,
+        "heartbeat_interval": args.heartbeat,
+        "poll_interval": args.poll,
+        "listen": not args.no_listen,
+    }
     ready = {"pid": os.getpid(), "now": datetime.now(UTC).isoformat(), "skew": skew}
-    _write_json(args.dir / f"{args.name}.ready.json", ready)
+    handlers = {WORK: work, HOLD: hold}
     try:
-        report = worker.run()
+        if args.asyncio:
+            report = asyncio.run(_run_async(args, handlers, settings, ready))
+        else:
+            worker = Worker(RetryQueue(), sessionmaker(engine), handlers, **settings)
+            worker.install_signal_handlers()  # before "ready": SIGTERM from then on stops
+            threading.Thread(target=_stop_when_orphaned, args=(worker,), daemon=True).start()
+            _write_json(args.dir / f"{args.name}.ready.json", ready)
+            try:
+                report = worker.run()
+            finally:
+                worker.restore_signal_handlers()
     finally:
-        worker.restore_signal_handlers()
         os.close(executions)
         engine.dispose()
     _write_json(args.dir / f"{args.name}.report.json", asdict(report))
