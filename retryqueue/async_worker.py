@@ -4,7 +4,7 @@ A round is the same three steps, in the same transactions, with the same stateme
 outcome rules (they live in :mod:`retryqueue._worker_base` and run on the
 :class:`~sqlalchemy.ext.asyncio.AsyncSession` through ``run_sync``): acquire a batch;
 run up to ``concurrency`` handlers at once; record the outcomes. ``async def`` handlers run
-on the event loop; plain handlers run in a thread pool of ``concurrency`` threads, so a
+on the event loop; plain handlers run in threads (at most ``concurrency`` at once), so a
 blocking handler never stalls the loop. Heartbeats are a task; on PostgreSQL a LISTEN task
 (asyncpg or psycopg) wakes an idle worker on NOTIFY.
 
@@ -24,7 +24,6 @@ import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar, Unpack
 
@@ -32,7 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from retryqueue._batch import BatchState, Finished
-from retryqueue._worker_base import RunReport, WorkerBase, WorkerOptions, job_for
+from retryqueue._worker_base import Job, RunReport, WorkerBase, WorkerOptions, job_for
 from retryqueue.aio import AsyncRetryQueue
 from retryqueue.async_listener import AsyncNotifyListener, supports_async_listen
 from retryqueue.errors import DatabaseError, database_error
@@ -104,7 +103,6 @@ class AsyncWorker(WorkerBase):
         self._stopping = asyncio.Event()
         self._wakeup = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._threads: ThreadPoolExecutor | None = None
         self._batch: _Batch | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -181,8 +179,6 @@ class AsyncWorker(WorkerBase):
             self._stopping, self._wakeup = asyncio.Event(), asyncio.Event()
         if self._stop_requested.is_set():
             self._stopping.set()
-        if self._threads is None:
-            self._threads = ThreadPoolExecutor(self.concurrency, "retryqueue-handler")
 
     async def _rounds(self, install_signals: bool) -> RunReport:
         loop = asyncio.get_running_loop()
@@ -213,9 +209,6 @@ class AsyncWorker(WorkerBase):
             for signum, handler in previous.items():
                 loop.remove_signal_handler(signum)
                 signal.signal(signum, handler)  # asyncio would leave the default behind
-            if self._threads is not None:
-                self._threads.shutdown(wait=False)
-                self._threads = None
         self._log_stopped()
         return total
 
@@ -275,8 +268,7 @@ class AsyncWorker(WorkerBase):
             if _is_async(route.handler):
                 await route.handler(job)  # type: ignore[misc]
             else:
-                loop = asyncio.get_running_loop()
-                await loop.run_in_executor(self._threads, route.handler, job)
+                await _in_daemon_thread(route.handler, job)
         except asyncio.CancelledError:
             raise  # abandoned at shutdown
         except BaseException as exc:  # a handler must never kill the worker
@@ -344,7 +336,7 @@ class AsyncWorker(WorkerBase):
         return item_id in await self._renew_held(batch, [item_id])
 
     def _extend_from_thread(self, extend: Callable[[], Awaitable[bool]]) -> bool:
-        """extend_lease() for a plain handler, which runs in the worker's thread pool."""
+        """extend_lease() for a plain handler, which runs in a thread of its own."""
         assert self._loop is not None
         try:
             asyncio.get_running_loop()
@@ -377,6 +369,37 @@ class AsyncWorker(WorkerBase):
         except DatabaseError as exc:
             self._log_due_unknown(exc)
             return self.poll_interval
+
+
+async def _in_daemon_thread(handler: Handler, job: Job) -> None:
+    """Run a plain handler in a thread of its own and await it.
+
+    A daemon thread, as in the thread worker: a handler still running when the shutdown
+    grace runs out must not keep the process from exiting (an executor's threads would).
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if done.done():  # the awaiting task was cancelled (abandoned at shutdown)
+            return
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+
+    def target() -> None:
+        try:
+            handler(job)
+        except BaseException as exc:  # handed to the awaiting task
+            error: BaseException | None = exc
+        else:
+            error = None
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting
+            loop.call_soon_threadsafe(settle, error)
+
+    threading.Thread(target=target, name="retryqueue-handler", daemon=True).start()
+    await done
 
 
 async def _awaited(make: Callable[[], Awaitable[T]]) -> T:

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -28,6 +29,11 @@ _ASYNC_DRIVERS = {
 }
 
 
+def async_url(engine: Engine) -> URL:
+    """The URL of ``engine``'s database with the async driver the tests use for it."""
+    return engine.url.set(drivername=_ASYNC_DRIVERS[engine.url.get_backend_name()])
+
+
 class BlockingAsyncWorker:
     """An AsyncWorker with Worker's blocking ``run``/``run_once``."""
 
@@ -40,7 +46,7 @@ class BlockingAsyncWorker:
     ) -> None:
         bind = sessions.kw["bind"]
         assert isinstance(bind, Engine)
-        self.url = bind.url.set(drivername=_ASYNC_DRIVERS[bind.url.get_backend_name()])
+        self.url = async_url(bind)
         self.worker = AsyncWorker(queue, None, handlers, **settings)  # type: ignore[arg-type]
 
     def __getattr__(self, name: str) -> Any:
