@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 from retryqueue import monitoring
 from retryqueue import statements as sql
 from retryqueue import validation as check
+from retryqueue._rows import NewItem, claimed_item, history_row, item_row, lease_of, valid_ids
 from retryqueue.clock import Clock, SystemClock
 from retryqueue.errors import InvalidArgument, RetryQueueError, database_error
 from retryqueue.models import TERMINAL_STATUSES, RetryStatus
@@ -47,7 +48,6 @@ from retryqueue.results import (
     ItemSnapshot,
     QueueStats,
     SuccessRate,
-    freeze,
 )
 
 __all__ = ["NewItem", "RetryQueue"]
@@ -72,28 +72,6 @@ def _database_errors(method: Callable[P, R]) -> Callable[P, R]:
             raise database_error(method.__name__, exc) from exc
 
     return wrapper
-
-
-@dataclass(frozen=True, slots=True)
-class NewItem:
-    """An item to enqueue (see :meth:`RetryQueue.enqueue` for the fields' meaning)."""
-
-    event_type: str
-    event_data: Any
-    channel_name: str | None = None
-    plugin_name: str | None = None
-    event_metadata: Mapping[str, Any] | None = None
-    max_retries: int = 3
-    retry_delay_seconds: int = 60
-    backoff_multiplier: float = 2.0
-    priority: int = 5
-    correlation_id: str | None = None
-    tags: Sequence[str] | None = None
-    event_id: uuid.UUID | str | None = None
-    run_at: datetime | None = None
-    delay: float | timedelta | None = None
-    expires_at: datetime | None = None
-    ttl: float | timedelta | None = None
 
 
 class RetryQueue:
@@ -183,7 +161,16 @@ class RetryQueue:
         as one JSON parameter per 1,000 rows (or ~8 MiB); elsewhere as a multi-row VALUES.
         """
         at = self.now(session)
-        rows = [self._row(index, item, at) for index, item in enumerate(items)]
+        rows = [
+            item_row(
+                index,
+                item,
+                at,
+                max_payload_bytes=self.max_payload_bytes,
+                default_ttl=self.default_ttl,
+            )
+            for index, item in enumerate(items)
+        ]
         if not rows:
             return []
         bind_dialect = session.get_bind().dialect
@@ -238,65 +225,6 @@ class RetryQueue:
             if event_id not in before
         }
 
-    def _row(self, index: int, item: NewItem, at: datetime | None) -> dict[str, Any]:
-        if not isinstance(item, NewItem):
-            raise InvalidArgument(
-                f"items[{index}]", f"expected a NewItem, got {type(item).__name__}"
-            )
-        run_at = None if item.run_at is None else check.aware("run_at", item.run_at)
-        expires_at = None if item.expires_at is None else check.aware("expires_at", item.expires_at)
-        if run_at is not None and item.delay is not None:
-            raise InvalidArgument("delay", "give either run_at or delay, not both")
-        if expires_at is not None and item.ttl is not None:
-            raise InvalidArgument("ttl", "give either expires_at or ttl, not both")
-        delay = 0.0 if item.delay is None else check.seconds("delay", item.delay)
-        ttl = (
-            self.default_ttl.total_seconds()
-            if item.ttl is None
-            else check.seconds("ttl", item.ttl, allow_zero=False)
-        )
-        if run_at is not None and expires_at is not None and expires_at <= run_at:
-            raise InvalidArgument("expires_at", "must be later than run_at")
-        row: dict[str, Any] = {
-            "event_id": uuid.uuid4()
-            if item.event_id is None
-            else check.uuid_value("event_id", item.event_id),
-            "event_type": check.text("event_type", item.event_type),
-            "channel_name": check.optional_text("channel_name", item.channel_name),
-            "plugin_name": check.optional_text("plugin_name", item.plugin_name),
-            "event_data": check.json_document(
-                "event_data", item.event_data, max_bytes=self.max_payload_bytes
-            ),
-            "event_metadata": self._metadata(item.event_metadata),
-            "retry_count": 0,
-            "max_retries": check.bounded_int("max_retries", item.max_retries, low=0, high=1000),
-            "retry_delay_seconds": check.bounded_int(
-                "retry_delay_seconds", item.retry_delay_seconds, low=0
-            ),
-            "backoff_multiplier": check.multiplier("backoff_multiplier", item.backoff_multiplier),
-            "status": RetryStatus.PENDING,
-            "priority": check.bounded_int("priority", item.priority, low=1, high=10),
-            "correlation_id": check.optional_text("correlation_id", item.correlation_id),
-            "tags": check.tag_list("tags", item.tags),
-        }
-        if at is None:
-            row.update(sql.server_time_params(run_at, delay, expires_at, ttl))
-        else:
-            row["created_at"] = at
-            row["next_retry_at"] = run_at if run_at is not None else at + timedelta(seconds=delay)
-            row["expires_at"] = (
-                expires_at if expires_at is not None else at + timedelta(seconds=ttl)
-            )
-        return row
-
-    def _metadata(self, value: Mapping[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and not isinstance(value, Mapping):
-            raise InvalidArgument("event_metadata", "expected a mapping (JSON object)")
-        check.json_document(
-            "event_metadata", value, nullable=True, max_bytes=self.max_payload_bytes
-        )
-        return None if value is None else dict(value)
-
     # -- acquire -------------------------------------------------------------------------
 
     @_database_errors
@@ -348,7 +276,7 @@ class RetryQueue:
         else:  # MySQL: SELECT ... SKIP LOCKED, UPDATE those ids, read them back
             emulation = sql.claim_emulated(at, worker_id, token, batch_size, **keys)
             rows = _run_emulated(session, emulation)
-        claimed = [_claimed(row) for row in rows]
+        claimed = [claimed_item(row) for row in rows]
         claimed.sort(key=lambda item: (-item.priority, item.next_retry_at, item.id))
         return claimed
 
@@ -372,7 +300,7 @@ class RetryQueue:
             guard = sql.reclaim_stale(row.id, at, lock_timeout)
             if self._apply(session, guard, at, decision, message, "LOCK_EXPIRED"):
                 history.append(
-                    _history(
+                    history_row(
                         row.id,
                         row.event_id,
                         row.retry_count + 1,
@@ -403,7 +331,7 @@ class RetryQueue:
         an id with ``worker_id`` (and ideally ``lease_token``). Returns False, changing
         nothing, if the lease was lost: the lock expired and someone acquired it again.
         """
-        item_id, worker_id, lease_token = _lease(item, worker_id, lease_token)
+        item_id, worker_id, lease_token = lease_of(item, worker_id, lease_token)
         at = self.now(session)
         done = _returning_rows(session, sql.complete_owned(at, item_id, worker_id, lease_token))
         row = done[0] if done else None
@@ -448,7 +376,7 @@ class RetryQueue:
             session,
             at,
             [
-                _history(
+                history_row(
                     row.id,
                     row.event_id,
                     row.retry_count + 1,
@@ -491,7 +419,7 @@ class RetryQueue:
         is dead-lettered. ``retryable=False`` marks it ``failed`` at once. Returns False,
         changing nothing, if the lease was lost.
         """
-        item_id, worker_id, lease_token = _lease(item, worker_id, lease_token)
+        item_id, worker_id, lease_token = lease_of(item, worker_id, lease_token)
         if error_message is not None and not isinstance(error_message, str):
             raise InvalidArgument("error_message", "expected a string")
         if error_message is not None:
@@ -565,7 +493,7 @@ class RetryQueue:
     ) -> None:
         """One history row for the attempt an acquired ``row`` (id, event_id, retry_count) made."""
         cls._write_history(
-            session, at, [_history(row.id, row.event_id, row.retry_count + 1, outcome, **fields)]
+            session, at, [history_row(row.id, row.event_id, row.retry_count + 1, outcome, **fields)]
         )
 
     @staticmethod
@@ -591,7 +519,7 @@ class RetryQueue:
         """
         worker_id = check.text("worker_id", worker_id)
         at = self.now(session)
-        stmt = sql.heartbeat(at, worker_id, lease_token, _ids(item_ids))
+        stmt = sql.heartbeat(at, worker_id, lease_token, valid_ids(item_ids))
         return sorted(row.id for row in _returning_rows(session, stmt))
 
     @_database_errors
@@ -609,7 +537,7 @@ class RetryQueue:
         Returns the ids released.
         """
         worker_id = check.text("worker_id", worker_id)
-        stmt = sql.release(worker_id, lease_token, _ids(item_ids))
+        stmt = sql.release(worker_id, lease_token, valid_ids(item_ids))
         return sorted(row.id for row in _returning_rows(session, stmt))
 
     # -- administration ------------------------------------------------------------------
@@ -653,7 +581,9 @@ class RetryQueue:
             session,
             at,
             [
-                _history(row.id, row.event_id, row.retry_count, "requeued", worker_id=requested_by)
+                history_row(
+                    row.id, row.event_id, row.retry_count, "requeued", worker_id=requested_by
+                )
                 for row in moved
             ],
         )
@@ -710,7 +640,7 @@ class RetryQueue:
                     session,
                     at,
                     [
-                        _history(
+                        history_row(
                             row.id,
                             row.event_id,
                             row.retry_count,
@@ -928,75 +858,3 @@ def _run_emulated(
 @dataclass(frozen=True, slots=True)
 class _IdRow:
     id: int
-
-
-def _lease(
-    item: ClaimedItem | int, worker_id: str | None, lease_token: uuid.UUID | None
-) -> tuple[int, str, uuid.UUID | None]:
-    if isinstance(item, ClaimedItem):
-        if worker_id is not None and worker_id != item.locked_by:
-            raise InvalidArgument(
-                "worker_id",
-                f"{worker_id!r} differs from the claimed item's worker {item.locked_by!r} "
-                "(with a ClaimedItem, pass error_message= by keyword)",
-            )
-        if lease_token is not None and lease_token != item.lease_token:
-            raise InvalidArgument("lease_token", "differs from the claimed item's token")
-        return item.id, item.locked_by, item.lease_token
-    item_id = check.bounded_int("item_id", item, low=1, high=2**63 - 1)
-    if worker_id is None:
-        raise InvalidArgument("worker_id", "is required when an item is given by id")
-    return item_id, check.text("worker_id", worker_id), lease_token
-
-
-def _ids(item_ids: Sequence[int] | None) -> list[int] | None:
-    if item_ids is None:
-        return None
-    return [check.bounded_int("item_ids", item_id, low=1, high=2**63 - 1) for item_id in item_ids]
-
-
-def _history(
-    item_id: int,
-    event_id: uuid.UUID,
-    attempt: int,
-    status: Outcome | str,
-    *,
-    worker_id: str | None = None,
-    error_message: str | None = None,
-    error_code: str | None = None,
-    duration_ms: int | None = None,
-) -> dict[str, Any]:
-    return {
-        "retry_queue_id": item_id,
-        "event_id": event_id,
-        "attempt_number": attempt,
-        "status": status.value if isinstance(status, Outcome) else status,
-        "error_message": error_message,
-        "error_code": error_code,
-        "worker_id": worker_id,
-        "duration_ms": duration_ms,
-    }
-
-
-def _claimed(row: Any) -> ClaimedItem:
-    return ClaimedItem(
-        id=row.id,
-        event_id=row.event_id,
-        event_type=row.event_type,
-        channel_name=row.channel_name,
-        plugin_name=row.plugin_name,
-        event_data=freeze(row.event_data),
-        event_metadata=freeze(row.event_metadata),
-        retry_count=row.retry_count,
-        max_retries=row.max_retries,
-        retry_delay_seconds=row.retry_delay_seconds,
-        backoff_multiplier=float(row.backoff_multiplier),
-        priority=row.priority,
-        correlation_id=row.correlation_id,
-        tags=tuple(row.tags or ()),
-        created_at=row.created_at,
-        next_retry_at=row.next_retry_at,
-        locked_by=row.locked_by,
-        locked_at=row.locked_at,
-        lease_token=row.lease_token,
-    )

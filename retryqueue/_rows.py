@@ -1,0 +1,193 @@
+"""The rows the queue writes and reads back: new items (validated), history rows, claimed
+items, leases. Private to :mod:`retryqueue.queue`, split out to keep that module about the
+operations themselves.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from retryqueue import statements as sql
+from retryqueue import validation as check
+from retryqueue.errors import InvalidArgument
+from retryqueue.models import RetryStatus
+from retryqueue.policy import Outcome
+from retryqueue.results import ClaimedItem, freeze
+
+__all__ = [
+    "NewItem",
+    "claimed_item",
+    "history_row",
+    "item_row",
+    "lease_of",
+    "valid_ids",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class NewItem:
+    """An item to enqueue (see :meth:`RetryQueue.enqueue` for the fields' meaning)."""
+
+    event_type: str
+    event_data: Any
+    channel_name: str | None = None
+    plugin_name: str | None = None
+    event_metadata: Mapping[str, Any] | None = None
+    max_retries: int = 3
+    retry_delay_seconds: int = 60
+    backoff_multiplier: float = 2.0
+    priority: int = 5
+    correlation_id: str | None = None
+    tags: Sequence[str] | None = None
+    event_id: uuid.UUID | str | None = None
+    run_at: datetime | None = None
+    delay: float | timedelta | None = None
+    expires_at: datetime | None = None
+    ttl: float | timedelta | None = None
+
+
+def item_row(
+    index: int,
+    item: NewItem,
+    at: datetime | None,
+    *,
+    max_payload_bytes: int,
+    default_ttl: timedelta,
+) -> dict[str, Any]:
+    """The validated INSERT row of one :class:`NewItem` (``InvalidArgument`` if it is bad).
+
+    ``at``: the Python clock's now, or None for the database clock (then the row carries
+    the relative times that :func:`~retryqueue.statements.server_time_params` names).
+    """
+    if not isinstance(item, NewItem):
+        raise InvalidArgument(f"items[{index}]", f"expected a NewItem, got {type(item).__name__}")
+    run_at = None if item.run_at is None else check.aware("run_at", item.run_at)
+    expires_at = None if item.expires_at is None else check.aware("expires_at", item.expires_at)
+    if run_at is not None and item.delay is not None:
+        raise InvalidArgument("delay", "give either run_at or delay, not both")
+    if expires_at is not None and item.ttl is not None:
+        raise InvalidArgument("ttl", "give either expires_at or ttl, not both")
+    delay = 0.0 if item.delay is None else check.seconds("delay", item.delay)
+    ttl = (
+        default_ttl.total_seconds()
+        if item.ttl is None
+        else check.seconds("ttl", item.ttl, allow_zero=False)
+    )
+    if run_at is not None and expires_at is not None and expires_at <= run_at:
+        raise InvalidArgument("expires_at", "must be later than run_at")
+    row: dict[str, Any] = {
+        "event_id": uuid.uuid4()
+        if item.event_id is None
+        else check.uuid_value("event_id", item.event_id),
+        "event_type": check.text("event_type", item.event_type),
+        "channel_name": check.optional_text("channel_name", item.channel_name),
+        "plugin_name": check.optional_text("plugin_name", item.plugin_name),
+        "event_data": check.json_document(
+            "event_data", item.event_data, max_bytes=max_payload_bytes
+        ),
+        "event_metadata": _metadata(item.event_metadata, max_payload_bytes),
+        "retry_count": 0,
+        "max_retries": check.bounded_int("max_retries", item.max_retries, low=0, high=1000),
+        "retry_delay_seconds": check.bounded_int(
+            "retry_delay_seconds", item.retry_delay_seconds, low=0
+        ),
+        "backoff_multiplier": check.multiplier("backoff_multiplier", item.backoff_multiplier),
+        "status": RetryStatus.PENDING,
+        "priority": check.bounded_int("priority", item.priority, low=1, high=10),
+        "correlation_id": check.optional_text("correlation_id", item.correlation_id),
+        "tags": check.tag_list("tags", item.tags),
+    }
+    if at is None:
+        row.update(sql.server_time_params(run_at, delay, expires_at, ttl))
+    else:
+        row["created_at"] = at
+        row["next_retry_at"] = run_at if run_at is not None else at + timedelta(seconds=delay)
+        row["expires_at"] = expires_at if expires_at is not None else at + timedelta(seconds=ttl)
+    return row
+
+
+def _metadata(value: Mapping[str, Any] | None, max_payload_bytes: int) -> dict[str, Any] | None:
+    if value is not None and not isinstance(value, Mapping):
+        raise InvalidArgument("event_metadata", "expected a mapping (JSON object)")
+    check.json_document("event_metadata", value, nullable=True, max_bytes=max_payload_bytes)
+    return None if value is None else dict(value)
+
+
+def lease_of(
+    item: ClaimedItem | int, worker_id: str | None, lease_token: uuid.UUID | None
+) -> tuple[int, str, uuid.UUID | None]:
+    """(id, worker id, lease token) of an item given as a ClaimedItem or by id."""
+    if isinstance(item, ClaimedItem):
+        if worker_id is not None and worker_id != item.locked_by:
+            raise InvalidArgument(
+                "worker_id",
+                f"{worker_id!r} differs from the claimed item's worker {item.locked_by!r} "
+                "(with a ClaimedItem, pass error_message= by keyword)",
+            )
+        if lease_token is not None and lease_token != item.lease_token:
+            raise InvalidArgument("lease_token", "differs from the claimed item's token")
+        return item.id, item.locked_by, item.lease_token
+    item_id = check.bounded_int("item_id", item, low=1, high=2**63 - 1)
+    if worker_id is None:
+        raise InvalidArgument("worker_id", "is required when an item is given by id")
+    return item_id, check.text("worker_id", worker_id), lease_token
+
+
+def valid_ids(item_ids: Sequence[int] | None) -> list[int] | None:
+    """Validated item ids (None: all of the worker's)."""
+    if item_ids is None:
+        return None
+    return [check.bounded_int("item_ids", item_id, low=1, high=2**63 - 1) for item_id in item_ids]
+
+
+def history_row(
+    item_id: int,
+    event_id: uuid.UUID,
+    attempt: int,
+    status: Outcome | str,
+    *,
+    worker_id: str | None = None,
+    error_message: str | None = None,
+    error_code: str | None = None,
+    duration_ms: int | None = None,
+) -> dict[str, Any]:
+    """One daz_retry_history row, as INSERT parameters."""
+    return {
+        "retry_queue_id": item_id,
+        "event_id": event_id,
+        "attempt_number": attempt,
+        "status": status.value if isinstance(status, Outcome) else status,
+        "error_message": error_message,
+        "error_code": error_code,
+        "worker_id": worker_id,
+        "duration_ms": duration_ms,
+    }
+
+
+def claimed_item(row: Any) -> ClaimedItem:
+    """A :class:`ClaimedItem` from a row of ``statements.CLAIM_COLUMNS``."""
+    return ClaimedItem(
+        id=row.id,
+        event_id=row.event_id,
+        event_type=row.event_type,
+        channel_name=row.channel_name,
+        plugin_name=row.plugin_name,
+        event_data=freeze(row.event_data),
+        event_metadata=freeze(row.event_metadata),
+        retry_count=row.retry_count,
+        max_retries=row.max_retries,
+        retry_delay_seconds=row.retry_delay_seconds,
+        backoff_multiplier=float(row.backoff_multiplier),
+        priority=row.priority,
+        correlation_id=row.correlation_id,
+        tags=tuple(row.tags or ()),
+        created_at=row.created_at,
+        next_retry_at=row.next_retry_at,
+        locked_by=row.locked_by,
+        locked_at=row.locked_at,
+        lease_token=row.lease_token,
+    )
