@@ -419,6 +419,18 @@ def insert_history(at: datetime | None) -> Insert:
     return insert(HISTORY_TABLE).values(attempted_at=now_expr(at))
 
 
+def _held_by(
+    worker_id: str, token: uuid.UUID | None, item_ids: Sequence[int] | None
+) -> list[ColumnElement[bool]]:
+    """Processing items locked by ``worker_id`` (under ``token``; among ``item_ids``)."""
+    clauses = [_status_is(RetryStatus.PROCESSING), RetryItem.locked_by == worker_id]
+    if token is not None:
+        clauses.append(RetryItem.lease_token == token)
+    if item_ids is not None:
+        clauses.append(RetryItem.id.in_(item_ids))
+    return clauses
+
+
 def heartbeat(
     at: datetime | None,
     worker_id: str,
@@ -426,14 +438,9 @@ def heartbeat(
     item_ids: Sequence[int] | None,
 ) -> Update:
     """Refresh locked_at on the items a worker still holds; RETURNING their ids."""
-    clauses = [_status_is(RetryStatus.PROCESSING), RetryItem.locked_by == worker_id]
-    if token is not None:
-        clauses.append(RetryItem.lease_token == token)
-    if item_ids is not None:
-        clauses.append(RetryItem.id.in_(item_ids))
     return (
         update(RetryItem)
-        .where(*clauses)
+        .where(*_held_by(worker_id, token, item_ids))
         .values(locked_at=now_expr(at))
         .returning(RetryItem.id)
         .execution_options(**_SYNC_OFF)
@@ -442,14 +449,9 @@ def heartbeat(
 
 def release(worker_id: str, token: uuid.UUID | None, item_ids: Sequence[int] | None) -> Update:
     """Give a worker's processing items back to pending, unchanged otherwise."""
-    clauses = [_status_is(RetryStatus.PROCESSING), RetryItem.locked_by == worker_id]
-    if token is not None:
-        clauses.append(RetryItem.lease_token == token)
-    if item_ids is not None:
-        clauses.append(RetryItem.id.in_(item_ids))
     return (
         update(RetryItem)
-        .where(*clauses)
+        .where(*_held_by(worker_id, token, item_ids))
         .values(status=RetryStatus.PENDING, locked_by=None, locked_at=None, lease_token=None)
         .returning(RetryItem.id)
         .execution_options(**_SYNC_OFF)
