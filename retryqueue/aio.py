@@ -19,15 +19,17 @@ from __future__ import annotations
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import timedelta
-from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from retryqueue.clock import Clock
 from retryqueue.policy import RetryPolicy
 from retryqueue.queue import RetryQueue
 from retryqueue.results import CleanupResult
+
+if TYPE_CHECKING:  # importing it needs greenlet (the asyncio extras); the sync front must not
+    from sqlalchemy.ext.asyncio import AsyncSession
 
 __all__ = ["AsyncRetryQueue"]
 
