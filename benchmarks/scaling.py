@@ -47,6 +47,7 @@ SELECT (SELECT count(*) FROM daz_retry_queue
        count(*)
   FROM pg_stat_activity
  WHERE datname = current_database() AND pid <> pg_backend_pid()
+   AND backend_type = 'client backend'
 """
 
 

@@ -60,8 +60,10 @@ def peak_server_connections(direct: Engine, database: str) -> Iterator[list[int]
     """Sample PgBouncer's server sessions on the database (every 50 ms) during the block."""
     samples: list[int] = []
     done = threading.Event()
+    # Client backends only: an autovacuum worker on the busy database is no PgBouncer link.
     query = text(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = :name AND application_name <> :me"
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = :name"
+        " AND backend_type = 'client backend' AND application_name <> :me"
     )
 
     def sample() -> None:
