@@ -16,7 +16,7 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped]
 from sqlalchemy.engine import URL
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
 from benchmarks import seed
 from benchmarks.harness import CONTEXT, Figure, Signals, percentile, stop_processes
@@ -38,20 +38,10 @@ class TimedQueue(RetryQueue):
         super().__init__(**kwargs)
         self.acquire_times: list[tuple[float, float]] = []
 
-    def acquire(
-        self,
-        session: Session,
-        worker_id: str,
-        batch_size: int = 10,
-        lock_timeout: float = 300,
-        *,
-        reclaim_stale: bool = True,
-    ) -> list[ClaimedItem]:
+    def acquire(self, *args: Any, **kwargs: Any) -> list[ClaimedItem]:
         """Time :meth:`RetryQueue.acquire`, committing included (the caller's commit is not)."""
         began = time.perf_counter()
-        claimed = super().acquire(
-            session, worker_id, batch_size, lock_timeout, reclaim_stale=reclaim_stale
-        )
+        claimed = super().acquire(*args, **kwargs)
         if claimed:
             self.acquire_times.append((time.time(), time.perf_counter() - began))
         return claimed

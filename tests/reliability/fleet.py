@@ -135,6 +135,13 @@ class Fleet:
         self.processes.append(handle)
         return handle
 
+    def start_ready(self, prefix: str, count: int, **options: Any) -> list[WorkerProcess]:
+        """Start ``count`` workers named ``prefix-0``, ``prefix-1``, … and wait until all
+        are ready (their signal handlers installed)."""
+        workers = [self.start(f"{prefix}-{n}", **options) for n in range(count)]
+        self.wait_ready(workers)
+        return workers
+
     def wait_ready(self, workers: Iterable[WorkerProcess]) -> None:
         """Wait until each worker is about to run (its signal handlers are installed)."""
         for worker in workers:

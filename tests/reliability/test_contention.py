@@ -34,11 +34,8 @@ class TestContention:
         self, dedicated_db: Database, make_fleet: Callable[[URL], Fleet], kind: str
     ) -> None:
         fleet = make_fleet(dedicated_db.url)
-        workers = [
-            fleet.start(f"contend-{n}", batch_size=20, poll=0.5, asyncio=kind == "asyncio")
-            for n in range(PROCESSES)
-        ]
-        fleet.wait_ready(workers)
+        options = {"batch_size": 20, "poll": 0.5, "asyncio": kind == "asyncio"}
+        workers = fleet.start_ready("contend", PROCESSES, **options)
 
         started = time.monotonic()
         # Enqueued while the workers already run: they race for rows as they arrive.

@@ -47,11 +47,8 @@ class TestFailureAccounting:
         self, dedicated_db: Database, make_fleet: Callable[[URL], Fleet], kind: str
     ) -> None:
         fleet = make_fleet(dedicated_db.url)
-        workers = [
-            fleet.start(f"failing-{n}", batch_size=20, poll=0.5, asyncio=kind == "asyncio")
-            for n in range(PROCESSES)
-        ]
-        fleet.wait_ready(workers)
+        options = {"batch_size": 20, "poll": 0.5, "asyncio": kind == "asyncio"}
+        workers = fleet.start_ready("failing", PROCESSES, **options)
 
         started = time.monotonic()
         for always in (False, True):
