@@ -1,6 +1,6 @@
 """The asyncio worker's drain, beside the thread worker's (group ``async``).
 
-A consumer process runs :class:`~retryqueue.async_worker.AsyncWorker` with an ``async def``
+A consumer process runs :class:`~retryqueue.worker.async_worker.AsyncWorker` with an ``async def``
 no-op handler on asyncpg or psycopg's async mode; the harness counts finished rows in the
 database, exactly as for the other drains.
 """
@@ -25,7 +25,7 @@ async def _noop(job: Any) -> None:
 
 
 async def _drain(signals: Signals, url: URL, batch_size: int) -> None:
-    from retryqueue.async_worker import AsyncWorker  # imported late: only consumers need it
+    from retryqueue.worker.async_worker import AsyncWorker  # imported late: only consumers need it
 
     engine = create_async_engine(url, pool_size=4, max_overflow=4)
     sessions = async_sessionmaker(engine, expire_on_commit=False)

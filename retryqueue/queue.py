@@ -50,7 +50,15 @@ from retryqueue.results import (
     SuccessRate,
 )
 
-__all__ = ["NewItem", "RetryQueue"]
+__all__ = ["NOTIFY_CHANNEL", "NewItem", "RetryQueue", "listen_statement"]
+
+NOTIFY_CHANNEL = sql.NOTIFY_CHANNEL
+
+
+def listen_statement(channel: str = NOTIFY_CHANNEL) -> Any:
+    """The LISTEN statement a worker runs on its wake-up connection (PostgreSQL)."""
+    return sql.listen(channel)
+
 
 P = ParamSpec("P")
 R = TypeVar("R")

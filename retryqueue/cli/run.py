@@ -22,8 +22,8 @@ from retryqueue.cli._context import CliError, _first_line, console, print_json, 
 from retryqueue.cli.monitor import alerts_table, stats_table
 from retryqueue.engine import create_async_engine, create_engine
 from retryqueue.queue import RetryQueue
-from retryqueue.routing import Router
 from retryqueue.worker import RunReport, WorkerOptions
+from retryqueue.worker.routing import Router
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 E = TypeVar("E")
@@ -208,7 +208,7 @@ async def _run_async(
 ) -> RunReport:
     from sqlalchemy.ext.asyncio import async_sessionmaker
 
-    from retryqueue.async_worker import AsyncWorker
+    from retryqueue.worker.async_worker import AsyncWorker
 
     engine, listen_engine = connection.engines(create_async_engine)
     try:

@@ -27,8 +27,8 @@ from retryqueue.clock import ManualClock
 from retryqueue.models import RetryStatus
 from retryqueue.queue import RetryQueue
 from retryqueue.results import ClaimedItem, ItemFilter, ItemSnapshot
-from retryqueue.routing import Handler, Router, as_router, plan_failure
 from retryqueue.worker import job_for
+from retryqueue.worker.routing import Handler, Router, as_router, plan_failure
 
 __all__ = [
     "DrainReport",

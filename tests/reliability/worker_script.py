@@ -99,7 +99,7 @@ async def _run_async(
     from sqlalchemy.ext.asyncio import async_sessionmaker
 
     from retryqueue import RetryQueue, create_async_engine
-    from retryqueue.async_worker import AsyncWorker
+    from retryqueue.worker.async_worker import AsyncWorker
 
     engine = create_async_engine(os.environ[URL_VARIABLE], pgbouncer=args.pgbouncer)
     worker = AsyncWorker(RetryQueue(), async_sessionmaker(engine), handlers, **settings)

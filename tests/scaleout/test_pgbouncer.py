@@ -21,9 +21,9 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
 from retryqueue import RetryQueue, RetryStatus, create_engine
-from retryqueue.listener import supports_listen
 from retryqueue.models import RetryHistory, RetryItem
 from retryqueue.worker import Job, Worker
+from retryqueue.worker.listener import supports_listen
 from tests.reliability.fleet import (
     Fleet,
     count_items,

@@ -1,7 +1,7 @@
 """The asyncio worker behind the thread worker's blocking surface, for the shared tests.
 
 ``BlockingAsyncWorker(queue, sessions, handlers, **settings)`` builds a real
-:class:`~retryqueue.async_worker.AsyncWorker` over an async engine on the same database as
+:class:`~retryqueue.worker.async_worker.AsyncWorker` over an async engine on the same database as
 ``sessions`` (aiosqlite, psycopg's async mode, aiomysql). ``run()`` and ``run_once()``
 block the calling thread on a fresh event loop, as ``Worker.run()`` does; ``stop()`` works
 from any thread. Other attributes are the AsyncWorker's own.
@@ -19,8 +19,8 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
 from retryqueue import RetryQueue, create_async_engine
-from retryqueue.async_worker import AsyncWorker
 from retryqueue.worker import RunReport
+from retryqueue.worker.async_worker import AsyncWorker
 
 _ASYNC_DRIVERS = {
     "sqlite": "sqlite+aiosqlite",

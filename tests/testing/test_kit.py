@@ -12,9 +12,9 @@ from sqlalchemy.orm import Session
 
 from retryqueue import ItemFilter, RetryQueue, RetryStatus
 from retryqueue.models import RetryItem
-from retryqueue.routing import PermanentError, RetryLater
 from retryqueue.testing import ManualClock, assert_enqueued, assert_not_enqueued, drain
 from retryqueue.testing.factories import RetryHistoryFactory, RetryItemFactory
+from retryqueue.worker.routing import PermanentError, RetryLater
 
 
 def always_fails(job: object) -> None:

@@ -26,7 +26,7 @@ SCRIPT = textwrap.dedent(
     report = Worker(RetryQueue(), sessions, {"job": lambda job: None}, listen=False).run_once()
     assert report.completed == 1, report
     try:
-        import retryqueue.async_worker
+        import retryqueue.worker.async_worker
     except ImportError as exc:
         print("async:", exc)
     """

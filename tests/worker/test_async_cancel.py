@@ -11,8 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
 from retryqueue import AsyncRetryQueue, RetryQueue, RetryStatus, create_async_engine
-from retryqueue.async_worker import AsyncWorker
 from retryqueue.worker import Job
+from retryqueue.worker.async_worker import AsyncWorker
 from tests.support.async_worker import async_url
 from tests.worker.conftest import enqueue, history, statuses
 

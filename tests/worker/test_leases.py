@@ -166,7 +166,7 @@ CRASHING_WORKER = textwrap.dedent(
     from sqlalchemy.ext.asyncio import async_sessionmaker
     from sqlalchemy.orm import sessionmaker
     from retryqueue import RetryQueue, create_async_engine, create_engine
-    from retryqueue.async_worker import AsyncWorker
+    from retryqueue.worker.async_worker import AsyncWorker
     from retryqueue.worker import Worker
 
     url, worker_id, marker, kind = sys.argv[1:5]

@@ -12,8 +12,8 @@ import pytest
 from retryqueue import InvalidArgument, RetryPolicy
 from retryqueue.policy import Outcome
 from retryqueue.results import ClaimedItem
-from retryqueue.routing import NO_HANDLER, RoutePolicy, plan_failure
 from retryqueue.worker import PermanentError, RetryLater, Router, load_router
+from retryqueue.worker.routing import NO_HANDLER, RoutePolicy, plan_failure
 
 
 def handler_a(job: Any) -> None:

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from sqlalchemy.orm import Session
 
 from retryqueue import RetryQueue
-from retryqueue.routing import PermanentError, RetryLater, Router
+from retryqueue.worker.routing import PermanentError, RetryLater, Router
 
 
 class MessageStore(Protocol):

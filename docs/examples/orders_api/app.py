@@ -5,7 +5,7 @@ transaction**: the e-mail is queued if and only if the order is stored. A failur
 the enqueue (here: a duplicate order reference) rolls both back, so no e-mail is ever sent
 for an order that does not exist, and none is lost for one that does.
 
-An :class:`~retryqueue.async_worker.AsyncWorker` runs :func:`make_router`'s handler,
+An :class:`~retryqueue.worker.async_worker.AsyncWorker` runs :func:`make_router`'s handler,
 an ``async def`` that calls the mail service; when the service fails, the item is retried
 with backoff. Run it beside the API (same process or not)::
 
@@ -26,8 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from retryqueue import AsyncRetryQueue
-from retryqueue.routing import Router
 from retryqueue.worker import Job
+from retryqueue.worker.routing import Router
 
 CONFIRMATION = "order.confirmation"
 

@@ -19,8 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 import retryqueue
 from orders_api.app import CONFIRMATION, Base, Order, create_app, make_router
 from retryqueue import AsyncRetryQueue, ManualClock, RetryItem, RetryStatus
-from retryqueue.async_worker import AsyncWorker
 from retryqueue.worker import RunReport
+from retryqueue.worker.async_worker import AsyncWorker
 
 
 class Mailer:

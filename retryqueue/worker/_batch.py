@@ -1,6 +1,6 @@
 """One acquired batch inside a worker: which items wait, run, finished; which leases hold.
 
-Private to the workers (:mod:`retryqueue.worker`, :mod:`retryqueue.async_worker`).
+Private to the workers (:mod:`retryqueue.worker`, :mod:`retryqueue.worker.async_worker`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from retryqueue.results import ClaimedItem
-from retryqueue.routing import Route
+from retryqueue.worker.routing import Route
 
 __all__ = ["Batch", "BatchState", "Finished", "by_token"]
 

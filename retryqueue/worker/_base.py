@@ -3,8 +3,8 @@ inside a transaction, and how outcomes are reported.
 
 Every database step is a plain function of a Session (``_claim``, ``_write_outcomes``,
 ``_release``, ``_renew``, ``_due``): :class:`~retryqueue.worker.Worker` runs it inside
-``sessionmaker.begin()``, :class:`~retryqueue.async_worker.AsyncWorker` through
-``AsyncSession.run_sync``. The outcome rules (:func:`~retryqueue.routing.plan_failure`,
+``sessionmaker.begin()``, :class:`~retryqueue.worker.async_worker.AsyncWorker` through
+``AsyncSession.run_sync``. The outcome rules (:func:`~retryqueue.worker.routing.plan_failure`,
 the queue's decisions), the waits, the logging and the observers therefore exist once.
 Private; the public names are re-exported by :mod:`retryqueue.worker`.
 """
@@ -26,13 +26,13 @@ from typing import Any, TypedDict
 from sqlalchemy.orm import Session
 
 from retryqueue import validation as check
-from retryqueue._batch import BatchState, Finished, by_token
 from retryqueue.circuits import CircuitBreaker
 from retryqueue.errors import DatabaseError, InvalidArgument
-from retryqueue.listener import reconnect_delay
 from retryqueue.queue import RetryQueue
 from retryqueue.results import ClaimedItem
-from retryqueue.routing import FailurePlan, Handler, Router, as_router, plan_failure
+from retryqueue.worker._batch import BatchState, Finished, by_token
+from retryqueue.worker.listener import reconnect_delay
+from retryqueue.worker.routing import FailurePlan, Handler, Router, as_router, plan_failure
 
 __all__ = [
     "AttemptResult",

@@ -27,8 +27,9 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from retryqueue._batch import Batch, Finished
-from retryqueue._worker_base import (
+from retryqueue.errors import DatabaseError, database_error
+from retryqueue.queue import RetryQueue
+from retryqueue.worker._base import (
     AttemptResult,
     Job,
     RunReport,
@@ -36,10 +37,9 @@ from retryqueue._worker_base import (
     WorkerOptions,
     job_for,
 )
-from retryqueue.errors import DatabaseError, database_error
-from retryqueue.listener import NotifyListener, supports_listen
-from retryqueue.queue import RetryQueue
-from retryqueue.routing import (
+from retryqueue.worker._batch import Batch, Finished
+from retryqueue.worker.listener import NotifyListener, supports_listen
+from retryqueue.worker.routing import (
     Handler,
     PermanentError,
     RetryLater,

@@ -1,6 +1,6 @@
 """PostgreSQL LISTEN for the asyncio worker, through the async driver.
 
-The asyncio counterpart of :class:`~retryqueue.listener.NotifyListener`: a task holds one
+The asyncio counterpart of :class:`~retryqueue.worker.listener.NotifyListener`: a task holds one
 connection out of the async engine's pool (never returned to it) and sets an
 :class:`asyncio.Event` for every ``NOTIFY retryqueue``. With asyncpg the driver's own
 ``add_listener`` subscribes (asyncpg only hands notifications to registered callbacks);
@@ -18,8 +18,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from retryqueue import statements as sql
-from retryqueue.listener import Listening, first_line, supports_listen
+from retryqueue.queue import NOTIFY_CHANNEL, listen_statement
+from retryqueue.worker.listener import Listening, first_line, supports_listen
 
 __all__ = ["AsyncNotifyListener", "supports_async_listen"]
 
@@ -37,7 +37,7 @@ class AsyncNotifyListener(Listening):
     """A task that sets ``wakeup`` whenever a NOTIFY arrives on ``channel``."""
 
     def __init__(
-        self, engine: AsyncEngine, wakeup: asyncio.Event, channel: str = sql.NOTIFY_CHANNEL
+        self, engine: AsyncEngine, wakeup: asyncio.Event, channel: str = NOTIFY_CHANNEL
     ) -> None:
         super().__init__(engine, wakeup, channel)
         self._connection: AsyncConnection | None = None
@@ -72,7 +72,7 @@ class AsyncNotifyListener(Listening):
             if self._engine.dialect.driver == "asyncpg":
                 await driver.add_listener(self._channel, self._notified)
             else:
-                await connection.execute(sql.listen(self._channel))
+                await connection.execute(listen_statement(self._channel))
         except BaseException:
             await connection.invalidate()
             await connection.close()

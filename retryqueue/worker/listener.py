@@ -18,8 +18,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from retryqueue import statements as sql
 from retryqueue.engine import behind_pgbouncer
+from retryqueue.queue import NOTIFY_CHANNEL, listen_statement
 
 __all__ = [
     "Listening",
@@ -76,7 +76,7 @@ class NotifyListener(Listening):
     """A background thread that sets ``wakeup`` whenever a NOTIFY arrives on ``channel``."""
 
     def __init__(
-        self, engine: Engine, wakeup: threading.Event, channel: str = sql.NOTIFY_CHANNEL
+        self, engine: Engine, wakeup: threading.Event, channel: str = NOTIFY_CHANNEL
     ) -> None:
         super().__init__(engine, wakeup, channel)
         self._closed = threading.Event()
@@ -106,7 +106,7 @@ class NotifyListener(Listening):
     def _connect(self) -> None:
         connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         try:
-            connection.execute(sql.listen(self._channel))
+            connection.execute(listen_statement(self._channel))
         except BaseException:
             connection.invalidate()
             connection.close()

@@ -1,0 +1,60 @@
+"""The runtime: workers that take due items, run their handlers and record the outcomes.
+
+One room, several modules:
+
+- :mod:`~retryqueue.worker.threaded` — :class:`Worker`, handlers in threads;
+- :mod:`~retryqueue.worker.async_worker` — :class:`AsyncWorker`, handlers as asyncio tasks
+  (imported lazily: it needs SQLAlchemy's asyncio extra);
+- :mod:`~retryqueue.worker._base` — the transaction bodies and outcome rules both share;
+- :mod:`~retryqueue.worker._batch` — batch bookkeeping;
+- :mod:`~retryqueue.worker.listener` / :mod:`~retryqueue.worker.async_listener` — LISTEN
+  wake-ups on PostgreSQL;
+- :mod:`~retryqueue.worker.routing` — :class:`Router`, handler errors and failure plans.
+
+The public names stay importable from here, as before the package existed::
+
+    from retryqueue.worker import Worker, PermanentError, RetryLater, Router
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from retryqueue.worker.threaded import (
+    AttemptResult,
+    Job,
+    PermanentError,
+    RetryLater,
+    Router,
+    RunReport,
+    Worker,
+    WorkerOptions,
+    job_for,
+    load_router,
+)
+
+if TYPE_CHECKING:
+    from retryqueue.worker.async_worker import AsyncWorker
+
+__all__ = [
+    "AsyncWorker",
+    "AttemptResult",
+    "Job",
+    "PermanentError",
+    "RetryLater",
+    "Router",
+    "RunReport",
+    "Worker",
+    "WorkerOptions",
+    "job_for",
+    "load_router",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """Import :class:`AsyncWorker` on first use, so the sync worker never needs greenlet."""
+    if name == "AsyncWorker":
+        from retryqueue.worker.async_worker import AsyncWorker
+
+        return AsyncWorker
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
