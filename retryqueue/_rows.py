@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from retryqueue import statements as sql
@@ -77,8 +77,7 @@ def item_row(
         if item.ttl is None
         else check.seconds("ttl", item.ttl, allow_zero=False)
     )
-    if run_at is not None and expires_at is not None and expires_at <= run_at:
-        raise InvalidArgument("expires_at", "must be later than run_at")
+    _check_schedule(run_at, delay, expires_at, ttl, at)
     row: dict[str, Any] = {
         "event_id": uuid.uuid4()
         if item.event_id is None
@@ -86,8 +85,9 @@ def item_row(
         "event_type": check.text("event_type", item.event_type),
         "channel_name": check.optional_text("channel_name", item.channel_name),
         "plugin_name": check.optional_text("plugin_name", item.plugin_name),
-        "event_data": check.json_document(
-            "event_data", item.event_data, max_bytes=max_payload_bytes
+        "event_data": check.not_reserved(
+            "event_data",
+            check.json_document("event_data", item.event_data, max_bytes=max_payload_bytes),
         ),
         "event_metadata": _metadata(item.event_metadata, max_payload_bytes),
         "retry_count": 0,
@@ -108,6 +108,46 @@ def item_row(
         row["next_retry_at"] = run_at if run_at is not None else at + timedelta(seconds=delay)
         row["expires_at"] = expires_at if expires_at is not None else at + timedelta(seconds=ttl)
     return row
+
+
+def _check_schedule(
+    run_at: datetime | None,
+    delay: float,
+    expires_at: datetime | None,
+    ttl: float,
+    at: datetime | None,
+) -> None:
+    """Refuse an item that would expire before (or when) it first becomes due.
+
+    On the database clock (``at`` None) the host clock stands in for "now": the check is
+    about schedules days apart, not about the seconds of skew between the two.
+    """
+    now = at if at is not None else datetime.now(UTC)
+    due = run_at if run_at is not None else now + timedelta(seconds=delay)
+    if expires_at is not None:
+        if run_at is not None and expires_at <= run_at:
+            raise InvalidArgument("expires_at", "must be later than run_at")
+        if expires_at <= now:
+            raise InvalidArgument("expires_at", f"is in the past ({expires_at.isoformat()})")
+        if expires_at <= due:
+            raise InvalidArgument(
+                "expires_at",
+                f"{expires_at.isoformat()} is not after the first due time (delay {delay:g}s): "
+                "the item could never run",
+            )
+    elif run_at is not None:
+        if run_at >= now + timedelta(seconds=ttl):
+            raise InvalidArgument(
+                "run_at",
+                f"{run_at.isoformat()} is not before the item expires (ttl {ttl:g}s after "
+                "now): the item could never run; give a longer ttl or expires_at",
+            )
+    elif delay >= ttl:
+        raise InvalidArgument(
+            "delay",
+            f"{delay:g}s is not shorter than the ttl of {ttl:g}s: the item would expire before "
+            "it is due; give a longer ttl or expires_at",
+        )
 
 
 def _metadata(value: Mapping[str, Any] | None, max_payload_bytes: int) -> dict[str, Any] | None:

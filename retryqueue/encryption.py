@@ -14,6 +14,16 @@ package (``pip install "retryqueue[encryption]"``).
 
 Rows written before encryption was turned on stay readable; they are encrypted when
 rotate-keys rewrites them.
+
+Reading never raises for a value that cannot be decrypted (wrong or missing key, tampered
+token): it reads as an :class:`Undecryptable` placeholder that says why, and keeps the
+stored form, so writing it back changes nothing. The worker quarantines such an item
+(dead_letter, error code ``UNDECRYPTABLE``) instead of running it.
+
+The stored forms are unambiguous: an event_data object whose only key is the reserved
+:data:`MARKER` is refused at enqueue (see :mod:`retryqueue.validation`), and a plaintext
+message that happens to start with :data:`TEXT_PREFIX` (or :data:`PLAIN_PREFIX`) is stored
+escaped with :data:`PLAIN_PREFIX`, so user data is never mistaken for a token.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ __all__ = [
     "KEYS_ENV",
     "EncryptionError",
     "KeyRing",
+    "Undecryptable",
     "active",
     "configure",
     "generate_key",
@@ -38,6 +49,7 @@ __all__ = [
 KEYS_ENV = "RETRYQUEUE_ENCRYPTION_KEYS"
 MARKER = "$retryqueue_encrypted"
 TEXT_PREFIX = "rq-enc:v1:"
+PLAIN_PREFIX = "rq-plain:"
 
 
 class EncryptionError(RetryQueueError):
@@ -96,6 +108,24 @@ class KeyRing:
         return TEXT_PREFIX + self.encrypt(value.encode("utf-8"))
 
 
+class Undecryptable(str):
+    """A stored value that could not be decrypted, as read back instead of raising.
+
+    It is a string (``"<undecryptable: REASON>"``) so that displays and JSON output keep
+    working; ``reason`` says why and ``stored`` is the value exactly as stored, which is
+    what gets written back if the value is saved again (nothing is lost).
+    """
+
+    reason: str
+    stored: Any
+
+    def __new__(cls, stored: Any, reason: str) -> Undecryptable:
+        made = super().__new__(cls, f"<undecryptable: {reason}>")
+        made.reason = reason
+        made.stored = stored
+        return made
+
+
 _lock = threading.Lock()
 _configured: list[KeyRing | None] = []
 
@@ -125,18 +155,46 @@ def generate_key() -> str:
     return Fernet.generate_key().decode("ascii")
 
 
+def is_sealed_json(value: Any) -> bool:
+    """Whether a JSON document has the stored form of a sealed one (the reserved marker)."""
+    return isinstance(value, dict) and set(value) == {MARKER}
+
+
 def open_json(value: Any) -> Any:
-    """A stored JSON document as plaintext (decrypting if it is sealed)."""
-    if isinstance(value, dict) and set(value) == {MARKER}:
-        ring = _require()
-        return json.loads(ring.decrypt(str(value[MARKER])).decode("utf-8"))
+    """A stored JSON document as plaintext (decrypting if it is sealed).
+
+    A sealed document that cannot be decrypted reads as :class:`Undecryptable`.
+    """
+    if is_sealed_json(value):
+        try:
+            ring = _require()
+            return json.loads(ring.decrypt(str(value[MARKER])).decode("utf-8"))
+        except (EncryptionError, ValueError) as exc:
+            return Undecryptable(value, str(exc))
+    return value
+
+
+def escape_text(value: str) -> str:
+    """A plaintext value as stored without encryption: escaped if it looks reserved."""
+    if value.startswith((TEXT_PREFIX, PLAIN_PREFIX)):
+        return PLAIN_PREFIX + value
     return value
 
 
 def open_text(value: str | None) -> str | None:
-    """A stored text value as plaintext (decrypting if it is sealed)."""
-    if value is not None and value.startswith(TEXT_PREFIX):
-        return _require().decrypt(value[len(TEXT_PREFIX) :]).decode("utf-8")
+    """A stored text value as plaintext (decrypting if it is sealed, unescaping if escaped).
+
+    A sealed value that cannot be decrypted reads as :class:`Undecryptable`.
+    """
+    if value is None:
+        return None
+    if value.startswith(PLAIN_PREFIX):
+        return value[len(PLAIN_PREFIX) :]
+    if value.startswith(TEXT_PREFIX):
+        try:
+            return _require().decrypt(value[len(TEXT_PREFIX) :]).decode("utf-8")
+        except (EncryptionError, ValueError) as exc:
+            return Undecryptable(value, str(exc))
     return value
 
 

@@ -16,6 +16,8 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 __all__ = [
+    "MAX_DELAY_SECONDS",
+    "RETRY_PAST_EXPIRY",
     "Decision",
     "Outcome",
     "RetryPolicy",
@@ -23,8 +25,15 @@ __all__ = [
     "calculate_next_retry",
 ]
 
-# timedelta cannot hold more than ~999,999,999 days; cap the arithmetic far below that.
-_LONGEST_DELAY_SECONDS = 10 * 365 * 24 * 3600.0
+MAX_DELAY_SECONDS = 10 * 365 * 24 * 3600.0
+"""The longest wait before a retry, 10 years: the backoff is capped there and a longer
+``retry_after`` (or any other duration argument) is refused, so that every due time fits
+in a timestamp on every backend."""
+_LONGEST_DELAY_SECONDS = MAX_DELAY_SECONDS
+
+RETRY_PAST_EXPIRY = "the next retry would fall after the item's expiry"
+"""The start of the reason recorded when a retry is refused because the item expires first
+(distinct from reaching max_retries)."""
 
 
 def backoff_delay(

@@ -11,6 +11,7 @@ Session holds :class:`~retryqueue.models.RetryItem` objects, expire them after a
 from __future__ import annotations
 
 import functools
+import logging
 import uuid
 from collections.abc import (
     Callable,
@@ -28,14 +29,20 @@ from typing import Any, ParamSpec, TypeVar
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from retryqueue import monitoring
+from retryqueue import encryption, monitoring
 from retryqueue import statements as sql
 from retryqueue import validation as check
 from retryqueue._rows import NewItem, claimed_item, history_row, item_row, lease_of, valid_ids
 from retryqueue.clock import Clock, SystemClock
 from retryqueue.errors import InvalidArgument, RetryQueueError, database_error
 from retryqueue.models import TERMINAL_STATUSES, RetryStatus
-from retryqueue.policy import Decision, Outcome, RetryPolicy
+from retryqueue.policy import (
+    MAX_DELAY_SECONDS,
+    RETRY_PAST_EXPIRY,
+    Decision,
+    Outcome,
+    RetryPolicy,
+)
 from retryqueue.results import (
     Alert,
     ClaimedItem,
@@ -50,9 +57,13 @@ from retryqueue.results import (
     SuccessRate,
 )
 
-__all__ = ["NOTIFY_CHANNEL", "NewItem", "RetryQueue", "listen_statement"]
+__all__ = ["NOTIFY_CHANNEL", "UNDECRYPTABLE", "NewItem", "RetryQueue", "listen_statement"]
 
 NOTIFY_CHANNEL = sql.NOTIFY_CHANNEL
+UNDECRYPTABLE = "UNDECRYPTABLE"
+"""The error code of an item quarantined because its event_data cannot be decrypted."""
+
+logger = logging.getLogger("retryqueue.queue")
 
 
 def listen_statement(channel: str = NOTIFY_CHANNEL) -> Any:
@@ -284,9 +295,47 @@ class RetryQueue:
         else:  # MySQL: SELECT ... SKIP LOCKED, UPDATE those ids, read them back
             emulation = sql.claim_emulated(at, worker_id, token, batch_size, **keys)
             rows = _run_emulated(session, emulation)
-        claimed = [claimed_item(row) for row in rows]
+        claimed = self._quarantine([claimed_item(row) for row in rows], session, at)
         claimed.sort(key=lambda item: (-item.priority, item.next_retry_at, item.id))
         return claimed
+
+    def _quarantine(
+        self, claimed: list[ClaimedItem], session: Session, at: datetime | None
+    ) -> list[ClaimedItem]:
+        """Dead-letter the claimed items whose event_data cannot be decrypted; the others.
+
+        Such an item (sealed under a key this process lacks, or tampered) can never run
+        here: it is charged one attempt and ends in dead_letter with error code
+        ``UNDECRYPTABLE`` and the reason in its history row, so that it neither kills the
+        worker nor comes back forever. Requeue it once the right key is configured.
+        """
+        runnable = []
+        for item in claimed:
+            data = item.event_data
+            if not isinstance(data, encryption.Undecryptable):
+                runnable.append(item)
+                continue
+            message = f"quarantined: event_data cannot be decrypted ({data.reason})"
+            fields = {"item_id": item.id, "worker_id": item.locked_by, "error_code": UNDECRYPTABLE}
+            decision = Decision(Outcome.DEAD_LETTERED, "dead_letter", item.retry_count + 1)
+            guard = sql.owned_guard(item.id, item.locked_by, item.lease_token)
+            if self._apply(session, guard, at, decision, message, UNDECRYPTABLE):
+                self._write_attempt(
+                    session,
+                    at,
+                    item,
+                    Outcome.DEAD_LETTERED,
+                    worker_id=item.locked_by,
+                    error_message=message,
+                    error_code=UNDECRYPTABLE,
+                )
+            logger.error(
+                "item %s %s",
+                item.id,
+                message,
+                extra=fields,
+            )
+        return runnable
 
     def _reclaim_stale(self, session: Session, at: datetime | None, lock_timeout: float) -> int:
         stmt = sql.select_stale(at, lock_timeout, _STALE_RECLAIM_LIMIT)
@@ -304,7 +353,9 @@ class RetryQueue:
                 decision = self._decide(row, retryable=True, retry_after=None, policy=None)
             else:
                 decision = Decision(Outcome.LOCK_EXPIRED, "pending", row.retry_count, timedelta(0))
-            message = f"lock held by {row.locked_by} expired after {lock_timeout:g}s"
+            expired = f"lock held by {row.locked_by} expired after {lock_timeout:g}s"
+            decision, reason = _unless_past_expiry(row, decision, expired)
+            message = reason or expired
             guard = sql.reclaim_stale(row.id, at, lock_timeout)
             if self._apply(session, guard, at, decision, message, "LOCK_EXPIRED"):
                 history.append(
@@ -340,6 +391,7 @@ class RetryQueue:
         nothing, if the lease was lost: the lock expired and someone acquired it again.
         """
         item_id, worker_id, lease_token = lease_of(item, worker_id, lease_token)
+        duration_ms = check.optional_duration_ms("duration_ms", duration_ms)
         at = self.now(session)
         done = _returning_rows(session, sql.complete_owned(at, item_id, worker_id, lease_token))
         row = done[0] if done else None
@@ -365,8 +417,10 @@ class RetryQueue:
         """
         if not items:
             return set()
-        if durations_ms is not None and len(durations_ms) != len(items):
-            raise InvalidArgument("durations_ms", "needs one entry per item")
+        if durations_ms is not None:
+            if len(durations_ms) != len(items):
+                raise InvalidArgument("durations_ms", "needs one entry per item")
+            durations_ms = [check.optional_duration_ms("durations_ms", ms) for ms in durations_ms]
         workers = {item.locked_by for item in items}
         if len(workers) != 1:
             raise InvalidArgument("items", "must all be claimed by the same worker")
@@ -405,7 +459,6 @@ class RetryQueue:
             return None
         return float((row.next_due - row.now).total_seconds())
 
-    @_database_errors
     def fail(
         self,
         session: Session,
@@ -424,8 +477,48 @@ class RetryQueue:
 
         Retryable failures go back to pending with retry_count + 1, due after the backoff
         delay (or ``retry_after``), until retry_count has reached max_retries: then the item
-        is dead-lettered. ``retryable=False`` marks it ``failed`` at once. Returns False,
-        changing nothing, if the lease was lost.
+        is dead-lettered. A retry that would fall after the item's ``expires_at`` is not
+        scheduled: the item is dead-lettered at once, and its message says so (see
+        :data:`~retryqueue.policy.RETRY_PAST_EXPIRY`). ``retryable=False`` marks it
+        ``failed`` at once. ``retry_after`` is at most 10 years
+        (:data:`~retryqueue.policy.MAX_DELAY_SECONDS`). Returns False, changing nothing, if
+        the lease was lost.
+        """
+        return (
+            self.record_failure(
+                session,
+                item,
+                worker_id,
+                error_message,
+                error_code,
+                lease_token=lease_token,
+                retryable=retryable,
+                retry_after=retry_after,
+                duration_ms=duration_ms,
+                policy=policy,
+            )
+            is not None
+        )
+
+    @_database_errors
+    def record_failure(
+        self,
+        session: Session,
+        item: ClaimedItem | int,
+        worker_id: str | None = None,
+        error_message: str | None = None,
+        error_code: str | None = None,
+        *,
+        lease_token: uuid.UUID | None = None,
+        retryable: bool = True,
+        retry_after: float | timedelta | None = None,
+        duration_ms: int | None = None,
+        policy: RetryPolicy | None = None,
+    ) -> Outcome | None:
+        """:meth:`fail`, returning what became of the attempt (None: the lease was lost).
+
+        The outcome is the one recorded under the row lock, e.g. ``DEAD_LETTERED`` for a
+        retry that would fall after the item's expiry.
         """
         item_id, worker_id, lease_token = lease_of(item, worker_id, lease_token)
         if error_message is not None and not isinstance(error_message, str):
@@ -433,19 +526,22 @@ class RetryQueue:
         if error_message is not None:
             check.text("error_message", error_message, max_length=1_000_000)
         error_code = check.optional_text("error_code", error_code, max_length=50)
+        retryable = check.flag("retryable", retryable)
+        duration_ms = check.optional_duration_ms("duration_ms", duration_ms)
         wait = (
             None
             if retry_after is None
             else timedelta(seconds=check.seconds("retry_after", retry_after))
         )
         at = self.now(session)
-        row = session.execute(sql.lock_owned(item_id, worker_id, lease_token)).first()
+        row = session.execute(sql.lock_owned(item_id, worker_id, lease_token, at=at)).first()
         if row is None:
-            return False
+            return None
         decision = self._decide(row, retryable=retryable, retry_after=wait, policy=policy)
+        decision, error_message = _unless_past_expiry(row, decision, error_message)
         guard = sql.owned_guard(item_id, worker_id, lease_token)
         if not self._apply(session, guard, at, decision, error_message, error_code):
-            return False
+            return None
         self._write_attempt(
             session,
             at,
@@ -456,7 +552,7 @@ class RetryQueue:
             error_code=error_code,
             duration_ms=duration_ms,
         )
-        return True
+        return decision.outcome
 
     def _decide(
         self,
@@ -568,6 +664,7 @@ class RetryQueue:
         item_filter = check.item_filter(
             selection if isinstance(selection, ItemFilter) else ItemFilter(ids=list(selection))
         )
+        requested_by = check.optional_text("requested_by", requested_by)
         statuses = check.status_list("statuses", item_filter.statuses)
         if not set(statuses) <= set(TERMINAL_STATUSES):
             raise InvalidArgument(
@@ -624,7 +721,8 @@ class RetryQueue:
         expires_at; removes history older than twice the retention. Rows locked by
         others are skipped, not waited for.
         """
-        retention = check.seconds("retention_days", retention_days) * 86400
+        longest = MAX_DELAY_SECONDS / 86400
+        retention = check.seconds("retention_days", retention_days, maximum=longest) * 86400
         batch_size = check.bounded_int("batch_size", batch_size, low=1, high=100_000)
         at = self.now(session)
         try:
@@ -708,6 +806,7 @@ class RetryQueue:
         try:
             last = 0
             while rows := session.execute(sql.sealed_queue_rows(last, batch_size)).all():
+                _refuse_undecryptable(rows)
                 session.execute(
                     sql.rewrite_queue_rows(),
                     [
@@ -719,6 +818,7 @@ class RetryQueue:
                 yield len(rows)
             last = 0
             while rows := session.execute(sql.sealed_history_rows(last, batch_size)).all():
+                _refuse_undecryptable(rows)
                 session.execute(
                     sql.rewrite_history_rows(),
                     [{"id": r.id, "error_message": r.error_message} for r in rows],
@@ -792,6 +892,38 @@ class RetryQueue:
         if row.next_due is None:
             return None
         return float((row.next_due - row.now).total_seconds())
+
+
+def _unless_past_expiry(
+    row: Any, decision: Decision, error_message: str | None
+) -> tuple[Decision, str | None]:
+    """A retry due after the item expires is a dead letter, with the reason in the message.
+
+    ``row`` carries ``now`` and ``expires_at`` (see ``statements.lock_owned``).
+    """
+    if decision.delay is None or row.expires_at is None or row.now is None:
+        return decision, error_message
+    due = row.now + decision.delay
+    if due < row.expires_at:
+        return decision, error_message
+    reason = (
+        f"dead-lettered: {RETRY_PAST_EXPIRY} (retry due {due.isoformat()}, "
+        f"expires {row.expires_at.isoformat()})"
+    )
+    message = reason if error_message is None else f"{reason}; last error: {error_message}"
+    return Decision(Outcome.DEAD_LETTERED, "dead_letter", row.retry_count), message
+
+
+def _refuse_undecryptable(rows: Sequence[Any]) -> None:
+    """Key rotation must not write back what it could not read (the old key would be lost)."""
+    for row in rows:
+        for name in ("event_data", "error_message"):
+            value = getattr(row, name, None)
+            if isinstance(value, encryption.Undecryptable):
+                raise encryption.EncryptionError(
+                    f"row {row.id}: {name} cannot be decrypted ({value.reason}); rotation "
+                    "stopped: configure every key still in use (newest first) and run it again"
+                )
 
 
 def _drop_partitions(

@@ -95,6 +95,8 @@ class SealedJSON(TypeDecorator[Any]):
         return dialect.type_descriptor(JSON(none_as_null=True))
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if isinstance(value, encryption.Undecryptable):
+            return value.stored  # written back exactly as it was read
         ring = encryption.active()
         if value is None or ring is None:
             return value
@@ -111,9 +113,13 @@ class SealedText(TypeDecorator[str]):
     cache_ok = True
 
     def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        if isinstance(value, encryption.Undecryptable):
+            return str(value.stored)  # written back exactly as it was read
+        if value is None:
+            return None
         ring = encryption.active()
-        if value is None or ring is None:
-            return value
+        if ring is None:
+            return encryption.escape_text(value)
         return ring.seal_text(value)
 
     def process_result_value(self, value: str | None, dialect: Dialect) -> str | None:

@@ -14,18 +14,24 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from retryqueue.encryption import MARKER
 from retryqueue.errors import InvalidArgument
 from retryqueue.models import RetryStatus
+from retryqueue.policy import MAX_DELAY_SECONDS
 from retryqueue.results import ItemFilter
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "MAX_JSON_DEPTH",
+    "MAX_SECONDS",
     "aware",
     "bounded_int",
+    "flag",
     "item_filter",
     "json_document",
     "multiplier",
+    "not_reserved",
+    "optional_duration_ms",
     "optional_text",
     "seconds",
     "status_list",
@@ -35,8 +41,14 @@ __all__ = [
 ]
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
-MAX_JSON_DEPTH = 64
+MAX_JSON_DEPTH = 31
+"""Deepest nesting accepted: MariaDB's JSON_VALID (the column's CHECK) refuses 32 levels."""
 _INT32_MAX = 2**31 - 1
+MAX_SECONDS = MAX_DELAY_SECONDS
+"""The longest duration any argument may give: 10 years, the cap of the backoff delay.
+
+Every duration (delay, ttl, retry_after, lock_timeout, cleanup ages, ...) must fit in a
+timestamp on every backend once added to "now"; longer values are refused."""
 
 
 def text(field: str, value: object, *, max_length: int = 255) -> str:
@@ -74,18 +86,54 @@ def bounded_int(field: str, value: object, *, low: int, high: int = _INT32_MAX) 
     return value
 
 
-def seconds(field: str, value: object, *, allow_zero: bool = True) -> float:
-    """A finite, non-negative number of seconds (a timedelta is accepted too)."""
+def seconds(
+    field: str, value: object, *, allow_zero: bool = True, maximum: float = MAX_SECONDS
+) -> float:
+    """A finite, non-negative number of seconds, at most ``maximum`` (default 10 years).
+
+    A timedelta is accepted too. ``maximum`` is in the same unit as ``value`` (pass a
+    number of days for an argument given in days).
+    """
     if isinstance(value, timedelta):
         value = value.total_seconds()
     if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
         raise InvalidArgument(field, f"expected seconds as a number, got {type(value).__name__}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # a huge int or Decimal
+        raise InvalidArgument(field, f"must be at most {maximum:g}, got {value}") from None
     if not math.isfinite(number):
         raise InvalidArgument(field, f"must be finite, got {value}")
     if number < 0 or (number == 0 and not allow_zero):
         raise InvalidArgument(field, f"must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    if number > maximum:
+        raise InvalidArgument(field, f"must be at most {maximum:g}, got {value}")
     return number
+
+
+def flag(field: str, value: object) -> bool:
+    """A real bool (``"no"`` or ``0`` are refused, not guessed at)."""
+    if not isinstance(value, bool):
+        raise InvalidArgument(field, f"expected True or False, got {type(value).__name__}")
+    return value
+
+
+def optional_duration_ms(field: str, value: object) -> int | None:
+    """A run's duration in whole milliseconds (0..2**31-1), or None."""
+    return None if value is None else bounded_int(field, value, low=0)
+
+
+def not_reserved(field: str, value: Any) -> Any:
+    """A JSON document that cannot be mistaken for a sealed (encrypted) one.
+
+    An object whose only key is the library's encryption marker is refused: it would be
+    read back as ciphertext.
+    """
+    if isinstance(value, Mapping) and set(value) == {MARKER}:
+        raise InvalidArgument(
+            field, f"an object whose only key is {MARKER!r} is reserved for encrypted values"
+        )
+    return value
 
 
 def multiplier(field: str, value: object) -> float:
@@ -175,7 +223,8 @@ def json_document(
     """A JSON-serialisable value that every backend stores and returns unchanged.
 
     Refused: non-JSON types, NaN/Infinity, non-string keys, NUL characters and lone
-    surrogates (PostgreSQL's JSONB cannot hold them), nesting deeper than 64 levels, and
+    surrogates (PostgreSQL's JSONB cannot hold them), nesting deeper than 31 levels (what
+    MariaDB accepts), and
     documents larger than ``max_bytes`` once encoded as UTF-8.
     """
     if value is None:

@@ -25,6 +25,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session
 from typer.core import TyperGroup
 
+from retryqueue import validation as check
 from retryqueue.clock import Clock
 from retryqueue.engine import create_engine, normalise_url
 from retryqueue.errors import DatabaseError, InvalidArgument, RetryQueueError
@@ -227,13 +228,15 @@ def parse_duration(value: str, name: str) -> float:
     """Seconds from ``90``, ``45s``, ``30m``, ``1h``, ``1h30m``, ``7d`` or ``2w``."""
     cleaned = value.strip().lower()
     try:
-        return float(cleaned)
+        seconds = float(cleaned)
     except ValueError:
-        pass
-    parts = _DURATION_PART.findall(cleaned)
-    if not parts or "".join(number + unit for number, unit in parts) != cleaned:
-        raise CliError(f"invalid {name} {value!r}: expected a duration like 90s, 30m, 1h, 7d")
-    return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
+        parts = _DURATION_PART.findall(cleaned)
+        if not parts or "".join(number + unit for number, unit in parts) != cleaned:
+            raise CliError(
+                f"invalid {name} {value!r}: expected a duration like 90s, 30m, 1h, 7d"
+            ) from None
+        seconds = sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
+    return check.seconds(name, seconds)  # finite, >= 0, at most 10 years
 
 
 def parse_when(value: str | None, name: str) -> datetime | None:

@@ -102,7 +102,7 @@ def select_stale(
     if only_ids is not None:
         clauses.append(RetryItem.id.in_(list(only_ids)))
     return (
-        select(*_FAILURE_COLUMNS)
+        select(*_FAILURE_COLUMNS, RetryItem.expires_at, now_expr(at).label("now"))
         .where(*clauses)
         .order_by(RetryItem.id)
         .limit(limit)
@@ -372,9 +372,19 @@ def complete_and_record(
     return _complete_and_record_template(at is None), params
 
 
-def lock_owned(item_id: int, worker_id: str, token: uuid.UUID | None) -> AnySelect:
-    """Read (and row-lock) an item this worker's lease holds, for a failure decision."""
-    return select(*_FAILURE_COLUMNS).where(_owned(item_id, worker_id, token)).with_for_update()
+def lock_owned(
+    item_id: int, worker_id: str, token: uuid.UUID | None, *, at: datetime | None = None
+) -> AnySelect:
+    """Read (and row-lock) an item this worker's lease holds, for a failure decision.
+
+    With its ``expires_at`` and ``now`` (on the operation's clock), so that a retry due
+    after expiry can be refused.
+    """
+    return (
+        select(*_FAILURE_COLUMNS, RetryItem.expires_at, now_expr(at).label("now"))
+        .where(_owned(item_id, worker_id, token))
+        .with_for_update()
+    )
 
 
 def owned_guard(item_id: int, worker_id: str, token: uuid.UUID | None) -> ColumnElement[bool]:

@@ -28,11 +28,19 @@ from sqlalchemy.orm import Session
 from retryqueue import validation as check
 from retryqueue.circuits import CircuitBreaker
 from retryqueue.errors import DatabaseError, InvalidArgument
+from retryqueue.policy import RetryPolicy
 from retryqueue.queue import RetryQueue
 from retryqueue.results import ClaimedItem
 from retryqueue.worker._batch import BatchState, Finished, by_token
 from retryqueue.worker.listener import reconnect_delay
-from retryqueue.worker.routing import FailurePlan, Handler, Router, as_router, plan_failure
+from retryqueue.worker.routing import (
+    FailurePlan,
+    Handler,
+    Router,
+    as_router,
+    describe,
+    plan_failure,
+)
 
 __all__ = [
     "AttemptResult",
@@ -42,6 +50,8 @@ __all__ = [
     "WorkerBase",
     "WorkerOptions",
     "job_for",
+    "plan_outcome_safely",
+    "record_failure_safely",
 ]
 
 logger = logging.getLogger("retryqueue.worker")
@@ -49,6 +59,9 @@ logger = logging.getLogger("retryqueue.worker")
 MAX_BACKOFF = 30.0
 _RECHECK_SOON = 0.25  # idle wait when something looked due but could not be taken
 _RECLAIM_EVERY = 15.0  # upper bound between two looks for stale locks
+OUTCOME_ERROR = "OUTCOME_ERROR"
+"""The error code of an attempt whose outcome could not be planned or recorded as given
+(e.g. a handler exception whose ``__str__`` raises): it is recorded as a retryable failure."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +185,85 @@ def job_for(
         _extend=extend_lease,
         _extend_async=extend_lease_async,
     )
+
+
+def _contained(item: ClaimedItem, message: str, base: RetryPolicy) -> FailurePlan:
+    """A retryable failure with backoff, for an outcome that could not be planned as given."""
+    decision = base.decide(
+        retry_count=item.retry_count,
+        max_retries=item.max_retries,
+        retry_delay_seconds=item.retry_delay_seconds,
+        backoff_multiplier=item.backoff_multiplier,
+    )
+    return FailurePlan(message[:8000], OUTCOME_ERROR, True, None, None, decision)
+
+
+def plan_outcome_safely(done: Finished, base: RetryPolicy) -> FailurePlan | None:
+    """The per-item guard of outcome planning: what to record for one finished run.
+
+    :func:`~retryqueue.worker.routing.plan_failure`, except that nothing the item or its
+    handler did can make it raise: if planning fails (an exception whose ``__str__`` or
+    ``code`` raises, a RetryLater with an impossible delay, ...), the attempt becomes a
+    retryable failure with error code ``OUTCOME_ERROR`` and a message saying why, and the
+    problem is logged. Siblings in the batch are unaffected.
+    """
+    try:
+        return plan_failure(done.item, done.route, done.error, base)
+    except Exception as exc:
+        logger.error(
+            "item %s: its outcome could not be planned; recorded as a failure",
+            done.item.id,
+            exc_info=True,
+            extra={"item_id": done.item.id, "error_code": OUTCOME_ERROR},
+        )
+        what = "none" if done.error is None else type(done.error).__name__
+        return _contained(
+            done.item,
+            f"the outcome of this attempt (error {what}) could not be planned: "
+            f"{type(exc).__name__}: {describe(exc)}",
+            base,
+        )
+
+
+def record_failure_safely(
+    queue: RetryQueue, session: Session, done: Finished, plan: FailurePlan
+) -> str:
+    """Record one failed attempt as planned; the outcome name (``lost``: lease lost).
+
+    Database errors propagate (the worker retries the whole group). Any other error
+    (a value the queue refuses) is contained to this item: it is recorded instead as a
+    retryable failure with error code ``OUTCOME_ERROR`` whose message names the problem.
+    """
+    settings: dict[str, Any] = {
+        "error_message": plan.message,
+        "error_code": plan.code,
+        "retryable": plan.retryable,
+        "retry_after": plan.retry_after,
+        "policy": plan.policy,
+    }
+    try:
+        outcome = queue.record_failure(session, done.item, duration_ms=done.duration_ms, **settings)
+    except DatabaseError:
+        raise
+    except Exception as exc:
+        logger.error(
+            "item %s: its outcome could not be recorded as planned; recorded as a failure",
+            done.item.id,
+            exc_info=True,
+            extra={"item_id": done.item.id, "error_code": OUTCOME_ERROR},
+        )
+        message = (
+            f"the outcome of this attempt could not be recorded ({type(exc).__name__}: "
+            f"{describe(exc)}); handler error: {plan.message}"
+        )
+        outcome = queue.record_failure(
+            session,
+            done.item,
+            error_message=message[:8000],
+            error_code=OUTCOME_ERROR,
+            duration_ms=done.duration_ms,
+        )
+    return "lost" if outcome is None else outcome.value
 
 
 def default_worker_id() -> str:
@@ -309,7 +401,7 @@ class WorkerBase:
         return claimed
 
     def _plans(self, finished: list[Finished]) -> list[FailurePlan | None]:
-        return [plan_failure(f.item, f.route, f.error, self.queue.policy) for f in finished]
+        return [plan_outcome_safely(f, self.queue.policy) for f in finished]
 
     def _write_outcomes(
         self, session: Session, finished: list[Finished], plans: list[FailurePlan | None]
@@ -331,17 +423,7 @@ class WorkerBase:
         for done, plan in zip(finished, plans, strict=True):
             if plan is None:
                 continue
-            recorded = self.queue.fail(
-                session,
-                done.item,
-                error_message=plan.message,
-                error_code=plan.code,
-                retryable=plan.retryable,
-                retry_after=plan.retry_after,
-                duration_ms=done.duration_ms,
-                policy=plan.policy,
-            )
-            outcomes[done.item.id] = plan.decision.outcome.value if recorded else "lost"
+            outcomes[done.item.id] = record_failure_safely(self.queue, session, done, plan)
         if self.breaker is not None:
             self.breaker.record(session, _health(finished, plans, outcomes), actor=self.worker_id)
         return outcomes

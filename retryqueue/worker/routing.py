@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from retryqueue import validation as check
 from retryqueue.errors import InvalidArgument
 from retryqueue.policy import Decision, RetryPolicy
 from retryqueue.results import ClaimedItem
@@ -34,6 +35,7 @@ __all__ = [
     "RoutePolicy",
     "Router",
     "as_router",
+    "describe",
     "load_router",
     "plan_failure",
 ]
@@ -57,15 +59,16 @@ class RetryLater(Exception):
     """Raise from a handler to retry after ``delay`` (seconds or a timedelta).
 
     For answers like HTTP 429/503 with Retry-After. The attempt still counts toward
-    max_retries: an item that is told to come back forever ends in dead_letter.
+    max_retries: an item that is told to come back forever ends in dead_letter. A delay
+    that is negative, NaN, infinite or longer than 10 years raises
+    :class:`~retryqueue.errors.InvalidArgument` (a ValueError); raised from a handler, that
+    is recorded as the item's failure (retried with backoff) like any other exception.
     """
 
     def __init__(
         self, delay: float | timedelta, message: str = "", *, code: str | None = None
     ) -> None:
-        seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
-        if not seconds >= 0:  # also rejects NaN
-            raise ValueError(f"RetryLater delay must be >= 0 seconds, got {delay!r}")
+        seconds = check.seconds("RetryLater delay", delay)
         super().__init__(message or f"retry requested in {seconds:g}s")
         self.delay = seconds
         self.code = code
@@ -302,7 +305,7 @@ def _optional_seconds(name: str, value: float | timedelta | None) -> float | Non
     seconds = value.total_seconds() if isinstance(value, timedelta) else value
     if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds >= 0:
         raise InvalidArgument(name, f"expected seconds >= 0, got {value!r}")
-    return float(seconds)
+    return check.seconds(name, seconds)
 
 
 def _optional_positive(name: str, value: float | None) -> float | None:
@@ -360,16 +363,16 @@ def plan_failure(
         code, retryable, retry_after, policy = NO_HANDLER, False, None, None
     else:
         assert error is not None
-        message = _clean(str(error) or type(error).__name__, _ERROR_MESSAGE_LENGTH)
-        raw_code = getattr(error, "code", None)
-        code = _clean(
-            str(raw_code) if raw_code not in (None, "") else type(error).__name__,
-            _ERROR_CODE_LENGTH,
-        )
+        message = _clean(describe(error), _ERROR_MESSAGE_LENGTH)
+        code = _clean(_code_of(error), _ERROR_CODE_LENGTH)
         retryable = not isinstance(error, PermanentError) and route.retryable(error)
-        retry_after = error.delay if isinstance(error, RetryLater) else None
+        retry_after = None
         if isinstance(error, RetryLater):
             retryable = True
+            try:
+                retry_after = check.seconds("RetryLater delay", error.delay)
+            except InvalidArgument as bad:  # changed after construction: backoff instead
+                message = _clean(f"{message} [ignored {bad}; retried with backoff]", 8000)
         policy = route.policy(base)
     decision = (policy or base).decide(
         retry_count=item.retry_count,
@@ -380,6 +383,28 @@ def plan_failure(
         retry_after=None if retry_after is None else timedelta(seconds=retry_after),
     )
     return FailurePlan(message, code, retryable, retry_after, policy, decision)
+
+
+def describe(error: BaseException) -> str:
+    """An exception's message; never raises, even when its ``__str__`` does."""
+    try:
+        text = str(error)
+    except Exception as exc:
+        text = f"{type(error).__name__} (its message could not be read: {type(exc).__name__})"
+    if not isinstance(text, str):  # pragma: no cover - str() always returns a str
+        text = type(error).__name__
+    return text or type(error).__name__
+
+
+def _code_of(error: BaseException) -> str:
+    """The error code of a handler's exception: its ``code`` attribute, else its class name."""
+    try:
+        raw_code = getattr(error, "code", None)
+        if raw_code not in (None, ""):
+            return str(raw_code)
+    except Exception:  # a code attribute that cannot be read or printed
+        pass
+    return type(error).__name__
 
 
 def _clean(text: str, limit: int) -> str:

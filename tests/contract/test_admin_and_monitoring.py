@@ -146,7 +146,7 @@ class TestCleanup:
         old_done = finish(sessions, queue, "completed")
         old_dead = finish(sessions, queue, "dead_letter")
         old_failed = finish(sessions, queue, "failed")
-        waiting = enqueue(sessions, queue, delay=timedelta(days=30), ttl=timedelta(days=20))
+        waiting = enqueue(sessions, queue, delay=timedelta(days=19), ttl=timedelta(days=20))
         clock.advance(timedelta(days=8))
         recent_done = finish(sessions, queue, "completed")
         live = enqueue(sessions, queue, delay=timedelta(days=1), ttl=timedelta(days=30))

@@ -85,6 +85,26 @@ MATRIX: dict[str, tuple[str, Call]] = {
         "items[0]",
         lambda q, s, c: q.enqueue_many(s, [{"event_type": "x", "event_data": {}}]),
     ),
+    # impossible schedules, huge durations, reserved markers (issue 14, points 5 and 12)
+    "huge delay": ("delay", enqueue(delay=1e20)),
+    "huge int ttl": ("ttl", enqueue(ttl=10**400)),
+    "infinite ttl": ("ttl", enqueue(ttl=float("inf"))),
+    "delay past the default ttl": ("delay", enqueue(delay=timedelta(days=8))),
+    "delay past its ttl": ("delay", enqueue(delay=3600, ttl=60)),
+    "run_at past the default ttl": (
+        "run_at",
+        lambda q, s, c: q.enqueue(s, "ok", {}, run_at=q.clock.now() + timedelta(days=8)),
+    ),
+    "expires_at before the delay": (
+        "expires_at",
+        lambda q, s, c: q.enqueue(
+            s, "ok", {}, delay=7200, expires_at=q.clock.now() + timedelta(hours=1)
+        ),
+    ),
+    "reserved encryption marker": (
+        "event_data",
+        enqueue(event_data={"$retryqueue_encrypted": "gAAAAAB-forged"}),
+    ),
     # acquisition and leases
     "negative batch size": ("batch_size", lambda q, s, c: q.acquire(s, "w", batch_size=-1)),
     "zero batch size": ("batch_size", lambda q, s, c: q.acquire(s, "w", batch_size=0)),
@@ -106,7 +126,39 @@ MATRIX: dict[str, tuple[str, Call]] = {
         "retry_after",
         lambda q, s, c: q.fail(s, c, error_message="x", retry_after=-3),
     ),
+    "huge lock timeout": ("lock_timeout", lambda q, s, c: q.acquire(s, "w", lock_timeout=1e300)),
+    "infinite retry_after": (
+        "retry_after",
+        lambda q, s, c: q.fail(s, c, error_message="x", retry_after=float("inf")),
+    ),
+    "huge retry_after": (
+        "retry_after",
+        lambda q, s, c: q.fail(s, c, error_message="x", retry_after=3e11),
+    ),
+    "retryable as text": (
+        "retryable",
+        lambda q, s, c: q.fail(s, c, error_message="x", retryable="no"),
+    ),
+    "fail duration as text": (
+        "duration_ms",
+        lambda q, s, c: q.fail(s, c, error_message="x", duration_ms="abc"),
+    ),
+    "complete duration as text": (
+        "duration_ms",
+        lambda q, s, c: q.complete(s, c, duration_ms="abc"),
+    ),
+    "negative duration": ("duration_ms", lambda q, s, c: q.complete(s, c, duration_ms=-1)),
+    "durations as text": (
+        "durations_ms",
+        lambda q, s, c: q.complete_many(s, [c], durations_ms=["abc"]),
+    ),
     # administration and monitoring
+    "requested_by too long": (
+        "requested_by",
+        lambda q, s, c: q.requeue(s, [c.id], requested_by="r" * 300),
+    ),
+    "huge retention": ("retention_days", lambda q, s, c: q.cleanup(s, retention_days=1e9)),
+    "huge stuck age": ("older_than", lambda q, s, c: q.stuck(s, older_than=1e300)),
     "unknown status name": (
         "statuses",
         lambda q, s, c: q.requeue(s, ItemFilter(statuses=["dead"])),  # type: ignore[list-item]
@@ -142,7 +194,7 @@ def snapshot(session: Session) -> tuple[list[tuple[Any, ...]], list[tuple[Any, .
     return items, history
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql", "mysql"], indirect=True)
 def test_every_malformed_call_is_refused_and_writes_nothing(
     sessions: sessionmaker[Session], clock: ManualClock
 ) -> None:

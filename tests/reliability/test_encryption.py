@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from retryqueue import ManualClock, RetryQueue, RetryStatus, encryption, migrations
 from retryqueue.cli import app
-from retryqueue.encryption import EncryptionError
+from retryqueue.encryption import EncryptionError, Undecryptable
 from retryqueue.testing import drain
 
 pytestmark = pytest.mark.reliability
@@ -64,17 +64,56 @@ def test_sealed_at_rest_and_transparent(
     assert migrations.differences(engine) == []
 
 
-def test_a_wrong_or_missing_key_is_a_clear_error(
+def test_a_wrong_or_missing_key_reads_as_undecryptable_never_raises(
     sessions: sessionmaker[Session], queue: RetryQueue, keys: list[str]
 ) -> None:
     encryption.configure(keys[:1])
     item_id = fail_once(sessions, queue)
     encryption.configure(keys[1:])  # a different key
-    with sessions() as session, pytest.raises(EncryptionError, match="wrong key"):
-        queue.get(session, item_id)
+    with sessions() as session:
+        message = queue.get(session, item_id).error_message
+    assert isinstance(message, Undecryptable) and "wrong key" in message.reason
+    assert "undecryptable" in message and "Joel" not in message
     encryption.configure(None)
-    with sessions() as session, pytest.raises(EncryptionError, match="no key is configured"):
-        queue.history(session, item_id)
+    with sessions() as session:
+        (entry,) = queue.history(session, item_id)
+        stats = queue.stats(session)
+    assert isinstance(entry.error_message, Undecryptable)
+    assert "no key is configured" in entry.error_message.reason
+    assert stats[0].count == 1
+
+
+def test_rotation_stops_at_a_value_it_cannot_decrypt(
+    engine: Engine, sessions: sessionmaker[Session], queue: RetryQueue, keys: list[str]
+) -> None:
+    old, new = keys
+    encryption.configure([old])
+    fail_once(sessions, queue)
+    before = raw(engine, "SELECT error_message FROM daz_retry_queue")
+    encryption.configure([new])  # the old key was dropped too early
+    with sessions() as session, pytest.raises(EncryptionError, match="cannot be decrypted"):
+        list(queue.iter_rotate_keys(session))
+    assert raw(engine, "SELECT error_message FROM daz_retry_queue") == before
+    encryption.configure([new, old])  # with the old key back, rotation completes
+    with sessions() as session:
+        assert sum(queue.iter_rotate_keys(session)) == 2
+        session.commit()
+
+
+def test_plaintext_that_looks_sealed_is_stored_escaped(
+    engine: Engine, sessions: sessionmaker[Session], queue: RetryQueue
+) -> None:
+    with sessions.begin() as session:
+        item_id = queue.enqueue(session, "e", {}, max_retries=0).id
+    looks_sealed = f"{encryption.TEXT_PREFIX}gAAAAAB-handler-text"
+    with sessions.begin() as session:
+        (claimed,) = queue.acquire(session, "w1")
+        queue.fail(session, claimed, error_message=looks_sealed)
+    with sessions() as session:
+        assert queue.get(session, item_id).error_message == looks_sealed
+        assert queue.history(session, item_id)[0].error_message == looks_sealed
+    stored = raw(engine, "SELECT error_message FROM daz_retry_queue")
+    assert stored == [encryption.PLAIN_PREFIX + looks_sealed]
 
 
 def test_rotation_re_encrypts_under_the_new_key(
