@@ -127,6 +127,7 @@ class AsyncRetryQueue:
     complete = _Awaitable(RetryQueue.complete)
     complete_many = _Awaitable(RetryQueue.complete_many)
     fail = _Awaitable(RetryQueue.fail)
+    record_failure = _Awaitable(RetryQueue.record_failure)
     heartbeat = _Awaitable(RetryQueue.heartbeat)
     release = _Awaitable(RetryQueue.release)
     requeue = _Awaitable(RetryQueue.requeue)

@@ -391,8 +391,7 @@ def describe(error: BaseException) -> str:
         text = str(error)
     except Exception as exc:
         text = f"{type(error).__name__} (its message could not be read: {type(exc).__name__})"
-    if not isinstance(text, str):  # pragma: no cover - str() always returns a str
-        text = type(error).__name__
+    text = str.__str__(text)  # a plain str, even if __str__ returned a str subclass
     return text or type(error).__name__
 
 

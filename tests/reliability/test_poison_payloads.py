@@ -32,7 +32,10 @@ from retryqueue.cli import app
 from retryqueue.encryption import MARKER, TEXT_PREFIX
 from retryqueue.models import RetryHistory, RetryItem
 from retryqueue.validation import MAX_JSON_DEPTH
-from retryqueue.worker import PermanentError, RetryLater, Worker
+from retryqueue.worker import PermanentError, RetryLater, Router, Worker
+from retryqueue.worker._base import record_failure_safely
+from retryqueue.worker._batch import Finished
+from retryqueue.worker.routing import FailurePlan
 from tests.support.async_worker import BlockingAsyncWorker
 from tests.support.waiting import wait_until
 from tests.worker.conftest import running
@@ -175,6 +178,34 @@ class BadCode(Exception):
         raise RuntimeError("no code")
 
 
+class Evil(str):
+    """A string whose methods raise."""
+
+    def replace(self, *args: Any) -> str:  # type: ignore[override]
+        raise RuntimeError("evil replace")
+
+    def strip(self, *args: Any) -> str:  # type: ignore[override]
+        raise RuntimeError("evil strip")
+
+
+class EvilMessage(Exception):
+    """An exception whose ``__str__`` returns a str subclass that breaks when used."""
+
+    def __str__(self) -> str:
+        return Evil("evil message")
+
+
+class Fussy(type):
+    """A metaclass whose isinstance check raises."""
+
+    def __instancecheck__(cls, instance: object) -> bool:
+        raise RuntimeError("fussy isinstance")
+
+
+class FussyError(Exception, metaclass=Fussy):
+    """A retry_on class that cannot be checked against."""
+
+
 def retry_later_mutated(delay: float) -> RetryLater:
     """A RetryLater whose delay was changed after it was checked."""
     exc = RetryLater(5)
@@ -203,7 +234,16 @@ HANDLERS: dict[str, Any] = {
     "escape-message": raiser(lambda: PermanentError("rq-plain:looks escaped")),
     "surrogate-message": raiser(lambda: ValueError("bad \ud800 byte\x00")),
     "huge-message": raiser(lambda: ValueError("m" * 2_000_000)),
+    "evil-message": raiser(EvilMessage),
 }
+
+
+def poison_router() -> Router:
+    """HANDLERS, plus a route whose retry_on check raises while the outcome is planned."""
+    router = Router(HANDLERS)
+    router.add("fussy", raiser(ValueError), retry_on=FussyError)
+    return router
+
 
 # What each item must have become after one attempt (max_retries=2): a documented state.
 EXPECTED = {
@@ -215,8 +255,8 @@ EXPECTED = {
 
 def make_worker(kind: str, queue: RetryQueue, sessions: sessionmaker[Session], **kw: Any) -> Any:
     if kind == "asyncio":
-        return BlockingAsyncWorker(queue, sessions, HANDLERS, **kw)
-    return Worker(queue, sessions, HANDLERS, **kw)
+        return BlockingAsyncWorker(queue, sessions, poison_router(), **kw)
+    return Worker(queue, sessions, poison_router(), **kw)
 
 
 def attempts(sessions: sessionmaker[Session]) -> dict[int, list[Any]]:
@@ -245,9 +285,10 @@ class TestWorkers:
     ) -> None:
         with sessions.begin() as session:
             ids = {
-                name: queue.enqueue(session, name, {"n": 1}, max_retries=2).id for name in HANDLERS
+                name: queue.enqueue(session, name, {"n": 1}, max_retries=2).id
+                for name in [*HANDLERS, "fussy"]
             }
-        worker = make_worker(kind, queue, sessions, batch_size=len(HANDLERS), poll_interval=0.05)
+        worker = make_worker(kind, queue, sessions, batch_size=len(ids), poll_interval=0.05)
         with running(worker) as handle:
             wait_until(
                 lambda: handle.error or len(attempts(sessions)) == len(ids),
@@ -281,6 +322,11 @@ class TestWorkers:
         assert "at most" in str(messages["retry-later-huge"])
         assert "ignored" in str(messages["retry-later-mutated-huge"])
         assert items[ids["bad-code"]].last_error_code == "BadCode"
+        assert messages["evil-message"] == "evil message"
+        fussy = items[ids["fussy"]]  # planning itself raised: contained as OUTCOME_ERROR
+        assert fussy.last_error_code == "OUTCOME_ERROR"
+        assert "could not be planned" in str(fussy.error_message)
+        assert "fussy isinstance" in str(fussy.error_message)
 
     def test_undecryptable_items_are_quarantined(
         self,
@@ -338,6 +384,34 @@ class TestWorkers:
         with sessions.begin() as session:
             (claimed,) = queue.acquire(session, "w")
             assert dict(claimed.event_data) == {"secret": 1}
+
+
+def test_an_outcome_the_queue_refuses_is_recorded_as_a_contained_failure(
+    sessions: sessionmaker[Session], queue: RetryQueue
+) -> None:
+    """record_failure_safely: a plan the queue refuses still ends as a recorded failure."""
+    with sessions.begin() as session:
+        queue.enqueue(session, "e", {}, max_retries=2)
+        queue.enqueue(session, "e", {}, max_retries=2)
+    with sessions.begin() as session:
+        first, second = queue.acquire(session, "w", batch_size=2)
+    decision = queue.policy.decide(
+        retry_count=0, max_retries=2, retry_delay_seconds=60, backoff_multiplier=2
+    )
+    bad = FailurePlan("boom", "E", True, math.inf, None, decision)
+    good = FailurePlan("boom", "E", True, None, None, decision)
+    with sessions.begin() as session:
+        outcomes = [
+            record_failure_safely(queue, session, Finished(item, None, None, 0.01), plan)
+            for item, plan in ((first, bad), (second, good))
+        ]
+    assert outcomes == ["retry_scheduled", "retry_scheduled"]
+    with sessions() as session:
+        refused = session.get_one(RetryItem, first.id)
+        assert (refused.status, refused.last_error_code) == (RetryStatus.PENDING, "OUTCOME_ERROR")
+        assert "could not be recorded" in str(refused.error_message)
+        assert "retry_after" in str(refused.error_message)
+        assert session.get_one(RetryItem, second.id).last_error_code == "E"
 
 
 # -- CLI reads ---------------------------------------------------------------------------------
