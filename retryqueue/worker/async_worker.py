@@ -188,6 +188,7 @@ class AsyncWorker(WorkerBase):
         previous = {signum: signal.getsignal(signum) for signum in signals}
         for signum in signals:
             loop.add_signal_handler(signum, self._on_signal, signum)
+        self._log_started()
         listener = await self._start_listener()
         total, failures = RunReport(), 0
         try:

@@ -99,6 +99,7 @@ class Worker(WorkerBase):
         """Process items until :meth:`stop`; returns the totals of the whole run."""
         if install_signals:
             self.install_signal_handlers()
+        self._log_started()
         listener = self._start_listener()
         total, failures = RunReport(), 0
         try:
