@@ -213,3 +213,31 @@ class TestEndings:
             drain(queue, session, {EVENT: FlakyHandler(failures=1)})
         stored = stored_metadata(sessions, item_id)
         assert stored["source"] == "api"
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_async_enqueue_is_a_child_of_the_request(
+    telemetry: Telemetry, sessions: sessionmaker[Session]
+) -> None:
+    """AsyncRetryQueue runs enqueue through run_sync: the request's span is still the parent."""
+    import asyncio
+
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+    from retryqueue import AsyncRetryQueue, create_async_engine
+    from tests.support.async_worker import async_url
+
+    async def enqueue() -> None:
+        engine = create_async_engine(async_url(sessions.kw["bind"]))
+        tracer = telemetry.tracer_provider.get_tracer("app")
+        try:
+            with tracer.start_as_current_span("POST /orders"):
+                async with async_sessionmaker(engine).begin() as session:
+                    await AsyncRetryQueue().enqueue(session, EVENT, {"order": 1})
+        finally:
+            await engine.dispose()
+
+    asyncio.run(enqueue())
+    (producer,) = telemetry.finished(SpanKind.PRODUCER)
+    (request,) = [s for s in telemetry.finished() if s.name == "POST /orders"]
+    assert producer.parent is not None and producer.parent.span_id == request.context.span_id
