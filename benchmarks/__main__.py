@@ -200,6 +200,7 @@ class Run:
             measured = self._seeded_drain(otel_cost.consume, (self.rq_url, 10, mode), 1)
             system = f"retryqueue-{mode}"
             self.record(_drain_figure(system, 1, 10, self.plan.drain_items, measured))
+        self.record(otel_cost.attempt_cpu_cost())
 
     def ceiling(self) -> None:
         for workers, batch in self.plan.ceiling_drains:
