@@ -220,7 +220,7 @@ class _Telemetry:
                 "messaging.operation.name": "process",
                 "messaging.destination.name": item.event_type,
                 "messaging.message.id": str(item.event_id),
-                "messaging.consumer.group.name": item.locked_by,
+                "messaging.client.id": item.locked_by,
                 "retryqueue.item.id": item.id,
                 "retryqueue.plugin": item.plugin_name or "",
                 "retryqueue.channel": item.channel_name or "",
