@@ -4,7 +4,8 @@ Groups: enqueue, drain (retryqueue), asyncio (the asyncio worker's drain), ceili
 procrastinate, latency, scale, cleanup, memory,
 mariadb (retryqueue on MariaDB/MySQL at $RETRYQUEUE_BENCH_MYSQL_URL),
 scaling (1-16 worker processes, database figures; also through PgBouncer if installed),
-partitions (cleanup by DELETE vs partition drop, claim latency on a bloated vs partitioned table).
+partitions (cleanup by DELETE vs partition drop, claim latency on a bloated vs partitioned table),
+otel (the drain without OpenTelemetry, with the extra imported but idle, on a no-op SDK).
 Without a URL (or $RETRYQUEUE_BENCH_POSTGRES_URL) the run starts its own embedded
 PostgreSQL and stops it at the end. A group that fails is reported as skipped.
 """
@@ -27,6 +28,7 @@ from benchmarks import (
     async_drain,
     extra,
     mariadb,
+    otel_cost,
     peers,
     report,
     scaling,
@@ -52,6 +54,7 @@ GROUPS = (
     "mariadb",
     "scaling",
     "partitions",
+    "otel",
 )
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -191,6 +194,13 @@ class Run:
                 measured = self._seeded_drain(async_drain.consume, args, workers)
                 system = f"retryqueue-async-{driver}"
                 self.record(_drain_figure(system, workers, batch, self.plan.drain_items, measured))
+
+    def otel(self) -> None:
+        for mode in otel_cost.MODES:
+            measured = self._seeded_drain(otel_cost.consume, (self.rq_url, 10, mode), 1)
+            system = f"retryqueue-{mode}"
+            self.record(_drain_figure(system, 1, 10, self.plan.drain_items, measured))
+        self.record(otel_cost.attempt_cpu_cost())
 
     def ceiling(self) -> None:
         for workers, batch in self.plan.ceiling_drains:

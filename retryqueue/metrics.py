@@ -14,6 +14,7 @@ aggregate queries, so one exporter (``retryqueue metrics``) per database is enou
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -21,13 +22,20 @@ from typing import Protocol
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from retryqueue import circuits, monitoring
-from retryqueue.breaker_policy import CircuitStatus
+from retryqueue.breaker_policy import (
+    REASON_CONSECUTIVE,
+    REASON_PROBE,
+    REASON_PROBE_FAILED,
+    REASON_PROBE_TIMED_OUT,
+    REASON_RATE,
+    CircuitStatus,
+)
 from retryqueue.errors import RetryQueueError
 from retryqueue.models import RetryStatus
 from retryqueue.queue import RetryQueue
@@ -42,6 +50,10 @@ __all__ = [
 ]
 
 DEFAULT_STALE_LOCK_SECONDS = 300.0
+_BREAKER_REASONS = frozenset(
+    {REASON_CONSECUTIVE, REASON_RATE, REASON_PROBE, REASON_PROBE_FAILED, REASON_PROBE_TIMED_OUT}
+)
+logger = logging.getLogger("retryqueue.metrics")
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -54,11 +66,16 @@ class QueueCollector(Collector):
     * ``retryqueue_status_items{status}``: items per status, every status present (zeros);
     * ``retryqueue_dead_letter_items``: dead letters in total;
     * ``retryqueue_oldest_due_pending_age_seconds``: how long the oldest claimable pending
-      item has been due (queue lag; 0 when nothing is due);
+      item has been due (queue lag; 0 when nothing is due); items held back by an open or
+      half-open circuit are left out (they wait for the circuit, not for a worker);
     * ``retryqueue_stale_locks``: processing items locked longer than ``stale_lock_seconds``;
     * ``retryqueue_circuit_state{key}``: each stored circuit, 0 closed, 1 half-open, 2 open;
-    * ``retryqueue_circuit_transitions_total{key,to_state}``: transitions in the audit trail
-      (``daz_retry_circuit_events``; the count drops if that table is pruned);
+    * ``retryqueue_circuit_opened_by_hand{key}``: 1 for a circuit an operator opened (its
+      reason is not one of the breaker's), else 0;
+    * ``retryqueue_circuit_audit_transitions{key,to_state}``: a gauge, the transitions the
+      audit trail (``daz_retry_circuit_events``) holds; it drops when cleanup prunes that
+      table, so it is not a counter: use ``changes(retryqueue_circuit_state[1h])`` for a
+      rate of transitions;
     * ``retryqueue_database_up``: 1 if the queries succeeded, else 0 (other metrics omitted).
     """
 
@@ -84,7 +101,8 @@ class QueueCollector(Collector):
         )
         try:
             families = list(self._families())
-        except RetryQueueError:
+        except RetryQueueError as exc:
+            logger.warning("scrape failed, reporting retryqueue_database_up 0: %s", exc)
             up.add_metric([], 0.0)
             return [up]
         up.add_metric([], 1.0)
@@ -153,12 +171,23 @@ def _circuit_families(
         "Circuit breaker state per key: 0 closed, 1 half-open, 2 open.",
         labels=["key"],
     )
+    by_hand = GaugeMetricFamily(
+        "retryqueue_circuit_opened_by_hand",
+        "1 if an operator opened the circuit (not the breaker), else 0.",
+        labels=["key"],
+    )
     for circuit in states:
         state.add_metric([circuit.key], _CIRCUIT_STATE_VALUES[circuit.status])
+        manual = circuit.status is not CircuitStatus.CLOSED and (
+            circuit.reason not in _BREAKER_REASONS
+        )
+        by_hand.add_metric([circuit.key], 1.0 if manual else 0.0)
     yield state
-    counted = CounterMetricFamily(
-        "retryqueue_circuit_transitions",
-        "Circuit breaker transitions per key and state entered (from the audit trail).",
+    yield by_hand
+    counted = GaugeMetricFamily(
+        "retryqueue_circuit_audit_transitions",
+        "Transitions per key and state entered that the audit trail holds (drops when "
+        "cleanup prunes it; not a counter).",
         labels=["key", "to_state"],
     )
     for key, to_state, count in transitions:

@@ -29,7 +29,7 @@ from typing import Any, ParamSpec, TypeVar
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from retryqueue import encryption, monitoring
+from retryqueue import encryption, hooks, monitoring
 from retryqueue import statements as sql
 from retryqueue import validation as check
 from retryqueue._rows import NewItem, claimed_item, history_row, item_row, lease_of, valid_ids
@@ -192,6 +192,15 @@ class RetryQueue:
         ]
         if not rows:
             return []
+        hook = hooks.active  # instrumentation seam (retryqueue.hooks)
+        if hook is not None:
+            with hook.enqueue(rows):
+                return self._insert_rows(session, at, rows)
+        return self._insert_rows(session, at, rows)
+
+    def _insert_rows(
+        self, session: Session, at: datetime | None, rows: list[dict[str, Any]]
+    ) -> list[EnqueuedItem]:
         bind_dialect = session.get_bind().dialect
         dialect = bind_dialect.name
         inserted: dict[uuid.UUID, int]
@@ -395,6 +404,8 @@ class RetryQueue:
         at = self.now(session)
         done = _returning_rows(session, sql.complete_owned(at, item_id, worker_id, lease_token))
         row = done[0] if done else None
+        if (hook := hooks.active) is not None and isinstance(item, ClaimedItem):
+            hook.outcome(item, Outcome.COMPLETED.value if row else "lost", None)
         if row is None:
             return False
         self._write_attempt(
@@ -415,6 +426,20 @@ class RetryQueue:
         Returns the ids completed; an item missing from the answer had lost its lease and
         was left alone.
         """
+        completed = self._complete_many(session, items, durations_ms)
+        if (hook := hooks.active) is not None:
+            for item in items:
+                hook.outcome(
+                    item, Outcome.COMPLETED.value if item.id in completed else "lost", None
+                )
+        return completed
+
+    def _complete_many(
+        self,
+        session: Session,
+        items: Sequence[ClaimedItem],
+        durations_ms: Sequence[int | None] | None,
+    ) -> set[int]:
         if not items:
             return set()
         if durations_ms is not None:
@@ -535,12 +560,17 @@ class RetryQueue:
         )
         at = self.now(session)
         row = session.execute(sql.lock_owned(item_id, worker_id, lease_token, at=at)).first()
-        if row is None:
-            return None
-        decision = self._decide(row, retryable=retryable, retry_after=wait, policy=policy)
-        decision, error_message = _unless_past_expiry(row, decision, error_message)
+        decision: Decision | None = None
+        if row is not None:
+            decision = self._decide(row, retryable=retryable, retry_after=wait, policy=policy)
+            decision, error_message = _unless_past_expiry(row, decision, error_message)
         guard = sql.owned_guard(item_id, worker_id, lease_token)
-        if not self._apply(session, guard, at, decision, error_message, error_code):
+        applied = decision is not None and self._apply(
+            session, guard, at, decision, error_message, error_code
+        )
+        if (hook := hooks.active) is not None and isinstance(item, ClaimedItem):
+            self._traced_failure(session, hook, item, decision if applied else None)
+        if not applied or decision is None:
             return None
         self._write_attempt(
             session,
@@ -553,6 +583,19 @@ class RetryQueue:
             duration_ms=duration_ms,
         )
         return decision.outcome
+
+    @staticmethod
+    def _traced_failure(
+        session: Session, hook: hooks.Instrumentation, item: ClaimedItem, decision: Decision | None
+    ) -> None:
+        """Tell the instrumentation about a failure (None: refused); store what it returns."""
+        if decision is None:
+            hook.outcome(item, "lost", None)
+            return
+        extra = hook.outcome(item, decision.outcome.value, decision.delay)
+        if extra:
+            merged = _merged(item.event_metadata, extra)
+            session.execute(sql.set_metadata(), [{"item_id": item.id, "new_metadata": merged}])
 
     def _decide(
         self,
@@ -682,6 +725,8 @@ class RetryQueue:
             ttl_seconds=self.default_ttl.total_seconds(),
         )
         moved = _returning_rows(session, stmt)
+        if (hook := hooks.active) is not None and moved:
+            self._traced_replay(session, hook, sorted(row.id for row in moved), requested_by)
         self._write_history(
             session,
             at,
@@ -693,6 +738,19 @@ class RetryQueue:
             ],
         )
         return sorted(row.id for row in moved)
+
+    @staticmethod
+    def _traced_replay(
+        session: Session, hook: hooks.Instrumentation, ids: list[int], requested_by: str | None
+    ) -> None:
+        extra = hook.replay(ids, requested_by)
+        if not extra:
+            return
+        rows = [
+            {"item_id": item_id, "new_metadata": _merged(metadata, extra)}
+            for item_id, metadata in session.execute(sql.item_metadata(ids))
+        ]
+        session.execute(sql.set_metadata(), rows)
 
     @_database_errors
     def purge(self, session: Session, selection: ItemFilter | Sequence[int]) -> list[int]:
@@ -966,6 +1024,26 @@ def _delete_batch(
     if ids:
         session.execute(delete_ids(ids))
     return len(ids)
+
+
+def _merged(metadata: Mapping[str, Any] | None, extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``metadata`` with ``extra``'s entries; mappings under the same key are merged."""
+    merged: dict[str, Any] = _thawed(metadata or {})
+    for key, value in _thawed(extra).items():
+        before = merged.get(key)
+        merged[key] = (
+            {**before, **value} if isinstance(before, dict) and isinstance(value, dict) else value
+        )
+    return merged
+
+
+def _thawed(value: Any) -> Any:
+    """Plain JSON values from read-only views (mappings become dicts, tuples lists)."""
+    if isinstance(value, Mapping):
+        return {key: _thawed(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_thawed(item) for item in value]
+    return value
 
 
 def _has_returning(session: Session) -> bool:

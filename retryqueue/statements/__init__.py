@@ -77,6 +77,7 @@ from retryqueue.statements.enqueue import (
     notify,
     server_time_params,
 )
+from retryqueue.statements.metadata import item_metadata, set_metadata
 from retryqueue.statements.mysql import (
     Emulation,
     claim_emulated,
@@ -145,6 +146,7 @@ __all__ = [
     "insert_history",
     "insert_items",
     "insert_items_json",
+    "item_metadata",
     "items_per_hour",
     "json_payloads",
     "listen",
@@ -167,6 +169,7 @@ __all__ = [
     "select_item",
     "select_stale",
     "server_time_params",
+    "set_metadata",
     "stale_ids",
     "stats",
     "stuck",

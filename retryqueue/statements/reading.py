@@ -14,6 +14,7 @@ from sqlalchemy import (
 )
 
 from retryqueue.models import (
+    RetryCircuit,
     RetryHistory,
     RetryItem,
     RetryStatus,
@@ -28,6 +29,7 @@ from retryqueue.statements._base import (
     now_expr,
 )
 from retryqueue.statements.admin import _filter_clauses
+from retryqueue.statements.claims import circuit_key_of_item
 
 SNAPSHOT_COLUMNS = (
     RetryItem.id,
@@ -212,15 +214,26 @@ def success_rate_by_event_type() -> AnySelect:
 def queue_gauges(at: datetime | None, stale_lock_seconds: float) -> AnySelect:
     """Now, the due time of the oldest due (claimable) pending item, and the stale-lock count.
 
-    One round trip for the metrics exporter; all three figures are read on the same clock.
+    Items held back by a circuit that is not closed (opened by the breaker or by hand,
+    keyed by plugin or by plugin and event type) are not waiting for a worker: they are
+    left out of the oldest due time. One round trip for the metrics exporter; all three
+    figures are read on the same clock.
     """
     now = now_expr(at)
+    held_keys = select(RetryCircuit.circuit_key).where(RetryCircuit.state != "closed")
     oldest_due = (
         select(func.min(RetryItem.next_retry_at))
         .where(
             _status_is(RetryStatus.PENDING),
             RetryItem.next_retry_at <= now,
             RetryItem.expires_at > now,
+            or_(
+                RetryItem.plugin_name.is_(None),
+                and_(
+                    circuit_key_of_item(False).not_in(held_keys),
+                    circuit_key_of_item(True).not_in(held_keys),
+                ),
+            ),
         )
         .scalar_subquery()
     )

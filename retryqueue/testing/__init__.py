@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from retryqueue import hooks
 from retryqueue.clock import ManualClock
 from retryqueue.models import RetryStatus
 from retryqueue.queue import RetryQueue
@@ -122,9 +123,12 @@ def _attempt(
     started = time.perf_counter()
     if route is not None:
         try:
-            route.handler(
-                job_for(item, lambda: bool(queue.heartbeat(session, worker_id, [item.id])))
-            )
+            job = job_for(item, lambda: bool(queue.heartbeat(session, worker_id, [item.id])))
+            if (hook := hooks.active) is None:
+                route.handler(job)
+            else:
+                with hook.attempt(item):
+                    route.handler(job)
         except Exception as exc:
             error = exc
     duration_ms = int((time.perf_counter() - started) * 1000)

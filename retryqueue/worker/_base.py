@@ -497,16 +497,33 @@ class WorkerBase:
         tally: dict[str, int],
     ) -> None:
         for done, plan in zip(finished, plans, strict=True):
-            self._report(done, outcomes[done.item.id], plan.code if plan else None, tally)
+            self._report(
+                done,
+                outcomes[done.item.id],
+                plan.code if plan else None,
+                tally,
+                message=plan.message if plan else None,
+            )
 
     def _report(
-        self, done: Finished, outcome: str, code: str | None, tally: dict[str, int]
+        self,
+        done: Finished,
+        outcome: str,
+        code: str | None,
+        tally: dict[str, int],
+        *,
+        message: str | None = None,
     ) -> None:
         key = _REPORT_FIELD[outcome]
         tally[key] = tally.get(key, 0) + 1
         item = done.item
         extra = fields_of(
-            item, self.worker_id, outcome=outcome, duration_ms=done.duration_ms, error_code=code
+            item,
+            self.worker_id,
+            outcome=outcome,
+            duration_ms=done.duration_ms,
+            error_code=code,
+            error_message=message,
         )
         if outcome == "lost":
             logger.warning(
@@ -517,13 +534,14 @@ class WorkerBase:
         else:
             logger.log(
                 _LOG_LEVEL[outcome],
-                "item %s (%s) attempt %d: %s in %d ms%s",
+                "item %s (%s) attempt %d: %s in %d ms%s%s",
                 item.id,
                 item.event_type,
                 item.attempt,
                 outcome,
                 done.duration_ms,
                 f" [{code}]" if code else "",
+                f": {message}" if message else "",
                 extra=extra,
             )
         result = AttemptResult(
@@ -582,6 +600,18 @@ class WorkerBase:
                 item.id,
                 extra=fields_of(item, self.worker_id, outcome="lost"),
             )
+
+    def _log_started(self) -> None:
+        """One line when a worker starts, so that an idle worker is not silent."""
+        logger.info(
+            "worker %s started: routes %s, batch_size %d, concurrency %d, lock_timeout %gs",
+            self.worker_id,
+            self.router,
+            self.batch_size,
+            self.concurrency,
+            self.lock_timeout,
+            extra={"worker_id": self.worker_id},
+        )
 
     def _log_stopped(self) -> None:
         logger.info("worker stopped", extra={"worker_id": self.worker_id})

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
 import signal
 import threading
@@ -30,6 +31,7 @@ from typing import Any, TypeVar, Unpack
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from retryqueue import hooks
 from retryqueue.aio import AsyncRetryQueue
 from retryqueue.errors import DatabaseError, database_error
 from retryqueue.queue import RetryQueue
@@ -186,6 +188,7 @@ class AsyncWorker(WorkerBase):
         previous = {signum: signal.getsignal(signum) for signum in signals}
         for signum in signals:
             loop.add_signal_handler(signum, self._on_signal, signum)
+        self._log_started()
         listener = await self._start_listener()
         total, failures = RunReport(), 0
         try:
@@ -265,10 +268,11 @@ class AsyncWorker(WorkerBase):
         extend = partial(self._extend_one, batch, item.id)
         job = job_for(item, partial(self._extend_from_thread, extend), extend)
         try:
-            if _is_async(route.handler):
-                await route.handler(job)  # type: ignore[misc]
+            if (hook := hooks.active) is None:  # instrumentation seam: retryqueue.hooks
+                await _invoke(route.handler, job)
             else:
-                await _in_daemon_thread(route.handler, job)
+                with hook.attempt(item):
+                    await _invoke(route.handler, job)
         except asyncio.CancelledError:
             raise  # abandoned at shutdown
         except BaseException as exc:  # a handler must never kill the worker
@@ -371,6 +375,14 @@ class AsyncWorker(WorkerBase):
             return self.poll_interval
 
 
+async def _invoke(handler: Handler, job: Job) -> None:
+    """Await an ``async def`` handler on the loop, or run a plain one in a thread."""
+    if _is_async(handler):
+        await handler(job)  # type: ignore[misc]
+    else:
+        await _in_daemon_thread(handler, job)
+
+
 async def _in_daemon_thread(handler: Handler, job: Job) -> None:
     """Run a plain handler in a thread of its own and await it.
 
@@ -379,6 +391,7 @@ async def _in_daemon_thread(handler: Handler, job: Job) -> None:
     """
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
+    context = contextvars.copy_context()  # the handler sees the task's context (its span)
 
     def settle(error: BaseException | None) -> None:
         if done.done():  # the awaiting task was cancelled (abandoned at shutdown)
@@ -390,7 +403,7 @@ async def _in_daemon_thread(handler: Handler, job: Job) -> None:
 
     def target() -> None:
         try:
-            handler(job)
+            context.run(handler, job)
         except BaseException as exc:  # handed to the awaiting task
             error: BaseException | None = exc
         else:

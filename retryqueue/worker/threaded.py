@@ -27,6 +27,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from retryqueue import hooks
 from retryqueue.errors import DatabaseError, database_error
 from retryqueue.queue import RetryQueue
 from retryqueue.worker._base import (
@@ -98,6 +99,7 @@ class Worker(WorkerBase):
         """Process items until :meth:`stop`; returns the totals of the whole run."""
         if install_signals:
             self.install_signal_handlers()
+        self._log_started()
         listener = self._start_listener()
         total, failures = RunReport(), 0
         try:
@@ -225,7 +227,12 @@ class Worker(WorkerBase):
             error: BaseException | None = None
             if route is not None:
                 try:
-                    route.handler(job_for(item, partial(self._extend_one, batch, item.id)))
+                    job = job_for(item, partial(self._extend_one, batch, item.id))
+                    if (hook := hooks.active) is None:  # instrumentation seam: retryqueue.hooks
+                        route.handler(job)
+                    else:
+                        with hook.attempt(item):
+                            route.handler(job)
                 except BaseException as exc:  # a handler must never kill its thread
                     error = exc
             batch.finish(Finished(item, route, error, time.monotonic() - started))

@@ -92,7 +92,7 @@ class TestMetrics:
         transitions = {
             (dict(labels)["key"], dict(labels)["to_state"]): value
             for (name, labels), value in samples.items()
-            if name == "retryqueue_circuit_transitions_total"
+            if name == "retryqueue_circuit_audit_transitions"
         }
         assert transitions == {
             ("mail", "open"): 1,
