@@ -235,9 +235,42 @@ def differences(engine: Engine, *, version_table: str = VERSION_TABLE) -> list[A
                 partitioned=partitioning.is_partitioned(connection),
             )
             context = MigrationContext.configure(connection, opts=options)
-            return list(compare_metadata(context, metadata))
+            found = list(compare_metadata(context, metadata))
+            if connection.dialect.name == "mysql":
+                found = _without_misread_comments(connection, found)
+            return found
     except SQLAlchemyError as exc:
         raise database_error("migration", exc) from exc
+
+
+def _without_misread_comments(connection: Connection, found: list[Any]) -> list[Any]:
+    """Drop comment differences that SQLAlchemy's MySQL/MariaDB reflection invents.
+
+    It parses ``SHOW CREATE TABLE`` and gives up on a column whose default is an
+    expression (``event_id``'s ``DEFAULT replace(uuid(),'-','')``), losing its comment;
+    information_schema has it.
+    """
+    kept = []
+    for entry in found:
+        changes = entry if isinstance(entry, list) else [entry]
+        if all(_comment_already_there(connection, change) for change in changes):
+            continue
+        kept.append(entry)
+    return kept
+
+
+def _comment_already_there(connection: Connection, change: Any) -> bool:
+    if not (isinstance(change, tuple) and change and change[0] == "modify_comment"):
+        return False
+    _, _, table, column, _, _, wanted = change
+    actual = connection.execute(
+        text(
+            "SELECT column_comment FROM information_schema.columns WHERE "
+            "table_schema = DATABASE() AND table_name = :t AND column_name = :c"
+        ),
+        {"t": table, "c": column},
+    ).scalar()
+    return bool(actual == wanted)
 
 
 def offline_sql(

@@ -6,34 +6,15 @@ import subprocess
 import sys
 import textwrap
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, inspect
 
-from retryqueue import create_engine, migrations
-from tests.support.servers import PostgresServer
+from retryqueue import migrations
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def empty_engine(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    """An engine on an empty database of each backend."""
-    if backend == "sqlite":
-        engine = create_engine(f"sqlite:///{tmp_path}/migrate.db")
-        yield engine
-        engine.dispose()
-        return
-    server: PostgresServer = request.getfixturevalue("pg_server")
-    url = server.create_database("rq_migrate")
-    engine = create_engine(url)
-    yield engine
-    engine.dispose()
-    server.drop_database(url)
 
 
 def table_names(engine: Engine) -> set[str]:
