@@ -26,14 +26,16 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.script.revision import RevisionError
 from alembic.util import CommandError
-from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import SQLAlchemyError
 
 from retryqueue import validation as check
 from retryqueue.errors import MigrationError, database_error
-from retryqueue.migrations import _runner, partitioning
+from retryqueue.migrations import _plans, _runner, partitioning
+from retryqueue.migrations._plans import DowngradePlan
 from retryqueue.migrations._runner import context_options, package_path
 from retryqueue.migrations.host import (
     VERSION_LOCATION,
@@ -59,6 +61,7 @@ __all__ = [
     "HOST_VERSION_TABLE",
     "VERSION_LOCATION",
     "VERSION_TABLE",
+    "DowngradePlan",
     "PartitioningError",
     "context_options",
     "create_partitions",
@@ -66,6 +69,7 @@ __all__ = [
     "differences",
     "downgrade",
     "drop_partitions",
+    "elsewhere",
     "enable_partitioning",
     "grant_statements",
     "heads",
@@ -79,6 +83,7 @@ __all__ = [
     "package_path",
     "partitioning",
     "partitions",
+    "plan_downgrade",
     "revisions_in",
     "script_directory",
     "stamp",
@@ -126,7 +131,7 @@ def _migrating(engine: Engine, what: str) -> Iterator[Connection]:
     try:
         with engine.begin() as connection:
             yield connection
-    except CommandError as exc:
+    except (CommandError, RevisionError) as exc:
         raise MigrationError(f"{what}: {_one_line(exc)}") from exc
     except SQLAlchemyError as exc:
         raise database_error("migration", exc) from exc
@@ -185,28 +190,34 @@ def revisions_in(engine: Engine, version_table: str) -> list[str] | None:
 
     Revisions of other branches (a host application's) in the same table are left out.
     """
-    try:
-        with engine.connect() as connection:
-            if not inspect(connection).has_table(version_table):
-                return None
-            recorded = connection.execute(
-                text(f"SELECT version_num FROM {_quoted(connection, version_table)}")
-            ).scalars()
-            known = script_directory()
-            return sorted(each for each in recorded if _is_ours(known, each))
-    except SQLAlchemyError as exc:
-        raise database_error("migration", exc) from exc
+    return _plans.versions_recorded(engine, version_table, script_directory())
 
 
-def _quoted(connection: Connection, name: str) -> str:
-    return str(connection.dialect.identifier_preparer.quote(name))
+def elsewhere(engine: Engine, version_table: str = VERSION_TABLE) -> tuple[str, list[str]] | None:
+    """Another version table holding retryqueue's revisions, when ``version_table`` holds none.
+
+    A database migrated by a host application's alembic records our revisions in
+    ``alembic_version``; one migrated by ``retryqueue db`` in ``retryqueue_alembic_version``.
+    Returns ``(table, revisions)`` or None.
+    """
+    if revisions_in(engine, version_table):
+        return None
+    for table in (VERSION_TABLE, HOST_VERSION_TABLE):
+        if table != version_table and (found := revisions_in(engine, table)):
+            return table, found
+    return None
 
 
-def _is_ours(known: ScriptDirectory, revision: str) -> bool:
-    try:
-        return known.get_revision(revision) is not None
-    except CommandError:
-        return False
+def plan_downgrade(
+    engine: Engine, revision: str, *, version_table: str = VERSION_TABLE
+) -> DowngradePlan:
+    """What ``downgrade(engine, revision)`` would undo and which tables (with rows) it drops."""
+
+    def render(dialect: str, to: str, start: str | None) -> str:
+        return offline_sql(dialect, to, from_revision=start, version_table=version_table)
+
+    heads = current(engine, version_table=version_table)
+    return _plans.plan_downgrade(engine, script_directory(), revision, heads, render, version_table)
 
 
 def current(engine: Engine, *, version_table: str = VERSION_TABLE) -> list[str]:

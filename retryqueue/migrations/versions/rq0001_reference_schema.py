@@ -212,7 +212,25 @@ def _queue_indexes() -> None:
     )
 
 
+# What the reference script creates besides the tables; dropped with them (its rollback
+# script did the same), since the views would block the drop and the functions would be
+# left pointing at nothing.
+SCRIPT_VIEWS = ("daz_retry_queue_alerts", "daz_retry_queue_stats")
+SCRIPT_FUNCTIONS = (
+    "acquire_retry_items",
+    "complete_retry_item",
+    "fail_retry_item",
+    "calculate_next_retry",
+    "cleanup_retry_queue",
+)
+
+
 def downgrade() -> None:
+    if _dialect() == "postgresql":
+        for view in SCRIPT_VIEWS:
+            op.execute(f"DROP VIEW IF EXISTS {view}")
+        for function in SCRIPT_FUNCTIONS:
+            op.execute(f"DROP FUNCTION IF EXISTS {function}")
     op.drop_table("daz_retry_history")
     op.drop_table("daz_retry_queue")
     if _dialect() == "postgresql":
