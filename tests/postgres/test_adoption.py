@@ -321,8 +321,8 @@ class TestAdoption:
             )
             leftovers = (
                 connection.exec_driver_sql(
-                    "select viewname from pg_views where viewname like 'daz_retry%' union "
-                    "select proname from pg_proc where proname like '%retry%'"
+                    "select viewname from pg_views where viewname like 'daz_retry%%' union "
+                    "select proname from pg_proc where proname like '%%retry%%'"
                 )
                 .scalars()
                 .all()
