@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
-import zipfile
 from pathlib import Path
 
 from alembic import command
@@ -115,30 +112,3 @@ class TestHostApplication:
             "h001",
             "rq0005",
         ]
-
-
-class TestWheel:
-    """A wheel built from the tree ships the revisions and the alembic environment."""
-
-    def test_wheel_contains_the_revisions(self, tmp_path: Path) -> None:
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "build",
-                "--wheel",
-                "--no-isolation",
-                "--outdir",
-                str(tmp_path),
-                str(ROOT),
-            ],
-            check=True,
-            capture_output=True,
-        )
-        (wheel,) = tmp_path.glob("retryqueue-*.whl")
-        names = set(zipfile.ZipFile(wheel).namelist())
-        assert "retryqueue/migrations/env.py" in names
-        assert "retryqueue/migrations/script.py.mako" in names
-        assert "retryqueue/migrations/versions/rq0001_reference_schema.py" in names
-        assert "retryqueue/migrations/versions/rq0002_lease_token_unique_event_id.py" in names
-        assert "retryqueue/py.typed" in names
