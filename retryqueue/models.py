@@ -21,12 +21,14 @@ from sqlalchemy import (
     Integer,
     MetaData,
     Numeric,
+    PrimaryKeyConstraint,
     String,
     Uuid,
     column,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.elements import conv
 
 from retryqueue.types import (
     JsonDocument,
@@ -66,6 +68,18 @@ _BigId = BigInteger().with_variant(Integer(), "sqlite")
 # Without AUTOINCREMENT, SQLite hands a deleted row's id to the next insert, and history
 # rows of a cleaned-up item would then describe a new one. Ids are never reused.
 _NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
+
+
+# -- The reference script's own names and comments (rq0001; rq0005 renames older databases) --
+# PostgreSQL's default names, not the naming convention's: a database created by the
+# reference script has these, and one created by the library must look the same.
+QUEUE_PRIMARY_KEY = "daz_retry_queue_pkey"
+HISTORY_PRIMARY_KEY = "daz_retry_history_pkey"
+PRIORITY_CHECK = "daz_retry_queue_priority_check"
+QUEUE_COMMENT = "Main retry queue for failed operations with exponential backoff support"
+EVENT_ID_COMMENT = "Unique identifier for the event, useful for deduplication"
+PRIORITY_COMMENT = "Priority level 1-10, where 10 is highest priority"
+BACKOFF_MULTIPLIER_COMMENT = "Multiplier for exponential backoff calculation"
 
 
 class Base(DeclarativeBase):
@@ -108,7 +122,11 @@ class RetryItem(Base):
 
     id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
     event_id: Mapped[uuid.UUID] = mapped_column(
-        Uuid(), nullable=False, default=uuid.uuid4, server_default=random_uuid()
+        Uuid(),
+        nullable=False,
+        default=uuid.uuid4,
+        server_default=random_uuid(),
+        comment=EVENT_ID_COMMENT,
     )
     event_type: Mapped[str] = mapped_column(String(255), nullable=False)
     channel_name: Mapped[str | None] = mapped_column(String(255))
@@ -121,7 +139,10 @@ class RetryItem(Base):
         Integer, nullable=False, server_default=text("60")
     )
     backoff_multiplier: Mapped[float] = mapped_column(
-        Numeric(3, 2, asdecimal=False), nullable=False, server_default=text("2.0")
+        Numeric(3, 2, asdecimal=False),
+        nullable=False,
+        server_default=text("2.0"),
+        comment=BACKOFF_MULTIPLIER_COMMENT,
     )
     status: Mapped[RetryStatus] = mapped_column(
         retry_status_type, nullable=False, server_default=RetryStatus.PENDING.value
@@ -141,14 +162,17 @@ class RetryItem(Base):
     )
     locked_by: Mapped[str | None] = mapped_column(String(255))
     locked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    priority: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("5"))
+    priority: Mapped[int] = mapped_column(
+        Integer, nullable=False, server_default=text("5"), comment=PRIORITY_COMMENT
+    )
     correlation_id: Mapped[str | None] = mapped_column(String(255))
     tags: Mapped[list[str] | None] = mapped_column(TagList())
     # Added by retryqueue (revision 0002): a fresh token per acquisition fences stale workers.
     lease_token: Mapped[uuid.UUID | None] = mapped_column(Uuid())
 
     __table_args__ = (
-        CheckConstraint("priority >= 1 AND priority <= 10", name="priority_range"),
+        PrimaryKeyConstraint("id", name=QUEUE_PRIMARY_KEY),
+        CheckConstraint("priority >= 1 AND priority <= 10", name=conv(PRIORITY_CHECK)),
         Index(
             "idx_retry_queue_status_next_retry",
             "status",
@@ -166,7 +190,7 @@ class RetryItem(Base):
         ),
         Index("idx_retry_queue_event_type", "event_type"),
         Index("idx_retry_queue_created_at", "created_at"),
-        # Added by retryqueue (revision 0003, replacing idx_retry_queue_priority): serves the
+        # Added by retryqueue (revision 0003, replacing idx_retry_queue_priority_status): serves the
         # claim query's filter and order exactly, so claiming never sorts the backlog.
         Index(
             "idx_retry_queue_claim",
@@ -177,7 +201,7 @@ class RetryItem(Base):
             sqlite_where=text("status = 'pending' AND locked_by IS NULL"),
         ),
         Index(
-            "idx_retry_queue_locked",
+            "idx_retry_queue_locked_by",
             "locked_by",
             "locked_at",
             postgresql_where=text("locked_by IS NOT NULL"),
@@ -192,14 +216,14 @@ class RetryItem(Base):
             # MySQL/MariaDB cannot index a JSON column: no tags index there.
         ).ddl_if(dialect=("postgresql", "sqlite")),  # type: ignore[arg-type]  # tuple: documented
         Index(
-            "idx_retry_queue_expires_at",
+            "idx_retry_queue_expired",
             "expires_at",
             postgresql_where=text("status NOT IN ('completed', 'dead_letter')"),
             sqlite_where=text("status NOT IN ('completed', 'dead_letter')"),
         ),
         # Added by retryqueue (revision 0002): idempotent enqueue on event_id.
         Index("uq_retry_queue_event_id", "event_id", unique=True),
-        _NEVER_REUSE_IDS,
+        {**_NEVER_REUSE_IDS, "comment": QUEUE_COMMENT},
     )
 
     def __repr__(self) -> str:
@@ -235,6 +259,7 @@ class RetryHistory(Base):
         Index("idx_retry_history_queue_id", "retry_queue_id"),
         Index("idx_retry_history_event_id", "event_id"),
         Index("idx_retry_history_attempted_at", "attempted_at"),
+        PrimaryKeyConstraint("id", name=HISTORY_PRIMARY_KEY),
         _NEVER_REUSE_IDS,
     )
 

@@ -8,24 +8,59 @@ import typer
 
 from retryqueue import migrations
 from retryqueue.cli import partitions
-from retryqueue.cli._context import print_json, state
+from retryqueue.cli._context import CliError, State, print_json, state
 
 app = typer.Typer(help="Schema migrations (alembic revisions shipped in the package).")
 app.add_typer(partitions.app, name="partitions")
 app.add_typer(partitions.app, name="partition", hidden=True)  # `db partition enable` reads well
 
 
+VersionTable = Annotated[
+    str,
+    typer.Option(
+        "--version-table",
+        help="Where the applied revision is recorded; alembic_version when your "
+        "application's alembic runs ours.",
+    ),
+]
+
+
+def _checked(ctx: typer.Context, version_table: str) -> State:
+    """The CLI state, refusing to run when our revisions are recorded in another table."""
+    current = state(ctx)
+    found = migrations.elsewhere(current.engine(), version_table)
+    if found is not None:
+        raise CliError(_elsewhere(version_table, *found))
+    return current
+
+
+def _elsewhere(version_table: str, table: str, revisions: list[str]) -> str:
+    return (
+        f"{version_table} records no retryqueue revision, but {table} holds "
+        f"{', '.join(revisions)} (migrated by {_who(table)}): pass --version-table {table}"
+    )
+
+
+def _who(table: str) -> str:
+    if table == migrations.HOST_VERSION_TABLE:
+        return "an application's own alembic"
+    return "retryqueue db"
+
+
 @app.command()
 def upgrade(
     ctx: typer.Context,
     revision: Annotated[str, typer.Argument(help="Target revision.")] = migrations.HEAD,
+    version_table: VersionTable = migrations.VERSION_TABLE,
 ) -> None:
-    """Apply the revisions up to REVISION (default: the newest)."""
-    current = state(ctx)
-    migrations.upgrade(current.engine(), revision)
-    typer.echo(
-        f"upgraded {current.display_url} to {_describe(migrations.current(current.engine()))}"
-    )
+    """Apply the revisions up to REVISION (default: the newest), listing them."""
+    current = _checked(ctx, version_table)
+    applied = migrations.upgrade(current.engine(), revision, version_table=version_table)
+    now = _describe(migrations.revisions_in(current.engine(), version_table) or [])
+    if not applied:
+        typer.echo(f"nothing to do: {current.display_url} is at {now}")
+        return
+    typer.echo(f"upgraded {current.display_url} to {now}: applied {', '.join(applied)}")
 
 
 @app.command()
@@ -34,41 +69,69 @@ def downgrade(
     revision: Annotated[
         str, typer.Argument(help="Target revision; retryqueue@base removes the tables.")
     ],
+    version_table: VersionTable = migrations.VERSION_TABLE,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Do not ask before dropping tables that hold rows.")
+    ] = False,
 ) -> None:
-    """Undo revisions down to REVISION."""
-    current = state(ctx)
-    migrations.downgrade(current.engine(), revision)
-    typer.echo(
-        f"downgraded {current.display_url} to {_describe(migrations.current(current.engine()))}"
-    )
+    """Undo revisions down to REVISION, listing them; asks before dropping rows."""
+    current = _checked(ctx, version_table)
+    plan = migrations.plan_downgrade(current.engine(), revision, version_table=version_table)
+    if plan.rows_lost and not yes:
+        doomed = ", ".join(
+            f"{table} ({rows:,} row(s))" for table, rows in plan.rows.items() if rows
+        )
+        typer.confirm(
+            f"Undoing {', '.join(plan.revisions)} drops {doomed} of {current.display_url}: "
+            f"{plan.rows_lost:,} row(s) would be lost. Go on?",
+            abort=True,
+        )
+    undone = migrations.downgrade(current.engine(), revision, version_table=version_table)
+    now = _describe(migrations.revisions_in(current.engine(), version_table) or [])
+    if not undone:
+        typer.echo(f"nothing to do: {current.display_url} is at {now}")
+        return
+    typer.echo(f"downgraded {current.display_url} to {now}: undid {', '.join(undone)}")
 
 
 @app.command()
 def stamp(
     ctx: typer.Context,
     revision: Annotated[str, typer.Argument(help="Revision to record as applied.")],
+    version_table: VersionTable = migrations.VERSION_TABLE,
 ) -> None:
     """Record REVISION as applied without running it (adopting an existing schema)."""
-    current = state(ctx)
-    migrations.stamp(current.engine(), revision)
-    typer.echo(
-        f"stamped {current.display_url} at {_describe(migrations.current(current.engine()))}"
-    )
+    current = _checked(ctx, version_table)
+    migrations.stamp(current.engine(), revision, version_table=version_table)
+    now = _describe(migrations.revisions_in(current.engine(), version_table) or [])
+    typer.echo(f"stamped {current.display_url} at {now}")
 
 
 @app.command("current")
 def show_current(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    version_table: VersionTable = migrations.VERSION_TABLE,
 ) -> None:
     """Show the revision the database is at, and the newest packaged one."""
-    revisions = migrations.current(state(ctx).engine())
+    engine = state(ctx).engine()
+    revisions = migrations.revisions_in(engine, version_table) or []
     heads = migrations.heads()
+    found = migrations.elsewhere(engine, version_table)
     if as_json:
-        print_json({"current": revisions, "heads": heads, "up_to_date": revisions == heads})
+        report: dict[str, object] = {
+            "current": revisions,
+            "heads": heads,
+            "up_to_date": revisions == heads,
+        }
+        if found is not None:
+            report["recorded_in"] = {"table": found[0], "revisions": found[1]}
+        print_json(report)
         return
     suffix = " (head)" if revisions and sorted(revisions) == sorted(heads) else ""
     typer.echo(f"{_describe(revisions)}{suffix}")
+    if found is not None:
+        typer.echo(_elsewhere(version_table, *found))
     if revisions != heads:
         typer.echo(f"newest packaged revision: {', '.join(heads)}")
 

@@ -1,39 +1,49 @@
 """The schema migrations shipped in the package, and functions to run them.
 
-Revisions live in ``retryqueue/migrations/versions`` on the branch labelled
-``retryqueue``. Two ways to use them:
+The revisions live in one folder, ``retryqueue/migrations/versions`` (a revision is just
+a file there), on the branch labelled ``retryqueue``. They ship in the wheel as they are;
+the repository's top-level ``alembic.ini`` and ``alembic/`` environment run the same folder
+with the stock ``alembic`` command. Three ways to use them:
 
-* Applications without alembic of their own: ``retryqueue.migrations.upgrade(engine)``.
-  The revision applied is recorded in the table ``retryqueue_alembic_version``.
+* Applications without alembic of their own: ``retryqueue.migrations.upgrade(engine)``
+  (or ``retryqueue db upgrade``). The revision applied is recorded in the table
+  ``retryqueue_alembic_version``.
+* Applications with alembic: ``version_locations = ... retryqueue:migrations/versions`` in
+  their ``alembic.ini``, :func:`include_object` / :func:`include_name` in their ``env.py``,
+  and ``alembic upgrade heads``; the revisions then live in the application's own version
+  table beside its branches (see :mod:`retryqueue.migrations.host`).
 * Opt-in, PostgreSQL only and outside the revisions: :func:`enable_partitioning` turns the
   queue table into monthly partitions (see :mod:`retryqueue.migrations.partitioning`).
-* Applications with alembic: add the folder :func:`package_path` returns (in
-  ``alembic.ini``: ``version_locations = %(here)s/migrations ...`` plus that folder, or in
-  ``env.py`` / code through ``Config.set_main_option``) and run
-  ``alembic upgrade retryqueue@head``; the revisions then live in the application's own
-  version table beside its branches.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
-from contextlib import contextmanager, redirect_stdout
-from pathlib import Path
+from contextlib import contextmanager
 from typing import Any
 
-from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from alembic.script.revision import RevisionError
+from alembic.util import CommandError
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import SQLAlchemyError
 
 from retryqueue import validation as check
 from retryqueue.errors import MigrationError, database_error
-from retryqueue.migrations import partitioning
+from retryqueue.migrations import _plans, _runner, partitioning
+from retryqueue.migrations._plans import DowngradePlan
+from retryqueue.migrations._runner import context_options, package_path
+from retryqueue.migrations.host import (
+    VERSION_LOCATION,
+    include_name,
+    include_object,
+    is_retryqueue_table,
+    version_location,
+)
 from retryqueue.migrations.partitioning import (
     PartitioningError,
     create_partitions,
@@ -48,37 +58,55 @@ from retryqueue.models import metadata
 __all__ = [
     "BRANCH",
     "HEAD",
+    "HOST_VERSION_TABLE",
+    "VERSION_LOCATION",
     "VERSION_TABLE",
+    "DowngradePlan",
     "PartitioningError",
+    "context_options",
     "create_partitions",
     "current",
     "differences",
     "downgrade",
     "drop_partitions",
+    "elsewhere",
     "enable_partitioning",
     "grant_statements",
     "heads",
+    "include_name",
+    "include_object",
     "is_partitioned",
+    "is_retryqueue_table",
     "iter_drop_partitions",
     "make_config",
     "offline_sql",
     "package_path",
     "partitioning",
     "partitions",
+    "plan_downgrade",
+    "revisions_in",
+    "script_directory",
     "stamp",
     "upgrade",
+    "version_location",
 ]
 
 BRANCH = "retryqueue"
 HEAD = f"{BRANCH}@head"
-VERSION_TABLE = "retryqueue_alembic_version"
-SCRIPT_LOCATION = "retryqueue:migrations"
+VERSION_TABLE = _runner.DEFAULT_VERSION_TABLE
+HOST_VERSION_TABLE = "alembic_version"
+"""alembic's default version table: where a host application's alembic records ours."""
 
 
 def make_config(url: str | None = None, *, version_table: str = VERSION_TABLE) -> Config:
-    """An alembic Config pointing at the packaged revisions (works from a wheel)."""
+    """An alembic Config over the packaged revisions, for alembic's read-only commands.
+
+    ``alembic.command.history``, ``heads`` and ``show`` work with it; running revisions
+    goes through :func:`upgrade`, :func:`downgrade` and :func:`stamp` (the package ships
+    no ``env.py``).
+    """
     config = Config()
-    config.set_main_option("script_location", SCRIPT_LOCATION)
+    config.set_main_option("script_location", str(package_path()))
     config.set_main_option("path_separator", "os")
     config.set_main_option("version_locations", str(package_path()))
     config.set_main_option("version_table", version_table)
@@ -89,7 +117,7 @@ def make_config(url: str | None = None, *, version_table: str = VERSION_TABLE) -
 
 def script_directory() -> ScriptDirectory:
     """The packaged revisions as an alembic ScriptDirectory."""
-    return ScriptDirectory.from_config(make_config())
+    return _runner.script()
 
 
 def heads() -> list[str]:
@@ -98,32 +126,98 @@ def heads() -> list[str]:
 
 
 @contextmanager
-def _connected(engine: Engine, version_table: str) -> Iterator[Config]:
-    config = make_config(version_table=version_table)
+def _migrating(engine: Engine, what: str) -> Iterator[Connection]:
+    """A transaction for a migration; alembic's and the database's errors as one line."""
     try:
         with engine.begin() as connection:
-            config.attributes["connection"] = connection
-            yield config
+            yield connection
+    except (CommandError, RevisionError) as exc:
+        raise MigrationError(f"{what}: {_one_line(exc)}") from exc
     except SQLAlchemyError as exc:
         raise database_error("migration", exc) from exc
 
 
-def upgrade(engine: Engine, revision: str = HEAD, *, version_table: str = VERSION_TABLE) -> None:
-    """Apply the packaged revisions up to ``revision`` (default: the newest)."""
-    with _connected(engine, version_table) as config:
-        command.upgrade(config, revision)
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def downgrade(engine: Engine, revision: str, *, version_table: str = VERSION_TABLE) -> None:
-    """Undo revisions down to ``revision``; ``"retryqueue@base"`` removes everything."""
-    with _connected(engine, version_table) as config:
-        command.downgrade(config, revision)
+def upgrade(
+    engine: Engine, revision: str = HEAD, *, version_table: str = VERSION_TABLE
+) -> list[str]:
+    """Apply the packaged revisions up to ``revision`` (default: the newest).
+
+    Returns the revisions applied, in order (empty when the database was already there).
+    """
+    with _migrating(engine, f"cannot upgrade to {revision!r}") as connection:
+        applied, _ = _runner.run(
+            connection,
+            _runner.upgrade_plan(revision),
+            destination=revision,
+            version_table=version_table,
+        )
+    return applied
+
+
+def downgrade(engine: Engine, revision: str, *, version_table: str = VERSION_TABLE) -> list[str]:
+    """Undo revisions down to ``revision``; ``"retryqueue@base"`` removes everything.
+
+    Returns the revisions undone, newest first (empty when there was nothing to undo).
+    """
+    with _migrating(engine, f"cannot downgrade to {revision!r}") as connection:
+        undone, _ = _runner.run(
+            connection,
+            _runner.downgrade_plan(revision),
+            destination=revision,
+            version_table=version_table,
+        )
+    return undone
 
 
 def stamp(engine: Engine, revision: str, *, version_table: str = VERSION_TABLE) -> None:
     """Record ``revision`` as applied without running it (adopting an existing schema)."""
-    with _connected(engine, version_table) as config:
-        command.stamp(config, revision)
+    with _migrating(engine, f"cannot stamp {revision!r}") as connection:
+        _runner.run(
+            connection,
+            _runner.stamp_plan([revision]),
+            destination=(revision,),
+            version_table=version_table,
+            purge=False,
+        )
+
+
+def revisions_in(engine: Engine, version_table: str) -> list[str] | None:
+    """retryqueue's revisions recorded in ``version_table``; None if there is no such table.
+
+    Revisions of other branches (a host application's) in the same table are left out.
+    """
+    return _plans.versions_recorded(engine, version_table, script_directory())
+
+
+def elsewhere(engine: Engine, version_table: str = VERSION_TABLE) -> tuple[str, list[str]] | None:
+    """Another version table holding retryqueue's revisions, when ``version_table`` holds none.
+
+    A database migrated by a host application's alembic records our revisions in
+    ``alembic_version``; one migrated by ``retryqueue db`` in ``retryqueue_alembic_version``.
+    Returns ``(table, revisions)`` or None.
+    """
+    if revisions_in(engine, version_table):
+        return None
+    for table in (VERSION_TABLE, HOST_VERSION_TABLE):
+        if table != version_table and (found := revisions_in(engine, table)):
+            return table, found
+    return None
+
+
+def plan_downgrade(
+    engine: Engine, revision: str, *, version_table: str = VERSION_TABLE
+) -> DowngradePlan:
+    """What ``downgrade(engine, revision)`` would undo and which tables (with rows) it drops."""
+
+    def render(dialect: str, to: str, start: str | None) -> str:
+        return offline_sql(dialect, to, from_revision=start, version_table=version_table)
+
+    heads = current(engine, version_table=version_table)
+    return _plans.plan_downgrade(engine, script_directory(), revision, heads, render, version_table)
 
 
 def current(engine: Engine, *, version_table: str = VERSION_TABLE) -> list[str]:
@@ -140,45 +234,54 @@ def differences(engine: Engine, *, version_table: str = VERSION_TABLE) -> list[A
     """How the database's schema differs from the models (empty when they agree).
 
     Uses alembic's autogenerate comparison (tables, columns, types, nullability,
-    indexes); tables that are not retryqueue's are ignored. On a partitioned queue table
-    (:mod:`~retryqueue.migrations.partitioning`) the event_id indexes that partitioning
-    replaces by design are not reported.
+    indexes, comments); tables that are not retryqueue's are ignored. On a partitioned
+    queue table (:mod:`~retryqueue.migrations.partitioning`) the event_id indexes that
+    partitioning replaces by design are not reported.
     """
-    ours = set(metadata.tables)
-    replaced: frozenset[str] = frozenset()
-
-    def include(obj: Any, name: str | None, kind: str, reflected: bool, other: Any) -> bool:
-        table = obj if kind == "table" else getattr(obj, "table", None)
-        table_name = name if kind == "table" else getattr(table, "name", None)
-        if kind == "index" and name in replaced:
-            return False
-        return table_name in ours and _created_on(obj, kind, reflected, engine.dialect.name)
-
     try:
         with engine.connect() as connection:
-            if partitioning.is_partitioned(connection):
-                replaced = partitioning.REPLACED_INDEXES
-            context = MigrationContext.configure(
-                connection,
-                opts={
-                    "compare_type": True,
-                    "version_table": version_table,
-                    "include_object": include,
-                },
+            options = context_options(
+                engine.dialect.name,
+                version_table,
+                partitioned=partitioning.is_partitioned(connection),
             )
-            return list(compare_metadata(context, metadata))
+            context = MigrationContext.configure(connection, opts=options)
+            found = list(compare_metadata(context, metadata))
+            if connection.dialect.name == "mysql":
+                found = _without_misread_comments(connection, found)
+            return found
     except SQLAlchemyError as exc:
         raise database_error("migration", exc) from exc
 
 
-def _created_on(obj: Any, kind: str, reflected: bool, dialect_name: str) -> bool:
-    """False for a model index restricted (``ddl_if``) to other dialects than this one."""
-    if kind != "index" or reflected:
-        return True
-    only = getattr(getattr(obj, "_ddl_if", None), "dialect", None)
-    if only is None:
-        return True
-    return dialect_name in ((only,) if isinstance(only, str) else only)
+def _without_misread_comments(connection: Connection, found: list[Any]) -> list[Any]:
+    """Drop comment differences that SQLAlchemy's MySQL/MariaDB reflection invents.
+
+    It parses ``SHOW CREATE TABLE`` and gives up on a column whose default is an
+    expression (``event_id``'s ``DEFAULT replace(uuid(),'-','')``), losing its comment;
+    information_schema has it.
+    """
+    kept = []
+    for entry in found:
+        changes = entry if isinstance(entry, list) else [entry]
+        if all(_comment_already_there(connection, change) for change in changes):
+            continue
+        kept.append(entry)
+    return kept
+
+
+def _comment_already_there(connection: Connection, change: Any) -> bool:
+    if not (isinstance(change, tuple) and change and change[0] == "modify_comment"):
+        return False
+    _, _, table, column, _, _, wanted = change
+    actual = connection.execute(
+        text(
+            "SELECT column_comment FROM information_schema.columns WHERE "
+            "table_schema = DATABASE() AND table_name = :t AND column_name = :c"
+        ),
+        {"t": table, "c": column},
+    ).scalar()
+    return bool(actual == wanted)
 
 
 def offline_sql(
@@ -189,16 +292,18 @@ def offline_sql(
     version_table: str = VERSION_TABLE,
 ) -> str:
     """The SQL that ``upgrade`` would run on a ``dialect_name`` database, as text."""
-    config = make_config(f"{dialect_name}://", version_table=version_table)
-    target = f"{from_revision}:{revision}" if from_revision else revision
-    buffer = io.StringIO()
-    config.output_buffer = buffer
     try:
-        with redirect_stdout(buffer):
-            command.upgrade(config, target, sql=True)
+        _, sql = _runner.run(
+            None,
+            _runner.upgrade_plan(revision),
+            destination=revision,
+            version_table=version_table,
+            dialect_name=dialect_name,
+            starting_rev=from_revision,
+        )
     except Exception as exc:
-        raise MigrationError(f"could not render SQL for {dialect_name}: {exc}") from exc
-    return buffer.getvalue()
+        raise MigrationError(f"could not render SQL for {dialect_name}: {_one_line(exc)}") from exc
+    return sql
 
 
 def grant_statements(role: str, *, maintenance: bool = False, schema: str = "public") -> list[str]:
@@ -224,8 +329,3 @@ def grant_statements(role: str, *, maintenance: bool = False, schema: str = "pub
         f"GRANT SELECT, INSERT{delete} ON {where}.daz_retry_circuit_events TO {who}",
         f"GRANT USAGE ON SEQUENCE {where}.daz_retry_circuit_events_id_seq TO {who}",
     ]
-
-
-def package_path() -> Path:
-    """Where the revisions are on disk (inside the installed package)."""
-    return Path(__file__).parent / "versions"

@@ -35,6 +35,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.schema import CreateIndex
 
 from retryqueue.errors import MigrationError, database_error
+from retryqueue.migrations import _preserved as preserved
 from retryqueue.models import RetryItem
 
 __all__ = [
@@ -304,6 +305,10 @@ def _enable(connection: Connection, months_ahead: int, now: datetime | None) -> 
         {"t": QUEUE},
     ).scalar_one()
     grants = _grants(connection)
+    primary_key, comment = preserved.primary_key_and_comment(connection, QUEUE)
+    views = preserved.dependent_views(connection, QUEUE)
+    for view in views:  # views bind to the table itself: rebuilt on the new one below
+        connection.execute(text(f"DROP VIEW {view.name}"))
     sequence = connection.execute(
         text("SELECT pg_get_serial_sequence(:t, 'id')"), {"t": QUEUE}
     ).scalar()
@@ -335,10 +340,15 @@ def _enable(connection: Connection, months_ahead: int, now: datetime | None) -> 
     connection.execute(text(f"DROP TABLE {_RENAMED}"))
     if sequence:
         connection.execute(text(f"ALTER SEQUENCE {sequence} OWNED BY {QUEUE}.id"))
-    _indexes(connection)
+    _indexes(connection, primary_key)
+    if comment is not None:
+        comment = preserved.sql_string(connection, comment)
+        connection.execute(text(f"COMMENT ON TABLE {QUEUE} IS {comment}"))
     _triggers(connection, schema)
     for statement in grants:
         connection.execute(text(statement))
+    for view in views:
+        view.recreate(connection)
     return EnableResult(int(copied), (*created, DEFAULT_PARTITION))
 
 
@@ -355,10 +365,11 @@ def _grants(connection: Connection) -> list[str]:
     return [f"GRANT {privilege} ON {QUEUE} TO {grantee}" for grantee, privilege in rows]
 
 
-def _indexes(connection: Connection) -> None:
+def _indexes(connection: Connection, primary_key: str) -> None:
     """The models' indexes as partitioned indexes; event_id loses its uniqueness."""
+    key = _quote(connection, primary_key)
     connection.execute(
-        text(f"ALTER TABLE {QUEUE} ADD CONSTRAINT pk_{QUEUE} PRIMARY KEY (id, created_at)")
+        text(f"ALTER TABLE {QUEUE} ADD CONSTRAINT {key} PRIMARY KEY (id, created_at)")
     )
     table: Table = RetryItem.__table__  # type: ignore[assignment]
     for index in sorted(table.indexes, key=lambda each: str(each.name)):

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from sqlalchemy import inspect
+from sqlalchemy.orm import Session
+from typer.testing import Result
 
-from retryqueue import create_engine, migrations
+from retryqueue import RetryQueue, create_engine, migrations
 from tests.cli.conftest import invoke_cli
 
 
@@ -69,3 +72,103 @@ def test_grants_print_dml_only() -> None:
     assert "DELETE" not in result.output
     result = CliRunner().invoke(app, ["db", "grants", "ops", "--maintenance"])
     assert "GRANT SELECT, INSERT, DELETE ON public.daz_retry_history TO ops;" in result.output
+
+
+def _one_line_error(result: Result) -> str:
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+class TestAlembicErrors:
+    """A bad revision is one line naming it, exit 1; nothing changes."""
+
+    @pytest.mark.parametrize(
+        ("command", "named"),
+        [
+            (["upgrade", "nosuch"], "cannot upgrade to 'nosuch'"),
+            (["stamp", "bogus"], "cannot stamp 'bogus'"),
+            (["downgrade", "rq0009"], "cannot downgrade to 'rq0009'"),
+            (["downgrade", "retryqueue@+1"], "cannot downgrade to 'retryqueue@+1'"),
+        ],
+    )
+    def test_one_line(self, empty_database_url: str, command: list[str], named: str) -> None:
+        invoke_cli(empty_database_url, "db", "upgrade")
+        line = _one_line_error(invoke_cli(empty_database_url, "db", *command))
+        assert named in line
+        engine = create_engine(empty_database_url)
+        try:
+            assert migrations.current(engine) == migrations.heads()
+        finally:
+            engine.dispose()
+
+
+class TestReports:
+    """upgrade and downgrade list what they applied, or say there was nothing to do."""
+
+    def test_lists_revisions(self, empty_database_url: str) -> None:
+        url = empty_database_url
+        first = invoke_cli(url, "db", "upgrade", "rq0003")
+        assert first.stdout.strip().endswith("to rq0003: applied rq0001, rq0002, rq0003")
+        again = invoke_cli(url, "db", "upgrade", "rq0003")
+        assert again.stdout.startswith("nothing to do:") and "is at rq0003" in again.stdout
+        rest = invoke_cli(url, "db", "upgrade")
+        assert rest.stdout.strip().endswith("applied rq0004, rq0005")
+        down = invoke_cli(url, "db", "downgrade", "rq0003")
+        assert down.stdout.strip().endswith("to rq0003: undid rq0005, rq0004")
+        assert invoke_cli(url, "db", "downgrade", "rq0003").stdout.startswith("nothing to do:")
+
+
+class TestDowngradeConfirmation:
+    """Dropping tables that hold rows asks first, saying how many rows would go."""
+
+    def _with_rows(self, url: str) -> None:
+        invoke_cli(url, "db", "upgrade")
+        engine = create_engine(url)
+        with Session(engine) as session, session.begin():
+            RetryQueue().enqueue(session, "kept.or.not", {"n": 1})
+            RetryQueue().enqueue(session, "kept.or.not", {"n": 2})
+        engine.dispose()
+
+    def test_refused(self, empty_database_url: str) -> None:
+        self._with_rows(empty_database_url)
+        result = invoke_cli(empty_database_url, "db", "downgrade", "retryqueue@base", input="n\n")
+        assert result.exit_code == 1
+        assert "daz_retry_queue (2 row(s))" in result.output
+        assert "2 row(s) would be lost" in result.output
+        assert "daz_retry_queue" in _tables(empty_database_url)
+
+    def test_confirmed_with_yes(self, empty_database_url: str) -> None:
+        self._with_rows(empty_database_url)
+        result = invoke_cli(empty_database_url, "db", "downgrade", "retryqueue@base", "--yes")
+        assert result.exit_code == 0, result.output
+        assert "daz_retry_queue" not in _tables(empty_database_url)
+
+    def test_no_question_without_rows(self, empty_database_url: str) -> None:
+        invoke_cli(empty_database_url, "db", "upgrade")
+        result = invoke_cli(empty_database_url, "db", "downgrade", "retryqueue@base")
+        assert result.exit_code == 0, result.output
+        assert "Go on?" not in result.output
+
+
+class TestVersionTable:
+    """A database migrated by a host's alembic: said so, and --version-table reaches it."""
+
+    def test_host_version_table(self, empty_database_url: str) -> None:
+        url = empty_database_url
+        engine = create_engine(url)
+        migrations.upgrade(engine, version_table="alembic_version")
+        engine.dispose()
+        current = invoke_cli(url, "db", "current")
+        assert "alembic_version holds rq0005" in current.stdout
+        assert "--version-table alembic_version" in current.stdout
+        line = _one_line_error(invoke_cli(url, "db", "upgrade"))
+        assert "pass --version-table alembic_version" in line
+        assert "retryqueue_alembic_version" not in _tables(url)
+        ok = invoke_cli(url, "db", "upgrade", "--version-table", "alembic_version")
+        assert ok.stdout.startswith("nothing to do:"), ok.output
+        shown = invoke_cli(url, "db", "current", "--version-table", "alembic_version")
+        assert shown.stdout.strip() == "rq0005 (head)"

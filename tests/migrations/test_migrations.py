@@ -2,38 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
-import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, inspect
 
-from retryqueue import create_engine, migrations
-from tests.support.servers import PostgresServer
+from retryqueue import migrations
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def empty_engine(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    """An engine on an empty database of each backend."""
-    if backend == "sqlite":
-        engine = create_engine(f"sqlite:///{tmp_path}/migrate.db")
-        yield engine
-        engine.dispose()
-        return
-    server: PostgresServer = request.getfixturevalue("pg_server")
-    url = server.create_database("rq_migrate")
-    engine = create_engine(url)
-    yield engine
-    engine.dispose()
-    server.drop_database(url)
 
 
 def table_names(engine: Engine) -> set[str]:
@@ -44,7 +22,7 @@ class TestRevisions:
     """The revision graph is a single line on the ``retryqueue`` branch."""
 
     def test_single_head(self) -> None:
-        assert migrations.heads() == ["rq0004"]
+        assert migrations.heads() == ["rq0005"]
 
     def test_first_revision_carries_the_branch_label(self) -> None:
         base = migrations.script_directory().get_revision("rq0001")
@@ -57,7 +35,7 @@ class TestUpgradeCompareDowngrade:
     def test_round_trip(self, empty_engine: Engine) -> None:
         assert migrations.current(empty_engine) == []
         migrations.upgrade(empty_engine)
-        assert migrations.current(empty_engine) == ["rq0004"]
+        assert migrations.current(empty_engine) == ["rq0005"]
         assert {
             "daz_retry_queue",
             "daz_retry_history",
@@ -132,32 +110,5 @@ class TestHostApplication:
         assert {"host_orders", "daz_retry_queue", "alembic_version"} <= table_names(empty_engine)
         assert sorted(migrations.current(empty_engine, version_table="alembic_version")) == [
             "h001",
-            "rq0004",
+            "rq0005",
         ]
-
-
-class TestWheel:
-    """A wheel built from the tree ships the revisions and the alembic environment."""
-
-    def test_wheel_contains_the_revisions(self, tmp_path: Path) -> None:
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "build",
-                "--wheel",
-                "--no-isolation",
-                "--outdir",
-                str(tmp_path),
-                str(ROOT),
-            ],
-            check=True,
-            capture_output=True,
-        )
-        (wheel,) = tmp_path.glob("retryqueue-*.whl")
-        names = set(zipfile.ZipFile(wheel).namelist())
-        assert "retryqueue/migrations/env.py" in names
-        assert "retryqueue/migrations/script.py.mako" in names
-        assert "retryqueue/migrations/versions/rq0001_reference_schema.py" in names
-        assert "retryqueue/migrations/versions/rq0002_lease_token_unique_event_id.py" in names
-        assert "retryqueue/py.typed" in names

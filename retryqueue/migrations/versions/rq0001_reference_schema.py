@@ -1,8 +1,12 @@
 """The reference schema: daz_retry_queue, daz_retry_history, the retry_status enum.
 
 This is the shape existing deployments already have (created by the hand-written
-PostgreSQL script). Such a database adopts retryqueue by stamping this revision and
-upgrading from it. Frozen in time: it never imports the models.
+PostgreSQL script), object for object: the same index, primary key and check constraint
+names (PostgreSQL's defaults where the script names nothing) and the same comments. Such a
+database adopts retryqueue by stamping this revision and upgrading from it. (Databases
+created by an earlier version of this revision, which guessed some names, are renamed by
+rq0005.) The script's functions and views are not created: the library does not use them.
+Frozen in time: it never imports the models.
 
 Revision ID: rq0001
 Revises:
@@ -24,6 +28,7 @@ branch_labels: str | Sequence[str] | None = ("retryqueue",)
 depends_on: str | Sequence[str] | None = None
 
 STATUSES = ("pending", "processing", "completed", "failed", "dead_letter")
+QUEUE_COMMENT = "Main retry queue for failed operations with exponential backoff support"
 
 
 def _dialect() -> str:
@@ -75,7 +80,13 @@ def upgrade() -> None:
     op.create_table(
         "daz_retry_queue",
         sa.Column("id", _big_id(), primary_key=True, autoincrement=True),
-        sa.Column("event_id", sa.Uuid(), nullable=False, server_default=sa.text(defaults["uuid"])),
+        sa.Column(
+            "event_id",
+            sa.Uuid(),
+            nullable=False,
+            server_default=sa.text(defaults["uuid"]),
+            comment="Unique identifier for the event, useful for deduplication",
+        ),
         sa.Column("event_type", sa.String(255), nullable=False),
         sa.Column("channel_name", sa.String(255)),
         sa.Column("plugin_name", sa.String(255)),
@@ -87,7 +98,11 @@ def upgrade() -> None:
             "retry_delay_seconds", sa.Integer(), nullable=False, server_default=sa.text("60")
         ),
         sa.Column(
-            "backoff_multiplier", sa.Numeric(3, 2), nullable=False, server_default=sa.text("2.0")
+            "backoff_multiplier",
+            sa.Numeric(3, 2),
+            nullable=False,
+            server_default=sa.text("2.0"),
+            comment="Multiplier for exponential backoff calculation",
         ),
         sa.Column("status", status, nullable=False, server_default="pending"),
         sa.Column("error_message", sa.Text()),
@@ -105,13 +120,21 @@ def upgrade() -> None:
         ),
         sa.Column("locked_by", sa.String(255)),
         sa.Column("locked_at", _timestamp()),
-        sa.Column("priority", sa.Integer(), nullable=False, server_default=sa.text("5")),
+        sa.Column(
+            "priority",
+            sa.Integer(),
+            nullable=False,
+            server_default=sa.text("5"),
+            comment="Priority level 1-10, where 10 is highest priority",
+        ),
         sa.Column("correlation_id", sa.String(255)),
         sa.Column("tags", postgresql.ARRAY(sa.Text()) if _dialect() == "postgresql" else sa.JSON()),
-        sa.PrimaryKeyConstraint("id", name="pk_daz_retry_queue"),
+        sa.PrimaryKeyConstraint("id", name=op.f("daz_retry_queue_pkey")),
+        # op.f: the name as is, not run through the application's naming convention.
         sa.CheckConstraint(
-            "priority >= 1 AND priority <= 10", name="ck_daz_retry_queue_priority_range"
+            "priority >= 1 AND priority <= 10", name=op.f("daz_retry_queue_priority_check")
         ),
+        comment=QUEUE_COMMENT,
         # SQLite would otherwise reuse a deleted row's id (and confuse its history).
         sqlite_autoincrement=True,
     )
@@ -130,7 +153,7 @@ def upgrade() -> None:
             "attempted_at", _timestamp(), nullable=False, server_default=sa.text(defaults["now"])
         ),
         sa.Column("duration_ms", sa.Integer()),
-        sa.PrimaryKeyConstraint("id", name="pk_daz_retry_history"),
+        sa.PrimaryKeyConstraint("id", name=op.f("daz_retry_history_pkey")),
         sqlite_autoincrement=True,
     )
     op.create_index("idx_retry_history_queue_id", "daz_retry_history", ["retry_queue_id"])
@@ -161,13 +184,13 @@ def _queue_indexes() -> None:
     op.create_index("idx_retry_queue_event_type", table, ["event_type"])
     op.create_index("idx_retry_queue_created_at", table, ["created_at"])
     op.create_index(
-        "idx_retry_queue_priority",
+        "idx_retry_queue_priority_status",
         table,
         [sa.text("priority DESC"), "status", "next_retry_at"],
         **_partial("status = 'pending'"),
     )
     op.create_index(
-        "idx_retry_queue_locked",
+        "idx_retry_queue_locked_by",
         table,
         ["locked_by", "locked_at"],
         **_partial("locked_by IS NOT NULL"),
@@ -182,14 +205,32 @@ def _queue_indexes() -> None:
             **_partial("tags IS NOT NULL"),
         )
     op.create_index(
-        "idx_retry_queue_expires_at",
+        "idx_retry_queue_expired",
         table,
         ["expires_at"],
         **_partial("status NOT IN ('completed', 'dead_letter')"),
     )
 
 
+# What the reference script creates besides the tables; dropped with them (its rollback
+# script did the same), since the views would block the drop and the functions would be
+# left pointing at nothing.
+SCRIPT_VIEWS = ("daz_retry_queue_alerts", "daz_retry_queue_stats")
+SCRIPT_FUNCTIONS = (
+    "acquire_retry_items",
+    "complete_retry_item",
+    "fail_retry_item",
+    "calculate_next_retry",
+    "cleanup_retry_queue",
+)
+
+
 def downgrade() -> None:
+    if _dialect() == "postgresql":
+        for view in SCRIPT_VIEWS:
+            op.execute(f"DROP VIEW IF EXISTS {view}")
+        for function in SCRIPT_FUNCTIONS:
+            op.execute(f"DROP FUNCTION IF EXISTS {function}")
     op.drop_table("daz_retry_history")
     op.drop_table("daz_retry_queue")
     if _dialect() == "postgresql":
