@@ -31,7 +31,15 @@ from sqlalchemy.orm import Session
 from retryqueue import monitoring
 from retryqueue import statements as sql
 from retryqueue import validation as check
-from retryqueue._rows import NewItem, claimed_item, history_row, item_row, lease_of, valid_ids
+from retryqueue._rows import (
+    NewItem,
+    claimed_item,
+    history_row,
+    item_row,
+    lease_of,
+    required_token,
+    valid_ids,
+)
 from retryqueue.clock import Clock, SystemClock
 from retryqueue.errors import InvalidArgument, RetryQueueError, database_error
 from retryqueue.models import TERMINAL_STATUSES, RetryStatus
@@ -250,10 +258,13 @@ class RetryQueue:
     ) -> list[ClaimedItem]:
         """Claim up to ``batch_size`` due items for ``worker_id``, highest priority first.
 
-        First, items whose lock is older than ``lock_timeout`` — held by any worker — are
-        reclaimed (an attempt with history status ``lock_expired``). Then pending, due,
-        unexpired items are locked with ``FOR UPDATE SKIP LOCKED``, so concurrent workers
-        never receive the same item. Each claim gets a fresh lease token.
+        First, items whose lock has expired — held by any worker — are reclaimed (an
+        attempt with history status ``lock_expired``). Then pending, due, unexpired items
+        are locked with ``FOR UPDATE SKIP LOCKED``, so concurrent workers never receive the
+        same item. Each claim gets a fresh lease token and expires ``lock_timeout`` seconds
+        after it is stamped (unless heartbeats extend it): a lock's expiry is its holder's,
+        so workers with different lock timeouts can share a queue. Locks taken before
+        revision rq0006 (no stored expiry) expire after this call's ``lock_timeout``.
 
         ``reclaim_stale=False`` skips the first step (one statement fewer): a worker that
         acquires many times a second reclaims on a timer instead (see the Worker).
@@ -274,7 +285,8 @@ class RetryQueue:
             "only_key": check.optional_text("only_key", only_key, max_length=511),
             "per_event_type": per_event_type,
         }
-        at = self.now(session)
+        keys["lock_timeout"] = lock_timeout
+        at = self._locked_now(session)
         if reclaim_stale:
             self._reclaim_stale(session, at, lock_timeout)
         token = uuid.uuid4()
@@ -287,6 +299,16 @@ class RetryQueue:
         claimed = [claimed_item(row) for row in rows]
         claimed.sort(key=lambda item: (-item.priority, item.next_retry_at, item.id))
         return claimed
+
+    def _locked_now(self, session: Session) -> datetime | None:
+        """ "Now" for stamping locks, read once the transaction has begun.
+
+        On SQLite the transaction's ``BEGIN IMMEDIATE`` waits for the write lock: the
+        clock is read after that wait, so a claim is never born older than the wait.
+        (On the server clock, the statements stamp the statement's own time.)
+        """
+        session.connection()  # begins the transaction (SQLite: takes the write lock)
+        return self.now(session)
 
     def _reclaim_stale(self, session: Session, at: datetime | None, lock_timeout: float) -> int:
         stmt = sql.select_stale(at, lock_timeout, _STALE_RECLAIM_LIMIT)
@@ -304,7 +326,7 @@ class RetryQueue:
                 decision = self._decide(row, retryable=True, retry_after=None, policy=None)
             else:
                 decision = Decision(Outcome.LOCK_EXPIRED, "pending", row.retry_count, timedelta(0))
-            message = f"lock held by {row.locked_by} expired after {lock_timeout:g}s"
+            message = f"lock held by {row.locked_by} expired"
             guard = sql.reclaim_stale(row.id, at, lock_timeout)
             if self._apply(session, guard, at, decision, message, "LOCK_EXPIRED"):
                 history.append(
@@ -332,21 +354,28 @@ class RetryQueue:
         *,
         lease_token: uuid.UUID | None = None,
         duration_ms: int | None = None,
+        force: bool = False,
     ) -> bool:
-        """Mark an item completed. Only its lock holder can, and only while processing.
+        """Mark an item completed. Only its lease holder can, and only while processing.
 
-        Pass the :class:`ClaimedItem` from :meth:`acquire` (its lease token is checked), or
-        an id with ``worker_id`` (and ideally ``lease_token``). Returns False, changing
-        nothing, if the lease was lost: the lock expired and someone acquired it again.
+        Pass the :class:`ClaimedItem` from :meth:`acquire`, or an id with ``worker_id`` and
+        ``lease_token`` (required: the lease is the only key). Returns False, changing
+        nothing, if the lease was lost: the lock expired and someone acquired it again —
+        even a worker with the same worker id.
+
+        ``force=True`` is the operator's path (``retryqueue complete ID``): the item, given
+        by id, is completed whatever its lease, if it is pending or processing;
+        ``worker_id`` is then only recorded as who did it. A worker still running it is
+        refused its outcome later.
         """
-        item_id, worker_id, lease_token = lease_of(item, worker_id, lease_token)
+        item_id, actor, token = lease_of(item, worker_id, lease_token, force=force)
         at = self.now(session)
-        done = _returning_rows(session, sql.complete_owned(at, item_id, worker_id, lease_token))
+        done = _returning_rows(session, sql.complete_owned(at, _guard(item_id, token)))
         row = done[0] if done else None
         if row is None:
             return False
         self._write_attempt(
-            session, at, row, Outcome.COMPLETED, worker_id=worker_id, duration_ms=duration_ms
+            session, at, row, Outcome.COMPLETED, worker_id=actor, duration_ms=duration_ms
         )
         return True
 
@@ -372,12 +401,12 @@ class RetryQueue:
             raise InvalidArgument("items", "must all be claimed by the same worker")
         worker_id = workers.pop()
         at = self.now(session)
-        leases = [(item.id, item.lease_token) for item in items]
+        leases = [(item.id, required_token(item.lease_token)) for item in items]
         if session.get_bind().dialect.name == "postgresql":  # both writes in one statement
             durations = list(durations_ms) if durations_ms is not None else [None] * len(items)
             recorded, values = sql.complete_and_record(at, worker_id, leases, durations)
             return set(session.scalars(recorded, values))
-        stmt, params = sql.complete_many(at, worker_id, leases)
+        stmt, params = sql.complete_many(at, leases)
         rows = _returning_rows(session, stmt, params)
         duration_of = dict(zip((item.id for item in items), durations_ms or [], strict=False))
         self._write_history(
@@ -419,15 +448,17 @@ class RetryQueue:
         retry_after: float | timedelta | None = None,
         duration_ms: int | None = None,
         policy: RetryPolicy | None = None,
+        force: bool = False,
     ) -> bool:
-        """Record a failed attempt; the lock holder only, as for :meth:`complete`.
+        """Record a failed attempt; the lease holder only, as for :meth:`complete`.
 
         Retryable failures go back to pending with retry_count + 1, due after the backoff
         delay (or ``retry_after``), until retry_count has reached max_retries: then the item
         is dead-lettered. ``retryable=False`` marks it ``failed`` at once. Returns False,
-        changing nothing, if the lease was lost.
+        changing nothing, if the lease was lost. ``force=True``: the operator's path, as
+        for :meth:`complete` (``retryqueue fail ID``).
         """
-        item_id, worker_id, lease_token = lease_of(item, worker_id, lease_token)
+        item_id, actor, token = lease_of(item, worker_id, lease_token, force=force)
         if error_message is not None and not isinstance(error_message, str):
             raise InvalidArgument("error_message", "expected a string")
         if error_message is not None:
@@ -439,11 +470,11 @@ class RetryQueue:
             else timedelta(seconds=check.seconds("retry_after", retry_after))
         )
         at = self.now(session)
-        row = session.execute(sql.lock_owned(item_id, worker_id, lease_token)).first()
+        guard = _guard(item_id, token)
+        row = session.execute(sql.lock_owned(guard)).first()
         if row is None:
             return False
         decision = self._decide(row, retryable=retryable, retry_after=wait, policy=policy)
-        guard = sql.owned_guard(item_id, worker_id, lease_token)
         if not self._apply(session, guard, at, decision, error_message, error_code):
             return False
         self._write_attempt(
@@ -451,7 +482,7 @@ class RetryQueue:
             at,
             row,
             decision.outcome,
-            worker_id=worker_id,
+            worker_id=actor,
             error_message=error_message,
             error_code=error_code,
             duration_ms=duration_ms,
@@ -519,15 +550,21 @@ class RetryQueue:
         item_ids: Sequence[int] | None = None,
         *,
         lease_token: uuid.UUID | None = None,
+        lock_timeout: float = 300,
     ) -> list[int]:
-        """Extend the locks ``worker_id`` still holds (all, or those in ``item_ids``).
+        """Extend the locks the lease ``lease_token`` (required) still holds: all of its
+        items, or those in ``item_ids``; each now expires ``lock_timeout`` seconds from now
+        (pass the ``lock_timeout`` you acquired with; the Worker does).
 
         Returns the ids still held: an id missing from the answer was lost (its lock
         expired and it was reclaimed) and its outcome will be refused.
         """
-        worker_id = check.text("worker_id", worker_id)
-        at = self.now(session)
-        stmt = sql.heartbeat(at, worker_id, lease_token, valid_ids(item_ids))
+        check.text("worker_id", worker_id)
+        token = required_token(lease_token)
+        lock_timeout = check.seconds("lock_timeout", lock_timeout, allow_zero=False)
+        ids = valid_ids(item_ids)
+        at = self._locked_now(session)
+        stmt = sql.heartbeat(at, token, ids, lock_timeout)
         return sorted(row.id for row in _returning_rows(session, stmt))
 
     @_database_errors
@@ -538,14 +575,28 @@ class RetryQueue:
         item_ids: Sequence[int] | None = None,
         *,
         lease_token: uuid.UUID | None = None,
+        force: bool = False,
     ) -> list[int]:
-        """Give a worker's processing items back to pending at once (e.g. on shutdown).
+        """Give a lease's processing items back to pending at once (e.g. on shutdown).
 
-        Not an attempt: retry_count and the due time are unchanged, no history is written.
-        Returns the ids released.
+        ``lease_token`` is required: all of the lease's items, or those in ``item_ids``.
+        ``force=True`` is the operator's path (``retryqueue release ID...``): the
+        processing items in ``item_ids`` (required), whoever holds them; their holders'
+        outcomes are then refused. Not an attempt: retry_count and the due time are
+        unchanged, no history is written. Returns the ids released.
         """
-        worker_id = check.text("worker_id", worker_id)
-        stmt = sql.release(worker_id, lease_token, valid_ids(item_ids))
+        check.text("worker_id", worker_id)
+        if not isinstance(force, bool):
+            raise InvalidArgument("force", "expected a bool")
+        ids = valid_ids(item_ids)
+        if force:
+            if lease_token is not None:
+                raise InvalidArgument("force", "ignores leases; pass lease_token or force=True")
+            if not ids:
+                raise InvalidArgument("item_ids", "an operator's release names the items")
+            stmt = sql.release_forced(ids)
+        else:
+            stmt = sql.release(required_token(lease_token), ids)
         return sorted(row.id for row in _returning_rows(session, stmt))
 
     # -- administration ------------------------------------------------------------------
@@ -834,6 +885,12 @@ def _delete_batch(
     if ids:
         session.execute(delete_ids(ids))
     return len(ids)
+
+
+def _guard(item_id: int, token: uuid.UUID | None) -> Any:
+    """The WHERE clause of an outcome: the lease's, or (token None: ``force=True``) the
+    operator's."""
+    return sql.operator_guard(item_id) if token is None else sql.owned_guard(item_id, token)
 
 
 def _has_returning(session: Session) -> bool:

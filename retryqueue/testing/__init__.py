@@ -123,7 +123,12 @@ def _attempt(
     if route is not None:
         try:
             route.handler(
-                job_for(item, lambda: bool(queue.heartbeat(session, worker_id, [item.id])))
+                job_for(
+                    item,
+                    lambda: bool(
+                        queue.heartbeat(session, worker_id, [item.id], lease_token=item.lease_token)
+                    ),
+                )
             )
         except Exception as exc:
             error = exc

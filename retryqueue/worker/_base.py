@@ -355,7 +355,11 @@ class WorkerBase:
     def _renew(self, session: Session, held: list[ClaimedItem]) -> set[int]:
         kept: set[int] = set()
         for token, ids in by_token(held).items():
-            kept.update(self.queue.heartbeat(session, self.worker_id, ids, lease_token=token))
+            kept.update(
+                self.queue.heartbeat(
+                    session, self.worker_id, ids, lease_token=token, lock_timeout=self.lock_timeout
+                )
+            )
         return kept
 
     def _due(self, session: Session) -> float | None:
