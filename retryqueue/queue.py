@@ -833,16 +833,32 @@ class RetryQueue:
     # -- worker support (appended for the worker runtime) ----------------------------------
 
     @_database_errors
-    def seconds_until_claimable(self, session: Session) -> float | None:
+    def seconds_until_claimable(
+        self,
+        session: Session,
+        *,
+        blocked: Mapping[str, float] | None = None,
+        per_event_type: bool = False,
+    ) -> float | None:
         """Seconds until the earliest item :meth:`acquire` could take is due; None if none.
 
         Like :meth:`seconds_until_due`, but expired and locked pending items, which acquire
         never takes, are ignored, so an idle worker does not keep waking for them.
+
+        ``blocked`` maps open circuits' keys to the seconds until they may be probed (see
+        :meth:`CircuitBreaker.probes_due_in`): their items count only from then on, so
+        items held back by an open circuit do not make an idle worker poll.
         """
-        row = session.execute(sql.next_claimable_due(self.now(session))).one()
-        if row.next_due is None:
-            return None
-        return float((row.next_due - row.now).total_seconds())
+        at = self.now(session)
+        keys = sorted(blocked or {})
+        row = session.execute(sql.next_claimable_due(at, keys, per_event_type=per_event_type)).one()
+        waits = [] if row.next_due is None else [(row.next_due - row.now).total_seconds()]
+        if blocked and keys:
+            by_key = sql.next_claimable_due_by_key(at, keys, per_event_type=per_event_type)
+            for held in session.execute(by_key):
+                due = (held.next_due - held.now).total_seconds()
+                waits.append(max(due, blocked[held.circuit_key]))
+        return float(min(waits)) if waits else None
 
 
 def _drop_partitions(

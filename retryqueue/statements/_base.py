@@ -102,6 +102,8 @@ class _stamp_plus_seconds(FunctionElement[datetime]):
 
 @compiles(_stamp_plus_seconds)
 def _stamp_plus_default(element: _stamp_plus_seconds, compiler: SQLCompiler, **kw: Any) -> str:
+    if compiler.dialect.name == "default":  # str(statement), for reading
+        return f"(CURRENT_TIMESTAMP + {compiler.process(element.clauses, **kw)} seconds)"
     raise NotImplementedError(
         f"the database clock is not supported on {compiler.dialect.name}; use SystemClock"
     )

@@ -167,6 +167,26 @@ def _circuit_filter(per_event_type: bool, only: Any = None, skip: Any = None) ->
     return []
 
 
+def claimable_keys(
+    at: datetime | None, keys: Sequence[str], *, per_event_type: bool = False
+) -> Select[str | None]:
+    """The circuit keys among ``keys`` that have an item :func:`claim` could take now
+    (a half-open probe is only worth starting for those)."""
+    now = now_expr(at)
+    key = circuit_key_of_item(per_event_type)
+    return (
+        select(key)
+        .where(
+            _status_is(RetryStatus.PENDING),
+            RetryItem.next_retry_at <= now,
+            RetryItem.locked_by.is_(None),
+            RetryItem.expires_at > now,
+            key.in_(list(keys)),
+        )
+        .distinct()
+    )
+
+
 def _claimable(now: Any, limit: Any, circuit: list[Any]) -> Select[int]:
     """Ids of claimable items, best first, locked with SKIP LOCKED: pending, due,
     unlocked and not expired, by priority DESC, next_retry_at, id (the claim index)."""

@@ -363,7 +363,13 @@ class WorkerBase:
         return kept
 
     def _due(self, session: Session) -> float | None:
-        return self.queue.seconds_until_claimable(session)
+        if self.breaker is None:
+            return self.queue.seconds_until_claimable(session)
+        return self.queue.seconds_until_claimable(  # open circuits' items wait for a probe
+            session,
+            blocked=self.breaker.probes_due_in(session),
+            per_event_type=self.breaker.per_event_type,
+        )
 
     # -- decisions around the steps -------------------------------------------------------
 
