@@ -158,10 +158,25 @@ def _metadata(value: Mapping[str, Any] | None, max_payload_bytes: int) -> dict[s
 
 
 def lease_of(
-    item: ClaimedItem | int, worker_id: str | None, lease_token: uuid.UUID | None
-) -> tuple[int, str, uuid.UUID | None]:
-    """(id, worker id, lease token) of an item given as a ClaimedItem or by id."""
+    item: ClaimedItem | int,
+    worker_id: str | None,
+    lease_token: uuid.UUID | None,
+    *,
+    force: bool = False,
+) -> tuple[int, str | None, uuid.UUID | None]:
+    """(id, worker id, lease token) of an outcome's item, given as a ClaimedItem or by id.
+
+    The lease token is the only key of a worker's outcome: by id it is required. An
+    operator acting on an item by id passes ``force=True`` instead (token None, worker id
+    optional: it is only recorded in the history row).
+    """
+    if not isinstance(force, bool):
+        raise InvalidArgument("force", "expected a bool")
     if isinstance(item, ClaimedItem):
+        if force:
+            raise InvalidArgument(
+                "force", "acts on an item id; a ClaimedItem's outcome goes by its lease"
+            )
         if worker_id is not None and worker_id != item.locked_by:
             raise InvalidArgument(
                 "worker_id",
@@ -172,9 +187,24 @@ def lease_of(
             raise InvalidArgument("lease_token", "differs from the claimed item's token")
         return item.id, item.locked_by, item.lease_token
     item_id = check.bounded_int("item_id", item, low=1, high=2**63 - 1)
-    if worker_id is None:
-        raise InvalidArgument("worker_id", "is required when an item is given by id")
-    return item_id, check.text("worker_id", worker_id), lease_token
+    if force:
+        if lease_token is not None:
+            raise InvalidArgument("force", "ignores leases; pass lease_token or force=True")
+        return item_id, check.optional_text("worker_id", worker_id), None
+    return item_id, check.text("worker_id", worker_id), required_token(lease_token)
+
+
+def required_token(lease_token: uuid.UUID | None) -> uuid.UUID:
+    """A worker's lease token, which outcomes, heartbeats and releases require."""
+    if lease_token is None:
+        raise InvalidArgument(
+            "lease_token",
+            "is required: an outcome from a worker is keyed by its lease "
+            "(an operator acting on an item by id passes force=True)",
+        )
+    if not isinstance(lease_token, uuid.UUID):
+        raise InvalidArgument("lease_token", "expected a UUID")
+    return lease_token
 
 
 def valid_ids(item_ids: Sequence[int] | None) -> list[int] | None:

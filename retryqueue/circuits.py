@@ -154,13 +154,19 @@ class CircuitBreaker:
         half-open one whose probe timed out) turns half-open here, for exactly one caller
         across all workers: the row is locked with SKIP LOCKED and changed by a
         compare-and-set on its version. ``owner`` (default host:pid) is recorded as the
-        probe's holder.
+        probe's holder. A probe starts only for a key that has an item to claim now: a
+        circuit whose items are not due yet stays open (no transition, no audit row) until
+        one is.
         """
         at = self.now(session)
         rows = fetch_all(session, sql.circuits_not_closed(at), "circuit gate")
         if not rows:
             return Gate(per_event_type=self.per_event_type)
         due = [row.circuit_key for row in rows if self.rules.probe_due(_counters(row), row.now)]
+        if due:
+            claimable = sql.claimable_keys(at, due, per_event_type=self.per_event_type)
+            with_items = set(session.scalars(claimable))
+            due = [key for key in due if key in with_items]
         probes: list[str] = []
         transitions: list[Transition] = []
         if due:
@@ -239,6 +245,22 @@ class CircuitBreaker:
                 self._write(session, at, row, Step(counters, reason), probe_owner=owner)
         self._audit(session, at, transitions, actor)
         return transitions
+
+    def probes_due_in(self, session: Session) -> dict[str, float]:
+        """Every open or half-open key, with the seconds until a probe may start for it
+        (<= 0: now, if it has an item to claim). A worker's idle wait uses it so that it
+        does not keep waking for items its open circuits hold back."""
+        at = self.now(session)
+        due_in: dict[str, float] = {}
+        for row in fetch_all(session, sql.circuits_not_closed(at), "circuit outlook"):
+            counters = _counters(row)
+            until = (
+                counters.probe_deadline
+                if counters.status is CircuitStatus.HALF_OPEN
+                else counters.open_until
+            )
+            due_in[row.circuit_key] = 0.0 if until is None else (until - row.now).total_seconds()
+        return due_in
 
     def release_probe(self, session: Session, key: str) -> CircuitState:
         """Give back a probe that found nothing to claim: the circuit is open again, due now.

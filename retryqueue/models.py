@@ -169,6 +169,9 @@ class RetryItem(Base):
     tags: Mapped[list[str] | None] = mapped_column(TagList())
     # Added by retryqueue (revision 0002): a fresh token per acquisition fences stale workers.
     lease_token: Mapped[uuid.UUID | None] = mapped_column(Uuid())
+    # Added by retryqueue (revision 0006): when this claim's lock expires, set at claim and
+    # by every heartbeat from the holder's lock_timeout. NULL on rows locked before rq0006.
+    lock_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (
         PrimaryKeyConstraint("id", name=QUEUE_PRIMARY_KEY),
@@ -206,6 +209,13 @@ class RetryItem(Base):
             "locked_at",
             postgresql_where=text("locked_by IS NOT NULL"),
             sqlite_where=text("locked_by IS NOT NULL"),
+        ),
+        # Added by retryqueue (revision 0006): serves the stale-lock reclaim.
+        Index(
+            "idx_retry_queue_lock_expires",
+            "lock_expires_at",
+            postgresql_where=text("status = 'processing'"),
+            sqlite_where=text("status = 'processing'"),
         ),
         Index(
             "idx_retry_queue_tags",

@@ -32,7 +32,15 @@ from sqlalchemy.orm import Session
 from retryqueue import encryption, hooks, monitoring
 from retryqueue import statements as sql
 from retryqueue import validation as check
-from retryqueue._rows import NewItem, claimed_item, history_row, item_row, lease_of, valid_ids
+from retryqueue._rows import (
+    NewItem,
+    claimed_item,
+    history_row,
+    item_row,
+    lease_of,
+    required_token,
+    valid_ids,
+)
 from retryqueue.clock import Clock, SystemClock
 from retryqueue.errors import InvalidArgument, RetryQueueError, database_error
 from retryqueue.models import TERMINAL_STATUSES, RetryStatus
@@ -270,10 +278,13 @@ class RetryQueue:
     ) -> list[ClaimedItem]:
         """Claim up to ``batch_size`` due items for ``worker_id``, highest priority first.
 
-        First, items whose lock is older than ``lock_timeout`` — held by any worker — are
-        reclaimed (an attempt with history status ``lock_expired``). Then pending, due,
-        unexpired items are locked with ``FOR UPDATE SKIP LOCKED``, so concurrent workers
-        never receive the same item. Each claim gets a fresh lease token.
+        First, items whose lock has expired — held by any worker — are reclaimed (an
+        attempt with history status ``lock_expired``). Then pending, due, unexpired items
+        are locked with ``FOR UPDATE SKIP LOCKED``, so concurrent workers never receive the
+        same item. Each claim gets a fresh lease token and expires ``lock_timeout`` seconds
+        after it is stamped (unless heartbeats extend it): a lock's expiry is its holder's,
+        so workers with different lock timeouts can share a queue. Locks taken before
+        revision rq0006 (no stored expiry) expire after this call's ``lock_timeout``.
 
         ``reclaim_stale=False`` skips the first step (one statement fewer): a worker that
         acquires many times a second reclaims on a timer instead (see the Worker).
@@ -294,7 +305,8 @@ class RetryQueue:
             "only_key": check.optional_text("only_key", only_key, max_length=511),
             "per_event_type": per_event_type,
         }
-        at = self.now(session)
+        keys["lock_timeout"] = lock_timeout
+        at = self._locked_now(session)
         if reclaim_stale:
             self._reclaim_stale(session, at, lock_timeout)
         token = uuid.uuid4()
@@ -327,7 +339,7 @@ class RetryQueue:
             message = f"quarantined: event_data cannot be decrypted ({data.reason})"
             fields = {"item_id": item.id, "worker_id": item.locked_by, "error_code": UNDECRYPTABLE}
             decision = Decision(Outcome.DEAD_LETTERED, "dead_letter", item.retry_count + 1)
-            guard = sql.owned_guard(item.id, item.locked_by, item.lease_token)
+            guard = sql.owned_guard(item.id, item.lease_token)
             if self._apply(session, guard, at, decision, message, UNDECRYPTABLE):
                 self._write_attempt(
                     session,
@@ -346,6 +358,16 @@ class RetryQueue:
             )
         return runnable
 
+    def _locked_now(self, session: Session) -> datetime | None:
+        """ "Now" for stamping locks, read once the transaction has begun.
+
+        On SQLite the transaction's ``BEGIN IMMEDIATE`` waits for the write lock: the
+        clock is read after that wait, so a claim is never born older than the wait.
+        (On the server clock, the statements stamp the statement's own time.)
+        """
+        session.connection()  # begins the transaction (SQLite: takes the write lock)
+        return self.now(session)
+
     def _reclaim_stale(self, session: Session, at: datetime | None, lock_timeout: float) -> int:
         stmt = sql.select_stale(at, lock_timeout, _STALE_RECLAIM_LIMIT)
         if not _has_returning(session):
@@ -362,7 +384,7 @@ class RetryQueue:
                 decision = self._decide(row, retryable=True, retry_after=None, policy=None)
             else:
                 decision = Decision(Outcome.LOCK_EXPIRED, "pending", row.retry_count, timedelta(0))
-            expired = f"lock held by {row.locked_by} expired after {lock_timeout:g}s"
+            expired = f"lock held by {row.locked_by} expired"
             decision, reason = _unless_past_expiry(row, decision, expired)
             message = reason or expired
             guard = sql.reclaim_stale(row.id, at, lock_timeout)
@@ -392,24 +414,31 @@ class RetryQueue:
         *,
         lease_token: uuid.UUID | None = None,
         duration_ms: int | None = None,
+        force: bool = False,
     ) -> bool:
-        """Mark an item completed. Only its lock holder can, and only while processing.
+        """Mark an item completed. Only its lease holder can, and only while processing.
 
-        Pass the :class:`ClaimedItem` from :meth:`acquire` (its lease token is checked), or
-        an id with ``worker_id`` (and ideally ``lease_token``). Returns False, changing
-        nothing, if the lease was lost: the lock expired and someone acquired it again.
+        Pass the :class:`ClaimedItem` from :meth:`acquire`, or an id with ``worker_id`` and
+        ``lease_token`` (required: the lease is the only key). Returns False, changing
+        nothing, if the lease was lost: the lock expired and someone acquired it again —
+        even a worker with the same worker id.
+
+        ``force=True`` is the operator's path (``retryqueue complete ID``): the item, given
+        by id, is completed whatever its lease, if it is pending or processing;
+        ``worker_id`` is then only recorded as who did it. A worker still running it is
+        refused its outcome later.
         """
-        item_id, worker_id, lease_token = lease_of(item, worker_id, lease_token)
+        item_id, actor, token = lease_of(item, worker_id, lease_token, force=force)
         duration_ms = check.optional_duration_ms("duration_ms", duration_ms)
         at = self.now(session)
-        done = _returning_rows(session, sql.complete_owned(at, item_id, worker_id, lease_token))
+        done = _returning_rows(session, sql.complete_owned(at, _guard(item_id, token)))
         row = done[0] if done else None
         if (hook := hooks.active) is not None and isinstance(item, ClaimedItem):
             hook.outcome(item, Outcome.COMPLETED.value if row else "lost", None)
         if row is None:
             return False
         self._write_attempt(
-            session, at, row, Outcome.COMPLETED, worker_id=worker_id, duration_ms=duration_ms
+            session, at, row, Outcome.COMPLETED, worker_id=actor, duration_ms=duration_ms
         )
         return True
 
@@ -451,12 +480,12 @@ class RetryQueue:
             raise InvalidArgument("items", "must all be claimed by the same worker")
         worker_id = workers.pop()
         at = self.now(session)
-        leases = [(item.id, item.lease_token) for item in items]
+        leases = [(item.id, required_token(item.lease_token)) for item in items]
         if session.get_bind().dialect.name == "postgresql":  # both writes in one statement
             durations = list(durations_ms) if durations_ms is not None else [None] * len(items)
             recorded, values = sql.complete_and_record(at, worker_id, leases, durations)
             return set(session.scalars(recorded, values))
-        stmt, params = sql.complete_many(at, worker_id, leases)
+        stmt, params = sql.complete_many(at, leases)
         rows = _returning_rows(session, stmt, params)
         duration_of = dict(zip((item.id for item in items), durations_ms or [], strict=False))
         self._write_history(
@@ -497,8 +526,9 @@ class RetryQueue:
         retry_after: float | timedelta | None = None,
         duration_ms: int | None = None,
         policy: RetryPolicy | None = None,
+        force: bool = False,
     ) -> bool:
-        """Record a failed attempt; the lock holder only, as for :meth:`complete`.
+        """Record a failed attempt; the lease holder only, as for :meth:`complete`.
 
         Retryable failures go back to pending with retry_count + 1, due after the backoff
         delay (or ``retry_after``), until retry_count has reached max_retries: then the item
@@ -507,7 +537,8 @@ class RetryQueue:
         :data:`~retryqueue.policy.RETRY_PAST_EXPIRY`). ``retryable=False`` marks it
         ``failed`` at once. ``retry_after`` is at most 10 years
         (:data:`~retryqueue.policy.MAX_DELAY_SECONDS`). Returns False, changing nothing, if
-        the lease was lost.
+        the lease was lost. ``force=True``: the operator's path, as for :meth:`complete`
+        (``retryqueue fail ID``).
         """
         return (
             self.record_failure(
@@ -521,6 +552,7 @@ class RetryQueue:
                 retry_after=retry_after,
                 duration_ms=duration_ms,
                 policy=policy,
+                force=force,
             )
             is not None
         )
@@ -539,13 +571,14 @@ class RetryQueue:
         retry_after: float | timedelta | None = None,
         duration_ms: int | None = None,
         policy: RetryPolicy | None = None,
+        force: bool = False,
     ) -> Outcome | None:
         """:meth:`fail`, returning what became of the attempt (None: the lease was lost).
 
         The outcome is the one recorded under the row lock, e.g. ``DEAD_LETTERED`` for a
         retry that would fall after the item's expiry.
         """
-        item_id, worker_id, lease_token = lease_of(item, worker_id, lease_token)
+        item_id, actor, token = lease_of(item, worker_id, lease_token, force=force)
         if error_message is not None and not isinstance(error_message, str):
             raise InvalidArgument("error_message", "expected a string")
         if error_message is not None:
@@ -559,12 +592,12 @@ class RetryQueue:
             else timedelta(seconds=check.seconds("retry_after", retry_after))
         )
         at = self.now(session)
-        row = session.execute(sql.lock_owned(item_id, worker_id, lease_token, at=at)).first()
+        guard = _guard(item_id, token)
+        row = session.execute(sql.lock_owned(guard, at=at)).first()
         decision: Decision | None = None
         if row is not None:
             decision = self._decide(row, retryable=retryable, retry_after=wait, policy=policy)
             decision, error_message = _unless_past_expiry(row, decision, error_message)
-        guard = sql.owned_guard(item_id, worker_id, lease_token)
         applied = decision is not None and self._apply(
             session, guard, at, decision, error_message, error_code
         )
@@ -577,7 +610,7 @@ class RetryQueue:
             at,
             row,
             decision.outcome,
-            worker_id=worker_id,
+            worker_id=actor,
             error_message=error_message,
             error_code=error_code,
             duration_ms=duration_ms,
@@ -658,15 +691,21 @@ class RetryQueue:
         item_ids: Sequence[int] | None = None,
         *,
         lease_token: uuid.UUID | None = None,
+        lock_timeout: float = 300,
     ) -> list[int]:
-        """Extend the locks ``worker_id`` still holds (all, or those in ``item_ids``).
+        """Extend the locks the lease ``lease_token`` (required) still holds: all of its
+        items, or those in ``item_ids``; each now expires ``lock_timeout`` seconds from now
+        (pass the ``lock_timeout`` you acquired with; the Worker does).
 
         Returns the ids still held: an id missing from the answer was lost (its lock
         expired and it was reclaimed) and its outcome will be refused.
         """
-        worker_id = check.text("worker_id", worker_id)
-        at = self.now(session)
-        stmt = sql.heartbeat(at, worker_id, lease_token, valid_ids(item_ids))
+        check.text("worker_id", worker_id)
+        token = required_token(lease_token)
+        lock_timeout = check.seconds("lock_timeout", lock_timeout, allow_zero=False)
+        ids = valid_ids(item_ids)
+        at = self._locked_now(session)
+        stmt = sql.heartbeat(at, token, ids, lock_timeout)
         return sorted(row.id for row in _returning_rows(session, stmt))
 
     @_database_errors
@@ -677,14 +716,28 @@ class RetryQueue:
         item_ids: Sequence[int] | None = None,
         *,
         lease_token: uuid.UUID | None = None,
+        force: bool = False,
     ) -> list[int]:
-        """Give a worker's processing items back to pending at once (e.g. on shutdown).
+        """Give a lease's processing items back to pending at once (e.g. on shutdown).
 
-        Not an attempt: retry_count and the due time are unchanged, no history is written.
-        Returns the ids released.
+        ``lease_token`` is required: all of the lease's items, or those in ``item_ids``.
+        ``force=True`` is the operator's path (``retryqueue release ID...``): the
+        processing items in ``item_ids`` (required), whoever holds them; their holders'
+        outcomes are then refused. Not an attempt: retry_count and the due time are
+        unchanged, no history is written. Returns the ids released.
         """
-        worker_id = check.text("worker_id", worker_id)
-        stmt = sql.release(worker_id, lease_token, valid_ids(item_ids))
+        check.text("worker_id", worker_id)
+        if not isinstance(force, bool):
+            raise InvalidArgument("force", "expected a bool")
+        ids = valid_ids(item_ids)
+        if force:
+            if lease_token is not None:
+                raise InvalidArgument("force", "ignores leases; pass lease_token or force=True")
+            if not ids:
+                raise InvalidArgument("item_ids", "an operator's release names the items")
+            stmt = sql.release_forced(ids)
+        else:
+            stmt = sql.release(required_token(lease_token), ids)
         return sorted(row.id for row in _returning_rows(session, stmt))
 
     # -- administration ------------------------------------------------------------------
@@ -940,16 +993,32 @@ class RetryQueue:
     # -- worker support (appended for the worker runtime) ----------------------------------
 
     @_database_errors
-    def seconds_until_claimable(self, session: Session) -> float | None:
+    def seconds_until_claimable(
+        self,
+        session: Session,
+        *,
+        blocked: Mapping[str, float] | None = None,
+        per_event_type: bool = False,
+    ) -> float | None:
         """Seconds until the earliest item :meth:`acquire` could take is due; None if none.
 
         Like :meth:`seconds_until_due`, but expired and locked pending items, which acquire
         never takes, are ignored, so an idle worker does not keep waking for them.
+
+        ``blocked`` maps open circuits' keys to the seconds until they may be probed (see
+        :meth:`CircuitBreaker.probes_due_in`): their items count only from then on, so
+        items held back by an open circuit do not make an idle worker poll.
         """
-        row = session.execute(sql.next_claimable_due(self.now(session))).one()
-        if row.next_due is None:
-            return None
-        return float((row.next_due - row.now).total_seconds())
+        at = self.now(session)
+        keys = sorted(blocked or {})
+        row = session.execute(sql.next_claimable_due(at, keys, per_event_type=per_event_type)).one()
+        waits = [] if row.next_due is None else [(row.next_due - row.now).total_seconds()]
+        if blocked and keys:
+            by_key = sql.next_claimable_due_by_key(at, keys, per_event_type=per_event_type)
+            for held in session.execute(by_key):
+                due = (held.next_due - held.now).total_seconds()
+                waits.append(max(due, blocked[held.circuit_key]))
+        return float(min(waits)) if waits else None
 
 
 def _unless_past_expiry(
@@ -1044,6 +1113,12 @@ def _thawed(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_thawed(item) for item in value]
     return value
+
+
+def _guard(item_id: int, token: uuid.UUID | None) -> Any:
+    """The WHERE clause of an outcome: the lease's, or (token None: ``force=True``) the
+    operator's."""
+    return sql.operator_guard(item_id) if token is None else sql.owned_guard(item_id, token)
 
 
 def _has_returning(session: Session) -> bool:

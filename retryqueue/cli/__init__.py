@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from retryqueue.cli import admin, circuits, db, monitor, run
+from retryqueue.cli import admin, circuits, db, items, monitor, run
 from retryqueue.cli._context import (
     DATABASE_URL_ENV,
     DEFAULT_DATABASE_URL,
@@ -55,6 +55,7 @@ def _root(
 app.add_typer(db.app, name="db")
 app.add_typer(circuits.app, name="circuits")
 admin.register(app)
+items.register(app)
 monitor.register(app)
 run.register(app)
 

@@ -372,8 +372,19 @@ def _indexes(connection: Connection, primary_key: str) -> None:
         text(f"ALTER TABLE {QUEUE} ADD CONSTRAINT {key} PRIMARY KEY (id, created_at)")
     )
     table: Table = RetryItem.__table__  # type: ignore[assignment]
+    present = set(
+        connection.execute(
+            text(
+                "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(:t) "
+                "AND attnum > 0 AND NOT attisdropped"
+            ),
+            {"t": QUEUE},
+        ).scalars()
+    )
     for index in sorted(table.indexes, key=lambda each: str(each.name)):
-        if index.name != _UNIQUE_EVENT_ID:
+        # A table partitioned at an earlier revision lacks later columns: the revision
+        # that adds such a column creates its index (on every partition) when it runs.
+        if index.name != _UNIQUE_EVENT_ID and {c.name for c in index.columns} <= present:
             connection.execute(CreateIndex(index))
     connection.execute(text(f"CREATE INDEX {_EVENT_ID_INDEX} ON {QUEUE} (event_id)"))
 

@@ -63,6 +63,79 @@ def _now_plus_mysql(element: _now_plus_seconds, compiler: SQLCompiler, **kw: Any
     return f"TIMESTAMPADD(MICROSECOND, ROUND(({seconds}) * 1000000), UTC_TIMESTAMP(6))"
 
 
+class _stamp_now(FunctionElement[datetime]):
+    """The time at which the statement runs, for lock stamps (a SQL expression).
+
+    PostgreSQL's ``now()`` is the transaction's start: a claim that waited behind a lock
+    (a partition drop, say) would be born already old. ``clock_timestamp()`` is the time
+    the row is written. MySQL/MariaDB's ``UTC_TIMESTAMP(6)`` is the statement's start; the
+    lock-stamping UPDATEs run there only after a SELECT ... FOR UPDATE has taken the rows
+    (see :mod:`retryqueue.statements.mysql`), so that is after any lock wait.
+    """
+
+    type = UTCDateTime()
+    inherit_cache = True
+
+
+@compiles(_stamp_now)
+def _stamp_now_default(element: _stamp_now, compiler: SQLCompiler, **kw: Any) -> str:
+    return "CURRENT_TIMESTAMP"
+
+
+@compiles(_stamp_now, "postgresql")
+def _stamp_now_pg(element: _stamp_now, compiler: SQLCompiler, **kw: Any) -> str:
+    return "clock_timestamp()"
+
+
+@compiles(_stamp_now, "mysql")
+@compiles(_stamp_now, "mariadb")
+def _stamp_now_mysql(element: _stamp_now, compiler: SQLCompiler, **kw: Any) -> str:
+    return "UTC_TIMESTAMP(6)"
+
+
+class _stamp_plus_seconds(FunctionElement[datetime]):
+    """:class:`_stamp_now` plus a number of seconds (a lock's expiry)."""
+
+    type = UTCDateTime()
+    inherit_cache = True
+
+
+@compiles(_stamp_plus_seconds)
+def _stamp_plus_default(element: _stamp_plus_seconds, compiler: SQLCompiler, **kw: Any) -> str:
+    if compiler.dialect.name == "default":  # str(statement), for reading
+        return f"(CURRENT_TIMESTAMP + {compiler.process(element.clauses, **kw)} seconds)"
+    raise NotImplementedError(
+        f"the database clock is not supported on {compiler.dialect.name}; use SystemClock"
+    )
+
+
+@compiles(_stamp_plus_seconds, "postgresql")
+def _stamp_plus_pg(element: _stamp_plus_seconds, compiler: SQLCompiler, **kw: Any) -> str:
+    seconds = compiler.process(element.clauses, **kw)
+    return f"(clock_timestamp() + make_interval(secs => {seconds}))"
+
+
+@compiles(_stamp_plus_seconds, "mysql")
+@compiles(_stamp_plus_seconds, "mariadb")
+def _stamp_plus_mysql(element: _stamp_plus_seconds, compiler: SQLCompiler, **kw: Any) -> str:
+    seconds = compiler.process(element.clauses, **kw)
+    return f"TIMESTAMPADD(MICROSECOND, ROUND(({seconds}) * 1000000), UTC_TIMESTAMP(6))"
+
+
+def stamp_expr(at: datetime | None) -> ColumnElement[datetime]:
+    """A lock stamp: ``at`` as a bound parameter, or the statement's time on the server."""
+    if at is None:
+        return _stamp_now()
+    return literal(at, UTCDateTime())
+
+
+def stamp_after(at: datetime | None, seconds: float) -> ColumnElement[datetime]:
+    """A lock's expiry: ``seconds`` after :func:`stamp_expr`."""
+    if at is None:
+        return _stamp_plus_seconds(literal(float(seconds), Float()))
+    return literal(at + timedelta(seconds=seconds), UTCDateTime())
+
+
 def _status_is(status: RetryStatus) -> ColumnElement[bool]:
     """``status = 'x'`` with the value inlined, not bound.
 

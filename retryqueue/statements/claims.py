@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    Float,
     Insert,
     Integer,
     Select,
@@ -39,9 +40,14 @@ from retryqueue.statements._base import (
     _SYNC_OFF,
     HISTORY_TABLE,
     AnySelect,
+    _stamp_now,
+    _stamp_plus_seconds,
+    _status_in,
     _status_is,
     after,
     now_expr,
+    stamp_after,
+    stamp_expr,
 )
 from retryqueue.types import UTCDateTime, utc_now
 
@@ -80,9 +86,18 @@ _FAILURE_COLUMNS = (
 
 
 def _stale(at: datetime | None, lock_timeout: float) -> list[ColumnElement[bool]]:
+    """Processing and past its lock's expiry: the holder's own ``lock_expires_at``; rows
+    locked before revision rq0006 (no expiry stored) fall back to ``locked_at`` plus the
+    reclaimer's ``lock_timeout``."""
     return [
         _status_is(RetryStatus.PROCESSING),
-        or_(RetryItem.locked_at < after(at, -lock_timeout), RetryItem.locked_at.is_(None)),
+        or_(
+            RetryItem.lock_expires_at < now_expr(at),
+            and_(
+                RetryItem.lock_expires_at.is_(None),
+                or_(RetryItem.locked_at < after(at, -lock_timeout), RetryItem.locked_at.is_(None)),
+            ),
+        ),
     ]
 
 
@@ -93,7 +108,10 @@ def select_stale(
     *,
     only_ids: Sequence[int] | None = None,
 ) -> AnySelect:
-    """Processing items whose lock is older than ``lock_timeout`` — whoever holds them.
+    """Processing items whose lock has expired — whoever holds them.
+
+    Expired: past the ``lock_expires_at`` its holder set; for rows without one (locked
+    before revision rq0006), ``locked_at`` older than ``lock_timeout``.
 
     Rows another transaction is working on are skipped, not waited for. ``only_ids``
     (MySQL) restricts the locking read to ids found by :func:`stale_ids`.
@@ -117,11 +135,7 @@ def stale_ids(at: datetime | None, lock_timeout: float, limit: int) -> Select[in
 
 def reclaim_stale(item_id: int, at: datetime | None, lock_timeout: float) -> ColumnElement[bool]:
     """The guard under which a stale item may be reclaimed (still processing, still stale)."""
-    return and_(
-        RetryItem.id == item_id,
-        _status_is(RetryStatus.PROCESSING),
-        or_(RetryItem.locked_at < after(at, -lock_timeout), RetryItem.locked_at.is_(None)),
-    )
+    return and_(RetryItem.id == item_id, *_stale(at, lock_timeout))
 
 
 Bound = tuple[Update, dict[str, Any]]
@@ -153,6 +167,26 @@ def _circuit_filter(per_event_type: bool, only: Any = None, skip: Any = None) ->
     return []
 
 
+def claimable_keys(
+    at: datetime | None, keys: Sequence[str], *, per_event_type: bool = False
+) -> Select[str | None]:
+    """The circuit keys among ``keys`` that have an item :func:`claim` could take now
+    (a half-open probe is only worth starting for those)."""
+    now = now_expr(at)
+    key = circuit_key_of_item(per_event_type)
+    return (
+        select(key)
+        .where(
+            _status_is(RetryStatus.PENDING),
+            RetryItem.next_retry_at <= now,
+            RetryItem.locked_by.is_(None),
+            RetryItem.expires_at > now,
+            key.in_(list(keys)),
+        )
+        .distinct()
+    )
+
+
 def _claimable(now: Any, limit: Any, circuit: list[Any]) -> Select[int]:
     """Ids of claimable items, best first, locked with SKIP LOCKED: pending, due,
     unlocked and not expired, by priority DESC, next_retry_at, id (the claim index)."""
@@ -171,14 +205,36 @@ def _claimable(now: Any, limit: Any, circuit: list[Any]) -> Select[int]:
     )
 
 
-def _claimed_values(now: Any, worker: Any, token: Any) -> dict[str, Any]:
+def _claimed_values(stamp: Any, expires: Any, worker: Any, token: Any) -> dict[str, Any]:
+    """The SET of a claim: ``stamp`` is the lock's time (the statement's, not the
+    transaction's), ``expires`` when the lock expires (stamp + the claimer's lock_timeout)."""
     return {
         "status": RetryStatus.PROCESSING,
         "locked_by": worker,
-        "locked_at": now,
+        "locked_at": stamp,
+        "lock_expires_at": expires,
         "lease_token": token,
-        "last_attempted_at": now,
+        "last_attempted_at": stamp,
     }
+
+
+def _lock_stamps(server_clock: bool, prefix: str) -> tuple[Any, Any]:
+    """(lock stamp, lock expiry) of a cached statement: the statement's time on the server
+    and that plus ``{prefix}_lease`` seconds; or the bound ``{prefix}_now`` and
+    ``{prefix}_expires``."""
+    if server_clock:
+        return _stamp_now(), _stamp_plus_seconds(bindparam(f"{prefix}_lease", type_=Float()))
+    return (
+        bindparam(f"{prefix}_now", type_=UTCDateTime()),
+        bindparam(f"{prefix}_expires", type_=UTCDateTime()),
+    )
+
+
+def lock_params(at: datetime | None, prefix: str, lock_timeout: float) -> dict[str, Any]:
+    """The parameters :func:`_lock_stamps` binds."""
+    if at is None:
+        return {f"{prefix}_lease": float(lock_timeout)}
+    return {f"{prefix}_now": at, f"{prefix}_expires": at + timedelta(seconds=lock_timeout)}
 
 
 @functools.cache
@@ -200,10 +256,11 @@ def _claim_template(server_clock: bool, keys: str | None = None, per_event: bool
     )
     worker = bindparam("claim_worker", type_=String())
     token = bindparam("claim_token", type_=Uuid())
+    stamp, expires = _lock_stamps(server_clock, "claim")
     return (
         update(RetryItem)
         .where(RetryItem.id == candidates.c.id)
-        .values(**_claimed_values(now, worker, token))
+        .values(**_claimed_values(stamp, expires, worker, token))
         .returning(*CLAIM_COLUMNS)
         .execution_options(**_SYNC_OFF)
     )
@@ -215,11 +272,16 @@ def claim(
     token: uuid.UUID,
     batch_size: int,
     *,
+    lock_timeout: float,
     skip_keys: Sequence[str] = (),
     only_key: str | None = None,
     per_event_type: bool = False,
 ) -> Bound:
     """Claim up to ``batch_size`` due items in priority order, in one round trip.
+
+    Each claimed row is stamped with the statement's time (``locked_at``) and expires
+    ``lock_timeout`` seconds later (``lock_expires_at``): stale reclaim goes by the
+    holder's expiry, not the reclaimer's timeout.
 
     Candidates: pending, due, unlocked and not expired, ordered by priority DESC, then
     next_retry_at, then id (served by ``idx_retry_queue_claim``); locked with SKIP LOCKED
@@ -233,9 +295,8 @@ def claim(
         "claim_worker": worker_id,
         "claim_token": token,
         "claim_limit": batch_size,
+        **lock_params(at, "claim", lock_timeout),
     }
-    if at is not None:
-        params["claim_now"] = at
     keys: str | None = None
     if only_key is not None:
         keys, params["claim_only"] = "only", only_key
@@ -248,31 +309,40 @@ def claim(
 # Outcomes
 
 
-def _owned(item_id: int, worker_id: str, token: uuid.UUID | None) -> ColumnElement[bool]:
-    clauses = [
+# Outcomes from workers are keyed by the lease token alone: it is fresh for every claim, so
+# a stale holder (even one reusing the worker id) never matches. Operators acting on an item
+# by id use :func:`operator_guard` instead, explicitly.
+
+_UNLOCKED: dict[str, Any] = {
+    "locked_by": None,
+    "locked_at": None,
+    "lock_expires_at": None,
+    "lease_token": None,
+}
+"""The SET that drops a lock."""
+
+
+def owned_guard(item_id: int, token: uuid.UUID) -> ColumnElement[bool]:
+    """The WHERE clause that proves a lease still holds an item: processing, this token."""
+    return and_(
         RetryItem.id == item_id,
         _status_is(RetryStatus.PROCESSING),
-        RetryItem.locked_by == worker_id,
-    ]
-    if token is not None:
-        clauses.append(RetryItem.lease_token == token)
-    return and_(*clauses)
+        RetryItem.lease_token == token,
+    )
 
 
-def complete_owned(
-    at: datetime | None, item_id: int, worker_id: str, token: uuid.UUID | None
-) -> Update:
-    """Mark an item completed if (and only if) this worker's lease still holds it."""
+def operator_guard(item_id: int) -> ColumnElement[bool]:
+    """An operator's outcome by id (``force=True``): any pending or processing item,
+    whoever holds it; the holder's later outcome is then refused."""
+    return and_(RetryItem.id == item_id, _status_in(RetryStatus.PENDING, RetryStatus.PROCESSING))
+
+
+def complete_owned(at: datetime | None, guard: ColumnElement[bool]) -> Update:
+    """Mark an item completed if (and only if) ``guard`` (see :func:`owned_guard`) holds."""
     return (
         update(RetryItem)
-        .where(_owned(item_id, worker_id, token))
-        .values(
-            status=RetryStatus.COMPLETED,
-            completed_at=now_expr(at),
-            locked_by=None,
-            locked_at=None,
-            lease_token=None,
-        )
+        .where(guard)
+        .values(status=RetryStatus.COMPLETED, completed_at=now_expr(at), **_UNLOCKED)
         .returning(RetryItem.id, RetryItem.event_id, RetryItem.retry_count)
         .execution_options(**_SYNC_OFF)
     )
@@ -284,7 +354,6 @@ def _complete_many_template(server_clock: bool) -> Update:
         update(RetryItem)
         .where(
             _status_is(RetryStatus.PROCESSING),
-            RetryItem.locked_by == bindparam("done_worker", type_=String()),
             tuple_(RetryItem.id, RetryItem.lease_token).in_(
                 bindparam("done_leases", expanding=True)
             ),
@@ -292,24 +361,20 @@ def _complete_many_template(server_clock: bool) -> Update:
         .values(
             status=RetryStatus.COMPLETED,
             completed_at=_now_param(server_clock, "done_now"),
-            locked_by=None,
-            locked_at=None,
-            lease_token=None,
+            **_UNLOCKED,
         )
         .returning(RetryItem.id, RetryItem.event_id, RetryItem.retry_count)
         .execution_options(**_SYNC_OFF)
     )
 
 
-def complete_many(
-    at: datetime | None, worker_id: str, leases: Sequence[tuple[int, uuid.UUID]]
-) -> Bound:
+def complete_many(at: datetime | None, leases: Sequence[tuple[int, uuid.UUID]]) -> Bound:
     """Complete a batch of items in one statement; only rows whose lease still holds change.
 
     ``leases`` are (item id, lease token) pairs; RETURNING id, event_id, retry_count of
     the rows completed.
     """
-    params: dict[str, Any] = {"done_worker": worker_id, "done_leases": list(leases)}
+    params: dict[str, Any] = {"done_leases": list(leases)}
     if at is not None:
         params["done_now"] = at
     return _complete_many_template(at is None), params
@@ -366,30 +431,24 @@ def complete_and_record(
     done``: one round trip instead of two. RETURNING the ids completed (a lost lease is
     neither completed nor recorded). ``durations_ms`` go with ``leases``, in order.
     """
-    _, params = complete_many(at, worker_id, leases)  # the same parameters, and more
+    _, params = complete_many(at, leases)  # the same parameters, and more
+    params["done_worker"] = worker_id
     params["done_ids"] = [item_id for item_id, _ in leases]
     params["done_ms"] = list(durations_ms)
     return _complete_and_record_template(at is None), params
 
 
-def lock_owned(
-    item_id: int, worker_id: str, token: uuid.UUID | None, *, at: datetime | None = None
-) -> AnySelect:
-    """Read (and row-lock) an item this worker's lease holds, for a failure decision.
+def lock_owned(guard: ColumnElement[bool], *, at: datetime | None = None) -> AnySelect:
+    """Read (and row-lock) the item ``guard`` selects (a lease's), for a failure decision.
 
     With its ``expires_at`` and ``now`` (on the operation's clock), so that a retry due
     after expiry can be refused.
     """
     return (
         select(*_FAILURE_COLUMNS, RetryItem.expires_at, now_expr(at).label("now"))
-        .where(_owned(item_id, worker_id, token))
+        .where(guard)
         .with_for_update()
     )
-
-
-def owned_guard(item_id: int, worker_id: str, token: uuid.UUID | None) -> ColumnElement[bool]:
-    """The WHERE clause that proves a worker still owns an item."""
-    return _owned(item_id, worker_id, token)
 
 
 def apply_failure(
@@ -409,9 +468,7 @@ def apply_failure(
         "error_message": error_message,
         "last_error_code": error_code,
         "last_attempted_at": now_expr(at),
-        "locked_by": None,
-        "locked_at": None,
-        "lease_token": None,
+        **_UNLOCKED,
     }
     if delay is not None:
         values["next_retry_at"] = after(at, delay.total_seconds())
@@ -429,13 +486,9 @@ def insert_history(at: datetime | None) -> Insert:
     return insert(HISTORY_TABLE).values(attempted_at=now_expr(at))
 
 
-def _held_by(
-    worker_id: str, token: uuid.UUID | None, item_ids: Sequence[int] | None
-) -> list[ColumnElement[bool]]:
-    """Processing items locked by ``worker_id`` (under ``token``; among ``item_ids``)."""
-    clauses = [_status_is(RetryStatus.PROCESSING), RetryItem.locked_by == worker_id]
-    if token is not None:
-        clauses.append(RetryItem.lease_token == token)
+def _held_by(token: uuid.UUID, item_ids: Sequence[int] | None) -> list[ColumnElement[bool]]:
+    """Processing items held under the lease ``token`` (among ``item_ids``)."""
+    clauses = [_status_is(RetryStatus.PROCESSING), RetryItem.lease_token == token]
     if item_ids is not None:
         clauses.append(RetryItem.id.in_(item_ids))
     return clauses
@@ -443,26 +496,37 @@ def _held_by(
 
 def heartbeat(
     at: datetime | None,
-    worker_id: str,
-    token: uuid.UUID | None,
+    token: uuid.UUID,
     item_ids: Sequence[int] | None,
+    lock_timeout: float,
 ) -> Update:
-    """Refresh locked_at on the items a worker still holds; RETURNING their ids."""
+    """Renew the lease ``token``'s locks: stamped now (the statement's time), expiring
+    ``lock_timeout`` seconds later; RETURNING the ids still held."""
     return (
         update(RetryItem)
-        .where(*_held_by(worker_id, token, item_ids))
-        .values(locked_at=now_expr(at))
+        .where(*_held_by(token, item_ids))
+        .values(locked_at=stamp_expr(at), lock_expires_at=stamp_after(at, lock_timeout))
         .returning(RetryItem.id)
         .execution_options(**_SYNC_OFF)
     )
 
 
-def release(worker_id: str, token: uuid.UUID | None, item_ids: Sequence[int] | None) -> Update:
-    """Give a worker's processing items back to pending, unchanged otherwise."""
+def release(token: uuid.UUID, item_ids: Sequence[int] | None) -> Update:
+    """Give the lease ``token``'s processing items back to pending, unchanged otherwise."""
+    return _release_where(_held_by(token, item_ids))
+
+
+def release_forced(item_ids: Sequence[int]) -> Update:
+    """An operator's release (``force=True``): the processing items in ``item_ids`` back to
+    pending, whoever holds them; their holders' outcomes are then refused."""
+    return _release_where([_status_is(RetryStatus.PROCESSING), RetryItem.id.in_(item_ids)])
+
+
+def _release_where(where: list[ColumnElement[bool]]) -> Update:
     return (
         update(RetryItem)
-        .where(*_held_by(worker_id, token, item_ids))
-        .values(status=RetryStatus.PENDING, locked_by=None, locked_at=None, lease_token=None)
+        .where(*where)
+        .values(status=RetryStatus.PENDING, **_UNLOCKED)
         .returning(RetryItem.id)
         .execution_options(**_SYNC_OFF)
     )

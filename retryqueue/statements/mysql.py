@@ -23,7 +23,14 @@ from retryqueue.models import (
     RetryHistory,
     RetryItem,
 )
-from retryqueue.statements._base import _MYSQL_FAMILY, _SYNC_OFF, AnySelect, now_expr
+from retryqueue.statements._base import (
+    _MYSQL_FAMILY,
+    _SYNC_OFF,
+    AnySelect,
+    now_expr,
+    stamp_after,
+    stamp_expr,
+)
 from retryqueue.statements.admin import _finished_batch, _history_batch
 from retryqueue.statements.claims import CLAIM_COLUMNS, _circuit_filter, _claimable, _claimed_values
 
@@ -75,6 +82,7 @@ def claim_emulated(
     token: uuid.UUID,
     batch_size: int,
     *,
+    lock_timeout: float,
     skip_keys: Sequence[str] = (),
     only_key: str | None = None,
     per_event_type: bool = False,
@@ -93,7 +101,9 @@ def claim_emulated(
         return (
             update(RetryItem)
             .where(RetryItem.id.in_(list(ids)))
-            .values(**_claimed_values(now, worker_id, token))
+            .values(
+                **_claimed_values(stamp_expr(at), stamp_after(at, lock_timeout), worker_id, token)
+            )
             .execution_options(**_SYNC_OFF)
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import (
@@ -29,7 +30,7 @@ from retryqueue.statements._base import (
     now_expr,
 )
 from retryqueue.statements.admin import _filter_clauses
-from retryqueue.statements.claims import circuit_key_of_item
+from retryqueue.statements.claims import _circuit_filter, circuit_key_of_item
 
 SNAPSHOT_COLUMNS = (
     RetryItem.id,
@@ -256,15 +257,42 @@ def queue_gauges(at: datetime | None, stale_lock_seconds: float) -> AnySelect:
     )
 
 
-def next_claimable_due(at: datetime | None) -> AnySelect:
+def next_claimable_due(
+    at: datetime | None, skip_keys: Sequence[str] = (), *, per_event_type: bool = False
+) -> AnySelect:
     """The earliest next_retry_at among items :func:`claim` could take, and now.
 
     Unlike :func:`next_due`, skips expired and locked pending items (never claimed), so
-    an idle worker does not keep waking for them.
+    an idle worker does not keep waking for them; and, like the claim, the items of the
+    circuits in ``skip_keys``.
     """
     now = now_expr(at)
     return select(func.min(RetryItem.next_retry_at).label("next_due"), now.label("now")).where(
         _status_is(RetryStatus.PENDING),
         RetryItem.locked_by.is_(None),
         RetryItem.expires_at > now,
+        *_circuit_filter(per_event_type, skip=list(skip_keys) or None),
+    )
+
+
+def next_claimable_due_by_key(
+    at: datetime | None, keys: Sequence[str], *, per_event_type: bool = False
+) -> AnySelect:
+    """Per circuit key in ``keys``: the earliest next_retry_at of its claimable items, and
+    now (keys without such items are absent)."""
+    now = now_expr(at)
+    key = circuit_key_of_item(per_event_type)
+    return (
+        select(
+            key.label("circuit_key"),
+            func.min(RetryItem.next_retry_at).label("next_due"),
+            now.label("now"),
+        )
+        .where(
+            _status_is(RetryStatus.PENDING),
+            RetryItem.locked_by.is_(None),
+            RetryItem.expires_at > now,
+            key.in_(list(keys)),
+        )
+        .group_by(key)
     )

@@ -123,7 +123,12 @@ def _attempt(
     started = time.perf_counter()
     if route is not None:
         try:
-            job = job_for(item, lambda: bool(queue.heartbeat(session, worker_id, [item.id])))
+            job = job_for(
+                item,
+                lambda: bool(
+                    queue.heartbeat(session, worker_id, [item.id], lease_token=item.lease_token)
+                ),
+            )
             if (hook := hooks.active) is None:
                 route.handler(job)
             else:

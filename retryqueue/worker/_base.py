@@ -437,11 +437,21 @@ class WorkerBase:
     def _renew(self, session: Session, held: list[ClaimedItem]) -> set[int]:
         kept: set[int] = set()
         for token, ids in by_token(held).items():
-            kept.update(self.queue.heartbeat(session, self.worker_id, ids, lease_token=token))
+            kept.update(
+                self.queue.heartbeat(
+                    session, self.worker_id, ids, lease_token=token, lock_timeout=self.lock_timeout
+                )
+            )
         return kept
 
     def _due(self, session: Session) -> float | None:
-        return self.queue.seconds_until_claimable(session)
+        if self.breaker is None:
+            return self.queue.seconds_until_claimable(session)
+        return self.queue.seconds_until_claimable(  # open circuits' items wait for a probe
+            session,
+            blocked=self.breaker.probes_due_in(session),
+            per_event_type=self.breaker.per_event_type,
+        )
 
     # -- decisions around the steps -------------------------------------------------------
 

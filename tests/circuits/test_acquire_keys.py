@@ -75,7 +75,7 @@ class TestSkipKeys:
 
     def test_no_keys_uses_the_plain_cached_claim(self) -> None:
         def template(**keys: Any) -> Update:
-            return claim_statement(None, "w", uuid.uuid4(), 10, **keys)[0]
+            return claim_statement(None, "w", uuid.uuid4(), 10, lock_timeout=60, **keys)[0]
 
         plain = template()
         assert template(skip_keys=(), per_event_type=True) is plain

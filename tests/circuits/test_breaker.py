@@ -126,6 +126,14 @@ class TestOpening:
         assert gate.blocked == {"pay"} and gate.probes == ()
 
 
+@pytest.fixture
+def pay_item(sessions: sessionmaker[Session], queue: RetryQueue) -> int:
+    """A due item of the ``pay`` circuit: the work a probe needs before it starts."""
+    with sessions.begin() as session:
+        return queue.enqueue(session, "capture", {}, plugin_name="pay").id
+
+
+@pytest.mark.usefixtures("pay_item")
 class TestGate:
     """The gate is cheap when all is well and hands each probe to exactly one caller."""
 
@@ -223,6 +231,7 @@ class TestGate:
         assert [row[3] for row in trail(sessions)] == ["consecutive_failures", "probe", "probe"]
 
 
+@pytest.mark.usefixtures("pay_item")
 class TestProbeOutcome:
     """The probe's success closes the circuit; its failure reopens it for longer."""
 
@@ -281,6 +290,57 @@ class TestProbeOutcome:
             transitions = breaker.record(session, [("pay", "capture", True), *failures(2)])
         assert [t.to_status for t in transitions] == [CLOSED]
         assert state_of(sessions, "pay").consecutive_failures == 2
+
+
+class TestProbesNeedWork:
+    """A probe starts only when its key has an item to claim; open circuits' items do not
+    count as due for an idle worker until a probe may take them."""
+
+    def test_no_probe_while_the_keys_items_are_not_due(
+        self,
+        breaker: CircuitBreaker,
+        sessions: sessionmaker[Session],
+        queue: RetryQueue,
+        clock: ManualClock,
+    ) -> None:
+        with sessions.begin() as session:
+            queue.enqueue(session, "capture", {}, plugin_name="pay", delay=60)
+        open_and_cool_down(breaker, sessions, clock)
+        for _ in range(5):  # gates at 30, 35, 40, 45 and 50 s
+            with sessions.begin() as session:
+                gate = breaker.gate(session, owner="w")
+            assert gate.probes == () and gate.blocked == {"pay"} and gate.transitions == ()
+            clock.advance(5)
+        assert [row[2] for row in trail(sessions)] == ["open"]
+        assert state_of(sessions, "pay").status is OPEN
+        clock.advance(5)  # 60 s: the item is due
+        with sessions.begin() as session:
+            assert breaker.gate(session, owner="w").probes == ("pay",)
+        assert [row[2] for row in trail(sessions)] == ["open", "half_open"]
+
+    def test_next_due_waits_for_the_circuit(
+        self,
+        breaker: CircuitBreaker,
+        sessions: sessionmaker[Session],
+        queue: RetryQueue,
+        clock: ManualClock,
+    ) -> None:
+        with sessions.begin() as session:
+            breaker.record(session, failures(3))  # open until 30 s
+            queue.enqueue(session, "capture", {}, plugin_name="pay")  # due now
+            queue.enqueue(session, "capture", {}, plugin_name="pay", delay=50)
+            queue.enqueue(session, "send", {}, plugin_name="mail", delay=40)
+        clock.advance(10)
+        with sessions() as session:
+            assert queue.seconds_until_claimable(session) == -10
+            blocked = breaker.probes_due_in(session)
+            assert blocked == {"pay": 20}
+            assert queue.seconds_until_claimable(session, blocked=blocked) == 20
+        clock.advance(25)  # 35 s: the cool-down is over, the held item is due
+        with sessions() as session:
+            blocked = breaker.probes_due_in(session)
+            assert queue.seconds_until_claimable(session, blocked=blocked) == -5
+            assert queue.seconds_until_claimable(session, blocked={"pay": 600}) == 5  # mail
 
 
 class TestManual:

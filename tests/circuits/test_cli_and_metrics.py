@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from retryqueue import CircuitBreaker, ManualClock
+from retryqueue import CircuitBreaker, ManualClock, RetryQueue
 from retryqueue.cli import CliDeps
 from retryqueue.metrics import QueueCollector
 from tests.cli.conftest import invoke_cli
@@ -73,6 +73,9 @@ class TestMetrics:
             breaker.close(session, "sms")
         clock.advance(30)
         with sessions.begin() as session:
+            queue = RetryQueue(clock=clock)
+            for plugin in ("mail", "pay"):  # work to probe
+                queue.enqueue(session, "a", {}, plugin_name=plugin)
             assert breaker.gate(session).probes == ("mail", "pay")
             breaker.record(session, [("mail", "a", True)])
         registry = CollectorRegistry()

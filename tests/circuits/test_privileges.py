@@ -11,7 +11,7 @@ from sqlalchemy import Engine, delete
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import sessionmaker
 
-from retryqueue import CircuitBreaker, CircuitStatus, create_engine, migrations
+from retryqueue import CircuitBreaker, CircuitStatus, RetryQueue, create_engine, migrations
 from retryqueue.models import RetryCircuitEvent
 from tests.support.servers import PostgresServer
 
@@ -51,6 +51,7 @@ def test_runtime_role_runs_the_breaker(runtime: Engine) -> None:
     breaker = CircuitBreaker(failure_threshold=1, cooldown=0.001)
     with sessions.begin() as session:
         (opened,) = breaker.record(session, [("pay", "capture", False)])
+        RetryQueue().enqueue(session, "capture", {}, plugin_name="pay")  # work to probe
     with sessions.begin() as session:
         gate = breaker.gate(session, owner="w")
         breaker.record(session, [("pay", "capture", True)])

@@ -14,7 +14,7 @@ from sqlalchemy import Engine, func, select, text
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import sessionmaker
 
-from retryqueue import CircuitBreaker, CircuitStatus, create_engine, migrations
+from retryqueue import CircuitBreaker, CircuitStatus, RetryQueue, create_engine, migrations
 from tests.support.servers import PostgresServer
 from tests.support.waiting import wait_until
 
@@ -58,6 +58,7 @@ def test_exactly_one_process_wins_the_probe(database: tuple[URL, Engine]) -> Non
     sessions = sessionmaker(engine)
     with sessions.begin() as session:  # open, with a cool-down already over on the server
         CircuitBreaker().open(session, "payments", cooldown=0.001)
+        RetryQueue().enqueue(session, "charge", {}, plugin_name="payments")  # work to probe
     environment = {**os.environ, "PYTHONPATH": str(REPO)}
     with engine.connect() as barrier:
         barrier.execute(select(func.pg_advisory_lock(BARRIER)))

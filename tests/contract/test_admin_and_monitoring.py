@@ -53,7 +53,9 @@ def claim_only(
     """Acquire exactly one given item, handing anything else acquired with it back."""
     with sessions.begin() as session:
         claimed = queue.acquire(session, worker, batch_size=1000)
-        queue.release(session, worker, [c.id for c in claimed if c.id != item_id])
+        others = [c.id for c in claimed if c.id != item_id]
+        if others:
+            queue.release(session, worker, others, lease_token=claimed[0].lease_token)
     (mine,) = [c for c in claimed if c.id == item_id]
     return mine
 
@@ -235,7 +237,12 @@ class TestMonitoring:
         assert stale in {c.id for c in claimed_all}
         clock.advance(timedelta(hours=23))
         with sessions.begin() as session:
-            queue.release(session, "slow", [c.id for c in claimed_all if c.id != stale])
+            queue.release(
+                session,
+                "slow",
+                [c.id for c in claimed_all if c.id != stale],
+                lease_token=claimed_all[0].lease_token,
+            )
         with sessions() as session:
             reasons = {a.item_id: a.reason for a in queue.alerts(session)}
         assert reasons[dead] == "dead letter: manual intervention required"

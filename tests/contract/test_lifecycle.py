@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from retryqueue import (
@@ -202,19 +203,20 @@ class TestOutcomes:
             1500,
         )
 
-    def test_complete_by_id_checks_the_worker(
+    def test_complete_by_id_checks_the_lease(
         self, sessions: sessionmaker[Session], queue: RetryQueue
     ) -> None:
         item_id = enqueue(sessions, queue)
-        acquire(sessions, queue, "owner")
+        (claimed,) = acquire(sessions, queue, "owner")
         with sessions.begin() as session:
-            assert not queue.complete(session, item_id, "intruder")
-            assert not queue.fail(session, item_id, "intruder", "boom")
+            wrong = uuid.uuid4()
+            assert not queue.complete(session, item_id, "owner", lease_token=wrong)
+            assert not queue.fail(session, item_id, "owner", "boom", lease_token=wrong)
         assert item(sessions, item_id).status is RetryStatus.PROCESSING
         with sessions.begin() as session:
-            assert queue.complete(session, item_id, "owner")
-        with sessions.begin() as session:
-            assert not queue.complete(session, item_id, "owner")  # not processing any more
+            assert queue.complete(session, item_id, "owner", lease_token=claimed.lease_token)
+        with sessions.begin() as session:  # not processing any more
+            assert not queue.complete(session, item_id, "owner", lease_token=claimed.lease_token)
         assert len(history(sessions, item_id)) == 1
 
     def test_documented_backoff_then_dead_letter(
@@ -293,7 +295,13 @@ class TestOutcomes:
         claimed = acquire(sessions, queue, batch_size=3, lock_timeout=10)
         clock.advance(8)
         with sessions.begin() as session:  # the third item gets no heartbeat ...
-            queue.heartbeat(session, "w1", [claimed[0].id, claimed[1].id])
+            queue.heartbeat(
+                session,
+                "w1",
+                [claimed[0].id, claimed[1].id],
+                lease_token=claimed[0].lease_token,
+                lock_timeout=10,
+            )
         clock.advance(4)
         # ... so at 12 s its lock is stale and another worker reclaims it.
         acquire(sessions, queue, "w2", batch_size=5, lock_timeout=10)
@@ -325,6 +333,52 @@ class TestFencing:
             assert queue.complete(session, new)
         assert [h.status for h in history(sessions, item_id)] == ["lock_expired", "completed"]
 
+    def test_stale_holder_with_the_same_worker_id_and_no_token_is_refused(
+        self, sessions: sessionmaker[Session], queue: RetryQueue, clock: ManualClock
+    ) -> None:
+        item_id = enqueue(sessions, queue, retry_delay_seconds=0)
+        (old,) = acquire(sessions, queue, "w1", lock_timeout=10)
+        clock.advance(11)
+        (new,) = acquire(sessions, queue, "w1", lock_timeout=10)  # the new owner, same id
+        with sessions.begin() as session:
+            for refused in (
+                lambda: queue.complete(session, item_id, "w1"),
+                lambda: queue.fail(session, item_id, "w1", "late"),
+                lambda: queue.heartbeat(session, "w1", [item_id]),
+                lambda: queue.release(session, "w1", [item_id]),
+            ):
+                with pytest.raises(InvalidArgument, match="lease_token"):
+                    refused()
+            assert not queue.complete(session, item_id, "w1", lease_token=old.lease_token)
+            assert not queue.fail(session, item_id, "w1", "late", lease_token=old.lease_token)
+            assert queue.release(session, "w1", [item_id], lease_token=old.lease_token) == []
+        row = item(sessions, item_id)
+        assert (row.status, row.lease_token) == (RetryStatus.PROCESSING, new.lease_token)
+        with sessions.begin() as session:
+            assert queue.complete(session, new)
+        assert [h.status for h in history(sessions, item_id)] == ["lock_expired", "completed"]
+
+    def test_operator_acts_by_id_only_with_force(
+        self, sessions: sessionmaker[Session], queue: RetryQueue
+    ) -> None:
+        done, failed, released = (enqueue(sessions, queue, max_retries=0) for _ in range(3))
+        claimed = acquire(sessions, queue, "busy", batch_size=3)
+        with sessions.begin() as session:
+            assert queue.complete(session, done, "ops", force=True)
+            assert queue.fail(session, failed, "ops", "by hand", retryable=False, force=True)
+            assert queue.release(session, "ops", [released], force=True) == [released]
+            assert not queue.complete(session, done, "ops", force=True)  # already completed
+        assert [item(sessions, i).status for i in (done, failed, released)] == [
+            RetryStatus.COMPLETED,
+            RetryStatus.FAILED,
+            RetryStatus.PENDING,
+        ]
+        assert [(h.status, h.worker_id) for h in history(sessions, done)] == [("completed", "ops")]
+        with sessions.begin() as session:  # the worker that held them is refused now
+            assert queue.complete_many(session, claimed) == set()
+        with sessions.begin() as session, pytest.raises(InvalidArgument, match="force"):
+            queue.complete(session, claimed[0], force=True)
+
     def test_mismatched_worker_for_a_claim_is_refused(
         self, sessions: sessionmaker[Session], queue: RetryQueue
     ) -> None:
@@ -337,7 +391,7 @@ class TestFencing:
         self, sessions: sessionmaker[Session], queue: RetryQueue
     ) -> None:
         with sessions.begin() as session, pytest.raises(InvalidArgument, match="worker_id"):
-            queue.complete(session, 1)
+            queue.complete(session, 1, lease_token=uuid.uuid4())
 
 
 class TestHeartbeatAndRelease:
@@ -351,7 +405,9 @@ class TestHeartbeatAndRelease:
         for _ in range(5):  # 5 x 8 s = 4 x lock_timeout
             clock.advance(8)
             with sessions.begin() as session:
-                held = queue.heartbeat(session, "w1", lease_token=claimed.lease_token)
+                held = queue.heartbeat(
+                    session, "w1", lease_token=claimed.lease_token, lock_timeout=10
+                )
             assert held == [item_id]
             assert acquire(sessions, queue, "thief", lock_timeout=10) == []
         with sessions.begin() as session:
@@ -364,8 +420,10 @@ class TestHeartbeatAndRelease:
             queue.enqueue_many(session, [NewItem("e", {"i": i}) for i in range(3)])
         claimed = acquire(sessions, queue, batch_size=3)
         with sessions.begin() as session:
-            released = queue.release(session, "w1", [claimed[0].id, claimed[1].id])
-            assert queue.release(session, "other-worker") == []
+            released = queue.release(
+                session, "w1", [claimed[0].id, claimed[1].id], lease_token=claimed[0].lease_token
+            )
+            assert queue.release(session, "other-worker", lease_token=uuid.uuid4()) == []
         assert released == sorted([claimed[0].id, claimed[1].id])
         for c in claimed[:2]:
             row = item(sessions, c.id)
@@ -396,3 +454,52 @@ class TestSchedule:
             240,
             480,
         ]
+
+
+class TestLockExpiry:
+    """A lock expires by its holder's lock_timeout (stored with the claim and extended by
+    each heartbeat), never by the reclaiming worker's."""
+
+    def test_a_short_timeout_worker_leaves_a_long_timeout_workers_items(
+        self, sessions: sessionmaker[Session], queue: RetryQueue, clock: ManualClock
+    ) -> None:
+        long_item = enqueue(sessions, queue, retry_delay_seconds=0)
+        (held,) = acquire(sessions, queue, "patient", lock_timeout=3600)
+        assert item(sessions, long_item).lock_expires_at == clock.now() + timedelta(hours=1)
+        short_item = enqueue(sessions, queue, retry_delay_seconds=0)
+        clock.advance(120)
+        (short,) = acquire(sessions, queue, "hasty", lock_timeout=60)  # looks for stale too
+        assert short.id == short_item
+        with sessions.begin() as session:
+            assert queue.complete(session, short)
+        assert item(sessions, long_item).lease_token == held.lease_token
+        clock.advance(1080)  # 1200 s: the patient worker's heartbeat
+        with sessions.begin() as session:
+            kept = queue.heartbeat(
+                session, "patient", lease_token=held.lease_token, lock_timeout=3600
+            )
+        assert kept == [long_item]
+        assert item(sessions, long_item).lock_expires_at == clock.now() + timedelta(hours=1)
+        clock.advance(2500)  # 3700 s after the claim, 2500 s after the heartbeat
+        assert acquire(sessions, queue, "hasty", lock_timeout=60) == []
+        assert item(sessions, long_item).lease_token == held.lease_token
+        clock.advance(1101)  # past the heartbeat's expiry: now it is stale for everyone
+        (again,) = acquire(sessions, queue, "hasty", lock_timeout=60)
+        assert again.id == long_item
+        assert [h.status for h in history(sessions, long_item)] == ["lock_expired"]
+        with sessions.begin() as session:
+            assert not queue.complete(session, held)
+
+    def test_locks_without_a_stored_expiry_use_the_reclaimers_timeout(
+        self, sessions: sessionmaker[Session], queue: RetryQueue, clock: ManualClock
+    ) -> None:
+        item_id = enqueue(sessions, queue, retry_delay_seconds=0)
+        acquire(sessions, queue, "legacy", lock_timeout=3600)
+        with sessions.begin() as session:  # as if locked before revision rq0006
+            session.execute(
+                update(RetryItem).where(RetryItem.id == item_id).values(lock_expires_at=None)
+            )
+        clock.advance(61)
+        (again,) = acquire(sessions, queue, "hasty", lock_timeout=60)
+        assert again.id == item_id
+        assert [h.status for h in history(sessions, item_id)] == ["lock_expired"]

@@ -22,7 +22,8 @@ from retryqueue import create_engine, migrations
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAD = migrations.heads()[0]
-ALL = [f"rq000{n}" for n in range(1, int(HEAD[-1]) + 1)]
+ALL = [f"rq{n:04d}" for n in range(1, int(HEAD[2:]) + 1)]
+BEFORE_HEAD = ALL[-2]
 
 
 def run(
@@ -79,7 +80,7 @@ class TestCheckout:
         env = {"RETRYQUEUE_DATABASE_URL": url, "PYTHONPATH": str(checkout)}
         alembic = ("-m", "alembic")
         upgraded = run(sys.executable, *alembic, "upgrade", "head", cwd=checkout, env=env)
-        assert f"Running upgrade rq0004 -> {HEAD}" in upgraded.stderr
+        assert f"Running upgrade {BEFORE_HEAD} -> {HEAD}" in upgraded.stderr
         assert {"daz_retry_queue", "retryqueue_alembic_version"} <= tables(url)
         history = run(sys.executable, *alembic, "history", cwd=checkout, env=env).stdout
         assert all(revision in history for revision in ALL)
@@ -107,7 +108,7 @@ class TestCheckout:
         versions = checkout / "retryqueue" / "migrations" / "versions"
         (made,) = versions.glob("rq9999_*.py")
         text = made.read_text()
-        assert 'down_revision: str | None = "rq0005"' in text.replace("'", '"')
+        assert f'down_revision: str | None = "{HEAD}"' in text.replace("'", '"')
         assert "idx_retry_queue_event_type" in text and "create_index" in text
         assert not list((checkout / "alembic").glob("**/rq9999*"))
 

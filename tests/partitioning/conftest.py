@@ -62,7 +62,12 @@ class Populator:
             claimed = queue.acquire(session, "seed", batch_size=100, lock_timeout=1e7)
             (mine,) = [item for item in claimed if item.id == item_id]
             others = [item for item in claimed if item.id != item_id]
-            queue.release(session, "seed", item_ids=[item.id for item in others])
+            queue.release(
+                session,
+                "seed",
+                item_ids=[item.id for item in others],
+                lease_token=mine.lease_token,
+            )
             if status is RetryStatus.COMPLETED:
                 queue.complete(session, mine)
             elif status is RetryStatus.FAILED:

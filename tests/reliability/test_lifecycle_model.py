@@ -173,12 +173,17 @@ class QueueMachine(RuleBasedStateMachine):
         if holds and model is not None:
             self._fail_model(model, retryable=retryable)
 
-    @rule(worker=st.sampled_from(["w1", "w2"]))
-    def heartbeat(self, worker: str) -> None:
+    @rule(claims=claims)
+    def heartbeat(self, claims: list[ClaimedItem]) -> None:
+        if not claims:
+            return
+        lease = claims[0].lease_token  # one acquisition, one lease
         with self.sessions.begin() as session:
-            held = self.queue.heartbeat(session, worker)
+            held = self.queue.heartbeat(
+                session, claims[0].locked_by, lease_token=lease, lock_timeout=LOCK_TIMEOUT
+            )
         expected = sorted(
-            i for i, m in self.items.items() if m.status == "processing" and m.owner == worker
+            i for i, m in self.items.items() if m.status == "processing" and m.token == lease
         )
         assert held == expected
         for item_id in held:

@@ -141,7 +141,7 @@ class TestOutcomes:
         with sessions.begin() as session:  # make `last` be on its final attempt
             claimed = queue.acquire(session, "setup", 1, 300)
             assert [c.id for c in claimed] == [later]
-            queue.release(session, "setup")
+            queue.release(session, "setup", lease_token=claimed[0].lease_token)
         with sessions.begin() as session:
             from retryqueue.models import RetryItem
 
