@@ -6,6 +6,7 @@ import dataclasses
 import enum
 import getpass
 import json
+import os
 import re
 import sys
 import threading
@@ -13,16 +14,30 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.progress import Progress as RichProgress
+from rich.table import Table
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session
+from typer._click.exceptions import ClickException, UsageError  # typer vendors click
+from typer._click.globals import get_current_context
 from typer.core import TyperGroup
 
 from retryqueue.clock import Clock
@@ -79,14 +94,35 @@ class State:
             return "<unparseable URL>"
 
     def engine(self) -> Engine:
-        """The engine, created on first use and disposed when the command ends."""
+        """The engine, created on first use and disposed when the command ends.
+
+        A SQLite file that does not exist is an error, except for the commands that create
+        a database (``db upgrade``, ``db stamp``, ``demo``): reading must not leave an
+        empty file behind.
+        """
         if self._engine is None:
+            self.require_existing_database()
             try:
                 self._engine = create_engine(self.url)
             except (ArgumentError, ImportError) as exc:
                 raise CliError(f"invalid database URL: {_first_line(exc)}") from exc
             self.on_close(self._engine.dispose)
         return self._engine
+
+    def require_existing_database(self) -> None:
+        """:class:`CliError` if the URL names a SQLite file that does not exist (see engine)."""
+        url = self.url
+        path = url.database
+        if url.get_backend_name() != "sqlite" or not path or path == ":memory:":
+            return
+        if path.startswith("file:") or Path(path).exists():
+            return
+        if _invoked_command()[:2] in (["db", "upgrade"], ["db", "stamp"], ["demo"]):
+            return
+        raise CliError(
+            f"no database at {self.display_url} (the file {path} does not exist): "
+            f"set --database-url or {DATABASE_URL_ENV}, or create it with `retryqueue db upgrade`"
+        )
 
     def queue(self) -> RetryQueue:
         """A queue on the injected clock (default: the database's or host's clock)."""
@@ -115,6 +151,16 @@ class State:
         return message
 
 
+def _invoked_command() -> list[str]:
+    """The running command's names below the root, e.g. ``["db", "upgrade"]``."""
+    names: list[str] = []
+    ctx = get_current_context(silent=True)
+    while ctx is not None and ctx.parent is not None:
+        names.insert(0, ctx.info_name or "")
+        ctx = ctx.parent
+    return names
+
+
 class CliError(Exception):
     """A failure reported as one line on stderr with a non-zero exit."""
 
@@ -135,8 +181,76 @@ def requested_by() -> str:
         return "cli"
 
 
+#: Options of the root command, accepted before or after the subcommand; True: takes a value.
+GLOBAL_OPTIONS: dict[str, bool] = {"--database-url": True, "--wide": False}
+
+
+def hoist_global_options(args: Sequence[str]) -> list[str]:
+    """``args`` with the global options moved before the subcommand.
+
+    ``retryqueue worker app:router --database-url URL`` then means what
+    ``retryqueue --database-url URL worker app:router`` means. Nothing after ``--`` moves.
+    """
+    hoisted: list[str] = []
+    rest: list[str] = []
+    position = 0
+    while position < len(args):
+        arg = args[position]
+        if arg == "--":
+            rest.extend(args[position:])
+            break
+        name = arg.split("=", 1)[0]
+        takes_value = GLOBAL_OPTIONS.get(name)
+        if takes_value is None:
+            rest.append(arg)
+        elif takes_value and "=" not in arg and position + 1 < len(args):
+            hoisted.extend(args[position : position + 2])
+            position += 1
+        else:
+            hoisted.append(arg)
+        position += 1
+    return hoisted + rest
+
+
 class ErrorHandlingGroup(TyperGroup):
-    """The root group: turns expected failures into one line on stderr and exit code 1."""
+    """The root group: turns expected failures into one line on stderr and exit code 1.
+
+    Usage errors (unknown option, missing argument, bad value) are reported the same way,
+    as one ``error:`` line naming the command and its ``--help``, with exit code 1.
+    """
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Parse ``args`` (global options anywhere) and run; usage errors are one line."""
+        argv = hoist_global_options(sys.argv[1:] if args is None else list(args))
+        try:
+            result = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        except UsageError as exc:
+            if not standalone_mode:
+                raise
+            command = exc.ctx.command_path if exc.ctx is not None else "retryqueue"
+            message = " ".join(exc.format_message().split())
+            typer.echo(f"error: {message} (see '{command} --help')", err=True)
+            sys.exit(1)
+        except ClickException as exc:
+            if not standalone_mode:
+                raise
+            typer.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            if not standalone_mode:
+                raise
+            typer.echo("aborted: nothing was changed", err=True)
+            sys.exit(1)
+        if not standalone_mode:
+            return result
+        sys.exit(result if isinstance(result, int) else 0)
 
     def invoke(self, ctx: Any) -> Any:  # typer's (vendored) click Context
         """Run the command; report library, database and argument errors without a traceback."""
@@ -177,11 +291,118 @@ def _first_line(exc: BaseException) -> str:
 # -- output ---------------------------------------------------------------------------------
 
 
+_WIDE: ContextVar[bool] = ContextVar("retryqueue_cli_wide", default=False)
+_PLAIN_WIDTH = 10_000  # piped without COLUMNS: never truncate, never wrap
+
+
+def set_wide(wide: bool) -> None:
+    """Record the root ``--wide`` option for this invocation."""
+    _WIDE.set(wide)
+
+
+def wide() -> bool:
+    """Whether ``--wide`` was given: every column, full timestamps, no width limit."""
+    return _WIDE.get()
+
+
+def _width(stream: Any) -> int | None:
+    """None (rich decides: the terminal's width or COLUMNS) or the plain-text width."""
+    if wide():
+        return _PLAIN_WIDTH
+    if stream.isatty() or os.environ.get("COLUMNS", "").strip().isdigit():
+        return None
+    return _PLAIN_WIDTH
+
+
 def console(*, stderr: bool = False) -> Console:
-    """A rich console on the current stdout (or stderr); wide when not a terminal."""
+    """A rich console on stdout (or stderr) as wide as the terminal, or COLUMNS when piped.
+
+    Piped output without COLUMNS (and ``--wide``) has no width limit: nothing is cut.
+    """
     stream = sys.stderr if stderr else sys.stdout
-    width = None if stream.isatty() else 200
-    return Console(file=stream, highlight=False, width=width, soft_wrap=False)
+    return Console(file=stream, highlight=False, width=_width(stream), soft_wrap=False)
+
+
+def print_table(table: Table) -> None:
+    """Print ``table`` on stdout; piped without COLUMNS, as plain aligned text (no box)."""
+    out = console()
+    if out.width == _PLAIN_WIDTH and not out.is_terminal:
+        table.box = None
+        table.show_edge = False
+    out.print(table)
+
+
+def new_table(title: str, **kwargs: Any) -> Table:
+    """A table: a title line, then a box of columns made by :func:`add_column`."""
+    return Table(title=title, **kwargs)
+
+
+def add_column(table: Table, name: str, *, keep: bool = False, right: bool = False) -> None:
+    """A column; ``keep``: never wrapped (ids, statuses, times), else long text wraps."""
+    table.add_column(
+        name,
+        justify="right" if right else "left",
+        no_wrap=keep,
+        overflow="ellipsis" if keep else "fold",
+    )
+
+
+class Progress:
+    """A progress bar with ETA on stderr, drawn only on a terminal and never with ``--json``.
+
+    ``with Progress("purging", total) as advance: advance(n)``; ``total=None`` shows a
+    counter and the elapsed time (no ETA can be known). :meth:`timed` draws a bar over an
+    estimated duration for one long statement.
+    """
+
+    def __init__(self, label: str, total: int | None, *, quiet: bool = False) -> None:
+        err = console(stderr=True)
+        self.enabled = not quiet and err.is_terminal
+        self._bar = RichProgress(
+            SpinnerColumn(),
+            TextColumn(label),
+            BarColumn(),
+            MofNCompleteColumn() if total is not None else TextColumn("{task.completed}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=err,
+            transient=True,
+            disable=not self.enabled,
+        )
+        self._task = self._bar.add_task(label, total=total)
+
+    def __enter__(self) -> Callable[[int], None]:
+        self._bar.__enter__()
+        return lambda count: self._bar.advance(self._task, count)
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.__exit__(None, None, None)
+
+    @classmethod
+    @contextmanager
+    def timed(cls, label: str, estimate_seconds: float, *, quiet: bool = False) -> Iterator[None]:
+        """A bar that fills over ``estimate_seconds`` (stopping short) while the block runs."""
+        bar = cls(label, max(1, int(estimate_seconds * 10)), quiet=quiet)
+        done = threading.Event()
+        started = time.monotonic()
+
+        def tick() -> None:
+            total = bar._bar.tasks[0].total or 1
+            while not done.wait(0.2):
+                elapsed = (time.monotonic() - started) * 10
+                bar._bar.update(bar._task, completed=min(elapsed, total * 0.99))
+
+        with bar:
+            ticker = threading.Thread(target=tick, daemon=True) if bar.enabled else None
+            if ticker is not None:
+                ticker.start()
+            try:
+                yield
+            finally:
+                done.set()
+                if ticker is not None:
+                    ticker.join()
 
 
 def jsonable(value: Any) -> Any:
@@ -215,6 +436,35 @@ def text(value: Any) -> str:
     if isinstance(value, datetime):
         return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
     return str(value)
+
+
+def when(value: datetime | None) -> str:
+    """A time for a table: ``MM-DD HH:MM`` UTC (full seconds and year with ``--wide``)."""
+    if value is None or wide():
+        return text(value)
+    return value.astimezone(UTC).strftime("%m-%d %H:%M")
+
+
+def age(value: datetime | None, now: datetime) -> str:
+    """How long ago ``value`` was, in the largest sensible unit: ``45s``, ``12m``, ``3h5m``."""
+    if value is None:
+        return "-"
+    seconds = max(0, int((now - value).total_seconds()))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+
+
+def short(message: str | None, limit: int = 200) -> str:
+    """The first line of ``message``, at most ``limit`` characters ('-' when empty)."""
+    if not message:
+        return "-"
+    line = message.splitlines()[0]
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 # -- parsing --------------------------------------------------------------------------------
