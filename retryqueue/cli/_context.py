@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -324,26 +325,93 @@ def console(*, stderr: bool = False) -> Console:
 
 
 def print_table(table: Table) -> None:
-    """Print ``table`` on stdout; piped without COLUMNS, as plain aligned text (no box)."""
+    """Print ``table`` on stdout, fitted to the width (see :func:`fit`).
+
+    With ``--wide``, or piped without COLUMNS, columns keep their natural widths (piped:
+    plain aligned text without rules).
+    """
     out = console()
-    if out.width == _PLAIN_WIDTH and not out.is_terminal:
-        table.box = None
-        table.show_edge = False
+    if out.width == _PLAIN_WIDTH:
+        if not out.is_terminal:
+            table.box = None
+    else:
+        fit(table, out.width)
     out.print(table)
 
 
+_WORD_CAP = 16  # a longer word (a URL, a token) folds rather than widen its column
+_GAP = 2  # a column's right padding and the separator
+_NARROWEST = 6
+
+
+def fit(table: Table, width: int) -> None:
+    """Share ``width`` between the columns.
+
+    Kept (no-wrap) columns get their natural width; the others at least their longest word
+    (up to 16 characters) or their ``min_width``, and the rest of the room in proportion to
+    what each would need to show everything on one line.
+    """
+    natural = [_natural(column) for column in table.columns]
+    flexible = [i for i, column in enumerate(table.columns) if not column.no_wrap]
+    gaps = _GAP * (len(natural) - 1)
+    if gaps + sum(natural) <= width or not flexible:
+        return
+    fixed = sum(natural[i] for i in range(len(natural)) if i not in flexible)
+    floors = {
+        i: min(natural[i], max(table.columns[i].min_width or 0, _longest_word(table.columns[i])))
+        for i in flexible
+    }
+    room = width - gaps - fixed
+    while sum(floors.values()) > room and max(floors.values()) > _NARROWEST:
+        widest = max(floors, key=lambda i: floors[i])  # too tight: the widest floor gives
+        floors[widest] -= 1
+    extra = max(0, room - sum(floors.values()))
+    wants = {i: natural[i] - floors[i] for i in flexible}
+    total_want = sum(wants.values()) or 1
+    for i in flexible:
+        table.columns[i].width = min(natural[i], floors[i] + extra * wants[i] // total_want)
+
+
+def _natural(column: Any) -> int:
+    texts = [str(column.header), *(str(cell) for cell in column.cells)]
+    return max((len(line) for value in texts for line in value.splitlines()), default=1)
+
+
+def _longest_word(column: Any) -> int:
+    texts = [str(column.header), *(str(cell) for cell in column.cells)]
+    words = [len(word) for value in texts for word in value.split()]
+    return min(max(words, default=1), _WORD_CAP)
+
+
 def new_table(title: str, **kwargs: Any) -> Table:
-    """A table: a title line, then a box of columns made by :func:`add_column`."""
-    return Table(title=title, **kwargs)
+    """A table: a title line, a ruled header, then columns made by :func:`add_column`.
+
+    No outer box and two spaces between columns, so that the columns that matter fit in
+    80 columns.
+    """
+    options: dict[str, Any] = {
+        "box": box.SIMPLE_HEAD,
+        "show_edge": False,
+        "pad_edge": False,
+        "padding": (0, 1, 0, 0),
+        "title_justify": "left",
+    }
+    return Table(title=title, **{**options, **kwargs})
 
 
-def add_column(table: Table, name: str, *, keep: bool = False, right: bool = False) -> None:
-    """A column; ``keep``: never wrapped (ids, statuses, times), else long text wraps."""
+def add_column(
+    table: Table, name: str, *, keep: bool = False, right: bool = False, min_width: int = 0
+) -> None:
+    """A column; ``keep``: never wrapped (ids, statuses, times), else long text wraps.
+
+    ``min_width``: wrap no narrower than this (an event type stays readable).
+    """
     table.add_column(
         name,
         justify="right" if right else "left",
         no_wrap=keep,
         overflow="ellipsis" if keep else "fold",
+        min_width=min_width or None,
     )
 
 

@@ -21,6 +21,7 @@ from retryqueue.cli._context import (
     state,
     text,
     when,
+    wide,
 )
 from retryqueue.queue import RetryQueue
 from retryqueue.results import CircuitEvent, CircuitState
@@ -154,30 +155,29 @@ def _print_one(circuit: CircuitState, as_json: bool) -> None:
 
 
 def circuits_table(rows: Sequence[CircuitState]) -> Table:
-    """The circuits as a rich table."""
+    """The circuits as a rich table (--wide adds opened, cooldown and probe owner)."""
+    full = wide()
     table = new_table(f"Circuits ({len(rows)})")
-    for name, keep in (
-        ("key", False),
-        ("state", True),
-        ("failures", True),
-        ("window", True),
-        ("opened", True),
-        ("open until", True),
-        ("cooldown", True),
-        ("probe owner", False),
-        ("reason", False),
-    ):
-        add_column(table, name, keep=keep)
+    add_column(table, "key")
+    for name in ("state", "failures", "window"):
+        add_column(table, name, keep=True)
+    if full:
+        add_column(table, "opened", keep=True)
+    add_column(table, "open until", keep=True)
+    if full:
+        add_column(table, "cooldown", keep=True)
+        add_column(table, "probe owner")
+    add_column(table, "reason")
     for row in rows:
+        cooldown = f"{row.cooldown_seconds:g}s" if row.cooldown_seconds else "-"
         table.add_row(
             row.key,
             row.status.value,
             str(row.consecutive_failures),
             f"{row.window_failures}/{row.window_attempts}",
-            when(row.opened_at),
+            *([when(row.opened_at)] if full else []),
             when(row.open_until),
-            f"{row.cooldown_seconds:g}s" if row.cooldown_seconds else "-",
-            text(row.probe_owner),
+            *([cooldown, text(row.probe_owner)] if full else []),
             text(row.reason),
         )
     return table

@@ -40,6 +40,7 @@ R = TypeVar("R")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 _BAR_WIDTH = 40
+_EVENT_TYPE_WIDTH = 20  # wraps beyond this: "media.video.uploaded" stays on one line
 
 
 def register(app: typer.Typer) -> None:
@@ -75,33 +76,36 @@ def stats(ctx: typer.Context, as_json: JsonOption = False) -> None:
     _report(ctx, RetryQueue.stats, stats_table, as_json)
 
 
-def stats_table(rows: Sequence[QueueStats]) -> Table:
-    """The stats rows as a rich table, with a total line."""
+def stats_table(rows: Sequence[QueueStats], now: datetime | None = None) -> Table:
+    """The stats rows as a rich table, with a total line (--wide: every column).
+
+    The narrow table shows the oldest item's age; --wide shows the times.
+    """
+    full = wide()
+    now = now or datetime.now(UTC)
     table = new_table("Queue statistics")
     add_column(table, "status", keep=True)
-    add_column(table, "event type")
+    add_column(table, "event type", min_width=_EVENT_TYPE_WIDTH)
     add_column(table, "plugin")
     add_column(table, "count", keep=True, right=True)
     add_column(table, "avg retries", right=True)
-    if wide():
-        add_column(table, "most retries", right=True)
-    add_column(table, "locked", right=True)
-    add_column(table, "oldest", keep=True)
-    if wide():
+    if full:
+        add_column(table, "most retries", keep=True, right=True)
+        add_column(table, "locked", keep=True, right=True)
+    add_column(table, "oldest" if full else "oldest age", keep=True, right=not full)
+    if full:
         add_column(table, "newest", keep=True)
     for row in rows:
-        cells = [
+        table.add_row(
             text(row.status),
             row.event_type,
             text(row.plugin_name),
             str(row.count),
             f"{row.avg_retry_count:.2f}",
-            *([str(row.max_retry_count)] if wide() else []),
-            str(row.locked_count),
-            when(row.oldest_created_at),
-            *([when(row.newest_created_at)] if wide() else []),
-        ]
-        table.add_row(*cells)
+            *([str(row.max_retry_count), str(row.locked_count)] if full else []),
+            when(row.oldest_created_at) if full else age(row.oldest_created_at, now),
+            *([when(row.newest_created_at)] if full else []),
+        )
     table.add_section()
     total = ["total", "", "", str(sum(row.count for row in rows))]
     table.add_row(*total, *[""] * (len(table.columns) - len(total)))
@@ -119,7 +123,7 @@ def alerts_table(rows: Sequence[Alert]) -> Table:
     add_column(table, "id", keep=True, right=True)
     add_column(table, "reason")
     add_column(table, "status", keep=True)
-    add_column(table, "event type")
+    add_column(table, "event type", min_width=_EVENT_TYPE_WIDTH)
     if wide():
         add_column(table, "plugin")
         add_column(table, "channel")
@@ -170,7 +174,7 @@ def stuck_table(rows: Sequence[ItemSnapshot], now: datetime, title: str) -> Tabl
     """Locked items: the lock holder, the lock time and its age."""
     table = new_table(title)
     add_column(table, "id", keep=True, right=True)
-    add_column(table, "event type")
+    add_column(table, "event type", min_width=_EVENT_TYPE_WIDTH)
     if wide():
         add_column(table, "plugin")
         add_column(table, "created", keep=True)
@@ -196,7 +200,7 @@ def items_table(rows: Sequence[ItemSnapshot], title: str) -> Table:
     table = new_table(title)
     add_column(table, "id", keep=True, right=True)
     add_column(table, "status", keep=True)
-    add_column(table, "event type")
+    add_column(table, "event type", min_width=_EVENT_TYPE_WIDTH)
     if wide():
         add_column(table, "plugin")
         add_column(table, "channel")
@@ -329,7 +333,7 @@ def success_rate(ctx: typer.Context, as_json: JsonOption = False) -> None:
 
 def _success_table(rows: Sequence[SuccessRate]) -> Table:
     table = new_table("Success rate by event type (finished items)")
-    add_column(table, "event type")
+    add_column(table, "event type", min_width=_EVENT_TYPE_WIDTH)
     for name in ("finished", "completed", "success rate"):
         add_column(table, name, keep=True, right=True)
     for row in rows:
