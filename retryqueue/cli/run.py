@@ -19,7 +19,14 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError
 
 from retryqueue import metrics
-from retryqueue.cli._context import CliError, _first_line, console, print_json, state
+from retryqueue.cli._context import (
+    CliError,
+    _first_line,
+    console,
+    print_json,
+    print_table,
+    state,
+)
 from retryqueue.cli.monitor import alerts_table, stats_table
 from retryqueue.engine import create_async_engine, create_engine
 from retryqueue.queue import RetryQueue
@@ -323,8 +330,8 @@ def demo(
         )
         return
     out.print()
-    out.print(stats_table(stats))
-    out.print(alerts_table(alerts))
+    print_table(stats_table(stats), out)
+    print_table(alerts_table(alerts), out)
     summary = ", ".join(f"{name} {count}" for name, count in sorted(result.statuses.items()))
     out.print(f"demo finished in {result.elapsed_seconds:.1f} s: {summary}")
     if kept:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,14 @@ class TestOneLineErrors:
         line = _one_line_error(run(*args, cwd=tmp_path))
         assert expected in line
         assert "--help" in line
+
+    @pytest.mark.parametrize(
+        "command", [["enqueue"], ["replay"], ["worker"], ["circuits", "open"], ["db", "upgrade"]]
+    )
+    def test_help_speaks_command_line(self, command: list[str]) -> None:
+        ran = run(*command, "--help")
+        assert ran.returncode == 0, ran.stderr
+        assert not re.search(r"<\w|\{\w", ran.stdout), ran.stdout  # no <list[int]>, {event_type}
 
     def test_stats_without_a_url_creates_no_file(self, tmp_path: Path) -> None:
         line = _one_line_error(run("stats", cwd=tmp_path))
