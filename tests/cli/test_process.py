@@ -200,6 +200,17 @@ class TestProgress:
         assert ran.returncode == 0, ran.stdout
         assert "eta" in ran.stdout
 
+    def test_rotate_keys_on_a_terminal(self, database_url: str, seed: Seeder) -> None:
+        from retryqueue.encryption import KEYS_ENV, generate_key
+
+        self._failed(seed, 2)
+        ran = run_in_terminal(
+            "--database-url", database_url, "rotate-keys", env={KEYS_ENV: generate_key()}
+        )
+        assert ran.returncode == 0, ran.stdout
+        assert "re-encrypting" in ran.stdout and "eta" in ran.stdout
+        assert "re-encrypted" in ran.stdout
+
     def test_silent_when_piped_or_json(self, database_url: str, seed: Seeder) -> None:
         self._failed(seed, 2)
         piped = run("--database-url", database_url, "replay", "--yes")
