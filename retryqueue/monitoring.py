@@ -29,15 +29,18 @@ from retryqueue.results import (
 
 __all__ = [
     "alerts",
+    "cleanup_backlog",
     "dead_letter_groups",
     "fetch_all",
     "find_items",
     "get_item",
     "item_history",
+    "item_payload",
     "items_per_hour",
     "stats",
     "stuck",
     "success_rate_by_event_type",
+    "table_sizes",
 ]
 
 
@@ -62,6 +65,14 @@ def get_item(session: Session, item_id: int) -> ItemSnapshot:
     if not rows:
         raise ItemNotFound(item_id)
     return snapshot(rows[0])
+
+
+def item_payload(session: Session, item_id: int) -> tuple[Any, Any]:
+    """One item's (event_data, event_metadata); :class:`ItemNotFound` if there is none."""
+    rows = fetch_all(session, sql.select_item_payload(item_id), "get")
+    if not rows:
+        raise ItemNotFound(item_id)
+    return rows[0][0], rows[0][1]
 
 
 def find_items(session: Session, item_filter: ItemFilter) -> list[ItemSnapshot]:
@@ -198,3 +209,15 @@ def queue_gauges(session: Session, at: datetime | None, stale_lock_seconds: floa
     return QueueGauges(
         measured_at=row.now, oldest_due_pending_age_seconds=age, stale_locks=int(row.stale_locks)
     )
+
+
+def cleanup_backlog(session: Session, at: datetime | None, retention_days: float) -> int:
+    """About how many rows ``cleanup(retention_days)`` would delete now (a progress total)."""
+    rows = fetch_all(session, sql.cleanup_backlog(at, retention_days * 86400), "cleanup")
+    return sum(int(count or 0) for count in rows[0])
+
+
+def table_sizes(session: Session) -> tuple[int, int]:
+    """Rows in the queue and in the history."""
+    rows = fetch_all(session, sql.table_sizes(), "table sizes")
+    return int(rows[0][0] or 0), int(rows[0][1] or 0)

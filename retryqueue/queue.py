@@ -987,7 +987,7 @@ class RetryQueue:
         return monitoring.items_per_hour(session, self.now(session), hours)
 
     def success_rate_by_event_type(self, session: Session) -> list[SuccessRate]:
-        """Completed share of items, per event type."""
+        """Completed share of the finished items, per event type (pending ones not counted)."""
         return monitoring.success_rate_by_event_type(session)
 
     # -- worker support (appended for the worker runtime) ----------------------------------

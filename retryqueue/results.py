@@ -211,7 +211,11 @@ class HourlyCount:
 
 @dataclass(frozen=True, slots=True)
 class SuccessRate:
-    """Share of an event type's items that completed."""
+    """Share of an event type's finished items that completed.
+
+    ``total`` counts finished items only (completed, failed, dead_letter): pending and
+    processing items have no outcome yet.
+    """
 
     event_type: str
     total: int

@@ -1,9 +1,10 @@
 """The ``retryqueue`` command: a thin shell over the queue, monitoring, worker and migrations.
 
-The database comes from ``--database-url`` (before the command name) or the
-``RETRYQUEUE_DATABASE_URL`` environment variable; the default is ``sqlite:///retryqueue.db``.
-Expected failures (bad URL, unreachable database, missing tables, invalid arguments) print
-one line on stderr and exit with status 1.
+The database comes from ``--database-url`` (before or after the command name) or the
+``RETRYQUEUE_DATABASE_URL`` environment variable; the default is ``sqlite:///retryqueue.db``
+(never created by a command that only reads). Expected failures (bad URL, unreachable
+database, missing tables, invalid arguments, usage errors) print one line on stderr and exit
+with status 1. ``python -m retryqueue`` is the same command.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from retryqueue.cli._context import (
     CliDeps,
     ErrorHandlingGroup,
     State,
+    set_wide,
 )
 
 __all__ = ["CliDeps", "app", "main"]
@@ -46,12 +48,20 @@ def _root(
             show_default=True,
         ),
     ] = DEFAULT_DATABASE_URL,
+    wide: Annotated[
+        bool,
+        typer.Option(
+            "--wide", help="Tables with every column and full times, however wide they get."
+        ),
+    ] = False,
 ) -> None:
     """Operate a retryqueue from the command line."""
+    set_wide(wide)
     deps = ctx.obj if isinstance(ctx.obj, CliDeps) else CliDeps()
     ctx.obj = State(raw_url=database_url, deps=deps, on_close=ctx.call_on_close)
 
 
+# One line per command group: a group module exposes ``app`` (a sub-command) or ``register``.
 app.add_typer(db.app, name="db")
 app.add_typer(circuits.app, name="circuits")
 admin.register(app)

@@ -2,34 +2,78 @@
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import getpass
 import json
 import re
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
-from rich.console import Console
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session
+from typer._click.exceptions import ClickException, UsageError  # typer vendors click
+from typer._click.globals import get_current_context
 from typer.core import TyperGroup
 
 from retryqueue import validation as check
+from retryqueue.cli._help import use_plain_help
+from retryqueue.cli._output import (
+    Progress,
+    add_column,
+    age,
+    console,
+    jsonable,
+    new_table,
+    print_json,
+    print_table,
+    set_wide,
+    short,
+    text,
+    when,
+    wide,
+)
 from retryqueue.clock import Clock
 from retryqueue.engine import create_engine, normalise_url
 from retryqueue.errors import DatabaseError, InvalidArgument, RetryQueueError
 from retryqueue.queue import RetryQueue
+
+__all__ = [  # the output helpers are re-exported: commands import everything from here
+    "DATABASE_URL_ENV",
+    "DEFAULT_DATABASE_URL",
+    "CliDeps",
+    "CliError",
+    "ErrorHandlingGroup",
+    "Progress",
+    "State",
+    "add_column",
+    "age",
+    "chunks",
+    "console",
+    "hoist_global_options",
+    "jsonable",
+    "new_table",
+    "parse_duration",
+    "parse_json",
+    "parse_when",
+    "print_json",
+    "print_table",
+    "requested_by",
+    "set_wide",
+    "short",
+    "state",
+    "text",
+    "when",
+    "wide",
+]
 
 DEFAULT_DATABASE_URL = "sqlite:///retryqueue.db"
 DATABASE_URL_ENV = "RETRYQUEUE_DATABASE_URL"
@@ -80,14 +124,35 @@ class State:
             return "<unparseable URL>"
 
     def engine(self) -> Engine:
-        """The engine, created on first use and disposed when the command ends."""
+        """The engine, created on first use and disposed when the command ends.
+
+        A SQLite file that does not exist is an error, except for the commands that create
+        a database (``db upgrade``, ``db stamp``, ``demo``): reading must not leave an
+        empty file behind.
+        """
         if self._engine is None:
+            self.require_existing_database()
             try:
                 self._engine = create_engine(self.url)
             except (ArgumentError, ImportError) as exc:
                 raise CliError(f"invalid database URL: {_first_line(exc)}") from exc
             self.on_close(self._engine.dispose)
         return self._engine
+
+    def require_existing_database(self) -> None:
+        """:class:`CliError` if the URL names a SQLite file that does not exist (see engine)."""
+        url = self.url
+        path = url.database
+        if url.get_backend_name() != "sqlite" or not path or path == ":memory:":
+            return
+        if path.startswith("file:") or Path(path).exists():
+            return
+        if _invoked_command()[:2] in (["db", "upgrade"], ["db", "stamp"], ["demo"]):
+            return
+        raise CliError(
+            f"no database at {self.display_url} (the file {path} does not exist): "
+            f"set --database-url or {DATABASE_URL_ENV}, or create it with `retryqueue db upgrade`"
+        )
 
     def queue(self) -> RetryQueue:
         """A queue on the injected clock (default: the database's or host's clock)."""
@@ -116,6 +181,16 @@ class State:
         return message
 
 
+def _invoked_command() -> list[str]:
+    """The running command's names below the root, e.g. ``["db", "upgrade"]``."""
+    names: list[str] = []
+    ctx = get_current_context(silent=True)
+    while ctx is not None and ctx.parent is not None:
+        names.insert(0, ctx.info_name or "")
+        ctx = ctx.parent
+    return names
+
+
 class CliError(Exception):
     """A failure reported as one line on stderr with a non-zero exit."""
 
@@ -136,8 +211,77 @@ def requested_by() -> str:
         return "cli"
 
 
+#: Options of the root command, accepted before or after the subcommand; True: takes a value.
+GLOBAL_OPTIONS: dict[str, bool] = {"--database-url": True, "--wide": False}
+
+
+def hoist_global_options(args: Sequence[str]) -> list[str]:
+    """``args`` with the global options moved before the subcommand.
+
+    ``retryqueue worker app:router --database-url URL`` then means what
+    ``retryqueue --database-url URL worker app:router`` means. Nothing after ``--`` moves.
+    """
+    hoisted: list[str] = []
+    rest: list[str] = []
+    position = 0
+    while position < len(args):
+        arg = args[position]
+        if arg == "--":
+            rest.extend(args[position:])
+            break
+        name = arg.split("=", 1)[0]
+        takes_value = GLOBAL_OPTIONS.get(name)
+        if takes_value is None:
+            rest.append(arg)
+        elif takes_value and "=" not in arg and position + 1 < len(args):
+            hoisted.extend(args[position : position + 2])
+            position += 1
+        else:
+            hoisted.append(arg)
+        position += 1
+    return hoisted + rest
+
+
 class ErrorHandlingGroup(TyperGroup):
-    """The root group: turns expected failures into one line on stderr and exit code 1."""
+    """The root group: turns expected failures into one line on stderr and exit code 1.
+
+    Usage errors (unknown option, missing argument, bad value) are reported the same way,
+    as one ``error:`` line naming the command and its ``--help``, with exit code 1.
+    """
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Parse ``args`` (global options anywhere) and run; usage errors are one line."""
+        argv = hoist_global_options(sys.argv[1:] if args is None else list(args))
+        use_plain_help(self)
+        try:
+            result = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        except UsageError as exc:
+            if not standalone_mode:
+                raise
+            command = exc.ctx.command_path if exc.ctx is not None else "retryqueue"
+            message = " ".join(exc.format_message().split())
+            typer.echo(f"error: {message} (see '{command} --help')", err=True)
+            sys.exit(1)
+        except ClickException as exc:
+            if not standalone_mode:
+                raise
+            typer.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            if not standalone_mode:
+                raise
+            typer.echo("aborted: nothing was changed", err=True)
+            sys.exit(1)
+        if not standalone_mode:
+            return result
+        sys.exit(result if isinstance(result, int) else 0)
 
     def invoke(self, ctx: Any) -> Any:  # typer's (vendored) click Context
         """Run the command; report library, database and argument errors without a traceback."""
@@ -173,49 +317,6 @@ def _first_line(exc: BaseException) -> str:
     origin = getattr(exc, "orig", None)
     text = str(origin if origin is not None else exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-# -- output ---------------------------------------------------------------------------------
-
-
-def console(*, stderr: bool = False) -> Console:
-    """A rich console on the current stdout (or stderr); wide when not a terminal."""
-    stream = sys.stderr if stderr else sys.stdout
-    width = None if stream.isatty() else 200
-    return Console(file=stream, highlight=False, width=width, soft_wrap=False)
-
-
-def jsonable(value: Any) -> Any:
-    """Dataclasses, datetimes, UUIDs, enums and read-only mappings as plain JSON values."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, enum.Enum):
-        return jsonable(value.value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, Mapping):
-        return {str(key): jsonable(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(item) for item in value]
-    return value
-
-
-def print_json(value: Any) -> None:
-    """Print ``value`` as indented JSON on stdout."""
-    typer.echo(json.dumps(jsonable(value), indent=2))
-
-
-def text(value: Any) -> str:
-    """A table cell: '-' for None, ISO seconds for datetimes, values of enums."""
-    if value is None:
-        return "-"
-    if isinstance(value, enum.Enum):
-        return str(value.value)
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-    return str(value)
 
 
 # -- parsing --------------------------------------------------------------------------------

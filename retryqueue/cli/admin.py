@@ -5,21 +5,22 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 
-from retryqueue import encryption
+from retryqueue import encryption, monitoring
 from retryqueue.cli._context import (
     CliError,
+    Progress,
     State,
     chunks,
-    console,
     parse_duration,
     parse_json,
     parse_when,
     print_json,
+    print_table,
     requested_by,
     state,
 )
@@ -84,7 +85,15 @@ def enqueue(
     data = parse_json(raw or "", "event data")
     current = state(ctx)
     with current.transaction() as session:
-        result = current.queue().enqueue(session, event_type, data, **fields)
+        queue = current.queue()
+        expiry = fields["expires_at"]
+        now = queue.now(session) or datetime.now(UTC)
+        if expiry is not None and expiry <= now:
+            raise CliError(
+                f"invalid --expires-at {expires_at!r}: already past (now {now:%Y-%m-%d %H:%M:%S} "
+                "UTC); the item could never run"
+            )
+        result = queue.enqueue(session, event_type, data, **fields)
     if as_json:
         print_json(result)
     elif result.created:
@@ -176,12 +185,18 @@ def replay(
     rate: Annotated[
         float | None, typer.Option(help="At most this many items per second.", min=0.001)
     ] = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Replay everything without asking.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Move dead_letter and failed items (or --status completed) back to pending, due now.
 
-    Each replayed item gets a 'requeued' history row naming who replayed it.
+    Without any filter every dead_letter and failed item is selected: that asks first
+    (--yes does not). Each replayed item gets a 'requeued' history row naming who replayed it.
     """
+    filters = [status, item_id, event_type, plugin, channel, error_code, limit]
+    unfiltered = not any([*filters, created_after, created_before, failed_after, failed_before])
     current = state(ctx)
     item_filter = _selection(
         status,
@@ -199,10 +214,17 @@ def replay(
     )
     with current.session() as session:
         candidates = current.queue().find(session, item_filter)
-    if dry_run:
-        _report_selection(candidates, as_json, "would be replayed")
+    if dry_run or not candidates:
+        _report_selection(candidates, as_json, "would be replayed", dry_run=dry_run)
         return
-    moved = _redrive(current, [item.id for item in candidates], item_filter, reset_retries, rate)
+    if unfiltered and not yes:
+        typer.confirm(
+            f"No filter given: replay all {len(candidates)} dead_letter and failed item(s)?",
+            abort=True,
+            err=True,
+        )
+    ids = [item.id for item in candidates]
+    moved = _redrive(current, ids, item_filter, reset_retries, rate, quiet=as_json)
     if as_json:
         print_json({"replayed": moved})
     else:
@@ -215,6 +237,8 @@ def _redrive(
     item_filter: ItemFilter,
     reset_retries: bool,
     rate: float | None,
+    *,
+    quiet: bool,
 ) -> list[int]:
     """Requeue ``ids`` chunk by chunk, one transaction each, throttled to ``rate``."""
     throttle = None
@@ -224,7 +248,7 @@ def _redrive(
         size = max(1, min(int(rate), _MAX_THROTTLED_CHUNK))
     queue, who = current.queue(), requested_by()
     moved: list[int] = []
-    with _progress(len(ids), "replaying") as advance:
+    with Progress("replaying", len(ids), quiet=quiet) as advance:
         for chunk in chunks(ids, size):
             if throttle is not None:
                 throttle.wait_for(len(moved))
@@ -277,26 +301,35 @@ def purge(
     with current.session() as session:
         candidates = current.queue().find(session, item_filter)
     if dry_run or not candidates:
-        _report_selection(candidates, as_json, "would be purged")
+        _report_selection(candidates, as_json, "would be purged", dry_run=dry_run)
         return
     statuses = ", ".join(RetryStatus(s).value for s in item_filter.statuses)
     if not yes:
         typer.confirm(f"Delete {len(candidates)} item(s) ({statuses})?", abort=True, err=True)
-    chosen = ItemFilter(statuses=item_filter.statuses, ids=[item.id for item in candidates])
-    with current.transaction() as session:
-        deleted = current.queue().purge(session, chosen)
+    deleted: list[int] = []
+    queue = current.queue()
+    with Progress("purging", len(candidates), quiet=as_json) as advance:
+        for chunk in chunks([item.id for item in candidates], _UNTHROTTLED_CHUNK):
+            chosen = ItemFilter(statuses=item_filter.statuses, ids=chunk)
+            with current.transaction() as session:
+                deleted.extend(queue.purge(session, chosen))
+            advance(len(chunk))
     if as_json:
         print_json({"purged": deleted})
     else:
         typer.echo(f"purged {len(deleted)} item(s)")
 
 
-def _report_selection(candidates: list[Any], as_json: bool, what: str) -> None:
+def _report_selection(candidates: list[Any], as_json: bool, what: str, *, dry_run: bool) -> None:
     if as_json:
-        print_json({"dry_run": True, "count": len(candidates), "items": candidates})
+        print_json({"dry_run": dry_run, "count": len(candidates), "items": candidates})
         return
-    if candidates:
-        console().print(items_table(candidates, f"{len(candidates)} item(s) {what}"))
+    if not candidates:
+        typer.echo(
+            "no item matches the selection: nothing " + ("would change" if dry_run else "changed")
+        )
+        return
+    print_table(items_table(candidates, f"{len(candidates)} item(s) {what}"))
     typer.echo(f"{len(candidates)} item(s) {what}")
 
 
@@ -320,7 +353,14 @@ def cleanup(
     current = state(ctx)
     queue = current.queue()
     total = CleanupResult()
-    with current.session() as session, _progress(None, "cleaning up") as advance:
+    with current.session() as session:
+        backlog = (
+            None
+            if as_json
+            else monitoring.cleanup_backlog(session, queue.now(session), retention_days)
+        )
+        session.rollback()
+    with current.session() as session, Progress("cleaning up", backlog, quiet=as_json) as advance:
         for part in queue.iter_cleanup(session, retention_days, batch_size=batch_size):
             if not dry_run:
                 session.commit()
@@ -343,33 +383,10 @@ def _cleanup_dict(total: CleanupResult) -> dict[str, int]:
     return {name: getattr(total, name) for name in CleanupResult.__dataclass_fields__}
 
 
-class _progress:
-    """A progress bar on stderr (shown only on a terminal); yields ``advance(n)``."""
-
-    def __init__(self, total: int | None, label: str) -> None:
-        err = console(stderr=True)
-        self._bar = Progress(
-            SpinnerColumn(),
-            TextColumn(label),
-            BarColumn(),
-            MofNCompleteColumn(),
-            console=err,
-            transient=True,
-            disable=not err.is_terminal,
-        )
-        self._task = self._bar.add_task(label, total=total)
-
-    def __enter__(self) -> Callable[[int], None]:
-        self._bar.__enter__()
-        return lambda count: self._bar.advance(self._task, count)
-
-    def __exit__(self, *exc: object) -> None:
-        self._bar.__exit__(None, None, None)
-
-
 def rotate_keys(
     ctx: typer.Context,
     batch_size: Annotated[int, typer.Option(help="Rows per transaction.", show_default=True)] = 500,
+    as_json: JsonOption = False,
 ) -> None:
     """Re-encrypt event data and error messages under the newest key, in batches.
 
@@ -381,7 +398,14 @@ def rotate_keys(
     current = state(ctx)
     total = 0
     with current.session() as session:
-        for rewritten in current.queue().iter_rotate_keys(session, batch_size=batch_size):
-            session.commit()
-            total += rewritten
-    typer.echo(f"re-encrypted {total} stored value(s) under the newest key")
+        rows = sum(monitoring.table_sizes(session))
+        session.rollback()
+        with Progress("re-encrypting", rows, quiet=as_json) as advance:
+            for rewritten in current.queue().iter_rotate_keys(session, batch_size=batch_size):
+                session.commit()
+                total += rewritten
+                advance(rewritten)
+    if as_json:
+        print_json({"rewritten": total})
+    else:
+        typer.echo(f"re-encrypted {total} stored value(s) under the newest key")

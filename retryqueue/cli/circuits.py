@@ -7,16 +7,23 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from sqlalchemy.orm import Session
 
 from retryqueue.circuits import CircuitBreaker, circuit_events, circuit_states
 from retryqueue.cli._context import (
-    console,
+    CliError,
+    add_column,
+    new_table,
     parse_duration,
     print_json,
+    print_table,
     requested_by,
     state,
     text,
+    when,
+    wide,
 )
+from retryqueue.queue import RetryQueue
 from retryqueue.results import CircuitEvent, CircuitState
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -46,7 +53,7 @@ def circuits(ctx: typer.Context, as_json: JsonOption = False) -> None:
     if as_json:
         print_json(rows)
         return
-    console().print(circuits_table(rows))
+    print_table(circuits_table(rows))
 
 
 @app.command("open")
@@ -60,12 +67,21 @@ def open_circuit(
         ),
     ] = "10m",
     reason: Annotated[str, typer.Option(help="Why, for the audit trail.")] = "manual",
+    force: Annotated[
+        bool, typer.Option("--force", help="Open it even if no item or circuit has this key.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Open KEY's circuit: workers skip its items until the cool-down ends and a probe passes."""
+    """Open KEY's circuit: workers skip its items until the cool-down ends and a probe passes.
+
+    KEY's plugin (and event type) must be known, from a queued item or an existing
+    circuit, so a typo does not open a circuit nothing uses; --force skips that check.
+    """
     cooldown = parse_duration(for_, "--for")
     current = state(ctx)
     with current.transaction() as session:
+        if not force:
+            _require_known(session, current.queue(), key)
         circuit = _breaker(ctx).open(
             session, key, cooldown=cooldown, reason=reason, actor=requested_by()
         )
@@ -77,6 +93,9 @@ def close_circuit(ctx: typer.Context, key: KeyArgument, as_json: JsonOption = Fa
     """Close KEY's circuit now and reset its counters: its items run again."""
     current = state(ctx)
     with current.transaction() as session:
+        known = [row.key for row in circuit_states(session)]
+        if key.strip() not in known:
+            raise CliError(f"no circuit {key!r}{_listing('circuits', known)}")
         circuit = _breaker(ctx).close(session, key, actor=requested_by())
     _print_one(circuit, as_json)
 
@@ -94,7 +113,37 @@ def events(
     if as_json:
         print_json(rows)
         return
-    console().print(events_table(rows))
+    print_table(events_table(rows))
+
+
+def _require_known(session: Session, queue: RetryQueue, key: str) -> None:
+    """:class:`CliError` unless KEY names a plugin (and event type) that is in use."""
+    plugin, _, event_type = key.strip().partition(":")
+    circuits = {row.key for row in circuit_states(session)}
+    if key.strip() in circuits:
+        return
+    rows = queue.stats(session)
+    plugins = sorted(
+        {row.plugin_name for row in rows if row.plugin_name}
+        | {known.partition(":")[0] for known in circuits}
+    )
+    if plugin not in plugins:
+        raise CliError(
+            f"unknown plugin {plugin!r} in circuit key {key!r}{_listing('plugins', plugins)}; "
+            "--force opens it anyway"
+        )
+    event_types = sorted({row.event_type for row in rows if row.plugin_name == plugin})
+    if event_type and event_type not in event_types:
+        raise CliError(
+            f"plugin {plugin!r} has no event type {event_type!r}"
+            f"{_listing('event types', event_types)}; --force opens it anyway"
+        )
+
+
+def _listing(what: str, names: Sequence[str]) -> str:
+    if not names:
+        return f" (no {what} known)"
+    return f" (known {what}: {', '.join(names[:20])}{', …' if len(names) > 20 else ''})"
 
 
 def _print_one(circuit: CircuitState, as_json: bool) -> None:
@@ -106,30 +155,29 @@ def _print_one(circuit: CircuitState, as_json: bool) -> None:
 
 
 def circuits_table(rows: Sequence[CircuitState]) -> Table:
-    """The circuits as a rich table."""
-    table = Table(title=f"Circuits ({len(rows)})")
-    for name in (
-        "key",
-        "state",
-        "failures",
-        "window",
-        "opened",
-        "open until",
-        "cooldown",
-        "probe owner",
-        "reason",
-    ):
-        table.add_column(name)
+    """The circuits as a rich table (--wide adds opened, cooldown and probe owner)."""
+    full = wide()
+    table = new_table(f"Circuits ({len(rows)})")
+    add_column(table, "key")
+    for name in ("state", "failures", "window"):
+        add_column(table, name, keep=True)
+    if full:
+        add_column(table, "opened", keep=True)
+    add_column(table, "open until", keep=True)
+    if full:
+        add_column(table, "cooldown", keep=True)
+        add_column(table, "probe owner")
+    add_column(table, "reason")
     for row in rows:
+        cooldown = f"{row.cooldown_seconds:g}s" if row.cooldown_seconds else "-"
         table.add_row(
             row.key,
             row.status.value,
             str(row.consecutive_failures),
             f"{row.window_failures}/{row.window_attempts}",
-            text(row.opened_at),
-            text(row.open_until),
-            f"{row.cooldown_seconds:g}s" if row.cooldown_seconds else "-",
-            text(row.probe_owner),
+            *([when(row.opened_at)] if full else []),
+            when(row.open_until),
+            *([cooldown, text(row.probe_owner)] if full else []),
             text(row.reason),
         )
     return table
@@ -137,12 +185,12 @@ def circuits_table(rows: Sequence[CircuitState]) -> Table:
 
 def events_table(rows: Sequence[CircuitEvent]) -> Table:
     """Audit rows as a rich table."""
-    table = Table(title=f"Circuit transitions ({len(rows)})")
+    table = new_table(f"Circuit transitions ({len(rows)})")
     for name in ("at", "key", "from", "to", "reason", "cooldown", "actor"):
-        table.add_column(name)
+        add_column(table, name, keep=name in ("at", "from", "to", "cooldown"))
     for row in rows:
         table.add_row(
-            text(row.occurred_at),
+            when(row.occurred_at),
             row.key,
             row.from_status.value,
             row.to_status.value,

@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, TypeVar
 
 import typer
 from rich.table import Table
 from sqlalchemy.orm import Session
 
-from retryqueue.cli._context import console, parse_duration, print_json, state, text
+from retryqueue import monitoring
+from retryqueue.cli._context import (
+    add_column,
+    age,
+    jsonable,
+    new_table,
+    parse_duration,
+    print_json,
+    print_table,
+    short,
+    state,
+    text,
+    when,
+    wide,
+)
 from retryqueue.queue import RetryQueue
 from retryqueue.results import (
     Alert,
@@ -25,6 +40,7 @@ R = TypeVar("R")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 _BAR_WIDTH = 40
+_EVENT_TYPE_WIDTH = 20  # wraps beyond this: "media.video.uploaded" stays on one line
 
 
 def register(app: typer.Typer) -> None:
@@ -52,34 +68,33 @@ def _report(
     if as_json:
         print_json(rows)
         return
-    console().print(render(rows))
+    print_table(render(rows))
 
 
 def stats(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """Counts per status, event type and plugin."""
+    """Counts per status, event type and plugin (--wide: also most retries, newest)."""
     _report(ctx, RetryQueue.stats, stats_table, as_json)
 
 
-def stats_table(rows: Sequence[QueueStats]) -> Table:
-    """The stats rows as a rich table, with a total line."""
-    table = Table(title="Queue statistics")
-    for name in (
-        "status",
-        "event type",
-        "plugin",
-        "count",
-        "avg retries",
-        "max retries",
-        "locked",
-        "oldest",
-        "newest",
-    ):
-        table.add_column(
-            name,
-            justify="right"
-            if name in ("count", "avg retries", "max retries", "locked")
-            else "left",
-        )
+def stats_table(rows: Sequence[QueueStats], now: datetime | None = None) -> Table:
+    """The stats rows as a rich table, with a total line (--wide: every column).
+
+    The narrow table shows the oldest item's age; --wide shows the times.
+    """
+    full = wide()
+    now = now or datetime.now(UTC)
+    table = new_table("Queue statistics")
+    add_column(table, "status", keep=True)
+    add_column(table, "event type", min_width=_EVENT_TYPE_WIDTH)
+    add_column(table, "plugin")
+    add_column(table, "count", keep=True, right=True)
+    add_column(table, "avg retries", right=True)
+    if full:
+        add_column(table, "most retries", keep=True, right=True)
+        add_column(table, "locked", keep=True, right=True)
+    add_column(table, "oldest" if full else "oldest age", keep=True, right=not full)
+    if full:
+        add_column(table, "newest", keep=True)
     for row in rows:
         table.add_row(
             text(row.status),
@@ -87,13 +102,13 @@ def stats_table(rows: Sequence[QueueStats]) -> Table:
             text(row.plugin_name),
             str(row.count),
             f"{row.avg_retry_count:.2f}",
-            str(row.max_retry_count),
-            str(row.locked_count),
-            text(row.oldest_created_at),
-            text(row.newest_created_at),
+            *([str(row.max_retry_count), str(row.locked_count)] if full else []),
+            when(row.oldest_created_at) if full else age(row.oldest_created_at, now),
+            *([when(row.newest_created_at)] if full else []),
         )
     table.add_section()
-    table.add_row("total", "", "", str(sum(row.count for row in rows)), "", "", "", "", "")
+    total = ["total", "", "", str(sum(row.count for row in rows))]
+    table.add_row(*total, *[""] * (len(table.columns) - len(total)))
     return table
 
 
@@ -103,20 +118,31 @@ def alerts(ctx: typer.Context, as_json: JsonOption = False) -> None:
 
 
 def alerts_table(rows: Sequence[Alert]) -> Table:
-    """The alert rows as a rich table."""
-    table = Table(title=f"Alerts ({len(rows)})")
-    for name in ("id", "reason", "status", "event type", "plugin", "channel", "retries", "error"):
-        table.add_column(name)
+    """The alert rows as a rich table (--wide adds plugin, channel and created)."""
+    table = new_table(f"Alerts ({len(rows)})")
+    add_column(table, "id", keep=True, right=True)
+    add_column(table, "reason")
+    add_column(table, "status", keep=True)
+    add_column(table, "event type", min_width=_EVENT_TYPE_WIDTH)
+    if wide():
+        add_column(table, "plugin")
+        add_column(table, "channel")
+        add_column(table, "created", keep=True)
+    add_column(table, "retries", keep=True, right=True)
+    add_column(table, "error")
     for row in rows:
         table.add_row(
             str(row.item_id),
             row.reason,
             text(row.status),
             row.event_type,
-            text(row.plugin_name),
-            text(row.channel_name),
+            *(
+                [text(row.plugin_name), text(row.channel_name), when(row.created_at)]
+                if wide()
+                else []
+            ),
             f"{row.retry_count}/{row.max_retries}",
-            _short(row.error_message),
+            short(row.error_message, 500 if wide() else 120),
         )
     return table
 
@@ -128,44 +154,76 @@ def stuck(
     ] = "1h",
     as_json: JsonOption = False,
 ) -> None:
-    """Items processing for longer than --older-than (crashed or hung workers)."""
-    age = timedelta(seconds=parse_duration(older_than, "--older-than"))
-    _report(
-        ctx,
-        lambda queue, session: queue.stuck(session, age),
-        lambda rows: items_table(rows, f"Processing for more than {older_than} ({len(rows)})"),
-        as_json,
-    )
+    """Items processing for longer than --older-than (crashed or hung workers).
+
+    The table shows who holds each lock, since when and for how long.
+    """
+    age_limit = timedelta(seconds=parse_duration(older_than, "--older-than"))
+    current = state(ctx)
+    with current.session() as session:
+        queue = current.queue()
+        rows = queue.stuck(session, age_limit)
+        now = queue.now(session) or datetime.now(UTC)
+    if as_json:
+        print_json(rows)
+        return
+    print_table(stuck_table(rows, now, f"Processing for more than {older_than} ({len(rows)})"))
+
+
+def stuck_table(rows: Sequence[ItemSnapshot], now: datetime, title: str) -> Table:
+    """Locked items: the lock holder, the lock time and its age."""
+    table = new_table(title)
+    add_column(table, "id", keep=True, right=True)
+    add_column(table, "event type", min_width=_EVENT_TYPE_WIDTH)
+    if wide():
+        add_column(table, "plugin")
+        add_column(table, "created", keep=True)
+    add_column(table, "locked by")
+    add_column(table, "locked at", keep=True)
+    add_column(table, "lock age", keep=True, right=True)
+    add_column(table, "retries", keep=True, right=True)
+    for row in rows:
+        table.add_row(
+            str(row.id),
+            row.event_type,
+            *([text(row.plugin_name), when(row.created_at)] if wide() else []),
+            text(row.locked_by),
+            when(row.locked_at),
+            age(row.locked_at, now),
+            f"{row.retry_count}/{row.max_retries}",
+        )
+    return table
 
 
 def items_table(rows: Sequence[ItemSnapshot], title: str) -> Table:
-    """Item snapshots as a rich table."""
-    table = Table(title=title)
-    for name in (
-        "id",
-        "status",
-        "event type",
-        "plugin",
-        "channel",
-        "retries",
-        "error code",
-        "error",
-        "created",
-        "locked by",
-    ):
-        table.add_column(name)
+    """Item snapshots as a rich table (--wide adds plugin, channel, error code, locked by)."""
+    table = new_table(title)
+    add_column(table, "id", keep=True, right=True)
+    add_column(table, "status", keep=True)
+    add_column(table, "event type", min_width=_EVENT_TYPE_WIDTH)
+    if wide():
+        add_column(table, "plugin")
+        add_column(table, "channel")
+        add_column(table, "error code")
+    add_column(table, "retries", keep=True, right=True)
+    add_column(table, "error")
+    add_column(table, "created", keep=True)
+    if wide():
+        add_column(table, "locked by")
     for row in rows:
         table.add_row(
             str(row.id),
             text(row.status),
             row.event_type,
-            text(row.plugin_name),
-            text(row.channel_name),
+            *(
+                [text(row.plugin_name), text(row.channel_name), text(row.last_error_code)]
+                if wide()
+                else []
+            ),
             f"{row.retry_count}/{row.max_retries}",
-            text(row.last_error_code),
-            _short(row.error_message),
-            text(row.created_at),
-            text(row.locked_by),
+            short(row.error_message, 500 if wide() else 120),
+            when(row.created_at),
+            *([text(row.locked_by)] if wide() else []),
         )
     return table
 
@@ -175,20 +233,23 @@ def show(
     item_id: Annotated[int, typer.Argument(metavar="ID", help="The item's id.")],
     as_json: JsonOption = False,
 ) -> None:
-    """One item's columns."""
+    """One item: every column, its event data and metadata."""
     current = state(ctx)
     with current.session() as session:
         item = current.queue().get(session, item_id)
+        event_data, event_metadata = monitoring.item_payload(session, item_id)
     if as_json:
-        print_json(item)
+        print_json({**jsonable(item), "event_data": event_data, "event_metadata": event_metadata})
         return
-    table = Table(title=f"Item {item.id}", show_header=False)
-    table.add_column("field", style="bold")
-    table.add_column("value")
+    table = new_table(f"Item {item.id}", show_header=False)
+    add_column(table, "field", keep=True)
+    add_column(table, "value")
     for name in ItemSnapshot.__dataclass_fields__:
         value = getattr(item, name)
         table.add_row(name, ", ".join(value) if name == "tags" else text(value))
-    console().print(table)
+    table.add_row("event_data", json.dumps(event_data, indent=2, default=str))
+    table.add_row("event_metadata", json.dumps(event_metadata, indent=2, default=str))
+    print_table(table)
 
 
 def history(
@@ -196,29 +257,35 @@ def history(
     item_id: Annotated[int, typer.Argument(metavar="ID", help="The item's id.")],
     as_json: JsonOption = False,
 ) -> None:
-    """An item's attempts and replays, oldest first."""
+    """An item's attempts and replays, oldest first (kept after the item is purged)."""
     current = state(ctx)
     with current.session() as session:
         queue = current.queue()
-        queue.get(session, item_id)  # ItemNotFound rather than an empty table
         entries = queue.history(session, item_id)
+        if not entries:
+            queue.get(session, item_id)  # ItemNotFound rather than an empty table
     if as_json:
         print_json(entries)
         return
-    table = Table(title=f"History of item {item_id}")
-    for name in ("attempt", "status", "at", "worker", "duration ms", "error code", "error"):
-        table.add_column(name)
+    table = new_table(f"History of item {item_id}")
+    add_column(table, "attempt", keep=True, right=True)
+    add_column(table, "status", keep=True)
+    add_column(table, "at", keep=True)
+    add_column(table, "worker")
+    if wide():
+        add_column(table, "duration ms", right=True)
+        add_column(table, "error code")
+    add_column(table, "error")
     for entry in entries:
         table.add_row(
             str(entry.attempt_number),
             entry.status,
-            text(entry.attempted_at),
+            when(entry.attempted_at),
             text(entry.worker_id),
-            text(entry.duration_ms),
-            text(entry.error_code),
-            _short(entry.error_message),
+            *([text(entry.duration_ms), text(entry.error_code)] if wide() else []),
+            short(entry.error_message, 500 if wide() else 120),
         )
-    console().print(table)
+    print_table(table)
 
 
 def throughput(
@@ -235,16 +302,16 @@ def throughput(
         return
     filled = _fill_hours(rows)
     peak = max((row.count for row in filled), default=0)
-    table = Table(title=f"Items per hour, last {hours} h (UTC)")
-    table.add_column("hour")
-    table.add_column("items", justify="right")
-    table.add_column("")
+    table = new_table(f"Items per hour, last {hours} h (UTC)")
+    add_column(table, "hour", keep=True)
+    add_column(table, "items", keep=True, right=True)
+    add_column(table, "", keep=True)
     for row in filled:
         width = round(_BAR_WIDTH * row.count / peak) if peak else 0
         table.add_row(row.hour.strftime("%Y-%m-%d %H:00"), str(row.count), "█" * width)
     table.add_section()
     table.add_row("total", str(sum(row.count for row in rows)), "")
-    console().print(table)
+    print_table(table)
 
 
 def _fill_hours(rows: Sequence[HourlyCount]) -> list[HourlyCount]:
@@ -260,14 +327,15 @@ def _fill_hours(rows: Sequence[HourlyCount]) -> list[HourlyCount]:
 
 
 def success_rate(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """Share of items that completed, per event type."""
+    """Share of finished items that completed, per event type (pending ones not counted)."""
     _report(ctx, RetryQueue.success_rate_by_event_type, _success_table, as_json)
 
 
 def _success_table(rows: Sequence[SuccessRate]) -> Table:
-    table = Table(title="Success rate by event type")
-    for name in ("event type", "total", "completed", "success rate"):
-        table.add_column(name, justify="left" if name == "event type" else "right")
+    table = new_table("Success rate by event type (finished items)")
+    add_column(table, "event type", min_width=_EVENT_TYPE_WIDTH)
+    for name in ("finished", "completed", "success rate"):
+        add_column(table, name, keep=True, right=True)
     for row in rows:
         table.add_row(row.event_type, str(row.total), str(row.completed), f"{row.success_rate:.1%}")
     return table
@@ -290,24 +358,20 @@ def dead_letters(
 
 
 def _dead_letter_table(groups: Sequence[DeadLetterGroup], group_by: str) -> Table:
-    table = Table(title=f"Dead letters by {group_by}")
-    for name in (group_by, "count", "sample error", "oldest", "newest"):
-        table.add_column(name, justify="right" if name == "count" else "left")
+    table = new_table(f"Dead letters by {group_by}")
+    add_column(table, group_by)
+    add_column(table, "count", keep=True, right=True)
+    add_column(table, "sample error")
+    add_column(table, "oldest", keep=True)
+    add_column(table, "newest", keep=True)
     for group in groups:
         table.add_row(
             text(group.key),
             str(group.count),
-            _short(group.sample_error),
-            text(group.oldest_created_at),
-            text(group.newest_created_at),
+            short(group.sample_error, 500 if wide() else 120),
+            when(group.oldest_created_at),
+            when(group.newest_created_at),
         )
     table.add_section()
     table.add_row("total", str(sum(group.count for group in groups)), "", "", "")
     return table
-
-
-def _short(message: str | None, limit: int = 60) -> str:
-    if not message:
-        return "-"
-    line = message.splitlines()[0]
-    return line if len(line) <= limit else line[: limit - 1] + "…"

@@ -11,13 +11,23 @@ from datetime import datetime
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from retryqueue.cli._context import console, parse_duration, print_json, state, text
+from retryqueue import monitoring
+from retryqueue.cli._context import (
+    Progress,
+    add_column,
+    new_table,
+    parse_duration,
+    print_json,
+    print_table,
+    state,
+    text,
+)
 from retryqueue.migrations import partitioning
 
 app = typer.Typer(help="Monthly partitioning of the queue table (PostgreSQL only, opt-in).")
 
+_ROWS_PER_SECOND = 100_000
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 MonthsAhead = Annotated[
     int, typer.Option(min=0, max=120, help="Months to create after the current one.")
@@ -49,7 +59,11 @@ def enable(
             f"Partition daz_retry_queue of {current.display_url}? The queue is locked meanwhile",
             abort=True,
         )
-    result = partitioning.enable(current.engine(), months_ahead=months_ahead, now=_now(ctx))
+    with current.session() as session:
+        rows, _ = monitoring.table_sizes(session)
+    # One INSERT ... SELECT copies the rows (about 100k a second): the bar is an estimate.
+    with Progress.timed(f"partitioning {rows:,} row(s)", rows / _ROWS_PER_SECOND + 1):
+        result = partitioning.enable(current.engine(), months_ahead=months_ahead, now=_now(ctx))
     typer.echo(
         f"partitioned daz_retry_queue: {result.rows_copied} row(s) copied into "
         f"{len(result.partitions)} partition(s) ({', '.join(result.partitions)})"
@@ -72,9 +86,10 @@ def list_partitions(ctx: typer.Context, as_json: JsonOption = False) -> None:
     if as_json:
         print_json(found)
         return
-    table = Table(title=f"Partitions of daz_retry_queue ({len(found)})")
+    table = new_table(f"Partitions of daz_retry_queue ({len(found)})")
     for name in ("partition", "from", "to", "rows (estimate)", "size"):
-        table.add_column(name, justify="right" if name in ("rows (estimate)", "size") else "left")
+        right = name in ("rows (estimate)", "size")
+        add_column(table, name, keep=name != "partition", right=right)
     for part in found:
         table.add_row(
             part.name,
@@ -83,7 +98,7 @@ def list_partitions(ctx: typer.Context, as_json: JsonOption = False) -> None:
             f"{part.estimated_rows:,}",
             f"{part.total_bytes / 2**20:,.1f} MiB",
         )
-    console().print(table)
+    print_table(table)
 
 
 @app.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import os
 import shutil
@@ -18,7 +19,14 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError
 
 from retryqueue import metrics
-from retryqueue.cli._context import CliError, _first_line, console, print_json, state
+from retryqueue.cli._context import (
+    CliError,
+    _first_line,
+    console,
+    print_json,
+    print_table,
+    state,
+)
 from retryqueue.cli.monitor import alerts_table, stats_table
 from retryqueue.engine import create_async_engine, create_engine
 from retryqueue.queue import RetryQueue
@@ -27,6 +35,16 @@ from retryqueue.worker.routing import Router
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 E = TypeVar("E")
+
+
+class LogLevel(enum.StrEnum):
+    """The worker's logging levels."""
+
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+    CRITICAL = "CRITICAL"
 
 
 def register(app: typer.Typer) -> None:
@@ -39,7 +57,8 @@ def register(app: typer.Typer) -> None:
 def serve_metrics(
     ctx: typer.Context,
     port: Annotated[
-        int, typer.Option(help="TCP port (0: any free port).", show_default=True)
+        int,
+        typer.Option(min=0, max=65535, help="TCP port (0: any free port).", show_default=True),
     ] = 9464,
     host: Annotated[str, typer.Option(help="Address to listen on.", show_default=True)] = "0.0.0.0",
     stale_lock_seconds: Annotated[
@@ -77,7 +96,12 @@ def _serve(
 def worker(
     ctx: typer.Context,
     handlers: Annotated[
-        str, typer.Argument(help="Where the handlers are: 'package.module:router'.")
+        str,
+        typer.Argument(
+            metavar="HANDLERS",
+            help="Where the handlers are: 'package.module:attribute' naming a Router, a "
+            "mapping of event type to handler, a handler function or a factory.",
+        ),
     ],
     worker_id: Annotated[str | None, typer.Option(help="Default: host-pid-random.")] = None,
     batch_size: Annotated[int, typer.Option(show_default=True)] = 10,
@@ -114,10 +138,13 @@ def worker(
     ] = 30.0,
     once: Annotated[bool, typer.Option("--once", help="Process one batch, then exit.")] = False,
     metrics_port: Annotated[
-        int | None, typer.Option(help="Serve worker metrics on this port.")
+        int | None,
+        typer.Option(min=0, max=65535, help="Serve worker metrics on this port."),
     ] = None,
     metrics_host: Annotated[str, typer.Option(show_default=True)] = "0.0.0.0",
-    log_level: Annotated[str, typer.Option(show_default=True)] = "INFO",
+    log_level: Annotated[
+        LogLevel, typer.Option(case_sensitive=False, show_default=True)
+    ] = LogLevel.INFO,
     as_json: JsonOption = False,
 ) -> None:
     """Run a worker with the handlers at HANDLERS until SIGTERM/Ctrl-C (or --once)."""
@@ -125,13 +152,14 @@ def worker(
     from retryqueue.worker import load_router
 
     logging.basicConfig(
-        level=log_level.upper(),
+        level=log_level.value,
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if os.getcwd() not in sys.path:  # console scripts don't import from the current folder
         sys.path.insert(0, os.getcwd())
     current = state(ctx)
+    current.require_existing_database()
     router = load_router(handlers)
     worker_metrics = metrics.WorkerMetrics()
     breaker = None
@@ -152,13 +180,31 @@ def worker(
     connection = _Connection(current.url, pgbouncer, listen_url)
     server = None
     if metrics_port is not None:
-        server = metrics.serve(worker_metrics.registry, host=metrics_host, port=metrics_port)
+        try:
+            server = metrics.serve(worker_metrics.registry, host=metrics_host, port=metrics_port)
+        except OSError as exc:
+            raise CliError(
+                f"cannot listen on {metrics_host}:{metrics_port}: {exc.strerror or exc}"
+            ) from exc
         typer.echo(f"serving worker metrics on {server.url}", err=True)
+
+    def announce(worker_id: str) -> None:
+        kind = "asyncio worker" if use_asyncio else "worker"
+        routes = ", ".join(route.pattern for route in router) or "no routes"
+        mode = "one batch" if once else "until SIGTERM/Ctrl-C"
+        typer.echo(
+            f"{kind} {worker_id} started on {current.display_url}: handlers {handlers} "
+            f"({routes}), batch {batch_size}, concurrency {concurrency}; running {mode}",
+            err=True,
+        )
+
     try:
         if use_asyncio:
-            report = asyncio.run(_run_async(current.queue(), connection, router, settings, once))
+            report = asyncio.run(
+                _run_async(current.queue(), connection, router, settings, once, announce)
+            )
         else:
-            report = _run_threads(current.queue(), connection, router, settings, once)
+            report = _run_threads(current.queue(), connection, router, settings, once, announce)
     finally:
         if server is not None:
             server.stop()
@@ -187,7 +233,12 @@ class _Connection:
 
 
 def _run_threads(
-    queue: RetryQueue, connection: _Connection, router: Router, settings: WorkerOptions, once: bool
+    queue: RetryQueue,
+    connection: _Connection,
+    router: Router,
+    settings: WorkerOptions,
+    once: bool,
+    announce: Callable[[str], None],
 ) -> RunReport:
     from sqlalchemy.orm import sessionmaker
 
@@ -197,6 +248,7 @@ def _run_threads(
     try:
         sessions = sessionmaker(engine, expire_on_commit=False)
         runner = Worker(queue, sessions, router, listen_engine=listen_engine, **settings)
+        announce(runner.worker_id)
         return runner.run_once() if once else runner.run(install_signals=True)
     finally:
         for made in filter(None, (engine, listen_engine)):
@@ -204,7 +256,12 @@ def _run_threads(
 
 
 async def _run_async(
-    queue: RetryQueue, connection: _Connection, router: Router, settings: WorkerOptions, once: bool
+    queue: RetryQueue,
+    connection: _Connection,
+    router: Router,
+    settings: WorkerOptions,
+    once: bool,
+    announce: Callable[[str], None],
 ) -> RunReport:
     from sqlalchemy.ext.asyncio import async_sessionmaker
 
@@ -214,6 +271,7 @@ async def _run_async(
     try:
         sessions = async_sessionmaker(engine, expire_on_commit=False)
         runner = AsyncWorker(queue, sessions, router, listen_engine=listen_engine, **settings)
+        announce(runner.worker_id)
         return await (runner.run_once() if once else runner.run(install_signals=True))
     finally:
         await asyncio.gather(*(made.dispose() for made in filter(None, (engine, listen_engine))))
@@ -228,19 +286,18 @@ def _engine(factory: Callable[..., E], url: URL | str, **kwargs: Any) -> E:
 
 def demo(
     ctx: typer.Context,
-    database_url: Annotated[
-        str | None,
-        typer.Option("--database-url", help="Run on this (empty) database, e.g. PostgreSQL."),
-    ] = None,
     keep: Annotated[bool, typer.Option("--keep", help="Keep the temporary database.")] = False,
     items: Annotated[int, typer.Option(help="How many items.", show_default=True)] = 60,
     seed: Annotated[int, typer.Option(help="Random seed of the mix.", show_default=True)] = 7,
     as_json: JsonOption = False,
 ) -> None:
-    """Watch the retry story (backoff, retry, dead letter) on a temporary SQLite database."""
+    """Watch the retry story (backoff, retry, dead letter) on a temporary SQLite database.
+
+    With --database-url (or RETRYQUEUE_DATABASE_URL) it runs on that (empty) database instead.
+    """
     from retryqueue.demo import run_demo
 
-    url = database_url or _explicit_root_url(ctx)
+    url = _explicit_root_url(ctx)
     folder = None
     if url is None:
         folder = tempfile.mkdtemp(prefix="retryqueue-demo-")
@@ -273,8 +330,8 @@ def demo(
         )
         return
     out.print()
-    out.print(stats_table(stats))
-    out.print(alerts_table(alerts))
+    print_table(stats_table(stats), out)
+    print_table(alerts_table(alerts), out)
     summary = ", ".join(f"{name} {count}" for name, count in sorted(result.statuses.items()))
     out.print(f"demo finished in {result.elapsed_seconds:.1f} s: {summary}")
     if kept:

@@ -22,6 +22,7 @@ from retryqueue.statements._base import (
     now_expr,
 )
 from retryqueue.statements.admin import (
+    cleanup_backlog,
     delete_by_ids,
     delete_circuit_events,
     delete_finished_batch,
@@ -34,6 +35,7 @@ from retryqueue.statements.admin import (
     rewrite_queue_rows,
     sealed_history_rows,
     sealed_queue_rows,
+    table_sizes,
 )
 from retryqueue.statements.circuits import (
     CIRCUIT_COLUMNS,
@@ -101,6 +103,7 @@ from retryqueue.statements.reading import (
     queue_gauges,
     select_filtered,
     select_item,
+    select_item_payload,
     stats,
     stuck,
     success_rate_by_event_type,
@@ -126,6 +129,7 @@ __all__ = [
     "claim",
     "claim_emulated",
     "claimable_keys",
+    "cleanup_backlog",
     "complete_and_record",
     "complete_many",
     "complete_owned",
@@ -175,6 +179,7 @@ __all__ = [
     "sealed_queue_rows",
     "select_filtered",
     "select_item",
+    "select_item_payload",
     "select_stale",
     "server_time_params",
     "set_metadata",
@@ -182,5 +187,6 @@ __all__ = [
     "stats",
     "stuck",
     "success_rate_by_event_type",
+    "table_sizes",
     "update_circuit",
 ]

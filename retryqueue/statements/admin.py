@@ -184,6 +184,39 @@ def delete_history_batch(at: datetime | None, retention_seconds: float, limit: i
     return delete(RetryHistory).where(RetryHistory.id.in_(doomed)).execution_options(**_SYNC_OFF)
 
 
+def cleanup_backlog(at: datetime | None, retention_seconds: float) -> AnySelect:
+    """How many rows a cleanup would delete: finished items past the retention, expired
+    pending items, history past twice the retention (one row of three counts; a progress
+    bar's total, not a promise: workers change the figures meanwhile)."""
+    finished = (
+        select(func.count())
+        .select_from(RetryItem)
+        .where(_finished_before(after(at, -retention_seconds)))
+        .scalar_subquery()
+    )
+    expired = (
+        select(func.count())
+        .select_from(RetryItem)
+        .where(_status_is(RetryStatus.PENDING), RetryItem.expires_at < now_expr(at))
+        .scalar_subquery()
+    )
+    history = (
+        select(func.count())
+        .select_from(RetryHistory)
+        .where(RetryHistory.attempted_at < after(at, -2 * retention_seconds))
+        .scalar_subquery()
+    )
+    return select(finished, expired, history)
+
+
+def table_sizes() -> AnySelect:
+    """Rows in the queue and in the history (key rotation rewrites both)."""
+    return select(
+        select(func.count()).select_from(RetryItem).scalar_subquery(),
+        select(func.count()).select_from(RetryHistory).scalar_subquery(),
+    )
+
+
 def delete_circuit_events(at: datetime | None, retention_seconds: float) -> Delete:
     """Delete circuit breaker audit rows older than the retention (a small table: at once)."""
     return (

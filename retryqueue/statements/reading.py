@@ -15,6 +15,7 @@ from sqlalchemy import (
 )
 
 from retryqueue.models import (
+    TERMINAL_STATUSES,
     RetryCircuit,
     RetryHistory,
     RetryItem,
@@ -59,6 +60,11 @@ SNAPSHOT_COLUMNS = (
 def select_item(item_id: int) -> AnySelect:
     """One item's snapshot columns."""
     return select(*SNAPSHOT_COLUMNS).where(RetryItem.id == item_id)
+
+
+def select_item_payload(item_id: int) -> AnySelect:
+    """One item's event_data and event_metadata (decrypted by the column type)."""
+    return select(RetryItem.event_data, RetryItem.event_metadata).where(RetryItem.id == item_id)
 
 
 def select_filtered(item_filter: ItemFilter) -> AnySelect:
@@ -203,10 +209,15 @@ def dead_letter_groups(group_by: str) -> AnySelect:
 
 
 def success_rate_by_event_type() -> AnySelect:
-    """Per event type: all items and the completed ones."""
+    """Per event type: the finished items (completed, failed, dead letter) and the completed.
+
+    Pending and processing items have no outcome yet and are not counted; an event type
+    with no finished item has no row.
+    """
     completed = func.sum(case((_status_is(RetryStatus.COMPLETED), 1), else_=0))
     return (
         select(RetryItem.event_type, func.count(), completed)
+        .where(_status_in(*TERMINAL_STATUSES))
         .group_by(RetryItem.event_type)
         .order_by(RetryItem.event_type)
     )

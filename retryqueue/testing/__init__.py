@@ -15,6 +15,7 @@ PostgreSQL when a test asks for it) and lets time jump with a :class:`ManualCloc
 
 from __future__ import annotations
 
+import difflib
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -25,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from retryqueue import hooks
 from retryqueue.clock import ManualClock
+from retryqueue.errors import InvalidArgument
 from retryqueue.models import RetryStatus
 from retryqueue.queue import RetryQueue
 from retryqueue.results import ClaimedItem, ItemFilter, ItemSnapshot
@@ -67,8 +69,8 @@ class DrainReport:
     rounds: int
 
     def by_status(self, status: RetryStatus | str) -> list[DrainedItem]:
-        """The drained items that ended in ``status``."""
-        wanted = RetryStatus(status)
+        """The drained items that ended in ``status``; :class:`InvalidArgument` if unknown."""
+        wanted = _status(status)
         return [item for item in self.items.values() if item.status is wanted]
 
     def __getitem__(self, item_id: int) -> DrainedItem:
@@ -174,11 +176,21 @@ def queued_items(session: Session) -> list[ItemSnapshot]:
     return monitoring.find_items(session, ItemFilter(statuses=_ALL_STATUSES))
 
 
+def _status(value: RetryStatus | str) -> RetryStatus:
+    try:
+        return RetryStatus(value)
+    except ValueError:
+        known = ", ".join(status.value for status in RetryStatus)
+        raise InvalidArgument(
+            "status", f"unknown status {value!r}; expected one of {known}"
+        ) from None
+
+
 def _matches(snapshot: ItemSnapshot, criteria: Mapping[str, Any]) -> bool:
     for name, wanted in criteria.items():
         actual = getattr(snapshot, name)
         if name == "status":
-            wanted = RetryStatus(wanted)
+            wanted = _status(wanted)
         if name == "tags":
             actual, wanted = set(actual), set(wanted)
         if actual != wanted:
@@ -186,23 +198,45 @@ def _matches(snapshot: ItemSnapshot, criteria: Mapping[str, Any]) -> bool:
     return True
 
 
-def _describe(items: list[ItemSnapshot]) -> str:
+def _describe(session: Session, items: list[ItemSnapshot]) -> str:
+    from retryqueue import monitoring
+
     if not items:
         return "  (the queue is empty)"
     return "\n".join(
         f"  #{s.id} {s.event_type} status={s.status.value} plugin={s.plugin_name} "
         f"channel={s.channel_name} priority={s.priority} retries={s.retry_count}/"
-        f"{s.max_retries} correlation_id={s.correlation_id}"
+        f"{s.max_retries} correlation_id={s.correlation_id} "
+        f"event_data={monitoring.item_payload(session, s.id)[0]!r}"
         for s in items
     )
+
+
+# Names people write for an item attribute, and the attribute they mean.
+_ALIASES = {
+    "plugin": "plugin_name",
+    "channel": "channel_name",
+    "data": "event_data",
+    "payload": "event_data",
+    "metadata": "event_metadata",
+    "error_code": "last_error_code",
+    "retries": "retry_count",
+}
 
 
 def _select(
     session: Session, criteria: Mapping[str, Any]
 ) -> tuple[list[ItemSnapshot], list[ItemSnapshot]]:
-    unknown = set(criteria) - set(ItemSnapshot.__dataclass_fields__) - {"event_data"}
+    known = set(ItemSnapshot.__dataclass_fields__) | {"event_data"}
+    unknown = sorted(set(criteria) - known)
     if unknown:
-        raise TypeError(f"unknown item attributes: {', '.join(sorted(unknown))}")
+        hints = []
+        for name in unknown:
+            guess = _ALIASES.get(name) or next(
+                iter(difflib.get_close_matches(name, known, 1)), None
+            )
+            hints.append(f"{name} (did you mean {guess}?)" if guess else name)
+        raise TypeError(f"unknown item attributes: {', '.join(hints)}")
     everything = queued_items(session)
     data = criteria.get("event_data")
     plain = {k: v for k, v in criteria.items() if k != "event_data"}
@@ -230,17 +264,19 @@ def assert_enqueued(
     when the item's data contains those keys with those values. ``count`` asks for an
     exact number (default: at least one). The failure message lists what is in the queue.
     """
+    __tracebackhide__ = True  # pytest shows the caller's line, not this helper's
     matching, everything = _select(session, criteria)
     wanted = ", ".join(f"{k}={v!r}" for k, v in criteria.items())
     if (count is None and not matching) or (count is not None and len(matching) != count):
         expected = f"{count} item(s)" if count is not None else "an item"
         raise AssertionError(
             f"expected {expected} with {wanted}, found {len(matching)}; the queue holds:\n"
-            + _describe(everything)
+            + _describe(session, everything)
         )
     return matching
 
 
 def assert_not_enqueued(session: Session, **criteria: Any) -> None:
     """Assert that no item matches ``criteria`` (see :func:`assert_enqueued`)."""
+    __tracebackhide__ = True
     assert_enqueued(session, count=0, **criteria)

@@ -15,6 +15,7 @@ unless the route's ``retry_on`` excludes it).
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -237,8 +238,9 @@ def as_router(handlers: Router | Mapping[str, Handler]) -> Router:
 def load_router(spec: str) -> Router:
     """Import ``"package.module:attribute"`` and make a Router of it.
 
-    The attribute may be a :class:`Router`, a mapping of event type to handler, or a
-    zero-argument callable returning either. Without ``:attribute`` the module's
+    The attribute may be a :class:`Router`, a mapping of event type to handler, a handler
+    (a function taking the job: it serves every event type), or a zero-argument callable
+    returning a Router or mapping. Without ``:attribute`` the module's
     ``router`` or ``handlers`` attribute is used. Bad specs raise
     :class:`~retryqueue.errors.InvalidArgument`.
     """
@@ -254,14 +256,28 @@ def load_router(spec: str) -> Router:
     names = [attribute] if attribute else ["router", "handlers"]
     target = _lookup(module, names, spec)
     if not isinstance(target, Router | Mapping) and callable(target):
+        if _takes_a_job(target):
+            return Router({"*": target})  # a plain handler serves every event type
         target = target()
     if isinstance(target, Router | Mapping):
         return as_router(target)
     raise InvalidArgument(
         "spec",
         f"{spec!r} is a {type(target).__name__}; expected a Router, a mapping of event type "
-        "to handler, or a zero-argument callable returning one",
+        "to handler, a handler function, or a zero-argument callable returning a Router "
+        "or mapping",
     )
+
+
+def _takes_a_job(target: Callable[..., Any]) -> bool:
+    """Whether ``target`` is a handler (one required positional parameter), not a factory."""
+    try:
+        parameters = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature: treat as a factory
+        return False
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = [p for p in parameters if p.kind in positional and p.default is p.empty]
+    return len(required) == 1
 
 
 def _lookup(module: Any, names: list[str], spec: str) -> Any:

@@ -147,6 +147,7 @@ def seed(sessions: sessionmaker[Session]) -> Seeder:
 def empty_database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Any) -> str:
     """A database without the queue's tables (a new SQLite file, or a new PostgreSQL db)."""
     if backend == "sqlite":
+        (tmp_path / "fresh.db").touch()  # an existing, empty database file
         return f"sqlite:///{tmp_path}/fresh.db"
     server = request.getfixturevalue("pg_server")
     return str(server.create_database("rq_cli").render_as_string(hide_password=False))

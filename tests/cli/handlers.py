@@ -18,3 +18,9 @@ def deliver(job: Job) -> None:
 async def sync_contact(job: Job) -> None:
     """An async handler (for --asyncio) whose downstream is down."""
     raise ConnectionError("crm unreachable")
+
+
+def plain(job: Job) -> None:
+    """A plain handler function (not a Router, mapping or factory): serves every event type."""
+    if job.event_data.get("fail"):
+        raise PermanentError("refused", code="REFUSED")

@@ -66,7 +66,7 @@ class TestReplay:
 
     def test_completed_only_on_request(self, cli: Invoke, seed: Seeder) -> None:
         done = seed.item(RetryStatus.COMPLETED)
-        assert "replayed 0 item(s)" in cli("replay").stdout
+        assert "no item matches the selection" in cli("replay", "--yes").stdout
         assert seed.statuses()[done] == "completed"
         result = cli("replay", "--status", "completed", "--id", str(done))
         assert "replayed 1 item(s)" in result.stdout
@@ -76,7 +76,7 @@ class TestReplay:
         ids = [seed.item(RetryStatus.DEAD_LETTER) for _ in range(100)]
         time = FakeTime()
         deps = CliDeps(sleep=time.sleep, monotonic=time.monotonic)
-        result = cli("replay", "--rate", "20", "--json", deps=deps)
+        result = cli("replay", "--yes", "--rate", "20", "--json", deps=deps)
         assert result.exit_code == 0, result.output
         assert sorted(json.loads(result.stdout)["replayed"]) == ids
         # 100 items at 20/s: chunks of 20, the 5th released 80/20 = 4 s after the start.
@@ -89,7 +89,11 @@ class TestReplay:
             seed.item(RetryStatus.FAILED)
         time = FakeTime()
         result = cli(
-            "replay", "--rate", "0.5", deps=CliDeps(sleep=time.sleep, monotonic=time.monotonic)
+            "replay",
+            "-y",
+            "--rate",
+            "0.5",
+            deps=CliDeps(sleep=time.sleep, monotonic=time.monotonic),
         )
         assert result.exit_code == 0, result.output
         assert time.sleeps == [2.0, 2.0]  # one item every two seconds

@@ -80,8 +80,9 @@ class TestDemo:
                 by_status.get(RetryStatus(row.status).value, 0) + row.count
             )
             line = re.compile(
-                rf"│ {RetryStatus(row.status).value} +│ {re.escape(row.event_type)} +│ "
-                rf"{re.escape(row.plugin_name or '-')} +│ +{row.count} │"
+                rf"^{RetryStatus(row.status).value} +{re.escape(row.event_type)} +"
+                rf"{re.escape(row.plugin_name or '-')} +{row.count} ",
+                re.MULTILINE,
             )
             assert line.search(result.stdout), f"no stats row for {row}"
         summary = re.search(r"demo finished in [\d.]+ s: (.*)", result.stdout)

@@ -34,7 +34,7 @@ class TestCommands:
         populate.item(RetryStatus.COMPLETED, at(2026, 1))
         populate.item(RetryStatus.PENDING, at(2026, 2))
         refused = run(url, "db", "partition", "enable", input="n\n")
-        assert refused.exit_code == 1 and "Aborted" in refused.output
+        assert refused.exit_code == 1 and "aborted: nothing was changed" in refused.output
 
         enabled = run(url, "db", "partition", "enable", "--months-ahead", "1", "--yes")
         assert enabled.exit_code == 0, enabled.output
@@ -92,3 +92,16 @@ class TestSqlite:
         result = run(url, "db", "partitions", *args)
         assert result.exit_code == 1
         assert "partitioning is PostgreSQL-only (this database is sqlite)" in result.output
+
+
+class TestProgress:
+    """Enabling holds an exclusive lock: on a terminal it shows an estimated bar meanwhile."""
+
+    def test_enable_on_a_terminal(self, url: str, populate: Populator) -> None:
+        from tests.cli.process import run_in_terminal
+
+        populate.item(RetryStatus.COMPLETED, at(2026, 1))
+        ran = run_in_terminal("--database-url", url, "db", "partition", "enable", "--yes")
+        assert ran.returncode == 0, ran.stdout
+        assert "partitioning 1 row(s)" in ran.stdout and "eta" in ran.stdout
+        assert "partitioned daz_retry_queue: 1 row(s) copied" in ran.stdout

@@ -11,6 +11,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
 from retryqueue import ItemFilter, RetryQueue, RetryStatus
+from retryqueue.errors import InvalidArgument
 from retryqueue.models import RetryItem
 from retryqueue.testing import ManualClock, assert_enqueued, assert_not_enqueued, drain
 from retryqueue.testing.factories import RetryHistoryFactory, RetryItemFactory
@@ -176,6 +177,42 @@ class TestAssertions:
     def test_unknown_attribute(self, rq_session: Session) -> None:
         with pytest.raises(TypeError, match="colour"):
             assert_enqueued(rq_session, colour="red")
+
+    def test_unknown_attribute_suggests_the_real_one(self, rq_session: Session) -> None:
+        with pytest.raises(TypeError, match=r"plugin \(did you mean plugin_name\?\)"):
+            assert_enqueued(rq_session, plugin="slack")
+        with pytest.raises(TypeError, match=r"evnt_type \(did you mean event_type\?\)"):
+            assert_enqueued(rq_session, evnt_type="chat")
+
+    def test_failure_message_shows_the_event_data(
+        self, rq_session: Session, rq_queue: RetryQueue
+    ) -> None:
+        rq_queue.enqueue(rq_session, "payment", {"order": 43})
+        with pytest.raises(AssertionError) as caught:
+            assert_enqueued(rq_session, event_type="payment", event_data={"order": 42})
+        assert "event_data={'order': 43}" in str(caught.value)
+
+    def test_failure_points_at_the_callers_line(
+        self, rq_session: Session, rq_queue: RetryQueue
+    ) -> None:
+        rq_queue.enqueue(rq_session, "x", {})
+        with pytest.raises(AssertionError) as caught:
+            assert_not_enqueued(rq_session, event_type="x")
+        hidden = {entry.name for entry in caught.traceback if entry.ishidden(caught)}
+        assert hidden == {"assert_enqueued", "assert_not_enqueued"}
+
+
+class TestDrainReport:
+    """A drain report's lookups say what was wrong with their argument."""
+
+    def test_unknown_status_is_a_clear_error(
+        self, rq_session: Session, rq_queue: RetryQueue
+    ) -> None:
+        rq_queue.enqueue(rq_session, "e", {})
+        report = drain(rq_queue, rq_session, {"e": lambda job: None})
+        assert len(report.by_status("completed")) == 1
+        with pytest.raises(InvalidArgument, match="unknown status 'dead'; expected one of"):
+            report.by_status("dead")
 
 
 class TestSameTestOnPostgres:

@@ -214,6 +214,11 @@ class TestLoadRouter:
         assert load_router(f"{module}:make").resolve("made.by") is not None
         assert load_router(module).resolve("payment.capture") is not None
 
+    def test_a_plain_handler_serves_every_event_type(self, module: str) -> None:
+        router = load_router(f"{module}:capture")  # not called as a factory
+        route = router.resolve("any.event.type")
+        assert route is not None and route.pattern == "*"
+
     @pytest.mark.parametrize(
         ("spec", "message"),
         [
