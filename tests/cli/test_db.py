@@ -11,6 +11,7 @@ from typer.testing import Result
 
 from retryqueue import RetryQueue, create_engine, migrations
 from tests.cli.conftest import invoke_cli
+from tests.support.revisions import HEAD, after
 
 
 def _tables(url: str) -> set[str]:
@@ -91,7 +92,7 @@ class TestAlembicErrors:
         [
             (["upgrade", "nosuch"], "cannot upgrade to 'nosuch'"),
             (["stamp", "bogus"], "cannot stamp 'bogus'"),
-            (["downgrade", "rq0009"], "cannot downgrade to 'rq0009'"),
+            (["downgrade", "rq0099"], "cannot downgrade to 'rq0099'"),
             (["downgrade", "retryqueue@+1"], "cannot downgrade to 'retryqueue@+1'"),
         ],
     )
@@ -116,9 +117,9 @@ class TestReports:
         again = invoke_cli(url, "db", "upgrade", "rq0003")
         assert again.stdout.startswith("nothing to do:") and "is at rq0003" in again.stdout
         rest = invoke_cli(url, "db", "upgrade")
-        assert rest.stdout.strip().endswith("applied rq0004, rq0005")
+        assert rest.stdout.strip().endswith("applied " + ", ".join(after("rq0003")))
         down = invoke_cli(url, "db", "downgrade", "rq0003")
-        assert down.stdout.strip().endswith("to rq0003: undid rq0005, rq0004")
+        assert down.stdout.strip().endswith("to rq0003: undid " + ", ".join(after("rq0003")[::-1]))
         assert invoke_cli(url, "db", "downgrade", "rq0003").stdout.startswith("nothing to do:")
 
 
@@ -163,7 +164,7 @@ class TestVersionTable:
         migrations.upgrade(engine, version_table="alembic_version")
         engine.dispose()
         current = invoke_cli(url, "db", "current")
-        assert "alembic_version holds rq0005" in current.stdout
+        assert f"alembic_version holds {HEAD}" in current.stdout
         assert "--version-table alembic_version" in current.stdout
         line = _one_line_error(invoke_cli(url, "db", "upgrade"))
         assert "pass --version-table alembic_version" in line
@@ -171,4 +172,4 @@ class TestVersionTable:
         ok = invoke_cli(url, "db", "upgrade", "--version-table", "alembic_version")
         assert ok.stdout.startswith("nothing to do:"), ok.output
         shown = invoke_cli(url, "db", "current", "--version-table", "alembic_version")
-        assert shown.stdout.strip() == "rq0005 (head)"
+        assert shown.stdout.strip() == f"{HEAD} (head)"
