@@ -26,6 +26,7 @@ from sqlalchemy import (
     column,
     text,
 )
+from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from retryqueue.types import (
@@ -41,6 +42,7 @@ from retryqueue.types import (
 
 __all__ = [
     "ACTIVE_STATUSES",
+    "BINARY_COLLATION",
     "TERMINAL_STATUSES",
     "Base",
     "RetryCircuit",
@@ -66,6 +68,17 @@ _BigId = BigInteger().with_variant(Integer(), "sqlite")
 # Without AUTOINCREMENT, SQLite hands a deleted row's id to the next insert, and history
 # rows of a cleaned-up item would then describe a new one. Ids are never reused.
 _NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
+
+
+# Identifiers compared in SQL (keys, names, worker ids) compare exactly on every backend:
+# MySQL/MariaDB would otherwise use the database's collation, by default case- and
+# accent-insensitive (utf8mb4_general_ci), so that "Pay" = "pay" (revision rq0007).
+BINARY_COLLATION = "utf8mb4_bin"
+
+
+def _identifier(length: int) -> String:
+    variant = mysql.VARCHAR(length, charset="utf8mb4", collation=BINARY_COLLATION)
+    return String(length).with_variant(variant, "mysql", "mariadb")
 
 
 class Base(DeclarativeBase):
@@ -110,9 +123,9 @@ class RetryItem(Base):
     event_id: Mapped[uuid.UUID] = mapped_column(
         Uuid(), nullable=False, default=uuid.uuid4, server_default=random_uuid()
     )
-    event_type: Mapped[str] = mapped_column(String(255), nullable=False)
-    channel_name: Mapped[str | None] = mapped_column(String(255))
-    plugin_name: Mapped[str | None] = mapped_column(String(255))
+    event_type: Mapped[str] = mapped_column(_identifier(255), nullable=False)
+    channel_name: Mapped[str | None] = mapped_column(_identifier(255))
+    plugin_name: Mapped[str | None] = mapped_column(_identifier(255))
     event_data: Mapped[Any] = mapped_column(SealedJSON(), nullable=False)
     event_metadata: Mapped[dict[str, Any] | None] = mapped_column(JsonDocument())
     retry_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
@@ -127,7 +140,7 @@ class RetryItem(Base):
         retry_status_type, nullable=False, server_default=RetryStatus.PENDING.value
     )
     error_message: Mapped[str | None] = mapped_column(SealedText())
-    last_error_code: Mapped[str | None] = mapped_column(String(50))
+    last_error_code: Mapped[str | None] = mapped_column(_identifier(50))
     created_at: Mapped[datetime] = mapped_column(
         UTCDateTime(), nullable=False, server_default=utc_now()
     )
@@ -139,10 +152,10 @@ class RetryItem(Base):
     expires_at: Mapped[datetime] = mapped_column(
         UTCDateTime(), nullable=False, server_default=utc_now_plus_days(7)
     )
-    locked_by: Mapped[str | None] = mapped_column(String(255))
+    locked_by: Mapped[str | None] = mapped_column(_identifier(255))
     locked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     priority: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("5"))
-    correlation_id: Mapped[str | None] = mapped_column(String(255))
+    correlation_id: Mapped[str | None] = mapped_column(_identifier(255))
     tags: Mapped[list[str] | None] = mapped_column(TagList())
     # Added by retryqueue (revision 0002): a fresh token per acquisition fences stale workers.
     lease_token: Mapped[uuid.UUID | None] = mapped_column(Uuid())
@@ -224,8 +237,8 @@ class RetryHistory(Base):
     attempt_number: Mapped[int] = mapped_column(Integer, nullable=False)
     status: Mapped[str] = mapped_column(String(50), nullable=False)
     error_message: Mapped[str | None] = mapped_column(SealedText())
-    error_code: Mapped[str | None] = mapped_column(String(50))
-    worker_id: Mapped[str | None] = mapped_column(String(255))
+    error_code: Mapped[str | None] = mapped_column(_identifier(50))
+    worker_id: Mapped[str | None] = mapped_column(_identifier(255))
     attempted_at: Mapped[datetime] = mapped_column(
         UTCDateTime(), nullable=False, server_default=utc_now()
     )
@@ -259,7 +272,7 @@ class RetryCircuit(Base):
 
     __tablename__ = "daz_retry_circuits"
 
-    circuit_key: Mapped[str] = mapped_column(String(CIRCUIT_KEY_LENGTH), primary_key=True)
+    circuit_key: Mapped[str] = mapped_column(_identifier(CIRCUIT_KEY_LENGTH), primary_key=True)
     state: Mapped[str] = mapped_column(String(20), nullable=False, server_default="closed")
     consecutive_failures: Mapped[int] = mapped_column(
         Integer, nullable=False, server_default=text("0")
@@ -278,7 +291,7 @@ class RetryCircuit(Base):
     cooldown_seconds: Mapped[float] = mapped_column(
         Double(), nullable=False, server_default=text("0")
     )
-    probe_owner: Mapped[str | None] = mapped_column(String(255))
+    probe_owner: Mapped[str | None] = mapped_column(_identifier(255))
     probe_deadline: Mapped[datetime | None] = mapped_column(UTCDateTime())
     reason: Mapped[str | None] = mapped_column(String(255))
     # Bumped by every write: the compare-and-set that hands out exactly one probe.
@@ -301,7 +314,7 @@ class RetryCircuitEvent(Base):
     __tablename__ = "daz_retry_circuit_events"
 
     id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
-    circuit_key: Mapped[str] = mapped_column(String(CIRCUIT_KEY_LENGTH), nullable=False)
+    circuit_key: Mapped[str] = mapped_column(_identifier(CIRCUIT_KEY_LENGTH), nullable=False)
     from_state: Mapped[str] = mapped_column(String(20), nullable=False)
     to_state: Mapped[str] = mapped_column(String(20), nullable=False)
     reason: Mapped[str] = mapped_column(String(255), nullable=False)

@@ -1,4 +1,4 @@
-"""The shipped revisions: one head, upgrade/compare/downgrade on SQLite and PostgreSQL."""
+"""The shipped revisions: one head, upgrade/compare/downgrade on every backend."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from alembic.config import Config
 from sqlalchemy import Engine, inspect
 
 from retryqueue import create_engine, migrations
+from tests.mysql.server import MysqlServer
 from tests.support.servers import PostgresServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,7 +29,9 @@ def empty_engine(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -
         yield engine
         engine.dispose()
         return
-    server: PostgresServer = request.getfixturevalue("pg_server")
+    server: PostgresServer | MysqlServer = request.getfixturevalue(
+        "pg_server" if backend == "postgresql" else "mysql_server"
+    )
     url = server.create_database("rq_migrate")
     engine = create_engine(url)
     yield engine
@@ -44,7 +47,7 @@ class TestRevisions:
     """The revision graph is a single line on the ``retryqueue`` branch."""
 
     def test_single_head(self) -> None:
-        assert migrations.heads() == ["rq0004"]
+        assert migrations.heads() == ["rq0007"]
 
     def test_first_revision_carries_the_branch_label(self) -> None:
         base = migrations.script_directory().get_revision("rq0001")
@@ -57,7 +60,7 @@ class TestUpgradeCompareDowngrade:
     def test_round_trip(self, empty_engine: Engine) -> None:
         assert migrations.current(empty_engine) == []
         migrations.upgrade(empty_engine)
-        assert migrations.current(empty_engine) == ["rq0004"]
+        assert migrations.current(empty_engine) == ["rq0007"]
         assert {
             "daz_retry_queue",
             "daz_retry_history",
@@ -65,6 +68,7 @@ class TestUpgradeCompareDowngrade:
             "daz_retry_circuit_events",
         } <= table_names(empty_engine)
         assert migrations.differences(empty_engine) == []
+        migrations.downgrade(empty_engine, "rq0004")
         migrations.downgrade(empty_engine, "rq0003")
         assert "daz_retry_circuits" not in table_names(empty_engine)
         assert "daz_retry_circuit_events" not in table_names(empty_engine)
@@ -132,7 +136,7 @@ class TestHostApplication:
         assert {"host_orders", "daz_retry_queue", "alembic_version"} <= table_names(empty_engine)
         assert sorted(migrations.current(empty_engine, version_table="alembic_version")) == [
             "h001",
-            "rq0004",
+            "rq0007",
         ]
 
 
