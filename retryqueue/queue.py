@@ -33,7 +33,7 @@ from retryqueue import statements as sql
 from retryqueue import validation as check
 from retryqueue._rows import NewItem, claimed_item, history_row, item_row, lease_of, valid_ids
 from retryqueue.clock import Clock, SystemClock
-from retryqueue.errors import InvalidArgument, RetryQueueError, database_error
+from retryqueue.errors import EnqueueRaceError, InvalidArgument, RetryQueueError, database_error
 from retryqueue.models import TERMINAL_STATUSES, RetryStatus
 from retryqueue.policy import Decision, Outcome, RetryPolicy
 from retryqueue.results import (
@@ -65,6 +65,8 @@ R = TypeVar("R")
 
 _SERVER_CLOCK_DIALECTS = frozenset({"postgresql", "mysql", "mariadb"})
 _STALE_RECLAIM_LIMIT = 1000
+# How often enqueue re-inserts an event_id whose holder vanished before its id was read.
+_VANISHED_RETRIES = 3
 
 
 def _database_errors(method: Callable[P, R]) -> Callable[P, R]:
@@ -181,32 +183,29 @@ class RetryQueue:
         ]
         if not rows:
             return []
-        bind_dialect = session.get_bind().dialect
-        dialect = bind_dialect.name
-        inserted: dict[uuid.UUID, int]
-        if dialect == "postgresql":
-            inserted = {}
-            insert_json = sql.insert_items_json(at is None)
-            for payload in sql.json_payloads(rows, bind_dialect):
-                inserted.update(
-                    (event_id, item_id)
-                    for item_id, event_id in session.execute(insert_json, {"rows": payload})
-                )
-        elif sql.has_returning(dialect):
-            inserted = {
-                event_id: item_id
-                for item_id, event_id in session.execute(sql.insert_items(dialect, at), rows)
-            }
+        dialect = session.get_bind().dialect.name
+        inserted = self._insert(session, at, rows, targeted=False)
+        ids = {**self._existing(session, rows, inserted), **inserted}
+        for _ in range(_VANISHED_RETRIES):
+            # Skipped as taken, yet no row holds it: the holder was purged or cleaned up
+            # between our INSERT and the look-up (or, on PostgreSQL, the row hit another
+            # unique index: the targeted retry raises for that one instead).
+            vanished: dict[uuid.UUID, dict[str, Any]] = {}
+            for row in rows:
+                if row["event_id"] not in ids:
+                    vanished.setdefault(row["event_id"], row)  # the first mention, as before
+            if not vanished:
+                break
+            again = list(vanished.values())
+            retried = self._insert(session, at, again, targeted=True)
+            inserted.update(retried)
+            ids.update(retried)
+            ids.update(self._existing(session, again, ids))
         else:
-            inserted = self._insert_without_returning(session, dialect, at, rows)
+            missing = next(row["event_id"] for row in rows if row["event_id"] not in ids)
+            raise EnqueueRaceError(missing, _VANISHED_RETRIES)
         if inserted and self.notify and dialect == "postgresql":
             session.execute(sql.notify())
-        missing = [row["event_id"] for row in rows if row["event_id"] not in inserted]
-        existing: dict[uuid.UUID, int] = {}
-        if missing:
-            stmt = sql.existing_by_event_ids(missing)
-            existing = {event_id: item_id for item_id, event_id in session.execute(stmt)}
-        ids = {**existing, **inserted}
         results, reported = [], set()
         for row in rows:
             event_id = row["event_id"]
@@ -215,6 +214,54 @@ class RetryQueue:
             reported.add(event_id)
             results.append(EnqueuedItem(ids[event_id], event_id, created))
         return results
+
+    def _insert(
+        self,
+        session: Session,
+        at: datetime | None,
+        rows: list[dict[str, Any]],
+        *,
+        targeted: bool,
+    ) -> dict[uuid.UUID, int]:
+        """Insert the rows, skipping taken event_ids; the ids of those inserted.
+
+        ``targeted`` (PostgreSQL): the rare retry, which names the conflict it expects
+        (event_id on the plain table; on the partitioned one the trigger does), so that any
+        other conflict raises instead of being skipped.
+        """
+        bind_dialect = session.get_bind().dialect
+        dialect = bind_dialect.name
+        if dialect == "postgresql":
+            target: bool | None = False
+            if targeted:
+                from retryqueue.migrations import partitioning  # brings alembic: rare path
+
+                target = None if partitioning.is_partitioned(session.connection()) else True
+            insert_json = sql.insert_items_json(at is None, target)
+            inserted: dict[uuid.UUID, int] = {}
+            for payload in sql.json_payloads(rows, bind_dialect):
+                inserted.update(
+                    (event_id, item_id)
+                    for item_id, event_id in session.execute(insert_json, {"rows": payload})
+                )
+            return inserted
+        if sql.has_returning(dialect):
+            return {
+                event_id: item_id
+                for item_id, event_id in session.execute(sql.insert_items(dialect, at), rows)
+            }
+        return self._insert_without_returning(session, dialect, at, rows)
+
+    @staticmethod
+    def _existing(
+        session: Session, rows: list[dict[str, Any]], known: Mapping[uuid.UUID, int]
+    ) -> dict[uuid.UUID, int]:
+        """The ids of the rows already holding the event_ids that ``known`` lacks."""
+        missing = list({row["event_id"] for row in rows if row["event_id"] not in known})
+        if not missing:
+            return {}
+        stmt = sql.existing_by_event_ids(missing)
+        return {event_id: item_id for item_id, event_id in session.execute(stmt)}
 
     @staticmethod
     def _insert_without_returning(
