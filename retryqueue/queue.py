@@ -750,20 +750,28 @@ class RetryQueue:
         it back sealed with the newest key (see :mod:`retryqueue.encryption`). Yields the
         number of rows rewritten per batch; commit between batches. Rows being processed
         are rewritten too: only the sealed columns change.
+
+        Queue rows are locked from the read to the commit, so a concurrent outcome (a
+        ``fail()`` writing its error message) is never overwritten by the older value read
+        here. Rows another transaction holds are skipped and come back at the end, where
+        they are waited for.
         """
         batch_size = check.bounded_int("batch_size", batch_size, low=1, high=100_000)
         try:
-            last = 0
+            last, skipped = 0, list[int]()
             while rows := session.execute(sql.sealed_queue_rows(last, batch_size)).all():
-                session.execute(
-                    sql.rewrite_queue_rows(),
-                    [
-                        {"id": r.id, "event_data": r.event_data, "error_message": r.error_message}
-                        for r in rows
-                    ],
-                )
+                self._rewrite_queue_rows(session, rows)
+                seen = {r.id for r in rows}
+                between = session.scalars(sql.queue_ids_between(last, rows[-1].id))
+                skipped += [item_id for item_id in between if item_id not in seen]
                 last = rows[-1].id
                 yield len(rows)
+            for start in range(0, len(skipped), batch_size):
+                chunk = skipped[start : start + batch_size]
+                rows = session.execute(sql.sealed_queue_rows_by_id(chunk)).all()
+                if rows:  # the others were deleted meanwhile
+                    self._rewrite_queue_rows(session, rows)
+                    yield len(rows)
             last = 0
             while rows := session.execute(sql.sealed_history_rows(last, batch_size)).all():
                 session.execute(
@@ -774,6 +782,16 @@ class RetryQueue:
                 yield len(rows)
         except SQLAlchemyError as exc:
             raise database_error("rotate_keys", exc) from exc
+
+    @staticmethod
+    def _rewrite_queue_rows(session: Session, rows: Sequence[Any]) -> None:
+        session.execute(
+            sql.rewrite_queue_rows(),
+            [
+                {"id": r.id, "event_data": r.event_data, "error_message": r.error_message}
+                for r in rows
+            ],
+        )
 
     def cleanup(
         self, session: Session, retention_days: float = 7, *, batch_size: int = 1000
@@ -862,8 +880,10 @@ def _drop_partitions(
     for part in partitioning.partitions_past(session.connection(), cutoff):
         drop = partitioning.drop_partition(session.connection(), part, cutoff)
         if drop.dropped:
-            yield CleanupResult(deleted_count=drop.rows, partitions_dropped=1)
+            # Before the yield, in the drop's transaction: a caller that stops iterating
+            # must not leave the month's event keys behind forever.
             partitioning.forget_keys(session.connection(), part)
+            yield CleanupResult(deleted_count=drop.rows, partitions_dropped=1)
     return partitioning.month_start(cutoff)
 
 
