@@ -21,6 +21,7 @@ from retryqueue.clock import Clock, DatabaseClock, ManualClock, SystemClock
 from retryqueue.engine import configure_sqlite, create_async_engine, create_engine
 from retryqueue.errors import (
     DatabaseError,
+    EnqueueRaceError,
     InvalidArgument,
     ItemNotFound,
     MigrationError,
@@ -65,6 +66,7 @@ __all__ = [
     "DatabaseClock",
     "DatabaseError",
     "Decision",
+    "EnqueueRaceError",
     "EnqueuedItem",
     "Gate",
     "HistoryEntry",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "DatabaseError",
+    "EnqueueRaceError",
     "InvalidArgument",
     "ItemNotFound",
     "MigrationError",
@@ -46,6 +47,21 @@ class DatabaseError(RetryQueueError):
     The original SQLAlchemy/driver exception is available as ``__cause__``. The message
     never contains the database URL or its password.
     """
+
+
+class EnqueueRaceError(DatabaseError):
+    """An enqueue found its event_id taken, but the holding row kept vanishing (purged or
+    cleaned up by a concurrent transaction) before its id could be read, several times.
+
+    Nothing was written for that event_id; retrying the transaction is safe.
+    """
+
+    def __init__(self, event_id: object, attempts: int) -> None:
+        self.event_id = event_id
+        super().__init__(
+            f"enqueue of event_id {event_id}: the existing item was removed concurrently "
+            f"{attempts} times in a row; nothing written, retry"
+        )
 
 
 class MigrationError(RetryQueueError):

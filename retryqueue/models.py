@@ -27,6 +27,7 @@ from sqlalchemy import (
     column,
     text,
 )
+from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.elements import conv
 
@@ -43,6 +44,7 @@ from retryqueue.types import (
 
 __all__ = [
     "ACTIVE_STATUSES",
+    "BINARY_COLLATION",
     "TERMINAL_STATUSES",
     "Base",
     "RetryCircuit",
@@ -80,6 +82,16 @@ QUEUE_COMMENT = "Main retry queue for failed operations with exponential backoff
 EVENT_ID_COMMENT = "Unique identifier for the event, useful for deduplication"
 PRIORITY_COMMENT = "Priority level 1-10, where 10 is highest priority"
 BACKOFF_MULTIPLIER_COMMENT = "Multiplier for exponential backoff calculation"
+
+# Identifiers compared in SQL (keys, names, worker ids) compare exactly on every backend:
+# MySQL/MariaDB would otherwise use the database's collation, by default case- and
+# accent-insensitive (utf8mb4_general_ci), so that "Pay" = "pay" (revision rq0007).
+BINARY_COLLATION = "utf8mb4_bin"
+
+
+def _identifier(length: int) -> String:
+    variant = mysql.VARCHAR(length, charset="utf8mb4", collation=BINARY_COLLATION)
+    return String(length).with_variant(variant, "mysql", "mariadb")
 
 
 class Base(DeclarativeBase):
@@ -128,9 +140,9 @@ class RetryItem(Base):
         server_default=random_uuid(),
         comment=EVENT_ID_COMMENT,
     )
-    event_type: Mapped[str] = mapped_column(String(255), nullable=False)
-    channel_name: Mapped[str | None] = mapped_column(String(255))
-    plugin_name: Mapped[str | None] = mapped_column(String(255))
+    event_type: Mapped[str] = mapped_column(_identifier(255), nullable=False)
+    channel_name: Mapped[str | None] = mapped_column(_identifier(255))
+    plugin_name: Mapped[str | None] = mapped_column(_identifier(255))
     event_data: Mapped[Any] = mapped_column(SealedJSON(), nullable=False)
     event_metadata: Mapped[dict[str, Any] | None] = mapped_column(JsonDocument())
     retry_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
@@ -148,7 +160,7 @@ class RetryItem(Base):
         retry_status_type, nullable=False, server_default=RetryStatus.PENDING.value
     )
     error_message: Mapped[str | None] = mapped_column(SealedText())
-    last_error_code: Mapped[str | None] = mapped_column(String(50))
+    last_error_code: Mapped[str | None] = mapped_column(_identifier(50))
     created_at: Mapped[datetime] = mapped_column(
         UTCDateTime(), nullable=False, server_default=utc_now()
     )
@@ -160,12 +172,12 @@ class RetryItem(Base):
     expires_at: Mapped[datetime] = mapped_column(
         UTCDateTime(), nullable=False, server_default=utc_now_plus_days(7)
     )
-    locked_by: Mapped[str | None] = mapped_column(String(255))
+    locked_by: Mapped[str | None] = mapped_column(_identifier(255))
     locked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     priority: Mapped[int] = mapped_column(
         Integer, nullable=False, server_default=text("5"), comment=PRIORITY_COMMENT
     )
-    correlation_id: Mapped[str | None] = mapped_column(String(255))
+    correlation_id: Mapped[str | None] = mapped_column(_identifier(255))
     tags: Mapped[list[str] | None] = mapped_column(TagList())
     # Added by retryqueue (revision 0002): a fresh token per acquisition fences stale workers.
     lease_token: Mapped[uuid.UUID | None] = mapped_column(Uuid())
@@ -258,8 +270,8 @@ class RetryHistory(Base):
     attempt_number: Mapped[int] = mapped_column(Integer, nullable=False)
     status: Mapped[str] = mapped_column(String(50), nullable=False)
     error_message: Mapped[str | None] = mapped_column(SealedText())
-    error_code: Mapped[str | None] = mapped_column(String(50))
-    worker_id: Mapped[str | None] = mapped_column(String(255))
+    error_code: Mapped[str | None] = mapped_column(_identifier(50))
+    worker_id: Mapped[str | None] = mapped_column(_identifier(255))
     attempted_at: Mapped[datetime] = mapped_column(
         UTCDateTime(), nullable=False, server_default=utc_now()
     )
@@ -294,7 +306,7 @@ class RetryCircuit(Base):
 
     __tablename__ = "daz_retry_circuits"
 
-    circuit_key: Mapped[str] = mapped_column(String(CIRCUIT_KEY_LENGTH), primary_key=True)
+    circuit_key: Mapped[str] = mapped_column(_identifier(CIRCUIT_KEY_LENGTH), primary_key=True)
     state: Mapped[str] = mapped_column(String(20), nullable=False, server_default="closed")
     consecutive_failures: Mapped[int] = mapped_column(
         Integer, nullable=False, server_default=text("0")
@@ -313,7 +325,7 @@ class RetryCircuit(Base):
     cooldown_seconds: Mapped[float] = mapped_column(
         Double(), nullable=False, server_default=text("0")
     )
-    probe_owner: Mapped[str | None] = mapped_column(String(255))
+    probe_owner: Mapped[str | None] = mapped_column(_identifier(255))
     probe_deadline: Mapped[datetime | None] = mapped_column(UTCDateTime())
     reason: Mapped[str | None] = mapped_column(String(255))
     # Bumped by every write: the compare-and-set that hands out exactly one probe.
@@ -336,7 +348,7 @@ class RetryCircuitEvent(Base):
     __tablename__ = "daz_retry_circuit_events"
 
     id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
-    circuit_key: Mapped[str] = mapped_column(String(CIRCUIT_KEY_LENGTH), nullable=False)
+    circuit_key: Mapped[str] = mapped_column(_identifier(CIRCUIT_KEY_LENGTH), nullable=False)
     from_state: Mapped[str] = mapped_column(String(20), nullable=False)
     to_state: Mapped[str] = mapped_column(String(20), nullable=False)
     reason: Mapped[str] = mapped_column(String(255), nullable=False)

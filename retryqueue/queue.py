@@ -42,7 +42,7 @@ from retryqueue._rows import (
     valid_ids,
 )
 from retryqueue.clock import Clock, SystemClock
-from retryqueue.errors import InvalidArgument, RetryQueueError, database_error
+from retryqueue.errors import EnqueueRaceError, InvalidArgument, RetryQueueError, database_error
 from retryqueue.models import TERMINAL_STATUSES, RetryStatus
 from retryqueue.policy import (
     MAX_DELAY_SECONDS,
@@ -84,6 +84,8 @@ R = TypeVar("R")
 
 _SERVER_CLOCK_DIALECTS = frozenset({"postgresql", "mysql", "mariadb"})
 _STALE_RECLAIM_LIMIT = 1000
+# How often enqueue re-inserts an event_id whose holder vanished before its id was read.
+_VANISHED_RETRIES = 3
 
 
 def _database_errors(method: Callable[P, R]) -> Callable[P, R]:
@@ -209,32 +211,29 @@ class RetryQueue:
     def _insert_rows(
         self, session: Session, at: datetime | None, rows: list[dict[str, Any]]
     ) -> list[EnqueuedItem]:
-        bind_dialect = session.get_bind().dialect
-        dialect = bind_dialect.name
-        inserted: dict[uuid.UUID, int]
-        if dialect == "postgresql":
-            inserted = {}
-            insert_json = sql.insert_items_json(at is None)
-            for payload in sql.json_payloads(rows, bind_dialect):
-                inserted.update(
-                    (event_id, item_id)
-                    for item_id, event_id in session.execute(insert_json, {"rows": payload})
-                )
-        elif sql.has_returning(dialect):
-            inserted = {
-                event_id: item_id
-                for item_id, event_id in session.execute(sql.insert_items(dialect, at), rows)
-            }
+        dialect = session.get_bind().dialect.name
+        inserted = self._insert(session, at, rows, targeted=False)
+        ids = {**self._existing(session, rows, inserted), **inserted}
+        for _ in range(_VANISHED_RETRIES):
+            # Skipped as taken, yet no row holds it: the holder was purged or cleaned up
+            # between our INSERT and the look-up (or, on PostgreSQL, the row hit another
+            # unique index: the targeted retry raises for that one instead).
+            vanished: dict[uuid.UUID, dict[str, Any]] = {}
+            for row in rows:
+                if row["event_id"] not in ids:
+                    vanished.setdefault(row["event_id"], row)  # the first mention, as before
+            if not vanished:
+                break
+            again = list(vanished.values())
+            retried = self._insert(session, at, again, targeted=True)
+            inserted.update(retried)
+            ids.update(retried)
+            ids.update(self._existing(session, again, ids))
         else:
-            inserted = self._insert_without_returning(session, dialect, at, rows)
+            missing = next(row["event_id"] for row in rows if row["event_id"] not in ids)
+            raise EnqueueRaceError(missing, _VANISHED_RETRIES)
         if inserted and self.notify and dialect == "postgresql":
             session.execute(sql.notify())
-        missing = [row["event_id"] for row in rows if row["event_id"] not in inserted]
-        existing: dict[uuid.UUID, int] = {}
-        if missing:
-            stmt = sql.existing_by_event_ids(missing)
-            existing = {event_id: item_id for item_id, event_id in session.execute(stmt)}
-        ids = {**existing, **inserted}
         results, reported = [], set()
         for row in rows:
             event_id = row["event_id"]
@@ -243,6 +242,54 @@ class RetryQueue:
             reported.add(event_id)
             results.append(EnqueuedItem(ids[event_id], event_id, created))
         return results
+
+    def _insert(
+        self,
+        session: Session,
+        at: datetime | None,
+        rows: list[dict[str, Any]],
+        *,
+        targeted: bool,
+    ) -> dict[uuid.UUID, int]:
+        """Insert the rows, skipping taken event_ids; the ids of those inserted.
+
+        ``targeted`` (PostgreSQL): the rare retry, which names the conflict it expects
+        (event_id on the plain table; on the partitioned one the trigger does), so that any
+        other conflict raises instead of being skipped.
+        """
+        bind_dialect = session.get_bind().dialect
+        dialect = bind_dialect.name
+        if dialect == "postgresql":
+            target: bool | None = False
+            if targeted:
+                from retryqueue.migrations import partitioning  # brings alembic: rare path
+
+                target = None if partitioning.is_partitioned(session.connection()) else True
+            insert_json = sql.insert_items_json(at is None, target)
+            inserted: dict[uuid.UUID, int] = {}
+            for payload in sql.json_payloads(rows, bind_dialect):
+                inserted.update(
+                    (event_id, item_id)
+                    for item_id, event_id in session.execute(insert_json, {"rows": payload})
+                )
+            return inserted
+        if sql.has_returning(dialect):
+            return {
+                event_id: item_id
+                for item_id, event_id in session.execute(sql.insert_items(dialect, at), rows)
+            }
+        return self._insert_without_returning(session, dialect, at, rows)
+
+    @staticmethod
+    def _existing(
+        session: Session, rows: list[dict[str, Any]], known: Mapping[uuid.UUID, int]
+    ) -> dict[uuid.UUID, int]:
+        """The ids of the rows already holding the event_ids that ``known`` lacks."""
+        missing = list({row["event_id"] for row in rows if row["event_id"] not in known})
+        if not missing:
+            return {}
+        stmt = sql.existing_by_event_ids(missing)
+        return {event_id: item_id for item_id, event_id in session.execute(stmt)}
 
     @staticmethod
     def _insert_without_returning(
@@ -912,21 +959,29 @@ class RetryQueue:
         it back sealed with the newest key (see :mod:`retryqueue.encryption`). Yields the
         number of rows rewritten per batch; commit between batches. Rows being processed
         are rewritten too: only the sealed columns change.
+
+        Queue rows are locked from the read to the commit, so a concurrent outcome (a
+        ``fail()`` writing its error message) is never overwritten by the older value read
+        here. Rows another transaction holds are skipped and come back at the end, where
+        they are waited for.
         """
         batch_size = check.bounded_int("batch_size", batch_size, low=1, high=100_000)
         try:
-            last = 0
+            last, skipped = 0, list[int]()
             while rows := session.execute(sql.sealed_queue_rows(last, batch_size)).all():
                 _refuse_undecryptable(rows)
-                session.execute(
-                    sql.rewrite_queue_rows(),
-                    [
-                        {"id": r.id, "event_data": r.event_data, "error_message": r.error_message}
-                        for r in rows
-                    ],
-                )
+                self._rewrite_queue_rows(session, rows)
+                seen = {r.id for r in rows}
+                between = session.scalars(sql.queue_ids_between(last, rows[-1].id))
+                skipped += [item_id for item_id in between if item_id not in seen]
                 last = rows[-1].id
                 yield len(rows)
+            for start in range(0, len(skipped), batch_size):
+                chunk = skipped[start : start + batch_size]
+                rows = session.execute(sql.sealed_queue_rows_by_id(chunk)).all()
+                if rows:  # the others were deleted meanwhile
+                    self._rewrite_queue_rows(session, rows)
+                    yield len(rows)
             last = 0
             while rows := session.execute(sql.sealed_history_rows(last, batch_size)).all():
                 _refuse_undecryptable(rows)
@@ -938,6 +993,16 @@ class RetryQueue:
                 yield len(rows)
         except SQLAlchemyError as exc:
             raise database_error("rotate_keys", exc) from exc
+
+    @staticmethod
+    def _rewrite_queue_rows(session: Session, rows: Sequence[Any]) -> None:
+        session.execute(
+            sql.rewrite_queue_rows(),
+            [
+                {"id": r.id, "event_data": r.event_data, "error_message": r.error_message}
+                for r in rows
+            ],
+        )
 
     def cleanup(
         self, session: Session, retention_days: float = 7, *, batch_size: int = 1000
@@ -1074,8 +1139,10 @@ def _drop_partitions(
     for part in partitioning.partitions_past(session.connection(), cutoff):
         drop = partitioning.drop_partition(session.connection(), part, cutoff)
         if drop.dropped:
-            yield CleanupResult(deleted_count=drop.rows, partitions_dropped=1)
+            # Before the yield, in the drop's transaction: a caller that stops iterating
+            # must not leave the month's event keys behind forever.
             partitioning.forget_keys(session.connection(), part)
+            yield CleanupResult(deleted_count=drop.rows, partitions_dropped=1)
     return partitioning.month_start(cutoff)
 
 

@@ -235,21 +235,41 @@ def create_partitions(
 
     Idempotent: existing months are left alone. Rows that fell into the default partition
     for a month being created are moved into it. Run it monthly (cron), well ahead.
+
+    When a month is missing, the queue is locked (``ACCESS EXCLUSIVE``: enqueues, claims
+    and reads wait) until the caller's transaction ends, so no write can land in the
+    default partition while its rows move; commit promptly.
     """
     _require_postgresql(connection)
     if months_ahead < 0:
         raise PartitioningError("months_ahead must be 0 or more")
     current = month_start(server_now(connection, now))
     first = month_start(start) if start is not None else current
-    existing = {part.lower for part in partitions(connection) if part.lower is not None}
-    created = []
+    wanted = []
     month = min(first, current)
     while month <= _add_months(current, months_ahead):
-        if month not in existing:
-            _create_month(connection, month)
-            created.append(partition_name(month))
+        wanted.append(month)
         month = _add_months(month, 1)
+    if not _missing(connection, wanted):
+        return []  # the daily cron's usual case: no lock taken
+    # Hold everyone off the queue until this transaction ends. A row that an enqueue or a
+    # claim wrote into the default partition while its month was being moved out would be
+    # lost (copied before, deleted after) or, once routed, violate the new bound. Writers
+    # lock the parent before routing a row, so they wait here and then go into the new
+    # month. The strongest mode, taken before anything else: creating and attaching the
+    # month need ACCESS EXCLUSIVE anyway, and a weaker lock first would deadlock with a
+    # transaction that read (or SELECT ... FOR UPDATE) the queue before writing to it.
+    connection.execute(text(f"LOCK TABLE {QUEUE} IN ACCESS EXCLUSIVE MODE"))
+    created = []
+    for month in _missing(connection, wanted):  # again: a concurrent run may have made some
+        _create_month(connection, month)
+        created.append(partition_name(month))
     return created
+
+
+def _missing(connection: Connection, months: list[datetime]) -> list[datetime]:
+    existing = {part.lower for part in partitions(connection) if part.lower is not None}
+    return [month for month in months if month not in existing]
 
 
 def _create_month(connection: Connection, month: datetime) -> None:
@@ -483,7 +503,8 @@ def iter_drop_partitions(
     its finished rows are left to DELETE-based cleanup. Commit after each yielded result:
     the drop holds an exclusive lock on the queue (for a scan of the month and the drop;
     waiting for it at most ``lock_timeout_seconds``, else the month is kept as busy).
-    The dropped rows' event keys are deleted after the drop, in batches.
+    Each month is finished before it is yielded: dropped, and its event keys deleted
+    (:func:`forget_keys`), in the caller's transaction.
     """
     _require_postgresql(connection)
     cutoff = server_now(connection, now) - timedelta(seconds=older_than_seconds)
@@ -491,9 +512,12 @@ def iter_drop_partitions(
         result = drop_partition(
             connection, part, cutoff, dry_run=dry_run, lock_timeout_seconds=lock_timeout_seconds
         )
-        yield result
         if result.dropped:
+            # Before the yield: a caller that stops iterating (or commits and walks away)
+            # must not leave the month's keys behind forever. Same transaction as the drop,
+            # so the two commit or roll back together.
             forget_keys(connection, part)
+        yield result
 
 
 def partitions_past(connection: Connection, cutoff: datetime) -> list[Partition]:
@@ -539,8 +563,8 @@ def drop_partition(
 
     The check and the drop run under an exclusive lock on the queue, in a savepoint: a
     refused or failed drop (lock timeout, missing privilege) leaves the caller's
-    transaction usable and the month in place. Then call :func:`forget_keys`, after a
-    commit (the lock is held until then).
+    transaction usable and the month in place. Then call :func:`forget_keys` in the same
+    transaction, so that the drop and its keys' removal commit together.
     """
     assert part.lower is not None and part.upper is not None
     timeout = lock_timeout_seconds

@@ -231,12 +231,37 @@ def delete_circuit_events(at: datetime | None, retention_seconds: float) -> Dele
 
 
 def sealed_queue_rows(after_id: int, limit: int) -> AnySelect:
-    """The next ``limit`` queue rows after ``after_id``: id, event_data, error_message."""
+    """The next ``limit`` queue rows after ``after_id``: id, event_data, error_message.
+
+    Locked (FOR UPDATE) so that the rewrite cannot overwrite a concurrent outcome; rows
+    another transaction holds are skipped (see :func:`queue_ids_between`) rather than
+    waited for, so key rotation never waits in a lock cycle with a worker.
+    """
     return (
         select(RetryItem.id, RetryItem.event_data, RetryItem.error_message)
         .where(RetryItem.id > after_id)
         .order_by(RetryItem.id)
         .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+
+
+def queue_ids_between(after_id: int, up_to_id: int) -> Select[int]:
+    """Ids of queue rows in ``(after_id, up_to_id]`` (unlocked: finds the skipped ones)."""
+    return (
+        select(RetryItem.id)
+        .where(RetryItem.id > after_id, RetryItem.id <= up_to_id)
+        .order_by(RetryItem.id)
+    )
+
+
+def sealed_queue_rows_by_id(item_ids: Sequence[int]) -> AnySelect:
+    """These queue rows' id, event_data, error_message, locked (waiting for the lock)."""
+    return (
+        select(RetryItem.id, RetryItem.event_data, RetryItem.error_message)
+        .where(RetryItem.id.in_(item_ids))
+        .order_by(RetryItem.id)
+        .with_for_update()
     )
 
 

@@ -433,8 +433,13 @@ def complete_and_record(
     """
     _, params = complete_many(at, leases)  # the same parameters, and more
     params["done_worker"] = worker_id
-    params["done_ids"] = [item_id for item_id, _ in leases]
-    params["done_ms"] = list(durations_ms)
+    # One timing row per id: the history rows join the completed rows to the timings, so
+    # an item passed twice (or with an old and its current lease) would be recorded twice.
+    timing: dict[int, int | None] = {}
+    for (item_id, _), ms in zip(leases, durations_ms, strict=True):
+        timing.setdefault(item_id, ms)
+    params["done_ids"] = list(timing)
+    params["done_ms"] = list(timing.values())
     return _complete_and_record_template(at is None), params
 
 

@@ -48,8 +48,11 @@ _ROW_EXPIRES_AT = "p_expires_at"
 _ROW_TTL = "p_ttl_s"
 
 
-def insert_items(dialect_name: str, at: datetime | None) -> Insert:
+def insert_items(dialect_name: str, at: datetime | None, *, targeted: bool = False) -> Insert:
     """INSERT of queue rows, skipping rows whose event_id exists; RETURNING id, event_id.
+
+    PostgreSQL: ``targeted`` names event_id as the conflict target (see
+    :func:`insert_items_json`).
 
     MySQL/MariaDB: no RETURNING; a duplicate event_id is a no-op (``ON DUPLICATE KEY
     UPDATE id = id``, which unlike ``INSERT IGNORE`` does not downgrade other errors to
@@ -62,10 +65,10 @@ def insert_items(dialect_name: str, at: datetime | None) -> Insert:
     table = QUEUE_TABLE
     stmt: Any
     if dialect_name == "postgresql":
-        # No conflict target: the only unique index an insert can hit is event_id's (ids
-        # come from the sequence), and a partitioned table (docs/partitioning.md) has none
-        # to name; there a trigger skips a duplicate event_id just as DO NOTHING does.
-        stmt = postgresql.insert(table).on_conflict_do_nothing()
+        # By default no conflict target: a partitioned table (docs/partitioning.md) has no
+        # unique index to name; there a trigger skips a duplicate event_id as DO NOTHING
+        # does. A row skipped for another reason is caught by the caller's look-up.
+        stmt = _on_conflict(postgresql.insert(table), targeted)
     elif dialect_name == "sqlite":
         stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=["event_id"])
     elif not has_returning(dialect_name):
@@ -114,11 +117,25 @@ _PAYLOAD_ROWS = 1000
 _PAYLOAD_BYTES = 8 * 1024 * 1024
 
 
+def _on_conflict(stmt: postgresql.Insert, targeted: bool | None) -> postgresql.Insert:
+    if targeted is None:  # the partitioned table: its trigger skips duplicates
+        return stmt
+    if targeted:  # the plain table: any other conflict (an id) raises
+        return stmt.on_conflict_do_nothing(index_elements=["event_id"])
+    # Untargeted, so that one statement serves the plain and the partitioned table: a row
+    # it skipped that no look-up then finds goes through a targeted retry (RetryQueue).
+    return stmt.on_conflict_do_nothing()
+
+
 @functools.cache
-def insert_items_json(server_clock: bool) -> Insert:
+def insert_items_json(server_clock: bool, targeted: bool | None = False) -> Insert:
     """PostgreSQL's :func:`insert_items`: the rows in one ``rows`` JSON parameter.
 
     Same effect and RETURNING (id, event_id); the parameter comes from :func:`json_payloads`.
+    ``targeted``: False, ``ON CONFLICT DO NOTHING`` (any conflict: the everyday statement,
+    valid on the plain and the partitioned table); True, ``ON CONFLICT (event_id) DO
+    NOTHING`` (the plain table; a colliding id raises); None, no ON CONFLICT (the
+    partitioned table, whose trigger skips a taken event_id; a colliding id raises).
     """
     table = QUEUE_TABLE
     fields = [column(name, table.c[name].type) for name in _RECORD_COLUMNS]
@@ -150,13 +167,11 @@ def insert_items_json(server_clock: bool) -> Insert:
         )
     else:
         values.update({name: record.c[name] for name in _PYTHON_CLOCK_COLUMNS})
-    stmt = (
-        postgresql.insert(table)
-        .from_select(list(values), select(*values.values()))
-        .on_conflict_do_nothing()  # no target: see insert_items
-        .returning(table.c.id, table.c.event_id)
+    stmt = _on_conflict(
+        postgresql.insert(table).from_select(list(values), select(*values.values())), targeted
     )
-    return stmt
+    result: Insert = stmt.returning(table.c.id, table.c.event_id)
+    return result
 
 
 def json_payloads(rows: Sequence[dict[str, Any]], dialect: Dialect) -> Iterator[str]:

@@ -1,4 +1,4 @@
-"""The shipped revisions: one head, upgrade/compare/downgrade on SQLite and PostgreSQL."""
+"""The shipped revisions: one head, upgrade/compare/downgrade on every backend."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from alembic.config import Config
 from sqlalchemy import Engine, inspect
 
 from retryqueue import migrations
+from tests.support.revisions import HEAD
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,7 +23,7 @@ class TestRevisions:
     """The revision graph is a single line on the ``retryqueue`` branch."""
 
     def test_single_head(self) -> None:
-        assert migrations.heads() == ["rq0006"]
+        assert migrations.heads() == [HEAD]
 
     def test_first_revision_carries_the_branch_label(self) -> None:
         base = migrations.script_directory().get_revision("rq0001")
@@ -35,7 +36,7 @@ class TestUpgradeCompareDowngrade:
     def test_round_trip(self, empty_engine: Engine) -> None:
         assert migrations.current(empty_engine) == []
         migrations.upgrade(empty_engine)
-        assert migrations.current(empty_engine) == ["rq0006"]
+        assert migrations.current(empty_engine) == [HEAD]
         assert {
             "daz_retry_queue",
             "daz_retry_history",
@@ -43,6 +44,7 @@ class TestUpgradeCompareDowngrade:
             "daz_retry_circuit_events",
         } <= table_names(empty_engine)
         assert migrations.differences(empty_engine) == []
+        migrations.downgrade(empty_engine, "rq0004")
         migrations.downgrade(empty_engine, "rq0003")
         assert "daz_retry_circuits" not in table_names(empty_engine)
         assert "daz_retry_circuit_events" not in table_names(empty_engine)
@@ -110,5 +112,5 @@ class TestHostApplication:
         assert {"host_orders", "daz_retry_queue", "alembic_version"} <= table_names(empty_engine)
         assert sorted(migrations.current(empty_engine, version_table="alembic_version")) == [
             "h001",
-            "rq0006",
+            HEAD,
         ]

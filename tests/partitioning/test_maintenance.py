@@ -122,6 +122,23 @@ class TestDropPastRetention:
             again = RetryQueue(clock=ManualClock(NOW)).enqueue(session, "a", {}, event_id=event_id)
         assert again.created
 
+    def test_a_caller_that_stops_iterating_leaves_no_keys_behind(
+        self, partitioned: Engine, populate: Populator, sessions: sessionmaker[Session]
+    ) -> None:
+        populate.item(RetryStatus.COMPLETED, at(2026, 1))
+        populate.item(RetryStatus.COMPLETED, at(2026, 2))
+        with partitioned.connect() as connection:
+            first = next(partitioning.iter_drop_partitions(connection, RETENTION, now=NOW))
+            connection.commit()  # and walks away: the generator is never resumed
+        assert first.dropped
+        with sessions() as session:
+            part = next(RetryQueue(clock=ManualClock(NOW)).iter_cleanup(session, 60))
+            session.commit()
+        assert part.partitions_dropped == 1
+        with partitioned.connect() as connection:
+            left = connection.execute(text("SELECT count(*) FROM daz_retry_event_keys"))
+            assert left.scalar_one() == 0
+
     def test_a_busy_queue_keeps_the_month(
         self, partitioned: Engine, populate: Populator, sessions: sessionmaker[Session]
     ) -> None:
