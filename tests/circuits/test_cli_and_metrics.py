@@ -30,7 +30,16 @@ class TestCli:
         assert json.loads(empty.stdout) == []
 
         opened = invoke_cli(
-            url, "circuits", "open", "payments", "--for", "10m", "--reason", "db down", deps=deps
+            url,
+            "circuits",
+            "open",
+            "payments",
+            "--force",
+            "--for",
+            "10m",
+            "--reason",
+            "db down",
+            deps=deps,
         )
         assert opened.exit_code == 0, opened.output
         assert opened.stdout.startswith("circuit payments: open until ")
@@ -53,10 +62,12 @@ class TestCli:
         assert "manual_close" in invoke_cli(url, "circuits", "events", deps=deps).stdout
 
     def test_bad_input_is_one_line_on_stderr(self, engine: Engine) -> None:
-        result = invoke_cli(url_of(engine), "circuits", "open", "payments", "--for", "soon")
+        result = invoke_cli(
+            url_of(engine), "circuits", "open", "payments", "--force", "--for", "soon"
+        )
         assert result.exit_code == 1
         assert result.stderr.startswith("error: invalid --for 'soon'")
-        result = invoke_cli(url_of(engine), "circuits", "open", "x" * 600)
+        result = invoke_cli(url_of(engine), "circuits", "open", "x" * 600, "--force")
         assert result.exit_code == 1 and "invalid argument key" in result.stderr
 
 

@@ -7,11 +7,11 @@ test databases use the server default, as real deployments do.
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from retryqueue import CircuitBreaker, ItemFilter, NewItem, RetryQueue, RetryStatus
-from retryqueue.models import RetryCircuit
+from retryqueue.models import RetryCircuit, RetryItem
 
 PENDING = (RetryStatus.PENDING,)
 
@@ -79,6 +79,9 @@ class TestIdentifiersAreExact:
             queue.enqueue(session, "a", {})
         with sessions.begin() as session:
             (item,) = queue.acquire(session, "Worker-1", 10)
-        with sessions.begin() as session:
-            assert queue.release(session, "worker-1") == []
-            assert queue.release(session, "Worker-1") == [item.id]
+        with sessions.begin() as session:  # the operator's view: locked_by compared exactly
+            held_by = select(func.count()).where(RetryItem.locked_by == "worker-1")
+            assert session.scalar(held_by) == 0
+            held_by = select(func.count()).where(RetryItem.locked_by == "Worker-1")
+            assert session.scalar(held_by) == 1
+            assert queue.release(session, "Worker-1", lease_token=item.lease_token) == [item.id]

@@ -138,6 +138,8 @@ class TestDatabaseClock:
         sessions = sessionmaker(engine, expire_on_commit=False)
         run_at = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
         with sessions.begin() as session:
-            item = RetryQueue().enqueue(session, "precise", {}, run_at=run_at)
+            item = RetryQueue().enqueue(
+                session, "precise", {}, run_at=run_at, expires_at=run_at + timedelta(days=1)
+            )
         with sessions() as session:
             assert session.get_one(RetryItem, item.id).next_retry_at == run_at

@@ -144,7 +144,7 @@ class TestIdCollision:
             connection.execute(
                 text("SELECT setval('daz_retry_queue_id_seq', :i, false)"), {"i": made[0].id}
             )
-        with pytest.raises(DatabaseError, match="pk_daz_retry_queue"), sessions.begin() as s:
+        with pytest.raises(DatabaseError, match="daz_retry_queue_pkey"), sessions.begin() as s:
             queue.enqueue(s, "b", {})
 
 

@@ -293,15 +293,33 @@ class AdversarialMachine(RuleBasedStateMachine):
         if claims:
             self._fail(claims[index % len(claims)], retryable=retryable)
 
-    @rule(worker=st.sampled_from(["w1", "w2"]))
-    def heartbeat(self, worker: str) -> None:
-        self._call(
-            "heartbeat", lambda: self._in_transaction(lambda s: self.queue.heartbeat(s, worker))
-        )
+    @rule(claims=claims)
+    def heartbeat(self, claims: list[ClaimedItem]) -> None:
+        """A heartbeat for this (possibly old) lease: extends it only while it holds."""
+        if claims:
+            lease = claims[0]
+            self._call(
+                "heartbeat",
+                lambda: self._in_transaction(
+                    lambda s: self.queue.heartbeat(
+                        s, str(lease.locked_by), lease_token=lease.lease_token
+                    )
+                ),
+            )
 
-    @rule(worker=st.sampled_from(["w1", "w2"]))
-    def release(self, worker: str) -> None:
-        self._call("release", lambda: self._in_transaction(lambda s: self.queue.release(s, worker)))
+    @rule(claims=claims)
+    def release(self, claims: list[ClaimedItem]) -> None:
+        """Give this (possibly old) lease's items back: only while it holds them."""
+        if claims:
+            lease = claims[0]
+            self._call(
+                "release",
+                lambda: self._in_transaction(
+                    lambda s: self.queue.release(
+                        s, str(lease.locked_by), lease_token=lease.lease_token
+                    )
+                ),
+            )
 
     def _in_transaction(self, action: Callable[[Session], T]) -> T:
         with self.sessions.begin() as session:
