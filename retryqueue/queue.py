@@ -31,9 +31,19 @@ from sqlalchemy.orm import Session
 from retryqueue import monitoring
 from retryqueue import statements as sql
 from retryqueue import validation as check
-from retryqueue._rows import NewItem, claimed_item, history_row, item_row, lease_of, valid_ids
+from retryqueue._rows import (
+    TRACEBACK_LIMIT,
+    NewItem,
+    claimed_item,
+    failure_forensics,
+    history_row,
+    item_row,
+    lease_of,
+    valid_ids,
+)
 from retryqueue.clock import Clock, SystemClock
 from retryqueue.errors import InvalidArgument, RetryQueueError, database_error
+from retryqueue.fingerprint import fingerprint
 from retryqueue.models import TERMINAL_STATUSES, RetryStatus
 from retryqueue.policy import Decision, Outcome, RetryPolicy
 from retryqueue.results import (
@@ -50,7 +60,7 @@ from retryqueue.results import (
     SuccessRate,
 )
 
-__all__ = ["NOTIFY_CHANNEL", "NewItem", "RetryQueue", "listen_statement"]
+__all__ = ["NOTIFY_CHANNEL", "TRACEBACK_LIMIT", "NewItem", "RetryQueue", "listen_statement"]
 
 NOTIFY_CHANNEL = sql.NOTIFY_CHANNEL
 
@@ -306,7 +316,10 @@ class RetryQueue:
                 decision = Decision(Outcome.LOCK_EXPIRED, "pending", row.retry_count, timedelta(0))
             message = f"lock held by {row.locked_by} expired after {lock_timeout:g}s"
             guard = sql.reclaim_stale(row.id, at, lock_timeout)
-            if self._apply(session, guard, at, decision, message, "LOCK_EXPIRED"):
+            group = fingerprint("LOCK_EXPIRED", message)
+            if self._apply(
+                session, guard, at, decision, message, "LOCK_EXPIRED", error_fingerprint=group
+            ):
                 history.append(
                     history_row(
                         row.id,
@@ -316,6 +329,7 @@ class RetryQueue:
                         worker_id=row.locked_by,
                         error_message=message,
                         error_code="LOCK_EXPIRED",
+                        error_fingerprint=group,
                     )
                 )
         self._write_history(session, at, history)
@@ -419,6 +433,8 @@ class RetryQueue:
         retry_after: float | timedelta | None = None,
         duration_ms: int | None = None,
         policy: RetryPolicy | None = None,
+        exception_type: str | None = None,
+        error_traceback: str | None = None,
     ) -> bool:
         """Record a failed attempt; the lock holder only, as for :meth:`complete`.
 
@@ -426,6 +442,10 @@ class RetryQueue:
         delay (or ``retry_after``), until retry_count has reached max_retries: then the item
         is dead-lettered. ``retryable=False`` marks it ``failed`` at once. Returns False,
         changing nothing, if the lease was lost.
+
+        The attempt's history row keeps ``exception_type`` (at most 255 characters) and
+        ``error_traceback`` (its last :data:`TRACEBACK_LIMIT` characters), and both the item
+        and the history row get the failure's :func:`~retryqueue.fingerprint.fingerprint`.
         """
         item_id, worker_id, lease_token = lease_of(item, worker_id, lease_token)
         if error_message is not None and not isinstance(error_message, str):
@@ -433,6 +453,7 @@ class RetryQueue:
         if error_message is not None:
             check.text("error_message", error_message, max_length=1_000_000)
         error_code = check.optional_text("error_code", error_code, max_length=50)
+        forensics = failure_forensics(error_code, error_message, exception_type, error_traceback)
         wait = (
             None
             if retry_after is None
@@ -444,7 +465,15 @@ class RetryQueue:
             return False
         decision = self._decide(row, retryable=retryable, retry_after=wait, policy=policy)
         guard = sql.owned_guard(item_id, worker_id, lease_token)
-        if not self._apply(session, guard, at, decision, error_message, error_code):
+        if not self._apply(
+            session,
+            guard,
+            at,
+            decision,
+            error_message,
+            error_code,
+            error_fingerprint=forensics["error_fingerprint"],
+        ):
             return False
         self._write_attempt(
             session,
@@ -455,6 +484,7 @@ class RetryQueue:
             error_message=error_message,
             error_code=error_code,
             duration_ms=duration_ms,
+            **forensics,
         )
         return True
 
@@ -483,6 +513,8 @@ class RetryQueue:
         decision: Decision,
         error_message: str | None,
         error_code: str | None,
+        *,
+        error_fingerprint: str | None = None,
     ) -> bool:
         stmt = sql.apply_failure(
             guard,
@@ -492,6 +524,7 @@ class RetryQueue:
             delay=decision.delay,
             error_message=error_message,
             error_code=error_code,
+            error_fingerprint=error_fingerprint,
         )
         return bool(_returning_rows(session, stmt))
 

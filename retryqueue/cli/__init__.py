@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from retryqueue.cli import admin, circuits, db, monitor, run
+from retryqueue.cli import admin, circuits, dashboard, db, monitor, run
 from retryqueue.cli._context import (
     DATABASE_URL_ENV,
     DEFAULT_DATABASE_URL,
@@ -57,6 +57,7 @@ app.add_typer(circuits.app, name="circuits")
 admin.register(app)
 monitor.register(app)
 run.register(app)
+dashboard.register(app)
 
 
 def main() -> None:

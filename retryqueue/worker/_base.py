@@ -340,6 +340,8 @@ class WorkerBase:
                 retry_after=plan.retry_after,
                 duration_ms=done.duration_ms,
                 policy=plan.policy,
+                exception_type=plan.exception_type,
+                error_traceback=plan.error_traceback,
             )
             outcomes[done.item.id] = plan.decision.outcome.value if recorded else "lost"
         if self.breaker is not None:

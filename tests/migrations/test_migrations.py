@@ -44,7 +44,7 @@ class TestRevisions:
     """The revision graph is a single line on the ``retryqueue`` branch."""
 
     def test_single_head(self) -> None:
-        assert migrations.heads() == ["rq0004"]
+        assert migrations.heads() == ["rq0008"]
 
     def test_first_revision_carries_the_branch_label(self) -> None:
         base = migrations.script_directory().get_revision("rq0001")
@@ -57,14 +57,21 @@ class TestUpgradeCompareDowngrade:
     def test_round_trip(self, empty_engine: Engine) -> None:
         assert migrations.current(empty_engine) == []
         migrations.upgrade(empty_engine)
-        assert migrations.current(empty_engine) == ["rq0004"]
+        assert migrations.current(empty_engine) == ["rq0008"]
         assert {
             "daz_retry_queue",
             "daz_retry_history",
             "daz_retry_circuits",
             "daz_retry_circuit_events",
+            "daz_retry_audit",
+            "daz_retry_workers",
         } <= table_names(empty_engine)
         assert migrations.differences(empty_engine) == []
+        migrations.downgrade(empty_engine, "rq0004")
+        assert not {"daz_retry_audit", "daz_retry_workers"} & table_names(empty_engine)
+        assert "exception_type" not in {
+            c["name"] for c in inspect(empty_engine).get_columns("daz_retry_history")
+        }
         migrations.downgrade(empty_engine, "rq0003")
         assert "daz_retry_circuits" not in table_names(empty_engine)
         assert "daz_retry_circuit_events" not in table_names(empty_engine)
@@ -132,7 +139,7 @@ class TestHostApplication:
         assert {"host_orders", "daz_retry_queue", "alembic_version"} <= table_names(empty_engine)
         assert sorted(migrations.current(empty_engine, version_table="alembic_version")) == [
             "h001",
-            "rq0004",
+            "rq0008",
         ]
 
 
