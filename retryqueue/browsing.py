@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from retryqueue import encryption
 from retryqueue.errors import ItemNotFound, RetryQueueError, database_error
+from retryqueue.fingerprint import normalise_message
 from retryqueue.models import RetryDashboardAudit, RetryStatus
 from retryqueue.monitoring import fetch_all, queue_gauges
 from retryqueue.results import ItemQuery
@@ -288,6 +289,11 @@ class ErrorGroup:
     last_seen: datetime
     sample_error: str | None
     plugins: tuple[str, ...]
+
+    @property
+    def pattern(self) -> str:
+        """The sample message with its values replaced: what the group's messages share."""
+        return normalise_message(self.sample_error)
 
 
 def error_groups(session: Session, limit: int = 200) -> list[ErrorGroup]:
