@@ -37,6 +37,7 @@ __all__ = [
     "OutcomeCount",
     "Overview",
     "TimelineEntry",
+    "WorkerInfo",
     "action_ids",
     "audit_log",
     "count_matching",
@@ -44,6 +45,7 @@ __all__ = [
     "finish_action",
     "item_detail",
     "item_page",
+    "live_workers",
     "outcomes_per_hour",
     "overview",
     "record_action",
@@ -398,4 +400,46 @@ def audit_log(session: Session, limit: int = 50, before_id: int | None = None) -
             finished_at=entry.finished_at,
         )
         for entry in entries
+    ]
+
+
+# -- workers ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A live worker from the registry, with what it holds now and its last hour."""
+
+    worker_id: str
+    host: str
+    pid: int
+    kind: str
+    concurrency: int
+    batch_size: int
+    started_at: datetime
+    heartbeat_at: datetime
+    held: int
+    attempts_last_hour: int
+    failures_last_hour: int
+
+
+def live_workers(
+    session: Session, at: datetime | None, dead_after_seconds: float = 600.0
+) -> list[WorkerInfo]:
+    """Workers that heartbeated within ``dead_after_seconds``, by host and id."""
+    return [
+        WorkerInfo(
+            worker_id=row.RetryWorker.worker_id,
+            host=row.RetryWorker.host,
+            pid=row.RetryWorker.pid,
+            kind=row.RetryWorker.kind,
+            concurrency=row.RetryWorker.concurrency,
+            batch_size=row.RetryWorker.batch_size,
+            started_at=row.RetryWorker.started_at,
+            heartbeat_at=row.RetryWorker.heartbeat_at,
+            held=int(row.held),
+            attempts_last_hour=int(row.attempts),
+            failures_last_hour=int(row.failures),
+        )
+        for row in fetch_all(session, sql.live_workers(at, dead_after_seconds), "workers")
     ]

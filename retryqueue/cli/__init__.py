@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from retryqueue.cli import admin, circuits, dashboard, db, monitor, run
+from retryqueue.cli import admin, circuits, dashboard, db, monitor, run, workers
 from retryqueue.cli._context import (
     DATABASE_URL_ENV,
     DEFAULT_DATABASE_URL,
@@ -58,6 +58,7 @@ admin.register(app)
 monitor.register(app)
 run.register(app)
 dashboard.register(app)
+workers.register(app)
 
 
 def main() -> None:

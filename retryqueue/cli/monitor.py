@@ -15,6 +15,7 @@ from retryqueue.queue import RetryQueue
 from retryqueue.results import (
     Alert,
     DeadLetterGroup,
+    HistoryEntry,
     HourlyCount,
     ItemSnapshot,
     QueueStats,
@@ -179,6 +180,7 @@ def show(
     current = state(ctx)
     with current.session() as session:
         item = current.queue().get(session, item_id)
+        entries = current.queue().history(session, item_id)
     if as_json:
         print_json(item)
         return
@@ -189,6 +191,17 @@ def show(
         value = getattr(item, name)
         table.add_row(name, ", ".join(value) if name == "tags" else text(value))
     console().print(table)
+    _print_last_traceback(entries)
+
+
+def _print_last_traceback(entries: Sequence[HistoryEntry]) -> None:
+    """The newest failed attempt's exception type and traceback, if one was recorded."""
+    failed = [entry for entry in entries if entry.exception_type or entry.error_traceback]
+    if not failed:
+        return
+    last = failed[-1]
+    typer.echo(f"attempt {last.attempt_number} raised {last.exception_type or '?'}:")
+    typer.echo((last.error_traceback or "(no traceback recorded)").rstrip())
 
 
 def history(
@@ -206,7 +219,9 @@ def history(
         print_json(entries)
         return
     table = Table(title=f"History of item {item_id}")
-    for name in ("attempt", "status", "at", "worker", "duration ms", "error code", "error"):
+    for name in (
+        "attempt", "status", "at", "worker", "duration ms", "error code", "error", "exception",
+    ):  # fmt: skip
         table.add_column(name)
     for entry in entries:
         table.add_row(
@@ -217,8 +232,10 @@ def history(
             text(entry.duration_ms),
             text(entry.error_code),
             _short(entry.error_message),
+            text(entry.exception_type),
         )
     console().print(table)
+    _print_last_traceback(entries)
 
 
 def throughput(

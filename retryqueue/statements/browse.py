@@ -21,6 +21,7 @@ from sqlalchemy import (
     and_,
     case,
     cast,
+    delete,
     exists,
     func,
     insert,
@@ -37,6 +38,7 @@ from retryqueue.models import (
     RetryHistory,
     RetryItem,
     RetryStatus,
+    RetryWorker,
 )
 from retryqueue.results import ItemQuery
 from retryqueue.statements._base import (
@@ -55,17 +57,21 @@ __all__ = [
     "actionable_ids",
     "audit_entries",
     "capped_count",
+    "delete_workers",
     "error_groups",
     "finish_audit",
     "history_rows",
     "insert_audit",
+    "insert_worker",
     "item_page",
     "item_row",
+    "live_workers",
     "outcomes_per_hour",
     "plugins_of_groups",
     "query_clauses",
     "status_counts",
     "success_by_event_type",
+    "touch_worker",
 ]
 
 SORT_COLUMNS: dict[str, Any] = {
@@ -324,3 +330,71 @@ def history_rows(item_id: int) -> AnySelect:
         .where(RetryHistory.retry_queue_id == item_id)
         .order_by(RetryHistory.attempted_at, RetryHistory.id)
     )
+
+
+# -- the worker registry (daz_retry_workers) ------------------------------------------------
+
+
+def insert_worker(at: datetime | None) -> Insert:
+    """INSERT of one worker row, started and heartbeating now."""
+    now = now_expr(at)
+    return insert(RetryWorker).values(started_at=now, heartbeat_at=now)
+
+
+def delete_workers(worker_id: str | None, *, beat_before: datetime | None = None) -> Any:
+    """DELETE one worker's row, or the rows whose heartbeat is older than ``beat_before``."""
+    stmt = delete(RetryWorker)
+    if worker_id is not None:
+        stmt = stmt.where(RetryWorker.worker_id == worker_id)
+    if beat_before is not None:
+        stmt = stmt.where(RetryWorker.heartbeat_at < literal(beat_before, UTCDateTime()))
+    return stmt
+
+
+def touch_worker(at: datetime | None, worker_id: str) -> Update:
+    """Move a worker's heartbeat to now."""
+    return (
+        update(RetryWorker)
+        .where(RetryWorker.worker_id == worker_id)
+        .values(heartbeat_at=now_expr(at))
+    )
+
+
+def live_workers(at: datetime | None, dead_after_seconds: float) -> AnySelect:
+    """Workers heartbeating within ``dead_after_seconds``, with what they hold now and their
+    attempts and failures in the last hour."""
+    hour_ago = after(at, -3600.0)
+    held = (
+        select(func.count())
+        .select_from(RetryItem)
+        .where(RetryItem.locked_by == RetryWorker.worker_id, _status_is(RetryStatus.PROCESSING))
+        .scalar_subquery()
+    )
+    recent = and_(
+        RetryHistory.worker_id == RetryWorker.worker_id, RetryHistory.attempted_at > hour_ago
+    )
+    attempts = (
+        select(func.count())
+        .select_from(RetryHistory)
+        .where(recent, RetryHistory.status != "requeued")
+        .scalar_subquery()
+    )
+    failures = (
+        select(func.count())
+        .select_from(RetryHistory)
+        .where(recent, RetryHistory.status.in_(sorted(_FAILURE_STATUSES)))
+        .scalar_subquery()
+    )
+    return (
+        select(
+            RetryWorker,
+            held.label("held"),
+            attempts.label("attempts"),
+            failures.label("failures"),
+        )
+        .where(RetryWorker.heartbeat_at > after(at, -dead_after_seconds))
+        .order_by(RetryWorker.host, RetryWorker.worker_id)
+    )
+
+
+_FAILURE_STATUSES = frozenset({"retry_scheduled", "dead_lettered", "failed", "lock_expired"})

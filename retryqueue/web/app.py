@@ -121,6 +121,7 @@ def create_app(
         Route("/dead-letters", pages.dead_letters_page, name="dead_letters"),
         Route("/circuits", pages.circuits_page, name="circuits"),
         Route("/throughput", pages.throughput_page, name="throughput"),
+        Route("/workers", pages.workers_page, name="workers"),
         Route("/audit", pages.audit_page, name="audit"),
         Route("/actions/preview", actions.preview_action, methods=["POST"], name="preview"),
         Route("/actions/run", actions.run_action, methods=["POST"], name="run"),

@@ -23,6 +23,7 @@ __all__ = [
     "overview_live",
     "overview_page",
     "throughput_page",
+    "workers_page",
 ]
 
 
@@ -129,3 +130,12 @@ def throughput_page(request: Request) -> Response:
         "throughput.html",
         {"page": "throughput", "total": total, "per_plugin": per_plugin},
     )
+
+
+def workers_page(request: Request) -> Response:
+    """Live workers: where they run, their settings, heartbeat, what they hold, last hour."""
+    settings = settings_of(request)
+    with settings.reading() as session:
+        now = settings.queue.now(session)
+        workers = browsing.live_workers(session, now)
+    return render(request, "workers.html", {"page": "workers", "workers": workers})
