@@ -467,10 +467,22 @@ class WorkerBase:
         tally: dict[str, int],
     ) -> None:
         for done, plan in zip(finished, plans, strict=True):
-            self._report(done, outcomes[done.item.id], plan.code if plan else None, tally)
+            self._report(
+                done,
+                outcomes[done.item.id],
+                plan.code if plan else None,
+                tally,
+                message=plan.message if plan else None,
+            )
 
     def _report(
-        self, done: Finished, outcome: str, code: str | None, tally: dict[str, int]
+        self,
+        done: Finished,
+        outcome: str,
+        code: str | None,
+        tally: dict[str, int],
+        *,
+        message: str | None = None,
     ) -> None:
         key = _REPORT_FIELD[outcome]
         tally[key] = tally.get(key, 0) + 1
@@ -493,7 +505,7 @@ class WorkerBase:
                 item.attempt,
                 outcome,
                 done.duration_ms,
-                f" [{code}]" if code else "",
+                (f" [{code}]" if code else "") + (f": {message[:200]}" if message else ""),
                 extra=extra,
             )
         result = AttemptResult(

@@ -209,11 +209,11 @@ class AsyncWorker(WorkerBase):
         finally:
             if listener is not None:
                 await listener.close()
-            if self._registered:
-                await self._registry_round("leave")
             for signum, handler in previous.items():
                 loop.remove_signal_handler(signum)
                 signal.signal(signum, handler)  # asyncio would leave the default behind
+        if self._registered:  # not when abandoned by a second cancel: the row ages out
+            await self._registry_round("leave")
         self._log_stopped()
         return total
 

@@ -12,6 +12,8 @@ from retryqueue.fingerprint import fingerprint
 from retryqueue.models import RetryHistory, RetryItem
 from retryqueue.queue import TRACEBACK_LIMIT
 from retryqueue.testing import drain
+from retryqueue.worker import Worker
+from tests.support.logs import LogRecorder
 
 
 def history_of(sessions: sessionmaker[Session], item_id: int) -> list[RetryHistory]:
@@ -76,3 +78,21 @@ class TestHandlers:
         assert "in handler" in row.error_traceback
         assert row.error_traceback.rstrip().endswith(f"refused by 10.0.0.{item.id}")
         assert row.error_fingerprint == fingerprint("ConnectionRefusedError", "refused by 10.9.9.9")
+
+
+class TestWorkerLog:
+    """The worker's log line of a failed attempt carries the message, not only the code."""
+
+    def test_message_in_the_log(
+        self, sessions: sessionmaker[Session], worker_logs: LogRecorder
+    ) -> None:
+        queue = RetryQueue()
+
+        def handler(item: Any) -> None:
+            raise ValueError("invoice 7 has a negative amount")
+
+        with sessions.begin() as session:
+            queue.enqueue(session, "t", {})
+        Worker(queue, sessions, {"t": handler}).run_once()
+        (line,) = worker_logs.matching("attempt 1: retry_scheduled")
+        assert line.getMessage().endswith("[ValueError]: invoice 7 has a negative amount")
