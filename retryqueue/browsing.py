@@ -233,13 +233,14 @@ class Overview:
 def overview(
     session: Session, at: datetime | None, *, cap: int, hours: int, stale_lock_seconds: float
 ) -> Overview:
-    """Counts by status, backlog, lag, stale locks, outcomes per hour, success by type."""
+    """Counts by status, backlog, lag, stale locks, outcomes per hour (last ``hours``), and
+    success by event type of the newest ``cap`` items."""
     row = fetch_all(session, sql.status_counts(at, cap), "overview")[0]
     gauges = queue_gauges(session, at, stale_lock_seconds)
     success = [
         EventTypeSuccess(event_type, int(total), int(done or 0), int(dead or 0))
         for event_type, total, done, dead in fetch_all(
-            session, sql.success_by_event_type(at, hours), "success rate"
+            session, sql.success_by_event_type(cap), "success rate"
         )
     ]
     return Overview(

@@ -251,15 +251,22 @@ def outcomes_per_hour(at: datetime | None, hours: int, plugin: bool = False) -> 
     )
 
 
-def success_by_event_type(at: datetime | None, hours: int) -> AnySelect:
-    """Per event type, of the items created in the last ``hours``: all, completed, dead."""
-    completed = func.sum(case((_status_is(RetryStatus.COMPLETED), 1), else_=0))
-    dead = func.sum(case((_status_in(RetryStatus.DEAD_LETTER, RetryStatus.FAILED), 1), else_=0))
+def success_by_event_type(limit: int) -> AnySelect:
+    """Per event type, of the newest ``limit`` items: all, completed, gave up."""
+    newest = (
+        select(RetryItem.event_type, RetryItem.status)
+        .order_by(RetryItem.id.desc())
+        .limit(limit)
+        .subquery("newest")
+    )
+    completed = func.sum(case((newest.c.status == RetryStatus.COMPLETED, 1), else_=0))
+    given_up = func.sum(
+        case((newest.c.status.in_([RetryStatus.DEAD_LETTER, RetryStatus.FAILED]), 1), else_=0)
+    )
     return (
-        select(RetryItem.event_type, func.count(), completed, dead)
-        .where(RetryItem.created_at > after(at, -hours * 3600.0))
-        .group_by(RetryItem.event_type)
-        .order_by(RetryItem.event_type)
+        select(newest.c.event_type, func.count(), completed, given_up)
+        .group_by(newest.c.event_type)
+        .order_by(newest.c.event_type)
     )
 
 
