@@ -25,6 +25,7 @@ from sqlalchemy.orm import sessionmaker
 from retryqueue import ManualClock, RetryQueue
 from retryqueue.circuits import CircuitBreaker
 from retryqueue.models import metadata
+from retryqueue.registry import register_worker
 from retryqueue.web import create_app
 
 HERE = Path(__file__).parent
@@ -77,6 +78,11 @@ def seed(sessions: sessionmaker) -> None:  # type: ignore[type-arg]
     clock.set(datetime.now(UTC))
     with sessions.begin() as session:
         CircuitBreaker(clock=clock).open(session, "crm", cooldown=600, actor="ops")
+        for n, kind in enumerate(("threaded", "threaded", "asyncio")):
+            register_worker(
+                session, f"worker-{n}", kind=kind, concurrency=4 * (n + 1), batch_size=20,
+                at=clock.now(),
+            )  # fmt: skip
 
 
 def main() -> None:
@@ -119,6 +125,8 @@ def main() -> None:
                 page.wait_for_selector("tr.audit-entry")
                 page.goto(f"{base}/circuits")
                 page.screenshot(path=str(HERE / "circuits.png"), full_page=True)
+                page.goto(f"{base}/workers")
+                page.screenshot(path=str(HERE / "workers.png"))
                 browser.close()
         finally:
             server.should_exit = True
