@@ -14,13 +14,16 @@ from typing import Any
 from retryqueue import statements as sql
 from retryqueue import validation as check
 from retryqueue.errors import InvalidArgument
+from retryqueue.fingerprint import fingerprint
 from retryqueue.models import RetryStatus
 from retryqueue.policy import Outcome
 from retryqueue.results import ClaimedItem, freeze
 
 __all__ = [
+    "TRACEBACK_LIMIT",
     "NewItem",
     "claimed_item",
+    "failure_forensics",
     "history_row",
     "item_row",
     "lease_of",
@@ -224,9 +227,15 @@ def history_row(
     error_message: str | None = None,
     error_code: str | None = None,
     duration_ms: int | None = None,
+    error_fingerprint: str | None = None,
+    exception_type: str | None = None,
+    error_traceback: str | None = None,
 ) -> dict[str, Any]:
     """One daz_retry_history row, as INSERT parameters."""
     return {
+        "error_fingerprint": error_fingerprint,
+        "exception_type": exception_type,
+        "error_traceback": error_traceback,
         "retry_queue_id": item_id,
         "event_id": event_id,
         "attempt_number": attempt,
@@ -235,6 +244,38 @@ def history_row(
         "error_code": error_code,
         "worker_id": worker_id,
         "duration_ms": duration_ms,
+    }
+
+
+TRACEBACK_LIMIT = 16_000
+"""Characters of a failed attempt's traceback kept on its history row (the last ones)."""
+
+_TRUNCATED = "... (truncated)\n"
+
+
+def failure_forensics(
+    error_code: str | None,
+    error_message: str | None,
+    exception_type: str | None,
+    error_traceback: str | None,
+) -> dict[str, str | None]:
+    """The history columns of a failure's forensics: fingerprint, exception type, traceback.
+
+    The traceback keeps its last :data:`TRACEBACK_LIMIT` characters (the innermost frames
+    and the exception line); a longer exception type name is cut at 255 characters.
+    """
+    if exception_type is not None:
+        exception_type = check.text("exception_type", exception_type, max_length=10_000)[:255]
+    if error_traceback is not None:
+        if not isinstance(error_traceback, str):
+            raise InvalidArgument("error_traceback", "expected a string")
+        if len(error_traceback) > TRACEBACK_LIMIT:
+            keep = TRACEBACK_LIMIT - len(_TRUNCATED)
+            error_traceback = _TRUNCATED + error_traceback[-keep:]
+    return {
+        "error_fingerprint": fingerprint(error_code, error_message),
+        "exception_type": exception_type,
+        "error_traceback": error_traceback,
     }
 
 

@@ -31,6 +31,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.elements import conv
 
+from retryqueue.fingerprint import FINGERPRINT_LENGTH
 from retryqueue.types import (
     JsonDocument,
     SealedJSON,
@@ -49,9 +50,11 @@ __all__ = [
     "Base",
     "RetryCircuit",
     "RetryCircuitEvent",
+    "RetryDashboardAudit",
     "RetryHistory",
     "RetryItem",
     "RetryStatus",
+    "RetryWorker",
     "metadata",
 ]
 
@@ -184,6 +187,8 @@ class RetryItem(Base):
     # Added by retryqueue (revision 0006): when this claim's lock expires, set at claim and
     # by every heartbeat from the holder's lock_timeout. NULL on rows locked before rq0006.
     lock_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Added by retryqueue (revision 0008): the last failure's group key (retryqueue.fingerprint).
+    error_fingerprint: Mapped[str | None] = mapped_column(String(FINGERPRINT_LENGTH))
 
     __table_args__ = (
         PrimaryKeyConstraint("id", name=QUEUE_PRIMARY_KEY),
@@ -245,6 +250,9 @@ class RetryItem(Base):
         ),
         # Added by retryqueue (revision 0002): idempotent enqueue on event_id.
         Index("uq_retry_queue_event_id", "event_id", unique=True),
+        # Added by retryqueue (revision 0008): dead letters grouped by error, and one group's
+        # items in id order.
+        Index("idx_retry_queue_status_fingerprint", "status", "error_fingerprint", "id"),
         {**_NEVER_REUSE_IDS, "comment": QUEUE_COMMENT},
     )
 
@@ -276,9 +284,14 @@ class RetryHistory(Base):
         UTCDateTime(), nullable=False, server_default=utc_now()
     )
     duration_ms: Mapped[int | None] = mapped_column(Integer)
+    # Added by retryqueue (revision 0008): error forensics of a failed attempt.
+    error_fingerprint: Mapped[str | None] = mapped_column(String(FINGERPRINT_LENGTH))
+    exception_type: Mapped[str | None] = mapped_column(String(255))
+    error_traceback: Mapped[str | None] = mapped_column(SealedText())
 
     __table_args__ = (
         Index("idx_retry_history_queue_id", "retry_queue_id"),
+        Index("idx_retry_history_fingerprint", "error_fingerprint", "attempted_at"),
         Index("idx_retry_history_event_id", "event_id"),
         Index("idx_retry_history_attempted_at", "attempted_at"),
         PrimaryKeyConstraint("id", name=HISTORY_PRIMARY_KEY),
@@ -369,3 +382,55 @@ class RetryCircuitEvent(Base):
             f"<RetryCircuitEvent {self.circuit_key!r} {self.from_state}->{self.to_state} "
             f"({self.reason})>"
         )
+
+
+# Revision 0008: the dashboard's audit trail and the registry of live workers.
+
+
+class RetryDashboardAudit(Base):
+    """One administrative action taken from the dashboard (table ``daz_retry_audit``).
+
+    ``selection`` describes what was acted on (a filter, or ids) as JSON; ``requested`` is
+    how many items the preview counted, ``affected`` how many the action changed (None
+    while it runs).
+    """
+
+    __tablename__ = "daz_retry_audit"
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    actor: Mapped[str] = mapped_column(String(255), nullable=False)
+    action: Mapped[str] = mapped_column(String(50), nullable=False)
+    selection: Mapped[dict[str, Any] | None] = mapped_column(JsonDocument())
+    requested: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    affected: Mapped[int | None] = mapped_column(Integer)
+    detail: Mapped[str | None] = mapped_column(String(255))
+    occurred_at: Mapped[datetime] = mapped_column(
+        UTCDateTime(), nullable=False, server_default=utc_now()
+    )
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        Index("idx_retry_audit_occurred_at", "occurred_at"),
+        _NEVER_REUSE_IDS,
+    )
+
+
+class RetryWorker(Base):
+    """A running worker, registered at start and heartbeating (table ``daz_retry_workers``)."""
+
+    __tablename__ = "daz_retry_workers"
+
+    worker_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255), nullable=False)
+    pid: Mapped[int] = mapped_column(Integer, nullable=False)
+    kind: Mapped[str] = mapped_column(String(50), nullable=False)
+    concurrency: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("1"))
+    batch_size: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("1"))
+    started_at: Mapped[datetime] = mapped_column(
+        UTCDateTime(), nullable=False, server_default=utc_now()
+    )
+    heartbeat_at: Mapped[datetime] = mapped_column(
+        UTCDateTime(), nullable=False, server_default=utc_now()
+    )
+
+    __table_args__ = (Index("idx_retry_workers_heartbeat_at", "heartbeat_at"),)

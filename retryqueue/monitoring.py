@@ -98,6 +98,9 @@ def item_history(session: Session, item_id: int) -> list[HistoryEntry]:
             worker_id=entry.worker_id,
             attempted_at=entry.attempted_at,
             duration_ms=entry.duration_ms,
+            error_fingerprint=entry.error_fingerprint,
+            exception_type=entry.exception_type,
+            error_traceback=entry.error_traceback,
         )
         for entry in entries
     ]

@@ -33,8 +33,10 @@ from retryqueue import encryption, hooks, monitoring
 from retryqueue import statements as sql
 from retryqueue import validation as check
 from retryqueue._rows import (
+    TRACEBACK_LIMIT,
     NewItem,
     claimed_item,
+    failure_forensics,
     history_row,
     item_row,
     lease_of,
@@ -43,6 +45,7 @@ from retryqueue._rows import (
 )
 from retryqueue.clock import Clock, SystemClock
 from retryqueue.errors import EnqueueRaceError, InvalidArgument, RetryQueueError, database_error
+from retryqueue.fingerprint import fingerprint
 from retryqueue.models import TERMINAL_STATUSES, RetryStatus
 from retryqueue.policy import (
     MAX_DELAY_SECONDS,
@@ -65,7 +68,14 @@ from retryqueue.results import (
     SuccessRate,
 )
 
-__all__ = ["NOTIFY_CHANNEL", "UNDECRYPTABLE", "NewItem", "RetryQueue", "listen_statement"]
+__all__ = [
+    "NOTIFY_CHANNEL",
+    "TRACEBACK_LIMIT",
+    "UNDECRYPTABLE",
+    "NewItem",
+    "RetryQueue",
+    "listen_statement",
+]
 
 NOTIFY_CHANNEL = sql.NOTIFY_CHANNEL
 UNDECRYPTABLE = "UNDECRYPTABLE"
@@ -435,7 +445,10 @@ class RetryQueue:
             decision, reason = _unless_past_expiry(row, decision, expired)
             message = reason or expired
             guard = sql.reclaim_stale(row.id, at, lock_timeout)
-            if self._apply(session, guard, at, decision, message, "LOCK_EXPIRED"):
+            group = fingerprint("LOCK_EXPIRED", message)
+            if self._apply(
+                session, guard, at, decision, message, "LOCK_EXPIRED", error_fingerprint=group
+            ):
                 history.append(
                     history_row(
                         row.id,
@@ -445,6 +458,7 @@ class RetryQueue:
                         worker_id=row.locked_by,
                         error_message=message,
                         error_code="LOCK_EXPIRED",
+                        error_fingerprint=group,
                     )
                 )
         self._write_history(session, at, history)
@@ -574,6 +588,8 @@ class RetryQueue:
         duration_ms: int | None = None,
         policy: RetryPolicy | None = None,
         force: bool = False,
+        exception_type: str | None = None,
+        error_traceback: str | None = None,
     ) -> bool:
         """Record a failed attempt; the lease holder only, as for :meth:`complete`.
 
@@ -586,6 +602,10 @@ class RetryQueue:
         (:data:`~retryqueue.policy.MAX_DELAY_SECONDS`). Returns False, changing nothing, if
         the lease was lost. ``force=True``: the operator's path, as for :meth:`complete`
         (``retryqueue fail ID``).
+
+        The attempt's history row keeps ``exception_type`` (at most 255 characters) and
+        ``error_traceback`` (its last :data:`TRACEBACK_LIMIT` characters), and both the item
+        and the history row get the failure's :func:`~retryqueue.fingerprint.fingerprint`.
         """
         return (
             self.record_failure(
@@ -600,6 +620,8 @@ class RetryQueue:
                 duration_ms=duration_ms,
                 policy=policy,
                 force=force,
+                exception_type=exception_type,
+                error_traceback=error_traceback,
             )
             is not None
         )
@@ -619,6 +641,8 @@ class RetryQueue:
         duration_ms: int | None = None,
         policy: RetryPolicy | None = None,
         force: bool = False,
+        exception_type: str | None = None,
+        error_traceback: str | None = None,
     ) -> Outcome | None:
         """:meth:`fail`, returning what became of the attempt (None: the lease was lost).
 
@@ -633,6 +657,7 @@ class RetryQueue:
         error_code = check.optional_text("error_code", error_code, max_length=50)
         retryable = check.flag("retryable", retryable)
         duration_ms = check.optional_duration_ms("duration_ms", duration_ms)
+        forensics = failure_forensics(error_code, error_message, exception_type, error_traceback)
         wait = (
             None
             if retry_after is None
@@ -646,7 +671,13 @@ class RetryQueue:
             decision = self._decide(row, retryable=retryable, retry_after=wait, policy=policy)
             decision, error_message = _unless_past_expiry(row, decision, error_message)
         applied = decision is not None and self._apply(
-            session, guard, at, decision, error_message, error_code
+            session,
+            guard,
+            at,
+            decision,
+            error_message,
+            error_code,
+            error_fingerprint=forensics["error_fingerprint"],
         )
         if (hook := hooks.active) is not None and isinstance(item, ClaimedItem):
             self._traced_failure(session, hook, item, decision if applied else None)
@@ -661,6 +692,7 @@ class RetryQueue:
             error_message=error_message,
             error_code=error_code,
             duration_ms=duration_ms,
+            **forensics,
         )
         return decision.outcome
 
@@ -702,6 +734,8 @@ class RetryQueue:
         decision: Decision,
         error_message: str | None,
         error_code: str | None,
+        *,
+        error_fingerprint: str | None = None,
     ) -> bool:
         stmt = sql.apply_failure(
             guard,
@@ -711,6 +745,7 @@ class RetryQueue:
             delay=decision.delay,
             error_message=error_message,
             error_code=error_code,
+            error_fingerprint=error_fingerprint,
         )
         return bool(_returning_rows(session, stmt))
 

@@ -13,6 +13,7 @@ from retryqueue.breaker_policy import CircuitStatus
 from retryqueue.models import RetryStatus
 
 __all__ = [
+    "ITEM_SORTS",
     "Alert",
     "CircuitEvent",
     "CircuitState",
@@ -24,6 +25,7 @@ __all__ = [
     "HistoryEntry",
     "HourlyCount",
     "ItemFilter",
+    "ItemQuery",
     "ItemSnapshot",
     "QueueStats",
     "SuccessRate",
@@ -129,6 +131,9 @@ class HistoryEntry:
     worker_id: str | None
     attempted_at: datetime
     duration_ms: int | None
+    error_fingerprint: str | None = None
+    exception_type: str | None = None
+    error_traceback: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,3 +319,38 @@ class Gate:
     probes: tuple[str, ...] = ()
     per_event_type: bool = False
     transitions: tuple[Transition, ...] = ()
+
+
+# -- the dashboard's item browser (see retryqueue.browsing) --------------------------------
+
+ITEM_SORTS: tuple[str, ...] = ("id", "created_at", "next_retry_at", "priority", "retry_count")
+"""Columns the item list can be sorted by (never null, so keyset pagination works)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ItemQuery:
+    """A page of the item browser: filters, order and the keyset cursor.
+
+    Every filter narrows the selection (empty ``statuses``: every status; ``ids``: these
+    items only). ``error_text``
+    matches a substring of the error message, case-insensitively (not on encrypted
+    messages); ``fingerprint`` is an error group (``"none"``: items without one).
+    ``after`` is the (sort value, id) of the previous page's last row.
+    """
+
+    statuses: tuple[RetryStatus, ...] = ()
+    ids: tuple[int, ...] | None = None
+    event_type: str | None = None
+    plugin_name: str | None = None
+    channel_name: str | None = None
+    correlation_id: str | None = None
+    tag: str | None = None
+    error_code: str | None = None
+    error_text: str | None = None
+    fingerprint: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    sort: str = "id"
+    descending: bool = True
+    limit: int = 50
+    after: tuple[Any, int] | None = None

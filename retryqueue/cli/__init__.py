@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from retryqueue.cli import admin, circuits, db, items, monitor, run
+from retryqueue.cli import admin, circuits, dashboard, db, items, monitor, run, workers
 from retryqueue.cli._context import (
     DATABASE_URL_ENV,
     DEFAULT_DATABASE_URL,
@@ -68,6 +68,8 @@ admin.register(app)
 items.register(app)
 monitor.register(app)
 run.register(app)
+dashboard.register(app)
+workers.register(app)
 
 
 def main() -> None:

@@ -30,6 +30,7 @@ from retryqueue.queue import RetryQueue
 from retryqueue.results import (
     Alert,
     DeadLetterGroup,
+    HistoryEntry,
     HourlyCount,
     ItemSnapshot,
     QueueStats,
@@ -238,6 +239,7 @@ def show(
     with current.session() as session:
         item = current.queue().get(session, item_id)
         event_data, event_metadata = monitoring.item_payload(session, item_id)
+        entries = current.queue().history(session, item_id)
     if as_json:
         print_json({**jsonable(item), "event_data": event_data, "event_metadata": event_metadata})
         return
@@ -250,6 +252,17 @@ def show(
     table.add_row("event_data", json.dumps(event_data, indent=2, default=str))
     table.add_row("event_metadata", json.dumps(event_metadata, indent=2, default=str))
     print_table(table)
+    _print_last_traceback(entries)
+
+
+def _print_last_traceback(entries: Sequence[HistoryEntry]) -> None:
+    """The newest failed attempt's exception type and traceback, if one was recorded."""
+    failed = [entry for entry in entries if entry.exception_type or entry.error_traceback]
+    if not failed:
+        return
+    last = failed[-1]
+    typer.echo(f"attempt {last.attempt_number} raised {last.exception_type or '?'}:")
+    typer.echo((last.error_traceback or "(no traceback recorded)").rstrip())
 
 
 def history(
@@ -275,6 +288,7 @@ def history(
     if wide():
         add_column(table, "duration ms", right=True)
         add_column(table, "error code")
+        add_column(table, "exception")
     add_column(table, "error")
     for entry in entries:
         table.add_row(
@@ -282,10 +296,15 @@ def history(
             entry.status,
             when(entry.attempted_at),
             text(entry.worker_id),
-            *([text(entry.duration_ms), text(entry.error_code)] if wide() else []),
+            *(
+                [text(entry.duration_ms), text(entry.error_code), text(entry.exception_type)]
+                if wide()
+                else []
+            ),
             short(entry.error_message, 500 if wide() else 120),
         )
     print_table(table)
+    _print_last_traceback(entries)
 
 
 def throughput(

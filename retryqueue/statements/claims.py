@@ -465,6 +465,7 @@ def apply_failure(
     delay: timedelta | None,
     error_message: str | None,
     error_code: str | None,
+    error_fingerprint: str | None = None,
 ) -> Update:
     """Persist a failure decision (retry later, dead letter, failed) and drop the lock."""
     values: dict[str, Any] = {
@@ -472,6 +473,7 @@ def apply_failure(
         "retry_count": retry_count,
         "error_message": error_message,
         "last_error_code": error_code,
+        "error_fingerprint": error_fingerprint,
         "last_attempted_at": now_expr(at),
         **_UNLOCKED,
     }

@@ -152,6 +152,8 @@ def _attempt(
         retry_after=plan.retry_after,
         policy=plan.policy,
         duration_ms=duration_ms,
+        exception_type=plan.exception_type,
+        error_traceback=plan.error_traceback,
     )
 
 

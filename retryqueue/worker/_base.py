@@ -30,6 +30,7 @@ from retryqueue.circuits import CircuitBreaker
 from retryqueue.errors import DatabaseError, InvalidArgument
 from retryqueue.policy import RetryPolicy
 from retryqueue.queue import RetryQueue
+from retryqueue.registry import deregister_worker, register_worker, worker_heartbeat
 from retryqueue.results import ClaimedItem
 from retryqueue.worker._batch import BatchState, Finished, by_token
 from retryqueue.worker.listener import reconnect_delay
@@ -240,6 +241,8 @@ def record_failure_safely(
         "retryable": plan.retryable,
         "retry_after": plan.retry_after,
         "policy": plan.policy,
+        "exception_type": plan.exception_type,
+        "error_traceback": plan.error_traceback,
     }
     try:
         outcome = queue.record_failure(session, done.item, duration_ms=done.duration_ms, **settings)
@@ -262,6 +265,8 @@ def record_failure_safely(
             error_message=message[:8000],
             error_code=OUTCOME_ERROR,
             duration_ms=done.duration_ms,
+            exception_type=plan.exception_type,
+            error_traceback=plan.error_traceback,
         )
     return "lost" if outcome is None else outcome.value
 
@@ -357,9 +362,58 @@ class WorkerBase:
         self.observers = tuple(observers)
         self.breaker = breaker
         self._next_reclaim = 0.0
+        self._registry_on = True
+        self._registered = False
+        self._next_registry = 0.0
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(worker_id={self.worker_id!r}, router={self.router!r})"
+
+    # -- the worker registry (daz_retry_workers, see retryqueue.registry) -----------------
+
+    registry_kind = "worker"
+    """What the registry lists as this worker's kind."""
+
+    def _registry_due(self) -> str | None:
+        """The registry step due now: "register", then "beat" every heartbeat_interval."""
+        now = time.monotonic()
+        if not self._registry_on or now < self._next_registry:
+            return None
+        self._next_registry = now + self.heartbeat_interval
+        return "beat" if self._registered else "register"
+
+    def _registry_step(self, session: Session, step: str) -> None:
+        """Body of one registry transaction: "register", "beat" or "leave"."""
+        if step == "leave":
+            deregister_worker(session, self.worker_id)
+            return
+        at = self.queue.now(session)
+        if step == "beat" and worker_heartbeat(session, self.worker_id, at):
+            return
+        register_worker(
+            session,
+            self.worker_id,
+            kind=self.registry_kind,
+            concurrency=self.concurrency,
+            batch_size=self.batch_size,
+            at=at,
+        )
+
+    def _registry_done(self, step: str, error: DatabaseError | None) -> None:
+        """Note a registry step's outcome. The registry only informs operators: a failed
+        registration (e.g. the table is not migrated yet) turns it off for this worker."""
+        if error is None:
+            self._registered = step != "leave"
+            return
+        if step == "register":
+            self._registry_on = False
+        logger.warning(
+            "worker registry %s failed%s: %s",
+            step,
+            "; this worker will not be listed" if step == "register" else "",
+            error,
+            extra={"worker_id": self.worker_id},
+        )
 
     # -- the steps, each the body of one transaction ------------------------------------
 
@@ -551,7 +605,7 @@ class WorkerBase:
                 outcome,
                 done.duration_ms,
                 f" [{code}]" if code else "",
-                f": {message}" if message else "",
+                f": {message[:200]}" if message else "",
                 extra=extra,
             )
         result = AttemptResult(

@@ -87,6 +87,8 @@ class AsyncWorker(WorkerBase):
         listen, observers, worker_id), with the same defaults.
     """
 
+    registry_kind = "asyncio"
+
     def __init__(
         self,
         queue: AsyncRetryQueue | RetryQueue,
@@ -194,6 +196,7 @@ class AsyncWorker(WorkerBase):
         try:
             while not self._stopping.is_set():
                 self._wakeup.clear()  # a NOTIFY from now on ends the idle wait below
+                await self._registry_round(self._registry_due())
                 try:
                     report = await self.run_once()
                     failures = 0
@@ -212,8 +215,21 @@ class AsyncWorker(WorkerBase):
             for signum, handler in previous.items():
                 loop.remove_signal_handler(signum)
                 signal.signal(signum, handler)  # asyncio would leave the default behind
+        if self._registered:  # not when abandoned by a second cancel: the row ages out
+            await self._registry_round("leave")
         self._log_stopped()
         return total
+
+    async def _registry_round(self, step: str | None) -> None:
+        """Register, heartbeat or leave the worker registry (one transaction)."""
+        if step is None:
+            return
+        try:
+            await self._in_transaction("worker registry", self._registry_step, step)
+        except DatabaseError as exc:
+            self._registry_done(step, exc)
+        else:
+            self._registry_done(step, None)
 
     def _on_signal(self, signum: int) -> None:
         self._log_signal(signal.Signals(signum).name)

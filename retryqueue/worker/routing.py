@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -359,6 +360,19 @@ class FailurePlan:
     retry_after: float | None
     policy: RetryPolicy | None
     decision: Decision
+    exception_type: str | None = None
+    error_traceback: str | None = None
+
+
+def exception_forensics(error: BaseException) -> tuple[str, str]:
+    """The qualified type name and the formatted traceback of a handler's exception."""
+    kind = type(error)
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+    return name, "".join(traceback.format_exception(error))
 
 
 def plan_failure(
@@ -398,7 +412,12 @@ def plan_failure(
         retryable=retryable,
         retry_after=None if retry_after is None else timedelta(seconds=retry_after),
     )
-    return FailurePlan(message, code, retryable, retry_after, policy, decision)
+    if error is None:
+        return FailurePlan(message, code, retryable, retry_after, policy, decision)
+    exception_type, error_traceback = exception_forensics(error)
+    return FailurePlan(
+        message, code, retryable, retry_after, policy, decision, exception_type, error_traceback
+    )
 
 
 def describe(error: BaseException) -> str:

@@ -75,6 +75,8 @@ class Worker(WorkerBase):
         ``worker_id``: see :class:`WorkerOptions` for their meaning and defaults.
     """
 
+    registry_kind = "threaded"
+
     def __init__(
         self,
         queue: RetryQueue,
@@ -105,6 +107,7 @@ class Worker(WorkerBase):
         try:
             while not self._stopping.is_set():
                 self._wakeup.clear()  # a NOTIFY from now on ends the idle wait below
+                self._registry_round(self._registry_due())
                 try:
                     report = self.run_once()
                     idle_for = None if report.acquired else self._idle_wait()
@@ -122,6 +125,8 @@ class Worker(WorkerBase):
                 listener.close()
             if install_signals:
                 self.restore_signal_handlers()
+            if self._registered:
+                self._registry_round("leave")
         self._log_stopped()
         return total
 
@@ -238,6 +243,18 @@ class Worker(WorkerBase):
             batch.finish(Finished(item, route, error, time.monotonic() - started))
 
     # -- writes ---------------------------------------------------------------------------
+
+    def _registry_round(self, step: str | None) -> None:
+        """Register, heartbeat or leave the worker registry (one transaction)."""
+        if step is None:
+            return
+        try:
+            with self._transaction("worker registry") as session:
+                self._registry_step(session, step)
+        except DatabaseError as exc:
+            self._registry_done(step, exc)
+        else:
+            self._registry_done(step, None)
 
     @contextmanager
     def _transaction(self, operation: str) -> Iterator[Session]:

@@ -42,9 +42,15 @@ class TestUpgradeCompareDowngrade:
             "daz_retry_history",
             "daz_retry_circuits",
             "daz_retry_circuit_events",
+            "daz_retry_audit",
+            "daz_retry_workers",
         } <= table_names(empty_engine)
         assert migrations.differences(empty_engine) == []
         migrations.downgrade(empty_engine, "rq0004")
+        assert not {"daz_retry_audit", "daz_retry_workers"} & table_names(empty_engine)
+        assert "exception_type" not in {
+            c["name"] for c in inspect(empty_engine).get_columns("daz_retry_history")
+        }
         migrations.downgrade(empty_engine, "rq0003")
         assert "daz_retry_circuits" not in table_names(empty_engine)
         assert "daz_retry_circuit_events" not in table_names(empty_engine)

@@ -1,0 +1,446 @@
+"""The dashboard's insight and audit functions, over :mod:`retryqueue.statements.browse`.
+
+Like :mod:`retryqueue.monitoring`, every function takes the caller's Session and never
+commits. Reads are bounded: counts stop at a cap, lists are keyset pages. Encrypted texts
+are opened when a key is configured and shown as :data:`ENCRYPTED` otherwise, so one
+sealed value never breaks a page.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from retryqueue import encryption
+from retryqueue.errors import ItemNotFound, RetryQueueError, database_error
+from retryqueue.fingerprint import normalise_message
+from retryqueue.models import RetryDashboardAudit, RetryStatus
+from retryqueue.monitoring import fetch_all, queue_gauges
+from retryqueue.results import ItemQuery
+from retryqueue.statements import browse as sql
+
+__all__ = [
+    "ENCRYPTED",
+    "FAILURE_OUTCOMES",
+    "AuditEntry",
+    "ErrorGroup",
+    "EventTypeSuccess",
+    "ItemDetail",
+    "ItemPage",
+    "ItemRow",
+    "OutcomeCount",
+    "Overview",
+    "TimelineEntry",
+    "WorkerInfo",
+    "action_ids",
+    "audit_log",
+    "count_matching",
+    "error_groups",
+    "finish_action",
+    "item_detail",
+    "item_page",
+    "live_workers",
+    "outcomes_per_hour",
+    "overview",
+    "record_action",
+]
+
+ENCRYPTED = "(encrypted: no key configured)"
+"""What a sealed text reads as when no encryption key is configured."""
+
+FAILURE_OUTCOMES = frozenset({"retry_scheduled", "dead_lettered", "failed", "lock_expired"})
+"""History statuses that count as a failed attempt (``completed`` counts as a completion)."""
+
+
+def readable_text(value: str | None) -> str | None:
+    """A stored text, decrypted when possible, else :data:`ENCRYPTED`."""
+    try:
+        return encryption.open_text(value)
+    except RetryQueueError:
+        return ENCRYPTED
+
+
+def _run(session: Session, stmt: Any, operation: str) -> Any:
+    try:
+        return session.execute(stmt)
+    except SQLAlchemyError as exc:
+        raise database_error(operation, exc) from exc
+
+
+def _dialect(session: Session) -> str:
+    return session.get_bind().dialect.name
+
+
+# -- items -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRow:
+    """One line of the item list."""
+
+    id: int
+    event_type: str
+    plugin_name: str | None
+    channel_name: str | None
+    status: RetryStatus
+    priority: int
+    retry_count: int
+    max_retries: int
+    last_error_code: str | None
+    error_fingerprint: str | None
+    error_message: str | None
+    created_at: datetime
+    next_retry_at: datetime
+    last_attempted_at: datetime | None
+    correlation_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemPage:
+    """A page of items and the cursor of the next one (None on the last page)."""
+
+    rows: list[ItemRow]
+    next_after: tuple[Any, int] | None
+
+
+def item_page(session: Session, query: ItemQuery) -> ItemPage:
+    """One keyset page of the items an :class:`ItemQuery` selects."""
+    rows = fetch_all(session, sql.item_page(query, _dialect(session)), "items")
+    items = [
+        ItemRow(**{**row._asdict(), "error_message": readable_text(row.error_message)})
+        for row in rows[: query.limit]
+    ]
+    next_after = None
+    if len(rows) > query.limit and items:
+        last = items[-1]
+        next_after = (getattr(last, query.sort), last.id)
+    return ItemPage(items, next_after)
+
+
+def count_matching(session: Session, query: ItemQuery, cap: int) -> int:
+    """How many items match ``query``; at most ``cap + 1`` (more than ``cap``)."""
+    stmt = sql.capped_count(sql.query_clauses(query, _dialect(session)), cap)
+    return int(fetch_all(session, stmt, "count")[0][0])
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineEntry:
+    """One attempt (or replay) of an item, from the history table."""
+
+    attempt_number: int
+    status: str
+    worker_id: str | None
+    attempted_at: datetime
+    duration_ms: int | None
+    error_code: str | None
+    error_message: str | None
+    exception_type: str | None
+    error_traceback: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemDetail:
+    """Every column of an item, its payload as text, and its attempt timeline."""
+
+    columns: Mapping[str, Any]
+    event_data: str
+    encrypted: bool
+    timeline: list[TimelineEntry] = field(default_factory=list)
+
+
+def item_detail(session: Session, item_id: int) -> ItemDetail:
+    """One item in full; :class:`ItemNotFound` if there is none."""
+    rows = fetch_all(session, sql.item_row(item_id), "item")
+    if not rows:
+        raise ItemNotFound(item_id)
+    columns = dict(rows[0]._asdict())
+    raw = columns.pop("event_data")
+    try:
+        payload = json.dumps(encryption.open_json(raw), indent=2, sort_keys=True, default=str)
+        encrypted = False
+    except RetryQueueError:
+        payload, encrypted = ENCRYPTED, True
+    columns["error_message"] = readable_text(columns["error_message"])
+    timeline = [
+        TimelineEntry(
+            attempt_number=row.attempt_number,
+            status=row.status,
+            worker_id=row.worker_id,
+            attempted_at=row.attempted_at,
+            duration_ms=row.duration_ms,
+            error_code=row.error_code,
+            error_message=readable_text(row.error_message),
+            exception_type=row.exception_type,
+            error_traceback=readable_text(row.error_traceback),
+        )
+        for row in fetch_all(session, sql.history_rows(item_id), "history")
+    ]
+    return ItemDetail(columns, payload, encrypted, timeline)
+
+
+# -- overview --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeCount:
+    """Completions and failures in one UTC hour (optionally of one plugin)."""
+
+    hour: datetime
+    completed: int
+    failed: int
+    plugin_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventTypeSuccess:
+    """Of one event type's recent items: how many, how many completed, how many gave up."""
+
+    event_type: str
+    total: int
+    completed: int
+    given_up: int
+
+    @property
+    def success_rate(self) -> float:
+        """Completed items over all items (0 when there are none)."""
+        return self.completed / self.total if self.total else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    """The overview page's figures, read on one clock.
+
+    Counts stop at the cap (``cap + 1`` means "more than cap").
+    """
+
+    now: datetime
+    cap: int
+    counts: Mapping[str, int]
+    due_now: int
+    scheduled: int
+    oldest_due_age_seconds: float
+    stale_locks: int
+    hourly: list[OutcomeCount]
+    success: list[EventTypeSuccess]
+
+
+def overview(
+    session: Session, at: datetime | None, *, cap: int, hours: int, stale_lock_seconds: float
+) -> Overview:
+    """Counts by status, backlog, lag, stale locks, outcomes per hour (last ``hours``), and
+    success by event type of the newest ``cap`` items."""
+    row = fetch_all(session, sql.status_counts(at, cap), "overview")[0]
+    gauges = queue_gauges(session, at, stale_lock_seconds)
+    success = [
+        EventTypeSuccess(event_type, int(total), int(done or 0), int(dead or 0))
+        for event_type, total, done, dead in fetch_all(
+            session, sql.success_by_event_type(cap), "success rate"
+        )
+    ]
+    return Overview(
+        now=row.now,
+        cap=cap,
+        counts={status.value: int(getattr(row, status.value)) for status in RetryStatus},
+        due_now=int(row.due_now),
+        scheduled=int(row.scheduled),
+        oldest_due_age_seconds=gauges.oldest_due_pending_age_seconds,
+        stale_locks=gauges.stale_locks,
+        hourly=outcomes_per_hour(session, at, hours),
+        success=success,
+    )
+
+
+def outcomes_per_hour(
+    session: Session, at: datetime | None, hours: int, *, per_plugin: bool = False
+) -> list[OutcomeCount]:
+    """Completed and failed attempts per UTC hour (and plugin), hours with none omitted."""
+    tally: dict[tuple[datetime, str | None], list[int]] = {}
+    stmt = sql.outcomes_per_hour(at, hours, plugin=per_plugin)
+    for row in fetch_all(session, stmt, "outcomes per hour"):
+        hour = row.hour if isinstance(row.hour, datetime) else datetime.fromisoformat(row.hour)
+        hour = hour.replace(tzinfo=UTC) if hour.tzinfo is None else hour.astimezone(UTC)
+        counts = tally.setdefault((hour, row.plugin_name if per_plugin else None), [0, 0])
+        if row.status == "completed":
+            counts[0] += int(row.count)
+        elif row.status in FAILURE_OUTCOMES:
+            counts[1] += int(row.count)
+    return [
+        OutcomeCount(hour, completed, failed, plugin)
+        for (hour, plugin), (completed, failed) in sorted(
+            tally.items(), key=lambda entry: (entry[0][0], entry[0][1] or "")
+        )
+    ]
+
+
+# -- dead letters ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorGroup:
+    """Dead letters sharing an error code and fingerprint (see :mod:`retryqueue.fingerprint`)."""
+
+    error_code: str | None
+    fingerprint: str | None
+    count: int
+    first_seen: datetime
+    last_seen: datetime
+    sample_error: str | None
+    plugins: tuple[str, ...]
+
+    @property
+    def pattern(self) -> str:
+        """The sample message with its values replaced: what the group's messages share."""
+        return normalise_message(self.sample_error)
+
+
+def error_groups(session: Session, limit: int = 200) -> list[ErrorGroup]:
+    """The largest groups of dead letters, with the plugins each one touches."""
+    plugins: dict[tuple[str | None, str | None], set[str]] = {}
+    for code, mark, plugin in fetch_all(session, sql.plugins_of_groups(), "error groups"):
+        plugins.setdefault((code, mark), set()).add(plugin or "-")
+    return [
+        ErrorGroup(
+            error_code=row.error_code,
+            fingerprint=row.fingerprint,
+            count=int(row.count),
+            first_seen=row.first_seen,
+            last_seen=row.last_seen,
+            sample_error=readable_text(row.sample_error),
+            plugins=tuple(sorted(plugins.get((row.error_code, row.fingerprint), ()))),
+        )
+        for row in fetch_all(session, sql.error_groups(limit), "error groups")
+    ]
+
+
+# -- actions and their audit trail ------------------------------------------------------
+
+
+def action_ids(session: Session, query: ItemQuery, action: str, cap: int) -> list[int]:
+    """The ids (oldest first, at most ``cap``) a ``replay`` or ``purge`` of ``query`` takes."""
+    stmt = sql.actionable_ids(query, _dialect(session), action, cap)
+    return [int(item_id) for (item_id,) in fetch_all(session, stmt, action)]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One dashboard action: who, when, what (selection), how many asked and done."""
+
+    id: int
+    actor: str
+    action: str
+    selection: Mapping[str, Any] | None
+    requested: int
+    affected: int | None
+    detail: str | None
+    occurred_at: datetime
+    finished_at: datetime | None
+
+
+def record_action(
+    session: Session,
+    at: datetime | None,
+    *,
+    actor: str,
+    action: str,
+    selection: Mapping[str, Any] | None,
+    requested: int,
+) -> int:
+    """Write the audit record of an action about to run; returns its id."""
+    values = {
+        "actor": actor[:255],
+        "action": action[:50],
+        "selection": dict(selection) if selection is not None else None,
+        "requested": requested,
+    }
+    try:
+        if session.get_bind().dialect.insert_returning:
+            stmt = sql.insert_audit(at).values(**values).returning(RetryDashboardAudit.id)
+            return int(session.execute(stmt).scalar_one())
+        result = session.execute(sql.insert_audit(at).values(**values))
+        return int(result.inserted_primary_key[0])  # type: ignore[attr-defined]
+    except SQLAlchemyError as exc:
+        raise database_error("audit", exc) from exc
+
+
+def finish_action(
+    session: Session,
+    at: datetime | None,
+    audit_id: int,
+    affected: int,
+    *,
+    finished: bool,
+    detail: str | None = None,
+) -> None:
+    """Record the progress (``finished=False``) or the end of an audited action."""
+    stmt = sql.finish_audit(at, audit_id, affected, finished=finished, detail=detail)
+    _run(session, stmt, "audit")
+
+
+def audit_log(session: Session, limit: int = 50, before_id: int | None = None) -> list[AuditEntry]:
+    """The newest audit records (older than ``before_id``), newest first."""
+    try:
+        entries = session.scalars(sql.audit_entries(limit, before_id)).all()
+    except SQLAlchemyError as exc:
+        raise database_error("audit", exc) from exc
+    return [
+        AuditEntry(
+            id=entry.id,
+            actor=entry.actor,
+            action=entry.action,
+            selection=entry.selection,
+            requested=entry.requested,
+            affected=entry.affected,
+            detail=entry.detail,
+            occurred_at=entry.occurred_at,
+            finished_at=entry.finished_at,
+        )
+        for entry in entries
+    ]
+
+
+# -- workers ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A live worker from the registry, with what it holds now and its last hour."""
+
+    worker_id: str
+    host: str
+    pid: int
+    kind: str
+    concurrency: int
+    batch_size: int
+    started_at: datetime
+    heartbeat_at: datetime
+    held: int
+    attempts_last_hour: int
+    failures_last_hour: int
+
+
+def live_workers(
+    session: Session, at: datetime | None, dead_after_seconds: float = 600.0
+) -> list[WorkerInfo]:
+    """Workers that heartbeated within ``dead_after_seconds``, by host and id."""
+    return [
+        WorkerInfo(
+            worker_id=row.RetryWorker.worker_id,
+            host=row.RetryWorker.host,
+            pid=row.RetryWorker.pid,
+            kind=row.RetryWorker.kind,
+            concurrency=row.RetryWorker.concurrency,
+            batch_size=row.RetryWorker.batch_size,
+            started_at=row.RetryWorker.started_at,
+            heartbeat_at=row.RetryWorker.heartbeat_at,
+            held=int(row.held),
+            attempts_last_hour=int(row.attempts),
+            failures_last_hour=int(row.failures),
+        )
+        for row in fetch_all(session, sql.live_workers(at, dead_after_seconds), "workers")
+    ]

@@ -1,0 +1,141 @@
+"""The dashboard's pages (GET only; nothing here writes)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from retryqueue import browsing
+from retryqueue.circuits import circuit_events, circuit_states
+from retryqueue.models import RetryStatus
+from retryqueue.web._shared import bar_chart, render, settings_of
+from retryqueue.web.forms import encode_cursor, parse_id, parse_query, query_params
+
+__all__ = [
+    "audit_page",
+    "circuits_page",
+    "dead_letters_page",
+    "item_detail_page",
+    "items_page",
+    "overview_live",
+    "overview_page",
+    "throughput_page",
+    "workers_page",
+]
+
+
+def _overview_context(request: Request) -> dict[str, object]:
+    settings = settings_of(request)
+    with settings.reading() as session:
+        figures = browsing.overview(
+            session,
+            settings.queue.now(session),
+            cap=settings.count_cap,
+            hours=settings.chart_hours,
+            stale_lock_seconds=settings.stale_lock_seconds,
+        )
+        circuits = [state for state in circuit_states(session) if state.status.value != "closed"]
+    return {
+        "o": figures,
+        "statuses": [status.value for status in RetryStatus],
+        "bars": bar_chart(figures.hourly, figures.now, settings.chart_hours),
+        "open_circuits": circuits,
+        "refresh_seconds": settings.refresh_seconds,
+    }
+
+
+def overview_page(request: Request) -> Response:
+    """Counts, backlog, lag, the outcomes chart, success by type, circuits and alerts."""
+    return render(request, "overview.html", {"page": "overview", **_overview_context(request)})
+
+
+def overview_live(request: Request) -> Response:
+    """The overview's live part alone, fetched every few seconds by dashboard.js."""
+    return render(request, "_live.html", _overview_context(request))
+
+
+def items_page(request: Request) -> Response:
+    """Items by filter, sortable, keyset-paginated, selectable."""
+    settings = settings_of(request)
+    query = parse_query(list(request.query_params.multi_items()))
+    with settings.reading() as session:
+        page = browsing.item_page(session, query)
+        total = browsing.count_matching(session, replace(query, after=None), settings.count_cap)
+    next_link = None
+    if page.next_after is not None:
+        pairs = [*query_params(query), ("after", encode_cursor(page.next_after, query.sort))]
+        next_link = f"{request.url_for('items')}?{urlencode(pairs)}"
+    return render(
+        request,
+        "items.html",
+        {
+            "page": "items",
+            "query": query,
+            "rows": page.rows,
+            "total": total,
+            "next_link": next_link,
+            "filter_string": urlencode(query_params(query)),
+            "statuses": [status.value for status in RetryStatus],
+        },
+    )
+
+
+def item_detail_page(request: Request) -> Response:
+    """Every column of one item, its payload and its attempt timeline."""
+    item_id = parse_id(request.path_params["item_id"])
+    with settings_of(request).reading() as session:
+        detail = browsing.item_detail(session, item_id)
+    return render(request, "item.html", {"page": "items", "item_id": item_id, "d": detail})
+
+
+def dead_letters_page(request: Request) -> Response:
+    """Dead letters grouped by error code and normalised message."""
+    with settings_of(request).reading() as session:
+        groups = browsing.error_groups(session)
+    return render(request, "dead_letters.html", {"page": "dead", "groups": groups})
+
+
+def circuits_page(request: Request) -> Response:
+    """Every circuit's state and the newest transitions of the audit trail."""
+    with settings_of(request).reading() as session:
+        states = circuit_states(session)
+        events = circuit_events(session, limit=100)
+    return render(
+        request, "circuits.html", {"page": "circuits", "states": states, "events": events}
+    )
+
+
+def audit_page(request: Request) -> Response:
+    """What was done from the dashboard: who, when, what selection, how many."""
+    raw = request.query_params.get("before")
+    before = parse_id(raw, "before") if raw else None
+    with settings_of(request).reading() as session:
+        entries = browsing.audit_log(session, 50, before)
+    older = entries[-1].id if len(entries) == 50 else None
+    return render(request, "audit.html", {"page": "audit", "entries": entries, "older": older})
+
+
+def throughput_page(request: Request) -> Response:
+    """Completions and failures per hour, in total and per plugin."""
+    settings = settings_of(request)
+    with settings.reading() as session:
+        now = settings.queue.now(session)
+        total = browsing.outcomes_per_hour(session, now, settings.chart_hours)
+        per_plugin = browsing.outcomes_per_hour(session, now, settings.chart_hours, per_plugin=True)
+    return render(
+        request,
+        "throughput.html",
+        {"page": "throughput", "total": total, "per_plugin": per_plugin},
+    )
+
+
+def workers_page(request: Request) -> Response:
+    """Live workers: where they run, their settings, heartbeat, what they hold, last hour."""
+    settings = settings_of(request)
+    with settings.reading() as session:
+        now = settings.queue.now(session)
+        workers = browsing.live_workers(session, now)
+    return render(request, "workers.html", {"page": "workers", "workers": workers})
