@@ -269,6 +269,14 @@ def failure_forensics(
     if error_traceback is not None:
         if not isinstance(error_traceback, str):
             raise InvalidArgument("error_traceback", "expected a string")
+        # Diagnostic text quotes whatever the handler's values held: lone surrogates and
+        # NUL (which no backend stores as text) are written escaped instead of refused.
+        error_traceback = (
+            str(error_traceback)
+            .encode("utf-8", "backslashreplace")
+            .decode("utf-8")
+            .replace("\x00", "\\x00")
+        )
         if len(error_traceback) > TRACEBACK_LIMIT:
             keep = TRACEBACK_LIMIT - len(_TRUNCATED)
             error_traceback = _TRUNCATED + error_traceback[-keep:]

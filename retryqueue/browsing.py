@@ -61,9 +61,10 @@ FAILURE_OUTCOMES = frozenset({"retry_scheduled", "dead_lettered", "failed", "loc
 def readable_text(value: str | None) -> str | None:
     """A stored text, decrypted when possible, else :data:`ENCRYPTED`."""
     try:
-        return encryption.open_text(value)
+        opened = encryption.open_text(value)
     except RetryQueueError:
         return ENCRYPTED
+    return ENCRYPTED if isinstance(opened, encryption.Undecryptable) else opened
 
 
 def _run(session: Session, stmt: Any, operation: str) -> Any:
@@ -162,10 +163,14 @@ def item_detail(session: Session, item_id: int) -> ItemDetail:
     columns = dict(rows[0]._asdict())
     raw = columns.pop("event_data")
     try:
-        payload = json.dumps(encryption.open_json(raw), indent=2, sort_keys=True, default=str)
-        encrypted = False
+        opened = encryption.open_json(raw)
     except RetryQueueError:
+        opened = encryption.Undecryptable(raw, "no key opens it")
+    if isinstance(opened, encryption.Undecryptable):  # no key configured, or not this key
         payload, encrypted = ENCRYPTED, True
+    else:
+        payload = json.dumps(opened, indent=2, sort_keys=True, default=str)
+        encrypted = False
     columns["error_message"] = readable_text(columns["error_message"])
     timeline = [
         TimelineEntry(

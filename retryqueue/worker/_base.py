@@ -265,8 +265,6 @@ def record_failure_safely(
             error_message=message[:8000],
             error_code=OUTCOME_ERROR,
             duration_ms=done.duration_ms,
-            exception_type=plan.exception_type,
-            error_traceback=plan.error_traceback,
         )
     return "lost" if outcome is None else outcome.value
 

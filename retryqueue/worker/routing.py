@@ -372,7 +372,12 @@ def exception_forensics(error: BaseException) -> tuple[str, str]:
         if kind.__module__ == "builtins"
         else f"{kind.__module__}.{kind.__qualname__}"
     )
-    return name, "".join(traceback.format_exception(error))
+    try:
+        formatted = "".join(traceback.format_exception(error))
+    except Exception as exc:  # an exception whose __str__ raises, or worse: keep the frames
+        frames = "".join(traceback.format_tb(error.__traceback__))
+        formatted = f"{frames}{name}: <message unavailable: {type(exc).__name__}>\n"
+    return name, formatted
 
 
 def plan_failure(
