@@ -31,6 +31,7 @@ from retryqueue.breaker_policy import CircuitStatus
 from retryqueue.errors import RetryQueueError
 from retryqueue.models import RetryStatus
 from retryqueue.queue import RetryQueue
+from retryqueue.results import QueueStats
 
 __all__ = [
     "DEFAULT_STALE_LOCK_SECONDS",
@@ -53,6 +54,8 @@ class QueueCollector(Collector):
     * ``retryqueue_items{status,event_type,plugin}``: queue depth per group;
     * ``retryqueue_status_items{status}``: items per status, every status present (zeros);
     * ``retryqueue_dead_letter_items``: dead letters in total;
+    * ``retryqueue_items_with_deadline{status}``: items carrying a retry deadline (those
+      dead-lettered at it have error code ``DEADLINE_REACHED``);
     * ``retryqueue_oldest_due_pending_age_seconds``: how long the oldest claimable pending
       item has been due (queue lag; 0 when nothing is due);
     * ``retryqueue_stale_locks``: processing items locked longer than ``stale_lock_seconds``;
@@ -124,6 +127,14 @@ class QueueCollector(Collector):
             "Items in dead_letter (need manual triage or replay).",
             value=per_status[RetryStatus.DEAD_LETTER.value],
         )
+        with_deadline = GaugeMetricFamily(
+            "retryqueue_items_with_deadline",
+            "Queue items carrying a retry deadline, per status.",
+            labels=["status"],
+        )
+        for status, count in _deadline_counts(stats).items():
+            with_deadline.add_metric([status], count)
+        yield with_deadline
         yield GaugeMetricFamily(
             "retryqueue_oldest_due_pending_age_seconds",
             "Seconds the oldest claimable pending item has been due (0 if none).",
@@ -135,6 +146,13 @@ class QueueCollector(Collector):
             value=gauges.stale_locks,
         )
         yield from _circuit_families(circuit_states, transitions)
+
+
+def _deadline_counts(stats: list[QueueStats]) -> dict[str, int]:
+    counts = dict.fromkeys((status.value for status in RetryStatus), 0)
+    for row in stats:
+        counts[RetryStatus(row.status).value] += row.deadline_count
+    return counts
 
 
 _CIRCUIT_STATE_VALUES = {

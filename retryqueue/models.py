@@ -146,6 +146,9 @@ class RetryItem(Base):
     tags: Mapped[list[str] | None] = mapped_column(TagList())
     # Added by retryqueue (revision 0002): a fresh token per acquisition fences stale workers.
     lease_token: Mapped[uuid.UUID | None] = mapped_column(Uuid())
+    # Added by retryqueue (revision 0009): no retry is scheduled after this time (None: no
+    # deadline, max_retries alone decides). Nullable, so the reference schema adopts it.
+    retry_deadline: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (
         CheckConstraint("priority >= 1 AND priority <= 10", name="priority_range"),

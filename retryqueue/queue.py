@@ -37,11 +37,13 @@ from retryqueue.clock import Clock, SystemClock
 from retryqueue.errors import InvalidArgument, RetryQueueError, database_error
 from retryqueue.models import TERMINAL_STATUSES, RetryStatus
 from retryqueue.policy import (
+    DEADLINE_REACHED,
     MAX_DELAY_SECONDS,
     RETRY_PAST_EXPIRY,
     Decision,
     Outcome,
     RetryPolicy,
+    within_deadline,
 )
 from retryqueue.results import (
     Alert,
@@ -349,15 +351,19 @@ class RetryQueue:
         stale = session.execute(stmt).all()
         history = []
         for row in stale:
+            expired: str | None = f"lock held by {row.locked_by} expired after {lock_timeout:g}s"
+            code: str | None = "LOCK_EXPIRED"
             if self.count_expired_locks:
                 decision = self._decide(row, retryable=True, retry_after=None, policy=None)
+                decision, expired, code = _unless_past_deadline(
+                    row, self.policy, decision, expired, code, False
+                )
             else:
                 decision = Decision(Outcome.LOCK_EXPIRED, "pending", row.retry_count, timedelta(0))
-            expired = f"lock held by {row.locked_by} expired after {lock_timeout:g}s"
             decision, reason = _unless_past_expiry(row, decision, expired)
             message = reason or expired
             guard = sql.reclaim_stale(row.id, at, lock_timeout)
-            if self._apply(session, guard, at, decision, message, "LOCK_EXPIRED"):
+            if self._apply(session, guard, at, decision, message, code):
                 history.append(
                     history_row(
                         row.id,
@@ -366,7 +372,7 @@ class RetryQueue:
                         Outcome.LOCK_EXPIRED,
                         worker_id=row.locked_by,
                         error_message=message,
-                        error_code="LOCK_EXPIRED",
+                        error_code=code,
                     )
                 )
         self._write_history(session, at, history)
@@ -479,8 +485,11 @@ class RetryQueue:
         delay (or ``retry_after``), until retry_count has reached max_retries: then the item
         is dead-lettered. A retry that would fall after the item's ``expires_at`` is not
         scheduled: the item is dead-lettered at once, and its message says so (see
-        :data:`~retryqueue.policy.RETRY_PAST_EXPIRY`). ``retryable=False`` marks it
-        ``failed`` at once. ``retry_after`` is at most 10 years
+        :data:`~retryqueue.policy.RETRY_PAST_EXPIRY`). Likewise past the item's
+        ``retry_deadline`` (or the policy's ``retry_for`` from ``created_at``): a backoff
+        retry is moved up to the deadline while time is left, else the item is
+        dead-lettered with code :data:`~retryqueue.policy.DEADLINE_REACHED`.
+        ``retryable=False`` marks it ``failed`` at once. ``retry_after`` is at most 10 years
         (:data:`~retryqueue.policy.MAX_DELAY_SECONDS`). Returns False, changing nothing, if
         the lease was lost.
         """
@@ -538,6 +547,9 @@ class RetryQueue:
         if row is None:
             return None
         decision = self._decide(row, retryable=retryable, retry_after=wait, policy=policy)
+        decision, error_message, error_code = _unless_past_deadline(
+            row, policy or self.policy, decision, error_message, error_code, wait is not None
+        )
         decision, error_message = _unless_past_expiry(row, decision, error_message)
         guard = sql.owned_guard(item_id, worker_id, lease_token)
         if not self._apply(session, guard, at, decision, error_message, error_code):
@@ -892,6 +904,34 @@ class RetryQueue:
         if row.next_due is None:
             return None
         return float((row.next_due - row.now).total_seconds())
+
+
+def _unless_past_deadline(
+    row: Any,
+    policy: RetryPolicy,
+    decision: Decision,
+    error_message: str | None,
+    error_code: str | None,
+    retry_after_given: bool,
+) -> tuple[Decision, str | None, str | None]:
+    """The decision bounded by the item's retry deadline (or the policy's ``retry_for``).
+
+    A refused retry is recorded with :data:`~retryqueue.policy.DEADLINE_REACHED` as its
+    code; the handler's message and code follow the reason in the message.
+    """
+    if row.now is None:
+        return decision, error_message, error_code
+    deadline = policy.deadline_of(row.retry_deadline, row.created_at)
+    bounded = within_deadline(
+        decision, now=row.now, deadline=deadline, retry_after_given=retry_after_given
+    )
+    if bounded.reason is None:
+        return bounded, error_message, error_code
+    message = f"dead-lettered: {bounded.reason}"
+    if error_message is not None or error_code is not None:
+        code = "" if error_code is None else f" ({error_code})"
+        message += f"; last error{code}: {error_message or ''}"
+    return bounded, message, DEADLINE_REACHED
 
 
 def _unless_past_expiry(

@@ -113,6 +113,8 @@ class ItemSnapshot:
     locked_at: datetime | None
     correlation_id: str | None
     tags: tuple[str, ...]
+    retry_deadline: datetime | None = None
+    """No retry is scheduled after this time (None: max_retries alone decides)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +171,8 @@ class QueueStats:
     oldest_created_at: datetime
     newest_created_at: datetime
     locked_count: int
+    deadline_count: int = 0
+    """How many of the group's items carry a retry deadline."""
 
 
 @dataclass(frozen=True, slots=True)

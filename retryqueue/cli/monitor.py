@@ -71,13 +71,14 @@ def stats_table(rows: Sequence[QueueStats]) -> Table:
         "avg retries",
         "max retries",
         "locked",
+        "with deadline",
         "oldest",
         "newest",
     ):
         table.add_column(
             name,
             justify="right"
-            if name in ("count", "avg retries", "max retries", "locked")
+            if name in ("count", "avg retries", "max retries", "locked", "with deadline")
             else "left",
         )
     for row in rows:
@@ -89,11 +90,12 @@ def stats_table(rows: Sequence[QueueStats]) -> Table:
             f"{row.avg_retry_count:.2f}",
             str(row.max_retry_count),
             str(row.locked_count),
+            str(row.deadline_count),
             text(row.oldest_created_at),
             text(row.newest_created_at),
         )
     table.add_section()
-    table.add_row("total", "", "", str(sum(row.count for row in rows)), "", "", "", "", "")
+    table.add_row("total", "", "", str(sum(row.count for row in rows)), "", "", "", "", "", "")
     return table
 
 

@@ -75,6 +75,7 @@ from retryqueue.statements.enqueue import (
     listen,
     next_due,
     notify,
+    server_deadline_params,
     server_time_params,
 )
 from retryqueue.statements.mysql import (
@@ -166,6 +167,7 @@ __all__ = [
     "select_filtered",
     "select_item",
     "select_stale",
+    "server_deadline_params",
     "server_time_params",
     "stale_ids",
     "stats",

@@ -76,6 +76,8 @@ _FAILURE_COLUMNS = (
     RetryItem.backoff_multiplier,
     RetryItem.locked_by,
     RetryItem.locked_at,
+    RetryItem.created_at,
+    RetryItem.retry_deadline,
 )
 
 
@@ -377,8 +379,8 @@ def lock_owned(
 ) -> AnySelect:
     """Read (and row-lock) an item this worker's lease holds, for a failure decision.
 
-    With its ``expires_at`` and ``now`` (on the operation's clock), so that a retry due
-    after expiry can be refused.
+    With its ``expires_at``, ``retry_deadline`` and ``now`` (on the operation's clock), so
+    that a retry due after expiry or the deadline can be refused.
     """
     return (
         select(*_FAILURE_COLUMNS, RetryItem.expires_at, now_expr(at).label("now"))

@@ -50,6 +50,7 @@ SNAPSHOT_COLUMNS = (
     RetryItem.locked_at,
     RetryItem.correlation_id,
     RetryItem.tags,
+    RetryItem.retry_deadline,
 )
 
 
@@ -88,6 +89,7 @@ def stats() -> AnySelect:
             func.min(RetryItem.created_at).label("oldest_created_at"),
             func.max(RetryItem.created_at).label("newest_created_at"),
             func.count(RetryItem.locked_by).label("locked_count"),
+            func.count(RetryItem.retry_deadline).label("deadline_count"),
         )
         .group_by(RetryItem.status, RetryItem.event_type, RetryItem.plugin_name)
         .order_by(RetryItem.status, RetryItem.event_type, RetryItem.plugin_name)

@@ -44,7 +44,7 @@ class TestRevisions:
     """The revision graph is a single line on the ``retryqueue`` branch."""
 
     def test_single_head(self) -> None:
-        assert migrations.heads() == ["rq0004"]
+        assert migrations.heads() == ["rq0009"]
 
     def test_first_revision_carries_the_branch_label(self) -> None:
         base = migrations.script_directory().get_revision("rq0001")
@@ -57,7 +57,7 @@ class TestUpgradeCompareDowngrade:
     def test_round_trip(self, empty_engine: Engine) -> None:
         assert migrations.current(empty_engine) == []
         migrations.upgrade(empty_engine)
-        assert migrations.current(empty_engine) == ["rq0004"]
+        assert migrations.current(empty_engine) == ["rq0009"]
         assert {
             "daz_retry_queue",
             "daz_retry_history",
@@ -132,7 +132,7 @@ class TestHostApplication:
         assert {"host_orders", "daz_retry_queue", "alembic_version"} <= table_names(empty_engine)
         assert sorted(migrations.current(empty_engine, version_table="alembic_version")) == [
             "h001",
-            "rq0004",
+            "rq0009",
         ]
 
 
