@@ -54,6 +54,9 @@ class QueueCollector(Collector):
     * ``retryqueue_items{status,event_type,plugin}``: queue depth per group;
     * ``retryqueue_status_items{status}``: items per status, every status present (zeros);
     * ``retryqueue_dead_letter_items``: dead letters in total;
+    * ``retryqueue_failed_items``: items in failed (not retryable);
+    * ``retryqueue_triage_items{error_code}``: dead-letter and failed items per error code
+      (``EXPIRED``: expired unrun; ``DEADLINE_REACHED``; ``NO_HANDLER`` ...);
     * ``retryqueue_items_with_deadline{status}``: items carrying a retry deadline (those
       dead-lettered at it have error code ``DEADLINE_REACHED``);
     * ``retryqueue_oldest_due_pending_age_seconds``: how long the oldest claimable pending
@@ -103,6 +106,7 @@ class QueueCollector(Collector):
             gauges = monitoring.queue_gauges(
                 session, self.queue.now(session), self.stale_lock_seconds
             )
+            triage = monitoring.dead_letter_groups(session, "error_code")
             circuit_states = circuits.circuit_states(session)
             transitions = circuits.transition_counts(session)
         depth = GaugeMetricFamily(
@@ -127,6 +131,20 @@ class QueueCollector(Collector):
             "Items in dead_letter (need manual triage or replay).",
             value=per_status[RetryStatus.DEAD_LETTER.value],
         )
+        yield GaugeMetricFamily(
+            "retryqueue_failed_items",
+            "Items in failed (not retryable: no handler, permanent error; need a fix).",
+            value=per_status[RetryStatus.FAILED.value],
+        )
+        by_code = GaugeMetricFamily(
+            "retryqueue_triage_items",
+            "Dead-letter and failed items per error code (EXPIRED: never ran before expiry; "
+            "DEADLINE_REACHED: retry deadline; NO_HANDLER ...).",
+            labels=["error_code"],
+        )
+        for group in triage:
+            by_code.add_metric([group.key or ""], group.count)
+        yield by_code
         with_deadline = GaugeMetricFamily(
             "retryqueue_items_with_deadline",
             "Queue items carrying a retry deadline, per status.",

@@ -17,6 +17,8 @@ from enum import StrEnum
 
 __all__ = [
     "DEADLINE_REACHED",
+    "EXPIRED",
+    "EXPIRED_UNRUN",
     "MAX_DELAY_SECONDS",
     "RETRY_PAST_DEADLINE",
     "RETRY_PAST_EXPIRY",
@@ -41,6 +43,12 @@ RETRY_PAST_EXPIRY = "the next retry would fall after the item's expiry"
 RETRY_PAST_DEADLINE = "the retry deadline was reached"
 """The start of the reason recorded when a retry is refused because it would fall after the
 item's ``retry_deadline`` (distinct from reaching max_retries and from expiry)."""
+
+EXPIRED = "EXPIRED"
+"""The error code of a pending item dead-lettered because it expired before it could run."""
+
+EXPIRED_UNRUN = "dead-lettered: expired before it could run"
+"""The message of such an item (its ``expires_at`` says when)."""
 
 DEADLINE_REACHED = "DEADLINE_REACHED"
 """The error code of an item dead-lettered at its retry deadline (the handler's own code is

@@ -38,6 +38,8 @@ from retryqueue.errors import InvalidArgument, RetryQueueError, database_error
 from retryqueue.models import TERMINAL_STATUSES, RetryStatus
 from retryqueue.policy import (
     DEADLINE_REACHED,
+    EXPIRED,
+    EXPIRED_UNRUN,
     MAX_DELAY_SECONDS,
     RETRY_PAST_EXPIRY,
     Decision,
@@ -264,7 +266,9 @@ class RetryQueue:
         """Claim up to ``batch_size`` due items for ``worker_id``, highest priority first.
 
         First, items whose lock is older than ``lock_timeout`` — held by any worker — are
-        reclaimed (an attempt with history status ``lock_expired``). Then pending, due,
+        reclaimed (an attempt with history status ``lock_expired``), and pending items past
+        their expiry are dead-lettered (code ``EXPIRED``; see :meth:`expire`), a bounded
+        batch each time. Then pending, due,
         unexpired items are locked with ``FOR UPDATE SKIP LOCKED``, so concurrent workers
         never receive the same item. Each claim gets a fresh lease token.
 
@@ -290,6 +294,7 @@ class RetryQueue:
         at = self.now(session)
         if reclaim_stale:
             self._reclaim_stale(session, at, lock_timeout)
+            self._dead_letter_expired(session, at, _STALE_RECLAIM_LIMIT)
         token = uuid.uuid4()
         if _has_returning(session):
             stmt, params = sql.claim(at, worker_id, token, batch_size, **keys)
@@ -377,6 +382,52 @@ class RetryQueue:
                 )
         self._write_history(session, at, history)
         return len(history)
+
+    @_database_errors
+    def expire(self, session: Session, *, limit: int = 1000) -> int:
+        """Move up to ``limit`` pending items past their ``expires_at`` to ``dead_letter``.
+
+        Such an item can never run; instead of vanishing at the next cleanup it becomes a
+        dead letter with code :data:`~retryqueue.policy.EXPIRED` and an ``expired``
+        history row, so that stats, alerts, metrics and dead-letter triage show it, and
+        ``replay`` can bring it back with a new expiry. Workers do this on their stale-lock
+        timer and :meth:`cleanup` before deleting anything. Returns how many moved.
+        """
+        limit = check.bounded_int("limit", limit, low=1, high=100_000)
+        return self._dead_letter_expired(session, self.now(session), limit)
+
+    def _dead_letter_expired(self, session: Session, at: datetime | None, limit: int) -> int:
+        stmt = sql.lock_expired(at, limit)
+        if not _has_returning(session):
+            # MySQL: as for stale locks, find candidates by a plain read, then lock by id.
+            ids = list(session.scalars(sql.expired_ids(at, limit)))
+            if not ids:
+                return 0
+            stmt = sql.lock_expired(at, limit, only_ids=ids)
+        rows = session.execute(stmt).all()
+        if not rows:
+            return 0
+        session.execute(
+            sql.dead_letter_expired(
+                [row.id for row in rows], at, error_code=EXPIRED, message=EXPIRED_UNRUN
+            )
+        )
+        self._write_history(
+            session,
+            at,
+            [
+                history_row(
+                    row.id,
+                    row.event_id,
+                    row.retry_count,
+                    "expired",
+                    error_message=EXPIRED_UNRUN,
+                    error_code=EXPIRED,
+                )
+                for row in rows
+            ],
+        )
+        return len(rows)
 
     # -- outcomes ------------------------------------------------------------------------
 
@@ -729,8 +780,9 @@ class RetryQueue:
 
         Commit between batches (``for part in queue.iter_cleanup(s): s.commit()``) so that
         live workers are never blocked for long. Removes finished items (completed, failed,
-        dead_letter) older than the retention; archives then removes pending items past
-        expires_at; removes history older than twice the retention. Rows locked by
+        dead_letter) older than the retention, after moving pending items past expires_at
+        to dead_letter (see :meth:`expire`: they are kept for the retention from then on);
+        removes history older than twice the retention. Rows locked by
         others are skipped, not waited for.
         """
         longest = MAX_DELAY_SECONDS / 86400
@@ -745,32 +797,16 @@ class RetryQueue:
     def _cleanup_batches(
         self, session: Session, at: datetime | None, retention: float, batch_size: int
     ) -> Iterator[CleanupResult]:
+        while True:  # first, nothing expired unrun is deleted unseen: it is dead-lettered
+            expired = self._dead_letter_expired(session, at, batch_size)
+            yield CleanupResult(expired_count=expired)
+            if expired < batch_size:
+                break
         created_before = yield from _drop_partitions(session, at, retention)
         while True:
             count = self._delete_finished(session, at, retention, batch_size, created_before)
             yield CleanupResult(deleted_count=count)
             if count < batch_size:
-                break
-        while True:
-            expired = session.execute(sql.expired_batch(at, batch_size)).all()
-            if expired:
-                self._write_history(
-                    session,
-                    at,
-                    [
-                        history_row(
-                            row.id,
-                            row.event_id,
-                            row.retry_count,
-                            "expired",
-                            error_message="expired before it could run",
-                        )
-                        for row in expired
-                    ],
-                )
-                session.execute(sql.delete_by_ids([row.id for row in expired]))
-                yield CleanupResult(deleted_count=len(expired), archived_count=len(expired))
-            if len(expired) < batch_size:
                 break
         while True:
             count = self._delete_history(session, at, 2 * retention, batch_size)
@@ -862,7 +898,8 @@ class RetryQueue:
     def dead_letter_groups(
         self, session: Session, group_by: str = "error_code"
     ) -> list[DeadLetterGroup]:
-        """Dead letters counted per error_code, event_type, plugin or channel."""
+        """Dead letters and failed items counted per error_code, event_type, plugin or
+        channel (expired items have code ``EXPIRED``, deadlines ``DEADLINE_REACHED``)."""
         return monitoring.dead_letter_groups(session, group_by)
 
     def history(self, session: Session, item_id: int) -> list[HistoryEntry]:
@@ -874,7 +911,8 @@ class RetryQueue:
         return monitoring.stats(session)
 
     def alerts(self, session: Session) -> list[Alert]:
-        """Items that need attention, with the reason."""
+        """Items that need attention, with the reason (dead letters, failed items, stale
+        locks, items near their retry limit, old pending items)."""
         return monitoring.alerts(session, self.now(session))
 
     def stuck(self, session: Session, older_than: float | timedelta = 3600) -> list[ItemSnapshot]:

@@ -137,9 +137,12 @@ class HistoryEntry:
 class CleanupResult:
     """What a cleanup removed.
 
-    ``deleted_count``: queue rows deleted (finished past retention, and expired ones).
-    ``archived_count``: of those, expired items that never finished; each got an
-    ``expired`` history row first, so its fate stays traceable.
+    ``deleted_count``: queue rows deleted (finished past retention).
+    ``expired_count``: pending items past their expiry moved to ``dead_letter`` (code
+    ``EXPIRED``, an ``expired`` history row) instead of being deleted unseen; cleanup
+    deletes them only after the retention, like any dead letter.
+    ``archived_count``: always 0 now (expired items used to be deleted with an
+    ``expired`` history row); kept so that existing readers of the result keep working.
     ``history_deleted_count``: history rows older than twice the retention.
     ``partitions_dropped``: monthly partitions dropped (PostgreSQL, partitioned table);
     their rows are counted in ``deleted_count``.
@@ -148,6 +151,7 @@ class CleanupResult:
 
     deleted_count: int = 0
     archived_count: int = 0
+    expired_count: int = 0
     history_deleted_count: int = 0
     partitions_dropped: int = 0
     circuit_events_deleted: int = 0
@@ -196,7 +200,8 @@ class Alert:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetterGroup:
-    """Dead letters sharing one error code, event type, plugin or channel (``key``)."""
+    """Dead-letter and failed items sharing one error code, event type, plugin or channel
+    (``key``)."""
 
     key: str | None
     count: int

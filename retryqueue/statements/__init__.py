@@ -78,6 +78,7 @@ from retryqueue.statements.enqueue import (
     server_deadline_params,
     server_time_params,
 )
+from retryqueue.statements.expiry import dead_letter_expired, expired_ids, lock_expired
 from retryqueue.statements.mysql import (
     Emulation,
     claim_emulated,
@@ -125,6 +126,7 @@ __all__ = [
     "complete_many",
     "complete_owned",
     "database_now",
+    "dead_letter_expired",
     "dead_letter_groups",
     "delete_by_ids",
     "delete_circuit_events",
@@ -135,6 +137,7 @@ __all__ = [
     "enqueued_by_event_ids",
     "existing_by_event_ids",
     "expired_batch",
+    "expired_ids",
     "filtered_ids",
     "finished_batch_ids",
     "has_returning",
@@ -149,6 +152,7 @@ __all__ = [
     "items_per_hour",
     "json_payloads",
     "listen",
+    "lock_expired",
     "lock_owned",
     "next_claimable_due",
     "next_due",

@@ -97,6 +97,7 @@ def stats() -> AnySelect:
 
 
 ALERT_DEAD_LETTER = "dead letter: manual intervention required"
+ALERT_FAILED = "failed: not retryable (e.g. no handler, permanent error), needs a fix"
 ALERT_STALE_LOCK = "stale lock"
 ALERT_APPROACHING_LIMIT = "approaching retry limit"
 ALERT_OLD_PENDING = "old pending item"
@@ -112,6 +113,7 @@ def alerts(
     active = _status_in(RetryStatus.PENDING, RetryStatus.PROCESSING)
     reason = case(
         (_status_is(RetryStatus.DEAD_LETTER), ALERT_DEAD_LETTER),
+        (_status_is(RetryStatus.FAILED), ALERT_FAILED),
         (
             and_(
                 _status_is(RetryStatus.PROCESSING),
@@ -185,7 +187,8 @@ DEAD_LETTER_GROUPS = {
 
 
 def dead_letter_groups(group_by: str) -> AnySelect:
-    """Dead letters counted per group, with a sample error message and the age range."""
+    """Dead letters and failed items counted per group, with a sample error message and
+    the age range (group by error_code to tell NO_HANDLER, EXPIRED, DEADLINE_REACHED...)."""
     key = DEAD_LETTER_GROUPS[group_by]
     return (
         select(
@@ -195,7 +198,7 @@ def dead_letter_groups(group_by: str) -> AnySelect:
             func.min(RetryItem.created_at).label("oldest"),
             func.max(RetryItem.created_at).label("newest"),
         )
-        .where(_status_is(RetryStatus.DEAD_LETTER))
+        .where(_status_in(RetryStatus.DEAD_LETTER, RetryStatus.FAILED))
         .group_by(key)
         .order_by(func.count().desc(), key)
     )
