@@ -100,7 +100,7 @@ def stats_table(rows: Sequence[QueueStats]) -> Table:
 
 
 def alerts(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """Items needing attention: dead letters, stale locks, near the retry limit, old pending."""
+    """Items needing attention: dead letters, failed, stale locks, near the limit, old pending."""
     _report(ctx, RetryQueue.alerts, alerts_table, as_json)
 
 
