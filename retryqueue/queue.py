@@ -165,7 +165,9 @@ class RetryQueue:
         Keywords: ``channel_name``, ``plugin_name``, ``event_metadata``, ``max_retries``,
         ``retry_delay_seconds``, ``backoff_multiplier``, ``priority`` (1..10, 10 first),
         ``correlation_id``, ``tags``, ``event_id``, ``run_at`` or ``delay`` (when it is first
-        due; default now), ``expires_at`` or ``ttl`` (default now + 7 days).
+        due; default now), ``expires_at`` or ``ttl`` (default now + 7 days), ``deadline``
+        (aware datetime) or ``retry_for`` (seconds from now): no retry is scheduled after
+        it (docs/retries.md).
 
         Idempotent on ``event_id``: enqueueing an existing event_id changes nothing and
         returns the existing row with ``created=False``. Invalid input raises
