@@ -51,6 +51,8 @@ class NewItem:
     delay: float | timedelta | None = None
     expires_at: datetime | None = None
     ttl: float | timedelta | None = None
+    deadline: datetime | None = None
+    retry_for: float | timedelta | None = None
 
 
 def item_row(
@@ -81,6 +83,7 @@ def item_row(
         else check.seconds("ttl", item.ttl, allow_zero=False)
     )
     _check_schedule(run_at, delay, expires_at, ttl, at)
+    deadline, retry_for = _check_deadline(item, run_at, delay, expires_at, ttl, at)
     row: dict[str, Any] = {
         "event_id": uuid.uuid4()
         if item.event_id is None
@@ -106,11 +109,61 @@ def item_row(
     }
     if at is None:
         row.update(sql.server_time_params(run_at, delay, expires_at, ttl))
+        row.update(sql.server_deadline_params(deadline, retry_for))
     else:
         row["created_at"] = at
         row["next_retry_at"] = run_at if run_at is not None else at + timedelta(seconds=delay)
         row["expires_at"] = expires_at if expires_at is not None else at + timedelta(seconds=ttl)
+        row["retry_deadline"] = (
+            deadline
+            if deadline is not None or retry_for is None
+            else at + timedelta(seconds=retry_for)
+        )
     return row
+
+
+def _check_deadline(
+    item: NewItem,
+    run_at: datetime | None,
+    delay: float,
+    expires_at: datetime | None,
+    ttl: float,
+    at: datetime | None,
+) -> tuple[datetime | None, float | None]:
+    """The validated ``deadline`` (absolute) or ``retry_for`` (seconds from enqueue).
+
+    Refused: both at once, a naive or past deadline, a non-positive or over-10-year
+    ``retry_for``, and a deadline that is not after the first due time or not before the
+    item expires (the last retry would be refused by the expiry instead).
+    """
+    if item.deadline is None and item.retry_for is None:
+        return None, None
+    if item.deadline is not None and item.retry_for is not None:
+        raise InvalidArgument("retry_for", "give either deadline or retry_for, not both")
+    now = at if at is not None else datetime.now(UTC)
+    if item.deadline is not None:
+        name, deadline, retry_for = "deadline", check.aware("deadline", item.deadline), None
+        if deadline <= now:
+            raise InvalidArgument("deadline", f"is in the past ({deadline.isoformat()})")
+    else:
+        name = "retry_for"
+        retry_for = check.seconds("retry_for", item.retry_for, allow_zero=False)
+        deadline = now + timedelta(seconds=retry_for)
+    due = run_at if run_at is not None else now + timedelta(seconds=delay)
+    expiry = expires_at if expires_at is not None else now + timedelta(seconds=ttl)
+    if deadline <= due:
+        raise InvalidArgument(
+            name,
+            f"the deadline {deadline.isoformat()} is not after the first due time "
+            f"{due.isoformat()}: the item could never be retried",
+        )
+    if deadline >= expiry:
+        raise InvalidArgument(
+            name,
+            f"the deadline {deadline.isoformat()} is not before the item expires "
+            f"({expiry.isoformat()}); give a longer ttl or expires_at, or an earlier deadline",
+        )
+    return (deadline if retry_for is None else None), retry_for
 
 
 def _check_schedule(

@@ -133,6 +133,7 @@ class AsyncRetryQueue:
     requeue = _Awaitable(RetryQueue.requeue)
     purge = _Awaitable(RetryQueue.purge)
     cleanup = _Awaitable(RetryQueue.cleanup)
+    expire = _Awaitable(RetryQueue.expire)
 
     # Reading and monitoring.
     get = _Awaitable(RetryQueue.get)

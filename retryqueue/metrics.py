@@ -39,6 +39,7 @@ from retryqueue.breaker_policy import (
 from retryqueue.errors import RetryQueueError
 from retryqueue.models import RetryStatus
 from retryqueue.queue import RetryQueue
+from retryqueue.results import QueueStats
 
 __all__ = [
     "DEFAULT_STALE_LOCK_SECONDS",
@@ -65,6 +66,11 @@ class QueueCollector(Collector):
     * ``retryqueue_items{status,event_type,plugin}``: queue depth per group;
     * ``retryqueue_status_items{status}``: items per status, every status present (zeros);
     * ``retryqueue_dead_letter_items``: dead letters in total;
+    * ``retryqueue_failed_items``: items in failed (not retryable);
+    * ``retryqueue_triage_items{error_code}``: dead-letter and failed items per error code
+      (``EXPIRED``: expired unrun; ``DEADLINE_REACHED``; ``NO_HANDLER`` ...);
+    * ``retryqueue_items_with_deadline{status}``: items carrying a retry deadline (those
+      dead-lettered at it have error code ``DEADLINE_REACHED``);
     * ``retryqueue_oldest_due_pending_age_seconds``: how long the oldest claimable pending
       item has been due (queue lag; 0 when nothing is due); items held back by an open or
       half-open circuit are left out (they wait for the circuit, not for a worker);
@@ -118,6 +124,7 @@ class QueueCollector(Collector):
             gauges = monitoring.queue_gauges(
                 session, self.queue.now(session), self.stale_lock_seconds
             )
+            triage = monitoring.dead_letter_groups(session, "error_code")
             circuit_states = circuits.circuit_states(session)
             transitions = circuits.transition_counts(session)
         depth = GaugeMetricFamily(
@@ -143,6 +150,28 @@ class QueueCollector(Collector):
             value=per_status[RetryStatus.DEAD_LETTER.value],
         )
         yield GaugeMetricFamily(
+            "retryqueue_failed_items",
+            "Items in failed (not retryable: no handler, permanent error; need a fix).",
+            value=per_status[RetryStatus.FAILED.value],
+        )
+        by_code = GaugeMetricFamily(
+            "retryqueue_triage_items",
+            "Dead-letter and failed items per error code (EXPIRED: never ran before expiry; "
+            "DEADLINE_REACHED: retry deadline; NO_HANDLER ...).",
+            labels=["error_code"],
+        )
+        for group in triage:
+            by_code.add_metric([group.key or ""], group.count)
+        yield by_code
+        with_deadline = GaugeMetricFamily(
+            "retryqueue_items_with_deadline",
+            "Queue items carrying a retry deadline, per status.",
+            labels=["status"],
+        )
+        for status, count in _deadline_counts(stats).items():
+            with_deadline.add_metric([status], count)
+        yield with_deadline
+        yield GaugeMetricFamily(
             "retryqueue_oldest_due_pending_age_seconds",
             "Seconds the oldest claimable pending item has been due (0 if none).",
             value=gauges.oldest_due_pending_age_seconds,
@@ -153,6 +182,13 @@ class QueueCollector(Collector):
             value=gauges.stale_locks,
         )
         yield from _circuit_families(circuit_states, transitions)
+
+
+def _deadline_counts(stats: list[QueueStats]) -> dict[str, int]:
+    counts = dict.fromkeys((status.value for status in RetryStatus), 0)
+    for row in stats:
+        counts[RetryStatus(row.status).value] += row.deadline_count
+    return counts
 
 
 _CIRCUIT_STATE_VALUES = {

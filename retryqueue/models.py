@@ -189,6 +189,9 @@ class RetryItem(Base):
     lock_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # Added by retryqueue (revision 0008): the last failure's group key (retryqueue.fingerprint).
     error_fingerprint: Mapped[str | None] = mapped_column(String(FINGERPRINT_LENGTH))
+    # Added by retryqueue (revision 0009): no retry is scheduled after this time (None: no
+    # deadline, max_retries alone decides). Nullable, so the reference schema adopts it.
+    retry_deadline: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (
         PrimaryKeyConstraint("id", name=QUEUE_PRIMARY_KEY),

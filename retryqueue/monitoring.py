@@ -119,6 +119,7 @@ def stats(session: Session) -> list[QueueStats]:
             oldest_created_at=row.oldest_created_at,
             newest_created_at=row.newest_created_at,
             locked_count=int(row.locked_count),
+            deadline_count=int(row.deadline_count),
         )
         for row in fetch_all(session, sql.stats(), "stats")
     ]

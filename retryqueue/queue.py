@@ -48,11 +48,15 @@ from retryqueue.errors import EnqueueRaceError, InvalidArgument, RetryQueueError
 from retryqueue.fingerprint import fingerprint
 from retryqueue.models import TERMINAL_STATUSES, RetryStatus
 from retryqueue.policy import (
+    DEADLINE_REACHED,
+    EXPIRED,
+    EXPIRED_UNRUN,
     MAX_DELAY_SECONDS,
     RETRY_PAST_EXPIRY,
     Decision,
     Outcome,
     RetryPolicy,
+    within_deadline,
 )
 from retryqueue.results import (
     Alert,
@@ -181,7 +185,9 @@ class RetryQueue:
         Keywords: ``channel_name``, ``plugin_name``, ``event_metadata``, ``max_retries``,
         ``retry_delay_seconds``, ``backoff_multiplier``, ``priority`` (1..10, 10 first),
         ``correlation_id``, ``tags``, ``event_id``, ``run_at`` or ``delay`` (when it is first
-        due; default now), ``expires_at`` or ``ttl`` (default now + 7 days).
+        due; default now), ``expires_at`` or ``ttl`` (default now + 7 days), ``deadline``
+        (aware datetime) or ``retry_for`` (seconds from now): no retry is scheduled after
+        it (docs/retries.md).
 
         Idempotent on ``event_id``: enqueueing an existing event_id changes nothing and
         returns the existing row with ``created=False``. Invalid input raises
@@ -342,6 +348,8 @@ class RetryQueue:
         after it is stamped (unless heartbeats extend it): a lock's expiry is its holder's,
         so workers with different lock timeouts can share a queue. Locks taken before
         revision rq0006 (no stored expiry) expire after this call's ``lock_timeout``.
+        Pending items past their expiry are dead-lettered here too (code ``EXPIRED``; see
+        :meth:`expire`), a bounded batch each time.
 
         ``reclaim_stale=False`` skips the first step (one statement fewer): a worker that
         acquires many times a second reclaims on a timer instead (see the Worker).
@@ -366,6 +374,7 @@ class RetryQueue:
         at = self._locked_now(session)
         if reclaim_stale:
             self._reclaim_stale(session, at, lock_timeout)
+            self._dead_letter_expired(session, at, _STALE_RECLAIM_LIMIT)
         token = uuid.uuid4()
         if _has_returning(session):
             stmt, params = sql.claim(at, worker_id, token, batch_size, **keys)
@@ -437,18 +446,20 @@ class RetryQueue:
         stale = session.execute(stmt).all()
         history = []
         for row in stale:
+            expired: str | None = f"lock held by {row.locked_by} expired"
+            code: str | None = "LOCK_EXPIRED"
             if self.count_expired_locks:
                 decision = self._decide(row, retryable=True, retry_after=None, policy=None)
+                decision, expired, code = _unless_past_deadline(
+                    row, self.policy, decision, expired, code, False
+                )
             else:
                 decision = Decision(Outcome.LOCK_EXPIRED, "pending", row.retry_count, timedelta(0))
-            expired = f"lock held by {row.locked_by} expired"
             decision, reason = _unless_past_expiry(row, decision, expired)
             message = reason or expired
             guard = sql.reclaim_stale(row.id, at, lock_timeout)
-            group = fingerprint("LOCK_EXPIRED", message)
-            if self._apply(
-                session, guard, at, decision, message, "LOCK_EXPIRED", error_fingerprint=group
-            ):
+            group = fingerprint(code, message)
+            if self._apply(session, guard, at, decision, message, code, error_fingerprint=group):
                 history.append(
                     history_row(
                         row.id,
@@ -457,12 +468,58 @@ class RetryQueue:
                         Outcome.LOCK_EXPIRED,
                         worker_id=row.locked_by,
                         error_message=message,
-                        error_code="LOCK_EXPIRED",
+                        error_code=code,
                         error_fingerprint=group,
                     )
                 )
         self._write_history(session, at, history)
         return len(history)
+
+    @_database_errors
+    def expire(self, session: Session, *, limit: int = 1000) -> int:
+        """Move up to ``limit`` pending items past their ``expires_at`` to ``dead_letter``.
+
+        Such an item can never run; instead of vanishing at the next cleanup it becomes a
+        dead letter with code :data:`~retryqueue.policy.EXPIRED` and an ``expired``
+        history row, so that stats, alerts, metrics and dead-letter triage show it, and
+        ``replay`` can bring it back with a new expiry. Workers do this on their stale-lock
+        timer and :meth:`cleanup` before deleting anything. Returns how many moved.
+        """
+        limit = check.bounded_int("limit", limit, low=1, high=100_000)
+        return self._dead_letter_expired(session, self.now(session), limit)
+
+    def _dead_letter_expired(self, session: Session, at: datetime | None, limit: int) -> int:
+        stmt = sql.lock_expired(at, limit)
+        if not _has_returning(session):
+            # MySQL: as for stale locks, find candidates by a plain read, then lock by id.
+            ids = list(session.scalars(sql.expired_ids(at, limit)))
+            if not ids:
+                return 0
+            stmt = sql.lock_expired(at, limit, only_ids=ids)
+        rows = session.execute(stmt).all()
+        if not rows:
+            return 0
+        session.execute(
+            sql.dead_letter_expired(
+                [row.id for row in rows], at, error_code=EXPIRED, message=EXPIRED_UNRUN
+            )
+        )
+        self._write_history(
+            session,
+            at,
+            [
+                history_row(
+                    row.id,
+                    row.event_id,
+                    row.retry_count,
+                    "expired",
+                    error_message=EXPIRED_UNRUN,
+                    error_code=EXPIRED,
+                )
+                for row in rows
+            ],
+        )
+        return len(rows)
 
     # -- outcomes ------------------------------------------------------------------------
 
@@ -597,8 +654,11 @@ class RetryQueue:
         delay (or ``retry_after``), until retry_count has reached max_retries: then the item
         is dead-lettered. A retry that would fall after the item's ``expires_at`` is not
         scheduled: the item is dead-lettered at once, and its message says so (see
-        :data:`~retryqueue.policy.RETRY_PAST_EXPIRY`). ``retryable=False`` marks it
-        ``failed`` at once. ``retry_after`` is at most 10 years
+        :data:`~retryqueue.policy.RETRY_PAST_EXPIRY`). Likewise past the item's
+        ``retry_deadline`` (or the policy's ``retry_for`` from ``created_at``): a backoff
+        retry is moved up to the deadline while time is left, else the item is
+        dead-lettered with code :data:`~retryqueue.policy.DEADLINE_REACHED`.
+        ``retryable=False`` marks it ``failed`` at once. ``retry_after`` is at most 10 years
         (:data:`~retryqueue.policy.MAX_DELAY_SECONDS`). Returns False, changing nothing, if
         the lease was lost. ``force=True``: the operator's path, as for :meth:`complete`
         (``retryqueue fail ID``).
@@ -669,6 +729,9 @@ class RetryQueue:
         decision: Decision | None = None
         if row is not None:
             decision = self._decide(row, retryable=retryable, retry_after=wait, policy=policy)
+            decision, error_message, error_code = _unless_past_deadline(
+                row, policy or self.policy, decision, error_message, error_code, wait is not None
+            )
             decision, error_message = _unless_past_expiry(row, decision, error_message)
         applied = decision is not None and self._apply(
             session,
@@ -910,8 +973,9 @@ class RetryQueue:
 
         Commit between batches (``for part in queue.iter_cleanup(s): s.commit()``) so that
         live workers are never blocked for long. Removes finished items (completed, failed,
-        dead_letter) older than the retention; archives then removes pending items past
-        expires_at; removes history older than twice the retention. Rows locked by
+        dead_letter) older than the retention, after moving pending items past expires_at
+        to dead_letter (see :meth:`expire`: they are kept for the retention from then on);
+        removes history older than twice the retention. Rows locked by
         others are skipped, not waited for.
         """
         longest = MAX_DELAY_SECONDS / 86400
@@ -926,32 +990,16 @@ class RetryQueue:
     def _cleanup_batches(
         self, session: Session, at: datetime | None, retention: float, batch_size: int
     ) -> Iterator[CleanupResult]:
+        while True:  # first, nothing expired unrun is deleted unseen: it is dead-lettered
+            expired = self._dead_letter_expired(session, at, batch_size)
+            yield CleanupResult(expired_count=expired)
+            if expired < batch_size:
+                break
         created_before = yield from _drop_partitions(session, at, retention)
         while True:
             count = self._delete_finished(session, at, retention, batch_size, created_before)
             yield CleanupResult(deleted_count=count)
             if count < batch_size:
-                break
-        while True:
-            expired = session.execute(sql.expired_batch(at, batch_size)).all()
-            if expired:
-                self._write_history(
-                    session,
-                    at,
-                    [
-                        history_row(
-                            row.id,
-                            row.event_id,
-                            row.retry_count,
-                            "expired",
-                            error_message="expired before it could run",
-                        )
-                        for row in expired
-                    ],
-                )
-                session.execute(sql.delete_by_ids([row.id for row in expired]))
-                yield CleanupResult(deleted_count=len(expired), archived_count=len(expired))
-            if len(expired) < batch_size:
                 break
         while True:
             count = self._delete_history(session, at, 2 * retention, batch_size)
@@ -1061,7 +1109,8 @@ class RetryQueue:
     def dead_letter_groups(
         self, session: Session, group_by: str = "error_code"
     ) -> list[DeadLetterGroup]:
-        """Dead letters counted per error_code, event_type, plugin or channel."""
+        """Dead letters and failed items counted per error_code, event_type, plugin or
+        channel (expired items have code ``EXPIRED``, deadlines ``DEADLINE_REACHED``)."""
         return monitoring.dead_letter_groups(session, group_by)
 
     def history(self, session: Session, item_id: int) -> list[HistoryEntry]:
@@ -1073,7 +1122,8 @@ class RetryQueue:
         return monitoring.stats(session)
 
     def alerts(self, session: Session) -> list[Alert]:
-        """Items that need attention, with the reason."""
+        """Items that need attention, with the reason (dead letters, failed items, stale
+        locks, items near their retry limit, old pending items)."""
         return monitoring.alerts(session, self.now(session))
 
     def stuck(self, session: Session, older_than: float | timedelta = 3600) -> list[ItemSnapshot]:
@@ -1119,6 +1169,34 @@ class RetryQueue:
                 due = (held.next_due - held.now).total_seconds()
                 waits.append(max(due, blocked[held.circuit_key]))
         return float(min(waits)) if waits else None
+
+
+def _unless_past_deadline(
+    row: Any,
+    policy: RetryPolicy,
+    decision: Decision,
+    error_message: str | None,
+    error_code: str | None,
+    retry_after_given: bool,
+) -> tuple[Decision, str | None, str | None]:
+    """The decision bounded by the item's retry deadline (or the policy's ``retry_for``).
+
+    A refused retry is recorded with :data:`~retryqueue.policy.DEADLINE_REACHED` as its
+    code; the handler's message and code follow the reason in the message.
+    """
+    if row.now is None:
+        return decision, error_message, error_code
+    deadline = policy.deadline_of(row.retry_deadline, row.created_at)
+    bounded = within_deadline(
+        decision, now=row.now, deadline=deadline, retry_after_given=retry_after_given
+    )
+    if bounded.reason is None:
+        return bounded, error_message, error_code
+    message = f"dead-lettered: {bounded.reason}"
+    if error_message is not None or error_code is not None:
+        code = "" if error_code is None else f" ({error_code})"
+        message += f"; last error{code}: {error_message or ''}"
+    return bounded, message, DEADLINE_REACHED
 
 
 def _unless_past_expiry(

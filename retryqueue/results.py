@@ -115,6 +115,8 @@ class ItemSnapshot:
     locked_at: datetime | None
     correlation_id: str | None
     tags: tuple[str, ...]
+    retry_deadline: datetime | None = None
+    """No retry is scheduled after this time (None: max_retries alone decides)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,9 +142,12 @@ class HistoryEntry:
 class CleanupResult:
     """What a cleanup removed.
 
-    ``deleted_count``: queue rows deleted (finished past retention, and expired ones).
-    ``archived_count``: of those, expired items that never finished; each got an
-    ``expired`` history row first, so its fate stays traceable.
+    ``deleted_count``: queue rows deleted (finished past retention).
+    ``expired_count``: pending items past their expiry moved to ``dead_letter`` (code
+    ``EXPIRED``, an ``expired`` history row) instead of being deleted unseen; cleanup
+    deletes them only after the retention, like any dead letter.
+    ``archived_count``: always 0 now (expired items used to be deleted with an
+    ``expired`` history row); kept so that existing readers of the result keep working.
     ``history_deleted_count``: history rows older than twice the retention.
     ``partitions_dropped``: monthly partitions dropped (PostgreSQL, partitioned table);
     their rows are counted in ``deleted_count``.
@@ -151,6 +156,7 @@ class CleanupResult:
 
     deleted_count: int = 0
     archived_count: int = 0
+    expired_count: int = 0
     history_deleted_count: int = 0
     partitions_dropped: int = 0
     circuit_events_deleted: int = 0
@@ -174,6 +180,8 @@ class QueueStats:
     oldest_created_at: datetime
     newest_created_at: datetime
     locked_count: int
+    deadline_count: int = 0
+    """How many of the group's items carry a retry deadline."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +205,8 @@ class Alert:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetterGroup:
-    """Dead letters sharing one error code, event type, plugin or channel (``key``)."""
+    """Dead-letter and failed items sharing one error code, event type, plugin or channel
+    (``key``)."""
 
     key: str | None
     count: int

@@ -344,11 +344,12 @@ def cleanup(
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Delete finished items past the retention and expired items, in batches.
+    """Delete finished items past the retention, in batches.
 
-    Also deletes history older than twice the retention. Batches are committed one by one
-    (so live workers are never blocked for long); --dry-run runs them in one transaction
-    that is rolled back.
+    First moves pending items past their expiry to dead_letter (code EXPIRED), so that
+    nothing abandoned unrun is deleted unseen. Also deletes history older than twice the
+    retention. Batches are committed one by one (so live workers are never blocked for
+    long); --dry-run runs them in one transaction that is rolled back.
     """
     current = state(ctx)
     queue = current.queue()
@@ -365,7 +366,7 @@ def cleanup(
             if not dry_run:
                 session.commit()
             total = total + part
-            advance(part.deleted_count + part.history_deleted_count)
+            advance(part.deleted_count + part.history_deleted_count + part.expired_count)
         session.rollback()
     if as_json:
         print_json({"dry_run": dry_run, **_cleanup_dict(total)})
@@ -373,9 +374,9 @@ def cleanup(
     verb = "would delete" if dry_run else "deleted"
     dropped = f", {total.partitions_dropped} month partition(s)" if total.partitions_dropped else ""
     typer.echo(
-        f"{verb} {total.deleted_count} item(s) ({total.archived_count} expired, archived "
-        f"in history{dropped}), {total.history_deleted_count} history row(s) and "
-        f"{total.circuit_events_deleted} circuit audit row(s)"
+        f"{verb} {total.deleted_count} item(s){dropped}, {total.history_deleted_count} "
+        f"history row(s) and {total.circuit_events_deleted} circuit audit row(s); "
+        f"{total.expired_count} expired item(s) moved to dead_letter"
     )
 
 

@@ -93,6 +93,7 @@ def stats_table(rows: Sequence[QueueStats], now: datetime | None = None) -> Tabl
     if full:
         add_column(table, "most retries", keep=True, right=True)
         add_column(table, "locked", keep=True, right=True)
+        add_column(table, "with deadline", keep=True, right=True)
     add_column(table, "oldest" if full else "oldest age", keep=True, right=not full)
     if full:
         add_column(table, "newest", keep=True)
@@ -103,7 +104,11 @@ def stats_table(rows: Sequence[QueueStats], now: datetime | None = None) -> Tabl
             text(row.plugin_name),
             str(row.count),
             f"{row.avg_retry_count:.2f}",
-            *([str(row.max_retry_count), str(row.locked_count)] if full else []),
+            *(
+                [str(row.max_retry_count), str(row.locked_count), str(row.deadline_count)]
+                if full
+                else []
+            ),
             when(row.oldest_created_at) if full else age(row.oldest_created_at, now),
             *([when(row.newest_created_at)] if full else []),
         )
@@ -114,7 +119,7 @@ def stats_table(rows: Sequence[QueueStats], now: datetime | None = None) -> Tabl
 
 
 def alerts(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """Items needing attention: dead letters, stale locks, near the retry limit, old pending."""
+    """Items needing attention: dead letters, failed, stale locks, near the limit, old pending."""
     _report(ctx, RetryQueue.alerts, alerts_table, as_json)
 
 

@@ -82,8 +82,10 @@ from retryqueue.statements.enqueue import (
     listen,
     next_due,
     notify,
+    server_deadline_params,
     server_time_params,
 )
+from retryqueue.statements.expiry import dead_letter_expired, expired_ids, lock_expired
 from retryqueue.statements.metadata import item_metadata, set_metadata
 from retryqueue.statements.mysql import (
     Emulation,
@@ -136,6 +138,7 @@ __all__ = [
     "complete_many",
     "complete_owned",
     "database_now",
+    "dead_letter_expired",
     "dead_letter_groups",
     "delete_by_ids",
     "delete_circuit_events",
@@ -146,6 +149,7 @@ __all__ = [
     "enqueued_by_event_ids",
     "existing_by_event_ids",
     "expired_batch",
+    "expired_ids",
     "filtered_ids",
     "finished_batch_ids",
     "has_returning",
@@ -161,6 +165,7 @@ __all__ = [
     "items_per_hour",
     "json_payloads",
     "listen",
+    "lock_expired",
     "lock_owned",
     "next_claimable_due",
     "next_claimable_due_by_key",
@@ -185,6 +190,7 @@ __all__ = [
     "select_item",
     "select_item_payload",
     "select_stale",
+    "server_deadline_params",
     "server_time_params",
     "set_metadata",
     "stale_ids",

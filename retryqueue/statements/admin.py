@@ -80,11 +80,14 @@ def requeue_ids(
     reset_retries: bool,
     ttl_seconds: float,
 ) -> Update:
-    """Move finished items back to pending, due now; RETURNING what history needs."""
+    """Move finished items back to pending, due now, without a retry deadline; RETURNING
+    what history needs."""
     values: dict[str, Any] = {
         "status": RetryStatus.PENDING,
         "next_retry_at": now_expr(at),
         "expires_at": after(at, ttl_seconds),
+        # A replay is the operator's decision to try again: the spent deadline goes.
+        "retry_deadline": None,
         "completed_at": None,
         "locked_by": None,
         "locked_at": None,

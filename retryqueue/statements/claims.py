@@ -82,6 +82,8 @@ _FAILURE_COLUMNS = (
     RetryItem.backoff_multiplier,
     RetryItem.locked_by,
     RetryItem.locked_at,
+    RetryItem.created_at,
+    RetryItem.retry_deadline,
 )
 
 
@@ -446,8 +448,8 @@ def complete_and_record(
 def lock_owned(guard: ColumnElement[bool], *, at: datetime | None = None) -> AnySelect:
     """Read (and row-lock) the item ``guard`` selects (a lease's), for a failure decision.
 
-    With its ``expires_at`` and ``now`` (on the operation's clock), so that a retry due
-    after expiry can be refused.
+    With its ``expires_at``, ``retry_deadline`` and ``now`` (on the operation's clock), so
+    that a retry due after expiry or the deadline can be refused.
     """
     return (
         select(*_FAILURE_COLUMNS, RetryItem.expires_at, now_expr(at).label("now"))

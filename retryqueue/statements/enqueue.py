@@ -46,6 +46,8 @@ _ROW_RUN_AT = "p_run_at"
 _ROW_DELAY = "p_delay_s"
 _ROW_EXPIRES_AT = "p_expires_at"
 _ROW_TTL = "p_ttl_s"
+_ROW_DEADLINE = "p_deadline"
+_ROW_RETRY_FOR = "p_retry_for_s"
 
 
 def insert_items(dialect_name: str, at: datetime | None, *, targeted: bool = False) -> Insert:
@@ -86,6 +88,10 @@ def insert_items(dialect_name: str, at: datetime | None, *, targeted: bool = Fal
                 bindparam(_ROW_EXPIRES_AT, type_=UTCDateTime()),
                 _now_plus_seconds(bindparam(_ROW_TTL, type_=Float())),
             ),
+            retry_deadline=func.coalesce(
+                bindparam(_ROW_DEADLINE, type_=UTCDateTime()),
+                _now_plus_seconds(bindparam(_ROW_RETRY_FOR, type_=Float())),
+            ),
         )
     if not has_returning(dialect_name):
         plain: Insert = stmt
@@ -112,7 +118,7 @@ _RECORD_COLUMNS = (
     "correlation_id",
     "tags",
 )
-_PYTHON_CLOCK_COLUMNS = ("created_at", "next_retry_at", "expires_at")
+_PYTHON_CLOCK_COLUMNS = ("created_at", "next_retry_at", "expires_at", "retry_deadline")
 _PAYLOAD_ROWS = 1000
 _PAYLOAD_BYTES = 8 * 1024 * 1024
 
@@ -145,6 +151,8 @@ def insert_items_json(server_clock: bool, targeted: bool | None = False) -> Inse
             column(_ROW_DELAY, Float()),
             column(_ROW_EXPIRES_AT, UTCDateTime()),
             column(_ROW_TTL, Float()),
+            column(_ROW_DEADLINE, UTCDateTime()),
+            column(_ROW_RETRY_FOR, Float()),
         ]
     else:
         fields += [column(name, table.c[name].type) for name in _PYTHON_CLOCK_COLUMNS]
@@ -164,6 +172,9 @@ def insert_items_json(server_clock: bool, targeted: bool | None = False) -> Inse
         )
         values["expires_at"] = func.coalesce(
             record.c[_ROW_EXPIRES_AT], _now_plus_seconds(record.c[_ROW_TTL])
+        )
+        values["retry_deadline"] = func.coalesce(
+            record.c[_ROW_DEADLINE], _now_plus_seconds(record.c[_ROW_RETRY_FOR])
         )
     else:
         values.update({name: record.c[name] for name in _PYTHON_CLOCK_COLUMNS})
@@ -220,6 +231,12 @@ def server_time_params(
 ) -> dict[str, Any]:
     """The per-row time parameters of :func:`insert_items` on the database clock."""
     return {_ROW_RUN_AT: run_at, _ROW_DELAY: delay, _ROW_EXPIRES_AT: expires_at, _ROW_TTL: ttl}
+
+
+def server_deadline_params(deadline: datetime | None, retry_for: float | None) -> dict[str, Any]:
+    """The per-row retry-deadline parameters of :func:`insert_items` on the database clock
+    (both None: no deadline)."""
+    return {_ROW_DEADLINE: deadline, _ROW_RETRY_FOR: retry_for}
 
 
 def existing_by_event_ids(event_ids: Sequence[uuid.UUID]) -> Select[int, uuid.UUID]:

@@ -54,6 +54,7 @@ SNAPSHOT_COLUMNS = (
     RetryItem.locked_at,
     RetryItem.correlation_id,
     RetryItem.tags,
+    RetryItem.retry_deadline,
 )
 
 
@@ -97,6 +98,7 @@ def stats() -> AnySelect:
             func.min(RetryItem.created_at).label("oldest_created_at"),
             func.max(RetryItem.created_at).label("newest_created_at"),
             func.count(RetryItem.locked_by).label("locked_count"),
+            func.count(RetryItem.retry_deadline).label("deadline_count"),
         )
         .group_by(RetryItem.status, RetryItem.event_type, RetryItem.plugin_name)
         .order_by(RetryItem.status, RetryItem.event_type, RetryItem.plugin_name)
@@ -104,6 +106,7 @@ def stats() -> AnySelect:
 
 
 ALERT_DEAD_LETTER = "dead letter: manual intervention required"
+ALERT_FAILED = "failed: not retryable (e.g. no handler, permanent error), needs a fix"
 ALERT_STALE_LOCK = "stale lock"
 ALERT_APPROACHING_LIMIT = "approaching retry limit"
 ALERT_OLD_PENDING = "old pending item"
@@ -119,6 +122,7 @@ def alerts(
     active = _status_in(RetryStatus.PENDING, RetryStatus.PROCESSING)
     reason = case(
         (_status_is(RetryStatus.DEAD_LETTER), ALERT_DEAD_LETTER),
+        (_status_is(RetryStatus.FAILED), ALERT_FAILED),
         (
             and_(
                 _status_is(RetryStatus.PROCESSING),
@@ -192,7 +196,8 @@ DEAD_LETTER_GROUPS = {
 
 
 def dead_letter_groups(group_by: str) -> AnySelect:
-    """Dead letters counted per group, with a sample error message and the age range."""
+    """Dead letters and failed items counted per group, with a sample error message and
+    the age range (group by error_code to tell NO_HANDLER, EXPIRED, DEADLINE_REACHED...)."""
     key = DEAD_LETTER_GROUPS[group_by]
     return (
         select(
@@ -202,7 +207,7 @@ def dead_letter_groups(group_by: str) -> AnySelect:
             func.min(RetryItem.created_at).label("oldest"),
             func.max(RetryItem.created_at).label("newest"),
         )
-        .where(_status_is(RetryStatus.DEAD_LETTER))
+        .where(_status_in(RetryStatus.DEAD_LETTER, RetryStatus.FAILED))
         .group_by(key)
         .order_by(func.count().desc(), key)
     )

@@ -103,7 +103,9 @@ class Route:
 
     ``retry_on``: exception classes worth retrying (None: every exception); anything else
     fails the item at once. ``delay``, ``multiplier``, ``max_delay`` (seconds) and
-    ``jitter`` override the queue's backoff for this route's items.
+    ``jitter`` override the queue's backoff for this route's items. ``retry_for``
+    (seconds from the item's ``created_at``) is the retry deadline of this route's items
+    enqueued without one of their own.
     """
 
     pattern: str
@@ -115,6 +117,7 @@ class Route:
     max_delay: float | None = None
     jitter: float | None = None
     name: str = field(default="", compare=False)
+    retry_for: float | None = None
 
     def matches(self, event_type: str, plugin_name: str | None) -> bool:
         """Whether this route takes an item of this event type and plugin."""
@@ -135,7 +138,8 @@ class Route:
 
         None when the route changes nothing (the queue's policy applies).
         """
-        if (self.delay, self.multiplier, self.max_delay, self.jitter) == (None,) * 4:
+        settings = (self.delay, self.multiplier, self.max_delay, self.jitter, self.retry_for)
+        if settings == (None,) * 5:
             return None
         return RoutePolicy(
             max_delay=base.max_delay
@@ -143,6 +147,9 @@ class Route:
             else timedelta(seconds=self.max_delay),
             jitter=base.jitter if self.jitter is None else self.jitter,
             rand=base.rand,
+            retry_for=base.retry_for
+            if self.retry_for is None
+            else timedelta(seconds=self.retry_for),
             base_delay=self.delay,
             multiplier=self.multiplier,
         )
@@ -176,6 +183,7 @@ class Router:
         multiplier: float | None = None,
         max_delay: float | timedelta | None = None,
         jitter: float | None = None,
+        retry_for: float | timedelta | None = None,
     ) -> Route:
         """Register ``handler`` for ``pattern`` (see :class:`Route` for the settings)."""
         _check_pattern(pattern)
@@ -195,6 +203,7 @@ class Router:
             max_delay=_optional_seconds("max_delay", max_delay),
             jitter=_optional_jitter(jitter),
             name=getattr(handler, "__qualname__", repr(handler)),
+            retry_for=_optional_retry_for(retry_for),
         )
         self._routes.append(route)
         return route
@@ -323,6 +332,12 @@ def _optional_seconds(name: str, value: float | timedelta | None) -> float | Non
     if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds >= 0:
         raise InvalidArgument(name, f"expected seconds >= 0, got {value!r}")
     return check.seconds(name, seconds)
+
+
+def _optional_retry_for(value: float | timedelta | None) -> float | None:
+    if value is None:
+        return None
+    return check.seconds("retry_for", value, allow_zero=False)
 
 
 def _optional_positive(name: str, value: float | None) -> float | None:

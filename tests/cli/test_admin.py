@@ -142,11 +142,13 @@ class TestCleanup:
         assert dry.exit_code == 0, dry.output
         report = json.loads(dry.stdout)
         assert report["dry_run"] is True
-        assert (report["deleted_count"], report["archived_count"]) == (6, 1)
+        assert (report["deleted_count"], report["expired_count"]) == (5, 1)
         assert seed.count() == 8
         real = cli("cleanup", "--retention-days", "7", "--batch-size", "2")
         assert real.exit_code == 0, real.output
-        assert real.stdout.startswith("deleted 6 item(s) (1 expired")
-        assert set(seed.statuses()) == {recent, pending}
+        assert real.stdout.startswith("deleted 5 item(s)")
+        assert "1 expired item(s) moved to dead_letter" in real.stdout
+        assert set(seed.statuses()) == {recent, pending, expired}  # expired: a dead letter
+        assert seed.statuses()[expired] == RetryStatus.DEAD_LETTER
         assert seed.history_statuses(expired)[-1][0] == "expired"
         assert not set(old) & set(seed.statuses())

@@ -145,16 +145,19 @@ class TestMonitoring:
         seed.item(RetryStatus.DEAD_LETTER, error_code="TIMEOUT", plugin="slack")
         seed.item(RetryStatus.DEAD_LETTER, error_code="TIMEOUT", plugin="teams")
         seed.item(RetryStatus.DEAD_LETTER, error_code="AUTH", plugin="teams", error="bad token")
-        seed.item(RetryStatus.FAILED, error_code="AUTH")
+        seed.item(RetryStatus.FAILED, error_code="NO_HANDLER", plugin="crm")  # triage too
+        seed.item(RetryStatus.COMPLETED, error_code="AUTH")
         by_code = _json(cli("dead-letters", "--group-by", "error_code", "--json"))
         assert [(group["key"], group["count"]) for group in by_code] == [
             ("TIMEOUT", 2),
             ("AUTH", 1),
+            ("NO_HANDLER", 1),
         ]
         assert by_code[1]["sample_error"] == "bad token #1"
         by_plugin = _json(cli("dead-letters", "--group-by", "plugin", "--json"))
         assert [(group["key"], group["count"]) for group in by_plugin] == [
             ("teams", 2),
+            ("crm", 1),
             ("slack", 1),
         ]
         bad = cli("dead-letters", "--group-by", "colour")

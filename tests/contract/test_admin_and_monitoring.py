@@ -164,9 +164,15 @@ class TestCleanup:
         clock.advance(timedelta(days=13))  # waiting expires (20 d); history ages past 14 d
         with sessions.begin() as session:
             result = queue.cleanup(session, retention_days=7, batch_size=2)
-        assert result.archived_count == 1
+        assert (result.expired_count, result.archived_count) == (1, 0)
         assert result.history_deleted_count == 3  # the attempts of the items finished on day 0
         assert [h.status for h in history(sessions, waiting)] == ["expired"]
+        with sessions() as session:  # expired unrun: a dead letter, not deleted unseen
+            row = session.get_one(RetryItem, waiting)
+            assert (row.status, row.last_error_code) == (RetryStatus.DEAD_LETTER, "EXPIRED")
+        clock.advance(timedelta(days=8))  # a dead letter for the full retention, then deleted
+        with sessions.begin() as session:
+            queue.cleanup(session, retention_days=7, batch_size=2)
         with sessions() as session:
             assert session.get(RetryItem, waiting) is None
 
