@@ -274,8 +274,8 @@ class WorkerBase:
         ahead = self.batch_size if prefetch is None else prefetch
         self.prefetch = check.bounded_int("prefetch", ahead, low=0, high=10_000)
         self.flush_age = check.seconds("flush_age", flush_age)
-        if self.flush_age >= self.heartbeat_interval:
-            raise InvalidArgument("flush_age", "must be shorter than heartbeat_interval")
+        if self.flush_age >= self.lock_timeout:  # buffered outcomes are heartbeated too
+            raise InvalidArgument("flush_age", "must be shorter than lock_timeout")
         self._next_reclaim = 0.0
 
     def __repr__(self) -> str:
