@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
+from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -280,7 +281,7 @@ class RetryQueue:
         token = uuid.uuid4()
         if _has_returning(session):
             stmt, params = sql.claim(at, worker_id, token, batch_size, **keys)
-            rows = session.execute(stmt, params).all()
+            rows = _core(session).execute(stmt, params).all()
         else:  # MySQL: SELECT ... SKIP LOCKED, UPDATE those ids, read them back
             emulation = sql.claim_emulated(at, worker_id, token, batch_size, **keys)
             rows = _run_emulated(session, emulation)
@@ -376,7 +377,7 @@ class RetryQueue:
         if session.get_bind().dialect.name == "postgresql":  # both writes in one statement
             durations = list(durations_ms) if durations_ms is not None else [None] * len(items)
             recorded, values = sql.complete_and_record(at, worker_id, leases, durations)
-            return set(session.scalars(recorded, values))
+            return set(_core(session).execute(recorded, values).scalars())
         stmt, params = sql.complete_many(at, worker_id, leases)
         rows = _returning_rows(session, stmt, params)
         duration_of = dict(zip((item.id for item in items), durations_ms or [], strict=False))
@@ -836,6 +837,18 @@ def _delete_batch(
     return len(ids)
 
 
+def _core(session: Session) -> Connection:
+    """The session's connection, for hot statements executed with Core.
+
+    An ORM-enabled UPDATE through ``Session.execute`` pays for the ORM's bulk-update
+    machinery on every call; on the connection the same compiled statement runs as plain
+    Core (same transaction). Pending ORM changes are flushed first, as autoflush would.
+    """
+    if session.autoflush and (session.new or session.dirty or session.deleted):
+        session.flush()
+    return session.connection()
+
+
 def _has_returning(session: Session) -> bool:
     return sql.has_returning(session.get_bind().dialect.name)
 
@@ -845,7 +858,7 @@ def _returning_rows(
 ) -> list[Any]:
     """The rows of an UPDATE/DELETE ... RETURNING (on MySQL: of its three-step form)."""
     if _has_returning(session):
-        return list(session.execute(stmt, params).all())
+        return list(_core(session).execute(stmt, params).all())
     return _run_emulated(session, sql.emulate_returning(stmt), params)
 
 

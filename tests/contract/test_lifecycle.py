@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import pytest
@@ -18,6 +19,7 @@ from retryqueue import (
     RetryStatus,
 )
 from retryqueue.models import RetryHistory, RetryItem
+from tests.contract.conftest import on_front
 
 
 def item(sessions: sessionmaker[Session], item_id: int) -> RetryItem:
@@ -166,9 +168,12 @@ class TestStaleLocks:
         assert [h.status for h in history(sessions, item_id)] == ["lock_expired"] * 2
 
     def test_uncounted_reclaim_keeps_the_retry_budget(
-        self, sessions: sessionmaker[Session], clock: ManualClock
+        self,
+        sessions: sessionmaker[Session],
+        clock: ManualClock,
+        loop: asyncio.AbstractEventLoop | None,
     ) -> None:
-        lenient = RetryQueue(clock=clock, count_expired_locks=False)
+        lenient = on_front(RetryQueue(clock=clock, count_expired_locks=False), loop)
         item_id = enqueue(sessions, lenient, max_retries=0)
         acquire(sessions, lenient, lock_timeout=10)
         clock.advance(11)
@@ -273,9 +278,13 @@ class TestOutcomes:
         assert row.retry_count == 1
 
     def test_policy_caps_the_delay(
-        self, sessions: sessionmaker[Session], clock: ManualClock
+        self,
+        sessions: sessionmaker[Session],
+        clock: ManualClock,
+        loop: asyncio.AbstractEventLoop | None,
     ) -> None:
-        capped = RetryQueue(clock=clock, policy=RetryPolicy(max_delay=timedelta(seconds=90)))
+        policy = RetryPolicy(max_delay=timedelta(seconds=90))
+        capped = on_front(RetryQueue(clock=clock, policy=policy), loop)
         item_id = enqueue(sessions, capped, retry_delay_seconds=60, max_retries=5)
         for expected in (60, 90, 90):
             (claimed,) = acquire(sessions, capped)
