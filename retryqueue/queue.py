@@ -398,6 +398,55 @@ class RetryQueue:
         )
         return {row.id for row in rows}
 
+    def complete_and_acquire(
+        self,
+        session: Session,
+        items: Sequence[ClaimedItem],
+        worker_id: str,
+        batch_size: int = 10,
+        lock_timeout: float = 300,
+        *,
+        durations_ms: Sequence[int | None] | None = None,
+        reclaim_stale: bool = True,
+    ) -> tuple[set[int], list[ClaimedItem]]:
+        """:meth:`complete_many` then :meth:`acquire` (no circuit filter), for a worker
+        whose flush completes a batch and claims the next: one statement on PostgreSQL when
+        no stale-lock sweep is due, else the two calls. Returns (ids completed, claimed).
+        """
+        if not items or reclaim_stale or session.get_bind().dialect.name != "postgresql":
+            completed = self.complete_many(session, items, durations_ms=durations_ms)
+            claimed = self.acquire(
+                session, worker_id, batch_size, lock_timeout, reclaim_stale=reclaim_stale
+            )
+            return completed, claimed
+        return self._complete_and_claim(session, items, worker_id, batch_size, durations_ms)
+
+    @_database_errors
+    def _complete_and_claim(
+        self,
+        session: Session,
+        items: Sequence[ClaimedItem],
+        worker_id: str,
+        batch_size: int,
+        durations_ms: Sequence[int | None] | None,
+    ) -> tuple[set[int], list[ClaimedItem]]:
+        worker_id = check.text("worker_id", worker_id)
+        batch_size = check.bounded_int("batch_size", batch_size, low=1, high=10_000)
+        if durations_ms is not None and len(durations_ms) != len(items):
+            raise InvalidArgument("durations_ms", "needs one entry per item")
+        if any(item.locked_by != worker_id for item in items):
+            raise InvalidArgument("items", "must all be claimed by this worker")
+        leases = [(item.id, item.lease_token) for item in items]
+        durations = list(durations_ms) if durations_ms is not None else [None] * len(items)
+        stmt, params = sql.complete_record_and_claim(
+            self.now(session), worker_id, leases, durations, uuid.uuid4(), batch_size
+        )
+        rows = _core(session).execute(stmt, params).all()
+        completed = set(rows[0].completed_ids or ())
+        claimed = [claimed_item(row) for row in rows if row.id is not None]
+        claimed.sort(key=lambda item: (-item.priority, item.next_retry_at, item.id))
+        return completed, claimed
+
     @_database_errors
     def seconds_until_due(self, session: Session) -> float | None:
         """Seconds until the earliest pending item is due (<= 0: due now); None if none."""

@@ -295,9 +295,35 @@ class WorkerBase:
         claim: int,
     ) -> tuple[dict[int, str], list[ClaimedItem]]:
         """One pipeline transaction: record ``finished`` (with their history rows), then
-        claim up to ``claim`` items (0: none)."""
+        claim up to ``claim`` items (0: none).
+
+        The steady state (only completions, a claim, no circuit breaker) is one call of
+        :meth:`RetryQueue.complete_and_acquire`: one statement on PostgreSQL.
+        """
+        if finished and claim and self.breaker is None and all(p is None for p in plans):
+            return self._complete_and_claim(session, finished, claim)
         outcomes = self._write_outcomes(session, finished, plans) if finished else {}
         return outcomes, (self._claim(session, claim) if claim else [])
+
+    def _complete_and_claim(
+        self, session: Session, finished: list[Finished], claim: int
+    ) -> tuple[dict[int, str], list[ClaimedItem]]:
+        reclaim = time.monotonic() >= self._next_reclaim
+        completed, claimed = self.queue.complete_and_acquire(
+            session,
+            [done.item for done in finished],
+            self.worker_id,
+            claim,
+            self.lock_timeout,
+            durations_ms=[done.duration_ms for done in finished],
+            reclaim_stale=reclaim,
+        )
+        if reclaim:
+            self._next_reclaim = time.monotonic() + min(self.lock_timeout / 4, _RECLAIM_EVERY)
+        outcomes = {
+            done.item.id: "completed" if done.item.id in completed else "lost" for done in finished
+        }
+        return outcomes, claimed
 
     def _claim(self, session: Session, size: int | None = None) -> list[ClaimedItem]:
         """Acquire a batch; stale locks are looked for a few times per lock_timeout.

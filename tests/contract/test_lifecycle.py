@@ -312,6 +312,33 @@ class TestOutcomes:
         assert done == {claimed[0].id, claimed[1].id}
         assert item(sessions, claimed[2].id).status is RetryStatus.PENDING
 
+    def test_complete_and_acquire_fences_lost_leases_and_claims_the_next(
+        self, sessions: sessionmaker[Session], queue: RetryQueue, clock: ManualClock
+    ) -> None:
+        with sessions.begin() as session:
+            queue.enqueue_many(session, [NewItem("e", {"i": i}) for i in range(4)])
+        kept, lost = acquire(sessions, queue, batch_size=2, lock_timeout=10)
+        clock.advance(8)
+        with sessions.begin() as session:  # the second item gets no heartbeat ...
+            queue.heartbeat(session, "w1", [kept.id])
+        clock.advance(4)
+        # ... so w2 reclaims it (not due again yet: backoff) and claims a third item.
+        (taken,) = acquire(sessions, queue, "w2", batch_size=1, lock_timeout=10)
+        with sessions.begin() as session:
+            done, claimed = queue.complete_and_acquire(
+                session, [kept, lost], "w1", 5, 10, durations_ms=[5, 6], reclaim_stale=False
+            )
+        assert done == {kept.id}
+        (last,) = claimed
+        assert last.id not in {kept.id, lost.id, taken.id}
+        assert (last.locked_by, item(sessions, last.id).status) == ("w1", RetryStatus.PROCESSING)
+        assert item(sessions, kept.id).status is RetryStatus.COMPLETED
+        assert [(h.status, h.worker_id, h.duration_ms) for h in history(sessions, kept.id)] == [
+            ("completed", "w1", 5)
+        ]
+        # The refused outcome left no history row: only the reclaim's.
+        assert [h.status for h in history(sessions, lost.id)] == ["lock_expired"]
+
 
 class TestFencing:
     """A worker whose lease was lost cannot overwrite the new owner's outcome."""
