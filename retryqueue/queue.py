@@ -166,8 +166,11 @@ class RetryQueue:
     def enqueue_many(self, session: Session, items: Iterable[NewItem]) -> list[EnqueuedItem]:
         """Add many items in bulk INSERTs; results are in input order.
 
-        Every item is validated before any row is written. On PostgreSQL the rows travel
-        as one JSON parameter per 1,000 rows (or ~8 MiB); elsewhere as a multi-row VALUES.
+        Every item is validated before any row is written. On PostgreSQL with psycopg 3
+        (sync) the rows go by COPY into a temporary staging table on the session's
+        connection, inside the caller's transaction, then one ``INSERT … SELECT … ON
+        CONFLICT DO NOTHING``; with other PostgreSQL drivers they travel as one JSON
+        parameter per 1,000 rows (or ~8 MiB); elsewhere as a multi-row VALUES.
         """
         at = self.now(session)
         rows = [
@@ -185,7 +188,10 @@ class RetryQueue:
         bind_dialect = session.get_bind().dialect
         dialect = bind_dialect.name
         inserted: dict[uuid.UUID, int]
-        if dialect == "postgresql":
+        copier = _psycopg_connection(session) if dialect == "postgresql" else None
+        if copier is not None:
+            inserted = _insert_by_copy(session, copier, rows, at is None)
+        elif dialect == "postgresql":
             inserted = {}
             insert_json = sql.insert_items_json(at is None)
             for payload in sql.json_payloads(rows, bind_dialect):
@@ -884,6 +890,42 @@ def _delete_batch(
     if ids:
         session.execute(delete_ids(ids))
     return len(ids)
+
+
+def _psycopg_connection(session: Session) -> Any:
+    """The session's psycopg 3 (sync) connection, or None (another driver, or async)."""
+    try:
+        import psycopg
+    except ImportError:
+        return None
+    raw = session.connection().connection.driver_connection
+    return raw if isinstance(raw, psycopg.Connection) else None
+
+
+def _insert_by_copy(
+    session: Session, raw: Any, rows: list[dict[str, Any]], server_clock: bool
+) -> dict[uuid.UUID, int]:
+    """PostgreSQL with psycopg 3, in the caller's transaction: COPY the rows into a
+    temporary staging table, then one INSERT ... SELECT (ON CONFLICT DO NOTHING) moves them
+    into the queue. Returns {event_id: id} of the rows inserted."""
+    import psycopg
+
+    connection = _core(session)
+    dialect = connection.dialect
+    create, copy_rows, clear = sql.staging_statements(server_clock, dialect)
+    connection.exec_driver_sql(create)
+    try:
+        with raw.cursor() as cursor, cursor.copy(copy_rows) as copy:
+            for values in sql.staged_rows(rows, dialect, server_clock):
+                copy.write_row(values)
+    except psycopg.Error as exc:
+        raise database_error("enqueue_many", exc) from exc
+    inserted = {
+        event_id: item_id
+        for item_id, event_id in connection.execute(sql.insert_items_staged(server_clock))
+    }
+    connection.exec_driver_sql(clear)
+    return inserted
 
 
 def _core(session: Session) -> Connection:
