@@ -167,7 +167,7 @@ class RetryQueue:
         """Add many items in bulk INSERTs; results are in input order.
 
         Every item is validated before any row is written. On PostgreSQL with psycopg 3
-        (sync) the rows go by COPY into a temporary staging table on the session's
+        (sync) 50 rows or more go by COPY into a temporary staging table on the session's
         connection, inside the caller's transaction, then one ``INSERT … SELECT … ON
         CONFLICT DO NOTHING``; with other PostgreSQL drivers they travel as one JSON
         parameter per 1,000 rows (or ~8 MiB); elsewhere as a multi-row VALUES.
@@ -188,7 +188,8 @@ class RetryQueue:
         bind_dialect = session.get_bind().dialect
         dialect = bind_dialect.name
         inserted: dict[uuid.UUID, int]
-        copier = _psycopg_connection(session) if dialect == "postgresql" else None
+        by_copy = dialect == "postgresql" and len(rows) >= _COPY_FROM_ROWS
+        copier = _psycopg_connection(session) if by_copy else None
         if copier is not None:
             inserted = _insert_by_copy(session, copier, rows, at is None)
         elif dialect == "postgresql":
@@ -890,6 +891,11 @@ def _delete_batch(
     if ids:
         session.execute(delete_ids(ids))
     return len(ids)
+
+
+# COPY costs four round trips (create the staging table if missing, COPY, INSERT,
+# TRUNCATE): worth it for a bulk, not for a few rows (a single enqueue keeps one).
+_COPY_FROM_ROWS = 50
 
 
 def _psycopg_connection(session: Session) -> Any:

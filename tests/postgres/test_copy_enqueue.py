@@ -44,10 +44,11 @@ class TestCopyEnqueue:
             NewItem("a", {"n": 2}, event_id=ids[0]),  # a repeat inside the call
         ]
         second = [NewItem("b", {"n": 3}, event_id=ids[2]), NewItem("b", {"n": 4}, event_id=ids[1])]
+        padding = [NewItem("pad", {"n": n}) for n in range(60)]  # COPY is for bulks only
         with sessions.begin() as session:
-            one = queue.enqueue_many(session, first)
-            two = queue.enqueue_many(session, second)
-        assert any("FROM rq_enqueue_staging" in text for text in seen)  # the COPY path
+            one = queue.enqueue_many(session, first + padding)[:3]
+            two = queue.enqueue_many(session, second + padding)[:2]
+        assert sum("FROM rq_enqueue_staging" in text for text in seen) == 2  # the COPY path
         assert [(r.event_id, r.created) for r in one] == [
             (ids[0], True),
             (ids[1], True),
@@ -58,7 +59,7 @@ class TestCopyEnqueue:
         assert two[1].id == one[1].id
         with sessions() as session:
             rows = {row.event_id: row for row in session.scalars(select(RetryItem))}
-        assert len(rows) == 3
+        assert len(rows) == 3 + 2 * 60
         tagged, delayed, later = rows[ids[0]], rows[ids[1]], rows[ids[2]]
         assert (tagged.event_data, tagged.tags, tagged.event_metadata) == (
             {"n": 0},
@@ -76,9 +77,17 @@ class TestCopyEnqueue:
     ) -> None:
         queue = RetryQueue()
         with sessions() as session:  # the caller rolls back
-            queue.enqueue_many(session, [NewItem("a", {"n": n}) for n in range(5)])
+            queue.enqueue_many(session, [NewItem("a", {"n": n}) for n in range(60)])
             session.rollback()
         with sessions.begin() as session:
             again = queue.enqueue_many(session, [NewItem("a", {"n": 9})])
         with sessions() as session:
             assert [row.id for row in session.scalars(select(RetryItem))] == [again[0].id]
+
+    def test_a_few_rows_skip_the_staging_table(
+        self, engine: Engine, sessions: sessionmaker[Session]
+    ) -> None:
+        seen = statements_seen(engine)
+        with sessions.begin() as session:
+            RetryQueue().enqueue_many(session, [NewItem("a", {"n": n}) for n in range(3)])
+        assert not any("rq_enqueue_staging" in text for text in seen)
