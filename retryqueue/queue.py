@@ -1097,7 +1097,9 @@ class RetryQueue:
     ) -> int:
         return _delete_batch(
             session,
-            sql.delete_finished_batch(at, retention, batch_size, created_before=created_before),
+            sql.delete_finished_batch(
+                at, retention, batch_size, created_before=created_before, once=_is_pg(session)
+            ),
             sql.finished_batch_ids(at, retention, batch_size, created_before=created_before),
             sql.delete_by_ids,
         )
@@ -1108,7 +1110,7 @@ class RetryQueue:
     ) -> int:
         return _delete_batch(
             session,
-            sql.delete_history_batch(at, retention, batch_size),
+            sql.delete_history_batch(at, retention, batch_size, once=_is_pg(session)),
             sql.history_batch_ids(at, retention, batch_size),
             sql.delete_history_by_ids,
         )
@@ -1430,6 +1432,10 @@ def _core(session: Session) -> Connection:
     if session.autoflush and (session.new or session.dirty or session.deleted):
         session.flush()
     return session.connection()
+
+
+def _is_pg(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
 
 
 def _has_returning(session: Session) -> bool:

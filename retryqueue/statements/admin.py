@@ -143,18 +143,35 @@ def delete_finished_batch(
     limit: int,
     *,
     created_before: datetime | None = None,
+    once: bool = False,
 ) -> Delete:
     """Delete up to ``limit`` finished items older than the retention.
+
+    ``once`` (PostgreSQL): the batch is a materialized CTE, see :func:`_materialized`.
 
     ``created_before`` restricts it to items created earlier (partitioned table: the
     months past the retention that could not be dropped).
     """
-    doomed = _finished_batch(at, retention_seconds, limit, created_before).scalar_subquery()
+    batch = _finished_batch(at, retention_seconds, limit, created_before)
     return (
         delete(RetryItem)
-        .where(RetryItem.id.in_(doomed), *_created_before(created_before))
+        .where(RetryItem.id.in_(_doomed(batch, once)), *_created_before(created_before))
         .execution_options(**_SYNC_OFF)
     )
+
+
+def _doomed(batch: Select[int], once: bool) -> Any:
+    """The ids of a bounded batch, for ``id IN (…)``.
+
+    ``once`` (PostgreSQL): as a ``MATERIALIZED`` CTE computed once. As a plain
+    ``IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)`` the planner may run the subquery again
+    for each outer row (a rescanned semi-join), each time taking n more: one "batch" of 2
+    then deleted 5 rows. (Not on SQLite: its driver reports no rowcount for a statement
+    that starts with WITH, and it has no such plan.)
+    """
+    if not once:
+        return batch.scalar_subquery()
+    return select(batch.cte("doomed").prefix_with("MATERIALIZED").c.id)
 
 
 def expired_batch(at: datetime | None, limit: int) -> AnySelect:
@@ -181,9 +198,12 @@ def _history_batch(at: datetime | None, retention_seconds: float, limit: int) ->
     )
 
 
-def delete_history_batch(at: datetime | None, retention_seconds: float, limit: int) -> Delete:
-    """Delete up to ``limit`` history rows older than the retention."""
-    doomed = _history_batch(at, retention_seconds, limit).scalar_subquery()
+def delete_history_batch(
+    at: datetime | None, retention_seconds: float, limit: int, *, once: bool = False
+) -> Delete:
+    """Delete up to ``limit`` history rows older than the retention (``once``: see
+    :func:`_doomed`)."""
+    doomed = _doomed(_history_batch(at, retention_seconds, limit), once)
     return delete(RetryHistory).where(RetryHistory.id.in_(doomed)).execution_options(**_SYNC_OFF)
 
 
