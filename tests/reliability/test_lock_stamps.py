@@ -8,8 +8,9 @@ than that wait: else the next acquire reclaims it as stale while its holder work
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -184,3 +185,133 @@ class TestMysql:
         locked_at, expires_at = stamps(sessions, item_id)
         assert locked_at.replace(tzinfo=None) >= released_at
         assert expires_at - locked_at == timedelta(seconds=60)
+
+
+# -- natural timing --------------------------------------------------------------------------
+#
+# No hook into the library: threads enqueue and claim on the real clock (SystemClock on
+# SQLite, the server's on PostgreSQL) while a blocker keeps taking the write lock (SQLite) or
+# an ACCESS EXCLUSIVE table lock (PostgreSQL) for a while. Every transaction of the test
+# writes a row of ``lock_order`` before it commits: holding the lock, so their ids are
+# the order in which they got it. A claim made after a blocker released the lock must be
+# stamped after the blocker's last clock reading — the code before the fix stamped a claim
+# that had waited with the time it began to wait. No timing is asserted: only that order.
+
+ROUNDS = 15
+HOLD = 0.1  # how long each blocker transaction keeps the lock (simulated work, not a wait)
+
+
+class NaturalRace:
+    """Claimers, enqueuers and a blocker on one database until the blocker is done."""
+
+    def __init__(self, engine: Engine, queue: RetryQueue) -> None:
+        self.engine = engine
+        self.sessions = sessionmaker(engine, expire_on_commit=False)
+        self.queue = queue
+        self.postgres = engine.dialect.name == "postgresql"
+        self.done = threading.Event()
+        self.errors: list[BaseException] = []
+        self.blocks: list[tuple[int, datetime]] = []  # (order, last clock reading)
+        self.claims: list[tuple[int, datetime, datetime]] = []  # (order, began, locked_at)
+        self.lock = threading.Lock()
+
+    def order(self, connection: Any) -> tuple[int, datetime]:
+        """Write this transaction's ``lock_order`` row; its id and the clock, read after."""
+        if self.postgres:
+            row = connection.execute(
+                text("INSERT INTO lock_order DEFAULT VALUES RETURNING id, clock_timestamp()")
+            ).one()
+            return int(row[0]), row[1]
+        order = connection.execute(text("INSERT INTO lock_order DEFAULT VALUES RETURNING id"))
+        return int(order.scalar_one()), datetime.now(UTC)
+
+    def guarded(self, body: Any) -> Any:
+        def run() -> None:
+            try:
+                body()
+            except BaseException as exc:  # reported by run()
+                self.errors.append(exc)
+                self.done.set()
+
+        return threading.Thread(target=run, daemon=True)
+
+    def block(self) -> None:
+        for _ in range(ROUNDS):
+            with self.engine.begin() as connection:
+                if self.postgres:
+                    connection.execute(text("LOCK TABLE daz_retry_queue IN ACCESS EXCLUSIVE MODE"))
+                else:  # BEGIN IMMEDIATE holds the write lock; write as a real writer would
+                    connection.execute(text("INSERT INTO lock_order DEFAULT VALUES"))
+                time.sleep(HOLD)
+                with self.lock:
+                    self.blocks.append(self.order(connection))
+            time.sleep(HOLD / 4)  # let the others run between blocks
+        self.done.set()
+
+    def claim(self, worker_id: str) -> None:
+        while not self.done.is_set():
+            began = datetime.now(UTC)
+            with self.sessions.begin() as session:
+                claimed = self.queue.acquire(session, worker_id, 2, lock_timeout=600)
+                order, _ = self.order(session.connection())
+            with self.lock:
+                self.claims.extend((order, began, item.locked_at) for item in claimed)
+
+    def enqueue(self) -> None:
+        while not self.done.is_set():
+            enqueue_one(self.sessions, self.queue)
+
+    def run(self) -> None:
+        with self.sessions.begin() as session:
+            for _ in range(200):
+                self.queue.enqueue(session, "e", {})
+        threads = [self.guarded(self.block)]
+        threads += [self.guarded(lambda n=n: self.claim(f"w{n}")) for n in range(3)]
+        threads += [self.guarded(self.enqueue) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(DEADLINE * 4)
+            assert not thread.is_alive(), "a thread of the race never finished"
+        if self.errors:
+            raise self.errors[0]
+
+    def stale_claims(self) -> tuple[int, list[str]]:
+        """How many claims waited behind a blocker, and those stamped before it released."""
+        waited, stale = 0, []
+        for order, began, locked_at in self.claims:
+            before = [stamp for block, stamp in self.blocks if block < order]
+            if not before:
+                continue
+            released = max(before)
+            waited += began < released
+            if locked_at < released:
+                stale.append(f"claim #{order} stamped {locked_at}, lock released {released}")
+        return waited, stale
+
+
+@pytest.fixture
+def lock_order(engine: Engine) -> Iterator[None]:
+    """The table in which every transaction of the race writes its place in the lock order."""
+    key = (
+        "id BIGSERIAL PRIMARY KEY"
+        if engine.dialect.name == "postgresql"
+        else ("id INTEGER PRIMARY KEY AUTOINCREMENT")
+    )
+    with engine.begin() as connection:
+        connection.execute(text(f"CREATE TABLE lock_order ({key})"))
+    yield
+    with engine.begin() as connection:
+        connection.execute(text("DROP TABLE lock_order"))
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.usefixtures("lock_order")
+def test_claims_racing_a_lock_holder_are_stamped_after_it_released(
+    engine: Engine, server_clock_queue: RetryQueue
+) -> None:
+    race = NaturalRace(engine, server_clock_queue)
+    race.run()
+    waited, stale = race.stale_claims()
+    assert waited > 0, "no claim waited behind the blocker: the race did not happen"
+    assert stale == []
