@@ -5,15 +5,20 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from alembic.script.revision import RevisionError
+from sqlalchemy import Engine
 
 from retryqueue import migrations
 from retryqueue.cli import partitions
-from retryqueue.cli._context import CliError, State, print_json, state
+from retryqueue.cli._context import CliError, Progress, State, print_json, state
 
 app = typer.Typer(help="Schema migrations (alembic revisions shipped in the package).")
 app.add_typer(partitions.app, name="partitions")
 app.add_typer(partitions.app, name="partition", hidden=True)  # `db partition enable` reads well
 
+
+SQL_DIALECTS = ("postgresql", "sqlite", "mysql", "mariadb")
+"""The dialects ``db sql`` renders: the backends retryqueue supports."""
 
 VersionTable = Annotated[
     str,
@@ -55,7 +60,13 @@ def upgrade(
 ) -> None:
     """Apply the revisions up to REVISION (default: the newest), listing them."""
     current = _checked(ctx, version_table)
-    applied = migrations.upgrade(current.engine(), revision, version_table=version_table)
+    engine = current.engine()
+    pending = _to_apply(engine, revision, version_table)
+    # One tick per revision, as alembic finishes it (all commit together at the end).
+    with Progress("applying revisions", len(pending), quiet=not pending) as advance:
+        applied = migrations.upgrade(
+            engine, revision, version_table=version_table, on_revision=lambda _: advance(1)
+        )
     now = _describe(migrations.revisions_in(current.engine(), version_table) or [])
     if not applied:
         typer.echo(f"nothing to do: {current.display_url} is at {now}")
@@ -86,7 +97,13 @@ def downgrade(
             f"{plan.rows_lost:,} row(s) would be lost. Go on?",
             abort=True,
         )
-    undone = migrations.downgrade(current.engine(), revision, version_table=version_table)
+    with Progress("undoing revisions", len(plan.revisions), quiet=not plan.revisions) as advance:
+        undone = migrations.downgrade(
+            current.engine(),
+            revision,
+            version_table=version_table,
+            on_revision=lambda _: advance(1),
+        )
     now = _describe(migrations.revisions_in(current.engine(), version_table) or [])
     if not undone:
         typer.echo(f"nothing to do: {current.display_url} is at {now}")
@@ -140,7 +157,8 @@ def show_current(
 def offline_sql(
     ctx: typer.Context,
     dialect: Annotated[
-        str | None, typer.Option(help="postgresql or sqlite; default: the database URL's.")
+        str | None,
+        typer.Option(help=f"{', '.join(SQL_DIALECTS)}; default: the database URL's."),
     ] = None,
     revision: Annotated[str, typer.Option("--to", help="Target revision.")] = migrations.HEAD,
     from_revision: Annotated[
@@ -148,7 +166,10 @@ def offline_sql(
     ] = None,
 ) -> None:
     """Print the SQL an upgrade would run, for a DBA to review or apply (no connection)."""
-    name = dialect or state(ctx).url.get_backend_name()
+    name = (dialect or state(ctx).url.get_backend_name()).lower()
+    if name not in SQL_DIALECTS:
+        given = "--dialect" if dialect else "the database URL's dialect"
+        raise CliError(f"{given} {name!r} is not supported: use one of {', '.join(SQL_DIALECTS)}")
     typer.echo(migrations.offline_sql(name, revision, from_revision=from_revision), nl=False)
 
 
@@ -161,6 +182,21 @@ def grants(
     """Print the GRANTs for a least-privilege runtime (or maintenance) role: DML, no DDL."""
     for statement in migrations.grant_statements(role, maintenance=maintenance, schema=schema):
         typer.echo(f"{statement};")
+
+
+def _to_apply(engine: Engine, revision: str, version_table: str) -> list[str]:
+    """The revisions an upgrade to ``revision`` would apply (empty if it cannot tell).
+
+    When the target is unknown or behind, the upgrade itself says what is wrong.
+    """
+    now = migrations.revisions_in(engine, version_table) or []
+    if len(now) > 1:
+        return []
+    try:
+        steps = migrations.script_directory().iterate_revisions(revision, now[0] if now else "base")
+        return [step.revision for step in steps if step is not None]
+    except RevisionError:
+        return []
 
 
 def _describe(revisions: list[str]) -> str:

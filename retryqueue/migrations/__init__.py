@@ -18,7 +18,7 @@ with the stock ``alembic`` command. Three ways to use them:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -142,11 +142,17 @@ def _one_line(exc: BaseException) -> str:
 
 
 def upgrade(
-    engine: Engine, revision: str = HEAD, *, version_table: str = VERSION_TABLE
+    engine: Engine,
+    revision: str = HEAD,
+    *,
+    version_table: str = VERSION_TABLE,
+    on_revision: Callable[[str], None] | None = None,
 ) -> list[str]:
     """Apply the packaged revisions up to ``revision`` (default: the newest).
 
     Returns the revisions applied, in order (empty when the database was already there).
+    ``on_revision`` is called with each revision id as soon as it has been applied (all
+    of them still commit together at the end).
     """
     with _migrating(engine, f"cannot upgrade to {revision!r}") as connection:
         applied, _ = _runner.run(
@@ -154,14 +160,22 @@ def upgrade(
             _runner.upgrade_plan(revision),
             destination=revision,
             version_table=version_table,
+            on_revision=on_revision,
         )
     return applied
 
 
-def downgrade(engine: Engine, revision: str, *, version_table: str = VERSION_TABLE) -> list[str]:
+def downgrade(
+    engine: Engine,
+    revision: str,
+    *,
+    version_table: str = VERSION_TABLE,
+    on_revision: Callable[[str], None] | None = None,
+) -> list[str]:
     """Undo revisions down to ``revision``; ``"retryqueue@base"`` removes everything.
 
     Returns the revisions undone, newest first (empty when there was nothing to undo).
+    ``on_revision`` is called with each revision id as soon as it has been undone.
     """
     with _migrating(engine, f"cannot downgrade to {revision!r}") as connection:
         undone, _ = _runner.run(
@@ -169,6 +183,7 @@ def downgrade(engine: Engine, revision: str, *, version_table: str = VERSION_TAB
             _runner.downgrade_plan(revision),
             destination=revision,
             version_table=version_table,
+            on_revision=on_revision,
         )
     return undone
 

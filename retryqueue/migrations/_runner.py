@@ -81,8 +81,13 @@ def _created_on(obj: Any, kind: str, reflected: bool, dialect_name: str) -> bool
     return dialect_name in ((only,) if isinstance(only, str) else only)
 
 
-def _recorder(revisions: list[str]) -> Callable[..., None]:
-    """An ``on_version_apply`` hook appending each revision applied (not stamps)."""
+def _recorder(
+    revisions: list[str], on_revision: Callable[[str], None] | None = None
+) -> Callable[..., None]:
+    """An ``on_version_apply`` hook appending each revision applied (not stamps).
+
+    ``on_revision`` is told each one as soon as it is done (a progress bar advances).
+    """
 
     def record(
         ctx: MigrationContext,
@@ -92,6 +97,8 @@ def _recorder(revisions: list[str]) -> Callable[..., None]:
     ) -> None:
         if not step.is_stamp and step.up_revision_id is not None:
             revisions.append(step.up_revision_id)
+            if on_revision is not None:
+                on_revision(step.up_revision_id)
 
     return record
 
@@ -105,10 +112,12 @@ def run(
     dialect_name: str | None = None,
     starting_rev: str | None = None,
     purge: bool = False,
+    on_revision: Callable[[str], None] | None = None,
 ) -> tuple[list[str], str]:
     """Run ``plan`` on ``connection`` (or render SQL when it is None).
 
-    Returns the revisions applied and, offline, the SQL.
+    Returns the revisions applied and, offline, the SQL. ``on_revision`` is called with
+    each revision id as soon as it has been applied (or undone).
     """
     revisions = script()
     applied: list[str] = []
@@ -138,7 +147,9 @@ def run(
             )
         else:
             environment.configure(
-                connection=connection, on_version_apply=_recorder(applied), **options
+                connection=connection,
+                on_version_apply=_recorder(applied, on_revision),
+                **options,
             )
         with environment.begin_transaction():
             environment.run_migrations()

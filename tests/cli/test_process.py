@@ -93,6 +93,15 @@ class TestOneLineErrors:
         assert ran.returncode == 0, ran.stderr
         assert not re.search(r"<\w|\{\w", ran.stdout), ran.stdout  # no <list[int]>, {event_type}
 
+    def test_db_sql_takes_only_supported_dialects(self, tmp_path: Path) -> None:
+        line = _one_line_error(run("db", "sql", "--dialect", "oracle", cwd=tmp_path))
+        assert "'oracle'" in line
+        assert "postgresql, sqlite, mysql, mariadb" in line
+        for dialect in ("postgresql", "sqlite", "mysql", "mariadb"):
+            ran = run("db", "sql", "--dialect", dialect, cwd=tmp_path)
+            assert ran.returncode == 0, ran.stderr
+            assert "CREATE TABLE daz_retry_queue" in ran.stdout
+
     def test_stats_without_a_url_creates_no_file(self, tmp_path: Path) -> None:
         line = _one_line_error(run("stats", cwd=tmp_path))
         assert "no database at sqlite:///retryqueue.db" in line
@@ -210,6 +219,29 @@ class TestProgress:
         assert ran.returncode == 0, ran.stdout
         assert "re-encrypting" in ran.stdout and "eta" in ran.stdout
         assert "re-encrypted" in ran.stdout
+
+    def test_db_upgrade_and_downgrade_on_a_terminal(self, empty_database_url: str) -> None:
+        up = run_in_terminal("--database-url", empty_database_url, "db", "upgrade")
+        assert up.returncode == 0, up.stdout
+        assert "applying revisions" in up.stdout and "eta" in up.stdout
+        assert re.search(r"applied rq0001, rq0002", up.stdout), up.stdout
+        again = run_in_terminal("--database-url", empty_database_url, "db", "upgrade")
+        assert again.returncode == 0, again.stdout
+        assert "nothing to do" in again.stdout and "eta" not in again.stdout
+        down = run_in_terminal(
+            "--database-url", empty_database_url, "db", "downgrade", "retryqueue@base", "--yes"
+        )
+        assert down.returncode == 0, down.stdout
+        assert "undoing revisions" in down.stdout and "eta" in down.stdout
+        assert "undid" in down.stdout
+
+    def test_db_upgrade_silent_when_piped(self, empty_database_url: str) -> None:
+        up = run("--database-url", empty_database_url, "db", "upgrade")
+        assert up.returncode == 0 and up.stderr == "", up.stderr
+        assert up.stdout.startswith("upgraded ") and "applied rq0001, rq0002" in up.stdout
+        down = run("--database-url", empty_database_url, "db", "downgrade", "rq0001", "--yes")
+        assert down.returncode == 0 and down.stderr == "", down.stderr
+        assert down.stdout.startswith("downgraded ")
 
     def test_silent_when_piped_or_json(self, database_url: str, seed: Seeder) -> None:
         self._failed(seed, 2)
