@@ -44,7 +44,8 @@ class Seeded:
         event_type: str = "order.created",
         **fields: Any,
     ) -> list[int]:
-        """``count`` pending items; dead-lettered with message ``dead`` ({n}: id) if given."""
+        """``count`` pending items; dead-lettered with message ``dead`` if given ({n}: a
+        number 1..250 from the item's id, so that it is also a valid IP octet)."""
         made: list[int] = []
         with self.sessions.begin() as session:
             for _ in range(count):
@@ -57,7 +58,9 @@ class Seeded:
                 claimed = self.queue.acquire(session, "seed-worker", batch_size=len(made) + 10)
                 for claim in claimed:
                     if claim.id in made:
-                        message = dead.format(n=claim.id)
+                        message = dead.format(
+                            n=claim.id % 250 + 1
+                        )  # an IP octet too, whatever the id
                         self.queue.fail(
                             session,
                             claim,
@@ -67,7 +70,9 @@ class Seeded:
                             error_traceback="Traceback (most recent call last):\n  boom\n",
                         )
                     else:
-                        self.queue.release(session, "seed-worker", [claim.id])
+                        self.queue.release(
+                            session, "seed-worker", [claim.id], lease_token=claim.lease_token
+                        )
         self.ids.setdefault(name, []).extend(made)
         return made
 

@@ -66,7 +66,7 @@ class TestHandlers:
         queue = RetryQueue()
 
         def handler(item: Any) -> None:
-            raise ConnectionRefusedError(f"refused by 10.0.0.{item.id}")
+            raise ConnectionRefusedError(f"refused by 10.0.0.{item.id % 250 + 1}")
 
         with sessions.begin() as session:
             item = queue.enqueue(session, "t", {}, max_retries=0)
@@ -76,7 +76,7 @@ class TestHandlers:
         assert row.exception_type == "ConnectionRefusedError"
         assert row.error_traceback is not None
         assert "in handler" in row.error_traceback
-        assert row.error_traceback.rstrip().endswith(f"refused by 10.0.0.{item.id}")
+        assert row.error_traceback.rstrip().endswith(f"refused by 10.0.0.{item.id % 250 + 1}")
         assert row.error_fingerprint == fingerprint("ConnectionRefusedError", "refused by 10.9.9.9")
 
 
