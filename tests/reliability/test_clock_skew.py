@@ -155,10 +155,12 @@ class TestClockSkew:
     ) -> None:
         db, fleet = dedicated_db, make_fleet(dedicated_db.url)
         future = enqueue(db, WORK, 1, delay=30 * 60)
-        # A lock left by a worker that died: nobody heartbeats it.
+        # A lock left by a worker that died: nobody heartbeats it. Its 2 s lease is stored
+        # with the claim (rq0006), so it expires by the ghost's lock_timeout, not the slow
+        # worker's.
         abandoned = enqueue(db, WORK, 2)
         with db.sessions.begin() as session:
-            [claimed] = RetryQueue().acquire(session, "ghost", batch_size=1)
+            [claimed] = RetryQueue().acquire(session, "ghost", batch_size=1, lock_timeout=2)
         assert claimed.id == abandoned
 
         slow = skewed(fleet, "slow", "-1h", -HOUR, lock_timeout=2, poll=0.2)
