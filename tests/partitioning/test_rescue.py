@@ -8,9 +8,8 @@ between: they wait for the move's lock and then go into the new month.
 from __future__ import annotations
 
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,9 +20,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from retryqueue import ManualClock, RetryQueue, RetryStatus, migrations
 from retryqueue.models import RetryHistory
 from tests.partitioning.conftest import NOW, Populator, at
+from tests.support.races import WAIT, wait_for
+from tests.support.races import Background as Outcome
 
 LONG = timedelta(days=3650)
-WAIT = 60.0
 
 
 @pytest.fixture
@@ -31,15 +31,6 @@ def partitioned(pg_engine: Engine) -> Engine:
     """The test database, partitioned from NOW's month to three months after it."""
     migrations.enable_partitioning(pg_engine, now=NOW)
     return pg_engine
-
-
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    """Poll a condition (a database state, not a duration) until it holds."""
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def lock_waiters(engine: Engine) -> int:
@@ -61,32 +52,6 @@ def home(engine: Engine, item_id: int) -> str | None:
             {"i": item_id},
         ).scalar()
     return None if found is None else str(found)
-
-
-class Outcome:
-    """What a background call returned or raised."""
-
-    def __init__(self, call: Callable[[], Any]) -> None:
-        self.value: Any = None
-        self.error: BaseException | None = None
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(call,), daemon=True)
-        self.thread.start()
-
-    def _run(self, call: Callable[[], Any]) -> None:
-        try:
-            self.value = call()
-        except BaseException as exc:  # reported by result()
-            self.error = exc
-        finally:
-            self.done.set()
-
-    def result(self) -> Any:
-        self.thread.join(WAIT)
-        assert self.done.is_set(), "the call never finished"
-        if self.error is not None:
-            raise self.error
-        return self.value
 
 
 @pytest.fixture
