@@ -129,7 +129,7 @@ SAME_FAILURE = {
 # Pairs that look alike but are different failures: they must not share a group.
 DIFFERENT_FAILURES = [
     ("HTTPError", "HTTP 503 Service Unavailable", "HTTPError", "HTTP 500 Internal Server Error"),
-    ("HTTPError", "503 Server Error: x for url: /a", "HTTPError", "404 Client Error: x for url: /"),
+    ("HTTPError", "503 Server Error for url: /a/1", "HTTPError", "404 Client Error for url: /a/1"),
     ("HTTPError", "upstream status=503", "HTTPError", "upstream status=429"),
     (
         "UniqueViolation",
