@@ -406,7 +406,10 @@ class RetryQueue:
             fields = {"item_id": item.id, "worker_id": item.locked_by, "error_code": UNDECRYPTABLE}
             decision = Decision(Outcome.DEAD_LETTERED, "dead_letter", item.retry_count + 1)
             guard = sql.owned_guard(item.id, item.lease_token)
-            if self._apply(session, guard, at, decision, message, UNDECRYPTABLE):
+            group = fingerprint(UNDECRYPTABLE, message)
+            if self._apply(
+                session, guard, at, decision, message, UNDECRYPTABLE, error_fingerprint=group
+            ):
                 self._write_attempt(
                     session,
                     at,
@@ -415,6 +418,7 @@ class RetryQueue:
                     worker_id=item.locked_by,
                     error_message=message,
                     error_code=UNDECRYPTABLE,
+                    error_fingerprint=group,
                 )
             logger.error(
                 "item %s %s",
@@ -499,9 +503,14 @@ class RetryQueue:
         rows = session.execute(stmt).all()
         if not rows:
             return 0
+        group = fingerprint(EXPIRED, EXPIRED_UNRUN)
         session.execute(
             sql.dead_letter_expired(
-                [row.id for row in rows], at, error_code=EXPIRED, message=EXPIRED_UNRUN
+                [row.id for row in rows],
+                at,
+                error_code=EXPIRED,
+                message=EXPIRED_UNRUN,
+                error_fingerprint=group,
             )
         )
         self._write_history(
@@ -515,6 +524,7 @@ class RetryQueue:
                     "expired",
                     error_message=EXPIRED_UNRUN,
                     error_code=EXPIRED,
+                    error_fingerprint=group,
                 )
                 for row in rows
             ],
@@ -733,6 +743,8 @@ class RetryQueue:
                 row, policy or self.policy, decision, error_message, error_code, wait is not None
             )
             decision, error_message = _unless_past_expiry(row, decision, error_message)
+            # The group of what is stored: a refused retry's code and message are rewritten.
+            forensics["error_fingerprint"] = fingerprint(error_code, error_message)
         applied = decision is not None and self._apply(
             session,
             guard,

@@ -117,6 +117,8 @@ class ItemSnapshot:
     tags: tuple[str, ...]
     retry_deadline: datetime | None = None
     """No retry is scheduled after this time (None: max_retries alone decides)."""
+    error_fingerprint: str | None = None
+    """The last failure's group key (see :mod:`retryqueue.fingerprint`)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,7 +40,12 @@ def lock_expired(
 
 
 def dead_letter_expired(
-    item_ids: Sequence[int], at: datetime | None, *, error_code: str, message: str
+    item_ids: Sequence[int],
+    at: datetime | None,
+    *,
+    error_code: str,
+    message: str,
+    error_fingerprint: str | None = None,
 ) -> Update:
     """Move these pending items to dead_letter with the expiry reason.
 
@@ -53,6 +58,7 @@ def dead_letter_expired(
             status=RetryStatus.DEAD_LETTER,
             last_error_code=error_code,
             error_message=message,
+            error_fingerprint=error_fingerprint,
             last_attempted_at=now_expr(at),
         )
         .execution_options(synchronize_session=False)

@@ -55,6 +55,7 @@ SNAPSHOT_COLUMNS = (
     RetryItem.correlation_id,
     RetryItem.tags,
     RetryItem.retry_deadline,
+    RetryItem.error_fingerprint,
 )
 
 

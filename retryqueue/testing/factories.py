@@ -18,6 +18,7 @@ from typing import Any
 import factory
 
 from retryqueue.clock import Clock
+from retryqueue.fingerprint import fingerprint
 from retryqueue.models import RetryHistory, RetryItem, RetryStatus
 
 __all__ = ["RetryHistoryFactory", "RetryItemFactory", "use_clock"]
@@ -72,6 +73,12 @@ class RetryItemFactory(factory.alchemy.SQLAlchemyModelFactory):  # type: ignore[
     next_retry_at = factory.LazyAttribute(lambda item: item.created_at)
     expires_at = factory.LazyAttribute(lambda item: item.created_at + timedelta(days=7))
     tags = None
+    error_message = None
+    last_error_code = None
+    # As the queue stores it on every failure, so that factory dead letters group.
+    error_fingerprint = factory.LazyAttribute(
+        lambda item: fingerprint(item.last_error_code, item.error_message)
+    )
 
     class Params:
         processing = factory.Trait(
@@ -134,6 +141,11 @@ class RetryHistoryFactory(factory.alchemy.SQLAlchemyModelFactory):  # type: igno
     worker_id = "worker-1"
     attempted_at = factory.LazyFunction(_now)
     duration_ms = 12
+    error_message = None
+    error_code = None
+    error_fingerprint = factory.LazyAttribute(
+        lambda row: fingerprint(row.error_code, row.error_message)
+    )
 
     class Params:
         retry_scheduled = factory.Trait(
