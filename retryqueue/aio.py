@@ -145,6 +145,7 @@ class AsyncRetryQueue:
     items_per_hour = _Awaitable(RetryQueue.items_per_hour)
     success_rate_by_event_type = _Awaitable(RetryQueue.success_rate_by_event_type)
     dead_letter_groups = _Awaitable(RetryQueue.dead_letter_groups)
+    error_groups = _Awaitable(RetryQueue.error_groups)
     seconds_until_due = _Awaitable(RetryQueue.seconds_until_due)
     seconds_until_claimable = _Awaitable(RetryQueue.seconds_until_claimable)
 

@@ -17,12 +17,11 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from retryqueue import encryption
+from retryqueue import encryption, monitoring
 from retryqueue.errors import ItemNotFound, RetryQueueError, database_error
-from retryqueue.fingerprint import normalise_message
 from retryqueue.models import RetryDashboardAudit, RetryStatus
-from retryqueue.monitoring import fetch_all, queue_gauges
-from retryqueue.results import ItemQuery
+from retryqueue.monitoring import ENCRYPTED, fetch_all, queue_gauges, readable_text
+from retryqueue.results import ErrorGroup, ItemQuery
 from retryqueue.statements import browse as sql
 
 __all__ = [
@@ -51,20 +50,8 @@ __all__ = [
     "record_action",
 ]
 
-ENCRYPTED = "(encrypted: no key configured)"
-"""What a sealed text reads as when no encryption key is configured."""
-
 FAILURE_OUTCOMES = frozenset({"retry_scheduled", "dead_lettered", "failed", "lock_expired"})
 """History statuses that count as a failed attempt (``completed`` counts as a completion)."""
-
-
-def readable_text(value: str | None) -> str | None:
-    """A stored text, decrypted when possible, else :data:`ENCRYPTED`."""
-    try:
-        opened = encryption.open_text(value)
-    except RetryQueueError:
-        return ENCRYPTED
-    return ENCRYPTED if isinstance(opened, encryption.Undecryptable) else opened
 
 
 def _run(session: Session, stmt: Any, operation: str) -> Any:
@@ -286,41 +273,11 @@ def outcomes_per_hour(
 # -- dead letters ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class ErrorGroup:
-    """Dead letters sharing an error code and fingerprint (see :mod:`retryqueue.fingerprint`)."""
-
-    error_code: str | None
-    fingerprint: str | None
-    count: int
-    first_seen: datetime
-    last_seen: datetime
-    sample_error: str | None
-    plugins: tuple[str, ...]
-
-    @property
-    def pattern(self) -> str:
-        """The sample message with its values replaced: what the group's messages share."""
-        return normalise_message(self.sample_error)
-
-
 def error_groups(session: Session, limit: int = 200) -> list[ErrorGroup]:
-    """The largest groups of dead letters, with the plugins each one touches."""
-    plugins: dict[tuple[str | None, str | None], set[str]] = {}
-    for code, mark, plugin in fetch_all(session, sql.plugins_of_groups(), "error groups"):
-        plugins.setdefault((code, mark), set()).add(plugin or "-")
-    return [
-        ErrorGroup(
-            error_code=row.error_code,
-            fingerprint=row.fingerprint,
-            count=int(row.count),
-            first_seen=row.first_seen,
-            last_seen=row.last_seen,
-            sample_error=readable_text(row.sample_error),
-            plugins=tuple(sorted(plugins.get((row.error_code, row.fingerprint), ()))),
-        )
-        for row in fetch_all(session, sql.error_groups(limit), "error groups")
-    ]
+    """The dashboard's dead-letter groups: :func:`retryqueue.monitoring.error_groups` of
+    the ``dead_letter`` items (its page lists dead letters; failed items are in triage
+    through the CLI, the API and the metrics)."""
+    return monitoring.error_groups(session, statuses=(RetryStatus.DEAD_LETTER,), limit=limit)
 
 
 # -- actions and their audit trail ------------------------------------------------------

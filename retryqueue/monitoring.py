@@ -7,6 +7,7 @@ None for the database clock) and never write.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -14,11 +15,16 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from retryqueue import encryption
 from retryqueue import statements as sql
-from retryqueue.errors import InvalidArgument, ItemNotFound, database_error
+from retryqueue import validation as check
+from retryqueue.errors import InvalidArgument, ItemNotFound, RetryQueueError, database_error
+from retryqueue.fingerprint import FINGERPRINT_LENGTH
+from retryqueue.models import RetryStatus
 from retryqueue.results import (
     Alert,
     DeadLetterGroup,
+    ErrorGroup,
     HistoryEntry,
     HourlyCount,
     ItemFilter,
@@ -28,20 +34,31 @@ from retryqueue.results import (
 )
 
 __all__ = [
+    "ENCRYPTED",
+    "TRIAGE_STATUSES",
     "alerts",
     "cleanup_backlog",
     "dead_letter_groups",
+    "error_groups",
     "fetch_all",
     "find_items",
     "get_item",
     "item_history",
     "item_payload",
     "items_per_hour",
+    "readable_text",
+    "resolve_fingerprint",
     "stats",
     "stuck",
     "success_rate_by_event_type",
     "table_sizes",
 ]
+
+ENCRYPTED = "(encrypted: no key configured)"
+"""What a sealed text reads as when no encryption key is configured."""
+
+TRIAGE_STATUSES = (RetryStatus.DEAD_LETTER, RetryStatus.FAILED)
+"""The statuses of items that need a person: dead letters, and failed (not retryable)."""
 
 
 def fetch_all(session: Session, stmt: Any, operation: str) -> list[Any]:
@@ -188,6 +205,73 @@ def dead_letter_groups(session: Session, group_by: str = "error_code") -> list[D
         )
         for row in fetch_all(session, sql.dead_letter_groups(group_by), "dead_letter_groups")
     ]
+
+
+def readable_text(value: str | None) -> str | None:
+    """A stored text, decrypted when possible, else :data:`ENCRYPTED`."""
+    try:
+        opened = encryption.open_text(value)
+    except RetryQueueError:
+        return ENCRYPTED
+    return ENCRYPTED if isinstance(opened, encryption.Undecryptable) else opened
+
+
+def _statuses(statuses: Sequence[RetryStatus | str]) -> tuple[RetryStatus, ...]:
+    if isinstance(statuses, str) or not statuses:
+        raise InvalidArgument("statuses", "expected a non-empty sequence of statuses")
+    return tuple(dict.fromkeys(check.status_list("statuses", statuses)))
+
+
+def error_groups(
+    session: Session,
+    *,
+    statuses: Sequence[RetryStatus | str] = TRIAGE_STATUSES,
+    limit: int = 100,
+) -> list[ErrorGroup]:
+    """Items in ``statuses`` grouped by (error code, fingerprint), the largest ``limit``
+    groups first, each with the plugins it touches and a sample message."""
+    wanted = _statuses(statuses)
+    limit = check.bounded_int("limit", limit, low=1, high=10_000)
+    plugins: dict[tuple[str | None, str | None], set[str]] = {}
+    for code, mark, plugin in fetch_all(session, sql.plugins_of_groups(wanted), "error groups"):
+        plugins.setdefault((code, mark), set()).add(plugin or "-")
+    return [
+        ErrorGroup(
+            error_code=row.error_code,
+            fingerprint=row.fingerprint,
+            count=int(row.count),
+            first_seen=row.first_seen,
+            last_seen=row.last_seen,
+            sample_error=readable_text(row.sample_error),
+            plugins=tuple(sorted(plugins.get((row.error_code, row.fingerprint), ()))),
+        )
+        for row in fetch_all(session, sql.error_groups(wanted, limit), "error groups")
+    ]
+
+
+def resolve_fingerprint(
+    session: Session, value: str, statuses: Sequence[RetryStatus | str] = TRIAGE_STATUSES
+) -> str | None:
+    """The full fingerprint ``value`` names among items in ``statuses``.
+
+    ``value`` is a fingerprint or its first 4 or more hex digits (any case), or ``none``
+    (items without a fingerprint: returned as is). A full fingerprint is returned as given,
+    whether or not an item has it; a prefix that matches no item gives None;
+    :class:`InvalidArgument` if it is malformed or matches more than one fingerprint.
+    """
+    if isinstance(value, str) and value.strip().lower() == "none":
+        return "none"
+    folded = check.fingerprint_value("fingerprint", value, prefix=True)
+    if len(folded) == FINGERPRINT_LENGTH:
+        return folded
+    stmt = sql.fingerprints_starting(folded, _statuses(statuses), 6)
+    found = [mark for (mark,) in fetch_all(session, stmt, "fingerprint")]
+    if len(found) > 1:
+        shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+        raise InvalidArgument(
+            "fingerprint", f"{folded!r} is the start of several fingerprints ({shown}): give more"
+        )
+    return found[0] if found else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,6 +64,7 @@ from retryqueue.results import (
     CleanupResult,
     DeadLetterGroup,
     EnqueuedItem,
+    ErrorGroup,
     HistoryEntry,
     HourlyCount,
     ItemFilter,
@@ -1126,6 +1127,18 @@ class RetryQueue:
         """Dead letters and failed items counted per error_code, event_type, plugin or
         channel (expired items have code ``EXPIRED``, deadlines ``DEADLINE_REACHED``)."""
         return monitoring.dead_letter_groups(session, group_by)
+
+    def error_groups(
+        self,
+        session: Session,
+        *,
+        statuses: Sequence[RetryStatus | str] = monitoring.TRIAGE_STATUSES,
+        limit: int = 100,
+    ) -> list[ErrorGroup]:
+        """Dead letters and failed items grouped by error code and fingerprint, largest
+        first: count, first and last seen, plugins, a sample message (what
+        ``retryqueue dead-letters --group-by fingerprint`` and the dashboard show)."""
+        return monitoring.error_groups(session, statuses=statuses, limit=limit)
 
     def history(self, session: Session, item_id: int) -> list[HistoryEntry]:
         """An item's attempts and replays, oldest first."""

@@ -10,6 +10,7 @@ from types import MappingProxyType
 from typing import Any
 
 from retryqueue.breaker_policy import CircuitStatus
+from retryqueue.fingerprint import normalise_message
 from retryqueue.models import RetryStatus
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "CleanupResult",
     "DeadLetterGroup",
     "EnqueuedItem",
+    "ErrorGroup",
     "Gate",
     "HistoryEntry",
     "HourlyCount",
@@ -218,6 +220,31 @@ class DeadLetterGroup:
 
 
 @dataclass(frozen=True, slots=True)
+class ErrorGroup:
+    """Finished items that failed the same way: one error code and fingerprint (see
+    :mod:`retryqueue.fingerprint`).
+
+    ``first_seen``/``last_seen``: the earliest and latest last failure of its items;
+    ``plugins``: the plugins it touches (``"-"`` for items without one);
+    ``sample_error``: one of its messages (decrypted when a key is configured).
+    ``fingerprint`` is None for items failed before fingerprints were stored.
+    """
+
+    error_code: str | None
+    fingerprint: str | None
+    count: int
+    first_seen: datetime
+    last_seen: datetime
+    sample_error: str | None
+    plugins: tuple[str, ...]
+
+    @property
+    def pattern(self) -> str:
+        """The sample message with its values replaced: what the group's messages share."""
+        return normalise_message(self.sample_error)
+
+
+@dataclass(frozen=True, slots=True)
 class HourlyCount:
     """Items created in the hour starting at ``hour`` (UTC)."""
 
@@ -244,8 +271,8 @@ class ItemFilter:
     """Which items an administrative operation (requeue, purge, replay) applies to.
 
     Every field narrows the selection; an empty filter matches every item in ``statuses``.
-    Time bounds are aware datetimes: ``created_*`` filter on created_at, ``failed_*`` on
-    last_attempted_at.
+    ``fingerprint`` selects one error group (see :class:`ErrorGroup`). Time bounds are
+    aware datetimes: ``created_*`` filter on created_at, ``failed_*`` on last_attempted_at.
     """
 
     statuses: Sequence[RetryStatus] = (RetryStatus.DEAD_LETTER, RetryStatus.FAILED)
@@ -259,6 +286,8 @@ class ItemFilter:
     failed_after: datetime | None = None
     failed_before: datetime | None = None
     limit: int | None = None
+    fingerprint: str | None = None
+    """An error group's full fingerprint (``"none"``: items without one)."""
 
 
 # -- circuit breaker (see retryqueue.circuits) --------------------------------------------

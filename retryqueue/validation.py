@@ -6,6 +6,7 @@ what was wrong.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import uuid
@@ -16,6 +17,7 @@ from typing import Any
 
 from retryqueue.encryption import MARKER
 from retryqueue.errors import InvalidArgument
+from retryqueue.fingerprint import FINGERPRINT_LENGTH
 from retryqueue.models import RetryStatus
 from retryqueue.policy import MAX_DELAY_SECONDS
 from retryqueue.results import ItemFilter
@@ -26,6 +28,7 @@ __all__ = [
     "MAX_SECONDS",
     "aware",
     "bounded_int",
+    "fingerprint_value",
     "flag",
     "item_filter",
     "json_document",
@@ -44,6 +47,7 @@ DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 MAX_JSON_DEPTH = 31
 """Deepest nesting accepted: MariaDB's JSON_VALID (the column's CHECK) refuses 32 levels."""
 _INT32_MAX = 2**31 - 1
+_HEX = "0123456789abcdef"
 MAX_SECONDS = MAX_DELAY_SECONDS
 """The longest duration any argument may give: 10 years, the cap of the backoff delay.
 
@@ -208,9 +212,28 @@ def item_filter(value: object) -> ItemFilter:
     for name in ("event_type", "plugin_name", "channel_name"):
         optional_text(name, getattr(value, name))
     optional_text("error_code", value.error_code, max_length=50)
+    if value.fingerprint is not None and value.fingerprint != "none":
+        folded = fingerprint_value("fingerprint", value.fingerprint)
+        if folded != value.fingerprint:
+            value = dataclasses.replace(value, fingerprint=folded)
     if value.limit is not None:
         bounded_int("limit", value.limit, low=1)
     return value
+
+
+def fingerprint_value(field: str, value: object, *, prefix: bool = False) -> str:
+    """A fingerprint as stored (16 lower-case hex digits), case folded; with ``prefix``,
+    its first 4 to 16 digits."""
+    if not isinstance(value, str):
+        raise InvalidArgument(field, f"expected a string, got {type(value).__name__}")
+    folded = value.strip().lower()
+    low = 4 if prefix else FINGERPRINT_LENGTH
+    if not low <= len(folded) <= FINGERPRINT_LENGTH or folded.strip(_HEX):
+        wanted = f"{low} to {FINGERPRINT_LENGTH}" if prefix else f"{FINGERPRINT_LENGTH}"
+        raise InvalidArgument(
+            field, f"{value[:40]!r} is not a fingerprint ({wanted} hexadecimal digits)"
+        )
+    return folded
 
 
 def json_document(

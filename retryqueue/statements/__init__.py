@@ -86,6 +86,7 @@ from retryqueue.statements.enqueue import (
     server_time_params,
 )
 from retryqueue.statements.expiry import dead_letter_expired, expired_ids, lock_expired
+from retryqueue.statements.groups import error_groups, fingerprints_starting, plugins_of_groups
 from retryqueue.statements.metadata import item_metadata, set_metadata
 from retryqueue.statements.mysql import (
     Emulation,
@@ -147,10 +148,12 @@ __all__ = [
     "delete_history_by_ids",
     "emulate_returning",
     "enqueued_by_event_ids",
+    "error_groups",
     "existing_by_event_ids",
     "expired_batch",
     "expired_ids",
     "filtered_ids",
+    "fingerprints_starting",
     "finished_batch_ids",
     "has_returning",
     "heartbeat",
@@ -174,6 +177,7 @@ __all__ = [
     "now_expr",
     "operator_guard",
     "owned_guard",
+    "plugins_of_groups",
     "purge_ids",
     "queue_gauges",
     "queue_ids_between",

@@ -50,6 +50,10 @@ def _filter_clauses(item_filter: ItemFilter) -> list[ColumnElement[bool]]:
         (RetryItem.last_error_code, item_filter.error_code),
     ]
     clauses.extend(column == wanted for column, wanted in equal if wanted is not None)
+    if item_filter.fingerprint == "none":
+        clauses.append(RetryItem.error_fingerprint.is_(None))
+    elif item_filter.fingerprint is not None:
+        clauses.append(RetryItem.error_fingerprint == item_filter.fingerprint)
     ranges: list[tuple[Any, datetime | None, datetime | None]] = [
         (RetryItem.created_at, item_filter.created_after, item_filter.created_before),
         (RetryItem.last_attempted_at, item_filter.failed_after, item_filter.failed_before),

@@ -1,5 +1,5 @@
-"""The dashboard's reads: keyset pages of items, capped counts, outcomes per hour, error
-groups, and the audit trail of dashboard actions.
+"""The dashboard's reads: keyset pages of items, capped counts, outcomes per hour, and
+the audit trail of dashboard actions (error groups: :mod:`retryqueue.statements.groups`).
 
 Nothing here counts a whole table: counts read at most ``cap + 1`` index entries, and
 lists are keyset-paginated (never OFFSET).
@@ -58,7 +58,6 @@ __all__ = [
     "audit_entries",
     "capped_count",
     "delete_workers",
-    "error_groups",
     "finish_audit",
     "history_rows",
     "insert_audit",
@@ -67,7 +66,6 @@ __all__ = [
     "item_row",
     "live_workers",
     "outcomes_per_hour",
-    "plugins_of_groups",
     "query_clauses",
     "status_counts",
     "success_by_event_type",
@@ -267,37 +265,6 @@ def success_by_event_type(limit: int) -> AnySelect:
         select(newest.c.event_type, func.count(), completed, given_up)
         .group_by(newest.c.event_type)
         .order_by(newest.c.event_type)
-    )
-
-
-def error_groups(limit: int) -> AnySelect:
-    """Dead letters per (error code, fingerprint): count, first/last failure, a sample."""
-    return (
-        select(
-            RetryItem.last_error_code.label("error_code"),
-            RetryItem.error_fingerprint.label("fingerprint"),
-            func.count().label("count"),
-            func.min(func.coalesce(RetryItem.last_attempted_at, RetryItem.created_at)).label(
-                "first_seen"
-            ),
-            func.max(func.coalesce(RetryItem.last_attempted_at, RetryItem.created_at)).label(
-                "last_seen"
-            ),
-            func.max(_RAW_ERROR).label("sample_error"),
-        )
-        .where(_status_is(RetryStatus.DEAD_LETTER))
-        .group_by(RetryItem.last_error_code, RetryItem.error_fingerprint)
-        .order_by(func.count().desc(), RetryItem.error_fingerprint)
-        .limit(limit)
-    )
-
-
-def plugins_of_groups() -> AnySelect:
-    """The distinct (error code, fingerprint, plugin) of dead letters."""
-    return (
-        select(RetryItem.last_error_code, RetryItem.error_fingerprint, RetryItem.plugin_name)
-        .where(_status_is(RetryStatus.DEAD_LETTER))
-        .distinct()
     )
 
 

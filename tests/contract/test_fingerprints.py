@@ -9,7 +9,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from retryqueue import ManualClock, RetryItem, RetryStatus
+import pytest
+
+from retryqueue import InvalidArgument, ItemFilter, ManualClock, RetryItem, RetryStatus
 from retryqueue.encryption import MARKER
 from retryqueue.fingerprint import fingerprint
 from retryqueue.policy import DEADLINE_REACHED, EXPIRED
@@ -130,3 +132,71 @@ class TestEveryFailureIsFingerprinted:
         with sessions.begin() as session:
             assert queue.acquire(session, "w") == []
         _assert_grouped(sessions, queue, forged_id, statuses=1)
+
+
+def _fail_once(
+    sessions: Any, queue: Any, message: str, code: str, *, plugin: str, retryable: bool
+) -> int:
+    """A new item whose first attempt fails: dead letter (retryable) or failed (not)."""
+    with sessions.begin() as session:
+        item_id = queue.enqueue(session, "e", {}, plugin_name=plugin, max_retries=0).id
+    with sessions.begin() as session:
+        (claimed,) = queue.acquire(session, "w", batch_size=1)
+        assert claimed.id == item_id
+        queue.fail(session, claimed, error_message=message, error_code=code, retryable=retryable)
+    return item_id
+
+
+class TestErrorGroups:
+    """The API's groups: per error code and fingerprint, dead letters and failed items."""
+
+    def test_groups_and_selection_by_fingerprint(
+        self, sessions: Any, queue: Any, clock: ManualClock
+    ) -> None:
+        http = [
+            _fail_once(sessions, queue, f"HTTP 503 (request req_{n}a9f3c2)", "HTTPError", **kw)
+            for n, kw in enumerate(
+                [
+                    {"plugin": "billing", "retryable": True},
+                    {"plugin": "billing", "retryable": True},
+                    {"plugin": "mail", "retryable": False},
+                ]
+            )
+        ]
+        clock.advance(5)
+        other = _fail_once(
+            sessions, queue, "HTTP 404 (request req_9)", "HTTPError", plugin="mail", retryable=True
+        )
+        with sessions.begin() as session:
+            queue.enqueue(session, "e", {})  # pending: never in a group
+        with sessions() as session:
+            groups = queue.error_groups(session)
+            dead_only = queue.error_groups(session, statuses=["dead_letter"], limit=1)
+        assert [(g.error_code, g.count, g.plugins) for g in groups] == [
+            ("HTTPError", 3, ("billing", "mail")),
+            ("HTTPError", 1, ("mail",)),
+        ]
+        big = groups[0]
+        assert big.fingerprint == fingerprint("HTTPError", "HTTP 503 (request req_0a9f3c2)")
+        assert big.pattern == "HTTP 503 (request <id>)"
+        assert big.first_seen == big.last_seen == clock.now() - timedelta(seconds=5)
+        assert groups[1].last_seen == clock.now()
+        assert [(g.fingerprint, g.count) for g in dead_only] == [(big.fingerprint, 2)]
+        with sessions() as session:
+            chosen = queue.find(session, ItemFilter(fingerprint=big.fingerprint.upper()))
+            assert [item.id for item in chosen] == http
+            assert {item.error_fingerprint for item in chosen} == {big.fingerprint}
+        with sessions.begin() as session:
+            moved = queue.requeue(session, ItemFilter(fingerprint=big.fingerprint, limit=2))
+        assert moved == http[:2]
+        with sessions.begin() as session:
+            purged = queue.purge(session, ItemFilter(fingerprint=groups[1].fingerprint))
+        assert purged == [other]
+
+    def test_bad_arguments(self, sessions: Any, queue: Any) -> None:
+        with sessions() as session:
+            for bad in ({"statuses": []}, {"statuses": ["gone"]}, {"limit": 0}):
+                with pytest.raises(InvalidArgument):
+                    queue.error_groups(session, **bad)
+            with pytest.raises(InvalidArgument, match="not a fingerprint"):
+                queue.find(session, ItemFilter(fingerprint="abc"))
