@@ -117,7 +117,7 @@ _RULES: tuple[tuple[re.Pattern[str], Replacement], ...] = (
     # are normalised, not the whole.
     (re.compile(r"'[^']*'|\"[^\"\s]*\"|`[^`\s]*`"), _quoted),
     (re.compile(r"\b0x[0-9a-fA-F]+\b"), "<hex>"),
-    (re.compile(r"\b(?=[0-9a-fA-F]*\d)(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{6,}\b"), "<hex>"),
+    (re.compile(r"\b(?=[0-9a-fA-F]*\d)(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{4,}\b"), "<hex>"),
     # Prefixed ids (req_8f14e45f, cus_N3x9) and long tokens mixing letters and digits.
     (re.compile(r"\b[A-Za-z]{1,12}_(?=[A-Za-z0-9]*\d)[A-Za-z0-9]{4,}\b"), "<id>"),
     (re.compile(r"\b(?=[A-Za-z0-9]*\d)(?=[A-Za-z0-9]*[A-Za-z])[A-Za-z0-9]{12,}\b"), "<id>"),

@@ -194,7 +194,10 @@ def dead_letter_groups(session: Session, group_by: str = "error_code") -> list[D
     """Dead letters per error_code, event_type, plugin or channel, largest group first."""
     if group_by not in sql.DEAD_LETTER_GROUPS:
         choices = ", ".join(sorted(sql.DEAD_LETTER_GROUPS))
-        raise InvalidArgument("group_by", f"unknown grouping {group_by!r}; expected {choices}")
+        raise InvalidArgument(
+            "group_by",
+            f"unknown grouping {group_by!r}; expected {choices} (by fingerprint: error_groups)",
+        )
     return [
         DeadLetterGroup(
             key=row.key,

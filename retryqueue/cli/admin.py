@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -113,6 +113,32 @@ Text = Annotated[str | None, typer.Option()]
 When = Annotated[str | None, typer.Option(help="ISO 8601 time, or a duration ago (24h).")]
 
 
+FingerprintOption = Annotated[
+    str | None,
+    typer.Option(
+        help="An error group: its fingerprint (dead-letters --group-by fingerprint), or the "
+        "first 4+ hex digits of it when only one group starts so; 'none': no fingerprint."
+    ),
+]
+
+
+def _candidates(
+    current: State, item_filter: ItemFilter, fingerprint: str | None
+) -> tuple[ItemFilter, list[Any]]:
+    """The filter with ``--fingerprint`` resolved, and the items it selects now.
+
+    A malformed or ambiguous fingerprint is an error; one that matches no group selects
+    nothing (reported as such, not as an error).
+    """
+    with current.session() as session:
+        if fingerprint is not None:
+            resolved = monitoring.resolve_fingerprint(session, fingerprint, item_filter.statuses)
+            if resolved is None:
+                return item_filter, []
+            item_filter = replace(item_filter, fingerprint=resolved)
+        return item_filter, current.queue().find(session, item_filter)
+
+
 def _selection(
     statuses: list[RetryStatus] | None,
     ids: list[int] | None,
@@ -127,6 +153,7 @@ def _selection(
     limit: int | None,
     default: tuple[RetryStatus, ...],
 ) -> ItemFilter:
+    """The filter the options give (``--fingerprint`` is resolved by :func:`_candidates`)."""
     return ItemFilter(
         statuses=tuple(statuses) if statuses else default,
         ids=ids or None,
@@ -173,6 +200,7 @@ def replay(
     plugin: Text = None,
     channel: Text = None,
     error_code: Text = None,
+    fingerprint: FingerprintOption = None,
     created_after: When = None,
     created_before: When = None,
     failed_after: When = None,
@@ -194,8 +222,9 @@ def replay(
 
     Without any filter every dead_letter and failed item is selected: that asks first
     (--yes does not). Each replayed item gets a 'requeued' history row naming who replayed it.
+    --fingerprint F replays one error group (see dead-letters --group-by fingerprint).
     """
-    filters = [status, item_id, event_type, plugin, channel, error_code, limit]
+    filters = [status, item_id, event_type, plugin, channel, error_code, fingerprint, limit]
     unfiltered = not any([*filters, created_after, created_before, failed_after, failed_before])
     current = state(ctx)
     item_filter = _selection(
@@ -212,8 +241,7 @@ def replay(
         limit,
         default=(RetryStatus.DEAD_LETTER, RetryStatus.FAILED),
     )
-    with current.session() as session:
-        candidates = current.queue().find(session, item_filter)
+    item_filter, candidates = _candidates(current, item_filter, fingerprint)
     if dry_run or not candidates:
         _report_selection(candidates, as_json, "would be replayed", dry_run=dry_run)
         return
@@ -270,6 +298,7 @@ def purge(
     plugin: Text = None,
     channel: Text = None,
     error_code: Text = None,
+    fingerprint: FingerprintOption = None,
     created_after: When = None,
     created_before: When = None,
     failed_after: When = None,
@@ -281,7 +310,8 @@ def purge(
 ) -> None:
     """Delete the selected items (default statuses: dead_letter, failed); history is kept.
 
-    Items being processed are never deleted.
+    Items being processed are never deleted. --fingerprint F purges one error group (see
+    dead-letters --group-by fingerprint).
     """
     current = state(ctx)
     item_filter = _selection(
@@ -298,8 +328,7 @@ def purge(
         limit,
         default=(RetryStatus.DEAD_LETTER, RetryStatus.FAILED),
     )
-    with current.session() as session:
-        candidates = current.queue().find(session, item_filter)
+    item_filter, candidates = _candidates(current, item_filter, fingerprint)
     if dry_run or not candidates:
         _report_selection(candidates, as_json, "would be purged", dry_run=dry_run)
         return

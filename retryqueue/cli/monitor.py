@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from retryqueue import monitoring
 from retryqueue.cli._context import (
+    CliError,
     add_column,
     age,
     jsonable,
@@ -30,12 +31,14 @@ from retryqueue.queue import RetryQueue
 from retryqueue.results import (
     Alert,
     DeadLetterGroup,
+    ErrorGroup,
     HistoryEntry,
     HourlyCount,
     ItemSnapshot,
     QueueStats,
     SuccessRate,
 )
+from retryqueue.statements import DEAD_LETTER_GROUPS
 
 R = TypeVar("R")
 
@@ -368,17 +371,65 @@ def _success_table(rows: Sequence[SuccessRate]) -> Table:
 def dead_letters(
     ctx: typer.Context,
     group_by: Annotated[
-        str, typer.Option(help="error_code, event_type, plugin or channel.", show_default=True)
+        str,
+        typer.Option(
+            help="error_code, event_type, plugin, channel or fingerprint.", show_default=True
+        ),
     ] = "error_code",
+    limit: Annotated[
+        int, typer.Option(help="--group-by fingerprint: the largest N groups.", min=1, max=10_000)
+    ] = 50,
     as_json: JsonOption = False,
 ) -> None:
-    """Dead letters counted per group, with a sample error: triage before a replay."""
+    """Dead-letter and failed items counted per group, with a sample error: triage before a
+    replay. --group-by fingerprint groups the same failure (code and message with its values
+    left out): replay or purge a group with --fingerprint F."""
+    if group_by == "fingerprint":
+        _report_error_groups(ctx, limit, as_json)
+        return
+    if group_by not in DEAD_LETTER_GROUPS:
+        choices = ", ".join([*sorted(DEAD_LETTER_GROUPS), "fingerprint"])
+        raise CliError(f"invalid --group-by {group_by!r}: expected {choices}")
     _report(
         ctx,
         lambda queue, session: queue.dead_letter_groups(session, group_by),
         lambda groups: _dead_letter_table(groups, group_by),
         as_json,
     )
+
+
+def _report_error_groups(ctx: typer.Context, limit: int, as_json: bool) -> None:
+    """The largest error groups as a table, or as JSON with each group's pattern too."""
+    current = state(ctx)
+    with current.session() as session:
+        groups = current.queue().error_groups(session, limit=limit)
+    if as_json:
+        print_json([{**jsonable(group), "pattern": group.pattern} for group in groups])
+    else:
+        print_table(_error_group_table(groups))
+
+
+def _error_group_table(groups: Sequence[ErrorGroup]) -> Table:
+    """A group per row: the fingerprint, count, first and last seen (one above the other),
+    plugins (one per line), and the error code above a sample message."""
+    full = wide()
+    table = new_table("Dead letters and failed items by fingerprint")
+    add_column(table, "fingerprint", keep=True)
+    add_column(table, "count", keep=True, right=True)
+    add_column(table, "first / last", keep=True)
+    add_column(table, "plugins")
+    add_column(table, "error code and sample message", min_width=24)
+    for group in groups:
+        table.add_row(
+            text(group.fingerprint),
+            str(group.count),
+            f"{when(group.first_seen)}\n{when(group.last_seen)}",
+            "\n".join(group.plugins) or "-",
+            f"{text(group.error_code)}\n{short(group.sample_error, 500 if full else 160)}",
+        )
+    table.add_section()
+    table.add_row("total", str(sum(group.count for group in groups)), "", "", "")
+    return table
 
 
 def _dead_letter_table(groups: Sequence[DeadLetterGroup], group_by: str) -> Table:

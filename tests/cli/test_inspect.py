@@ -162,4 +162,5 @@ class TestMonitoring:
         ]
         bad = cli("dead-letters", "--group-by", "colour")
         assert bad.exit_code == 1
-        assert bad.stderr.startswith("error: invalid argument group_by")
+        assert bad.stderr.startswith("error: invalid --group-by 'colour'")
+        assert "fingerprint" in bad.stderr
