@@ -36,13 +36,15 @@ from retryqueue.breaker_policy import (
     REASON_RATE,
     CircuitStatus,
 )
-from retryqueue.errors import RetryQueueError
+from retryqueue.errors import InvalidArgument, RetryQueueError
 from retryqueue.models import RetryStatus
 from retryqueue.queue import RetryQueue
 from retryqueue.results import QueueStats
 
 __all__ = [
+    "DEFAULT_ERROR_GROUPS",
     "DEFAULT_STALE_LOCK_SECONDS",
+    "MAX_ERROR_GROUPS",
     "AttemptLike",
     "MetricsServer",
     "QueueCollector",
@@ -51,6 +53,9 @@ __all__ = [
 ]
 
 DEFAULT_STALE_LOCK_SECONDS = 300.0
+DEFAULT_ERROR_GROUPS = 10
+"""How many of the largest error groups ``retryqueue_error_group_items`` exports."""
+MAX_ERROR_GROUPS = 100
 _BREAKER_REASONS = frozenset(
     {REASON_CONSECUTIVE, REASON_RATE, REASON_PROBE, REASON_PROBE_FAILED, REASON_PROBE_TIMED_OUT}
 )
@@ -69,6 +74,10 @@ class QueueCollector(Collector):
     * ``retryqueue_failed_items``: items in failed (not retryable);
     * ``retryqueue_triage_items{error_code}``: dead-letter and failed items per error code
       (``EXPIRED``: expired unrun; ``DEADLINE_REACHED``; ``NO_HANDLER`` ...);
+    * ``retryqueue_error_group_items{fingerprint,error_code}``: dead-letter and failed
+      items in each of the ``error_groups`` largest error groups (see
+      :mod:`retryqueue.fingerprint`; ``retryqueue dead-letters --group-by fingerprint``
+      shows them): at most ``error_groups`` series, so the cardinality stays bounded;
     * ``retryqueue_items_with_deadline{status}``: items carrying a retry deadline (those
       dead-lettered at it have error code ``DEADLINE_REACHED``);
     * ``retryqueue_oldest_due_pending_age_seconds``: how long the oldest claimable pending
@@ -91,10 +100,16 @@ class QueueCollector(Collector):
         queue: RetryQueue | None = None,
         *,
         stale_lock_seconds: float = DEFAULT_STALE_LOCK_SECONDS,
+        error_groups: int = DEFAULT_ERROR_GROUPS,
     ) -> None:
+        if not isinstance(error_groups, int) or not 0 <= error_groups <= MAX_ERROR_GROUPS:
+            raise InvalidArgument(
+                "error_groups", f"expected 0 to {MAX_ERROR_GROUPS}, got {error_groups!r}"
+            )
         self.engine = engine
         self.queue = queue or RetryQueue()
         self.stale_lock_seconds = stale_lock_seconds
+        self.error_groups = error_groups
 
     def describe(self) -> Iterable[Metric]:
         """Nothing: describing would need a database round trip at registration time."""
@@ -125,6 +140,11 @@ class QueueCollector(Collector):
                 session, self.queue.now(session), self.stale_lock_seconds
             )
             triage = monitoring.dead_letter_groups(session, "error_code")
+            groups = (
+                monitoring.error_groups(session, limit=self.error_groups)
+                if self.error_groups
+                else []
+            )
             circuit_states = circuits.circuit_states(session)
             transitions = circuits.transition_counts(session)
         depth = GaugeMetricFamily(
@@ -163,6 +183,18 @@ class QueueCollector(Collector):
         for group in triage:
             by_code.add_metric([group.key or ""], group.count)
         yield by_code
+        by_group = GaugeMetricFamily(
+            "retryqueue_error_group_items",
+            f"Dead-letter and failed items in each of the {self.error_groups} largest error "
+            "groups (error code and fingerprint; retryqueue dead-letters --group-by "
+            "fingerprint).",
+            labels=["fingerprint", "error_code"],
+        )
+        for error_group in groups:
+            by_group.add_metric(
+                [error_group.fingerprint or "", error_group.error_code or ""], error_group.count
+            )
+        yield by_group
         with_deadline = GaugeMetricFamily(
             "retryqueue_items_with_deadline",
             "Queue items carrying a retry deadline, per status.",

@@ -64,11 +64,23 @@ def serve_metrics(
     stale_lock_seconds: Annotated[
         float, typer.Option(help="Lock age counted as stale.", show_default=True)
     ] = metrics.DEFAULT_STALE_LOCK_SECONDS,
+    error_groups: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=metrics.MAX_ERROR_GROUPS,
+            help="Largest error groups exported (retryqueue_error_group_items; 0: none).",
+            show_default=True,
+        ),
+    ] = metrics.DEFAULT_ERROR_GROUPS,
 ) -> None:
     """Serve the queue's figures on http://HOST:PORT/metrics for Prometheus (Ctrl-C stops)."""
     current = state(ctx)
     collector = metrics.QueueCollector(
-        current.engine(), current.queue(), stale_lock_seconds=stale_lock_seconds
+        current.engine(),
+        current.queue(),
+        stale_lock_seconds=stale_lock_seconds,
+        error_groups=error_groups,
     )
     collector.check()
     registry = CollectorRegistry()

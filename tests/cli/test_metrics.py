@@ -10,8 +10,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 
-from retryqueue import RetryStatus, create_engine
+from retryqueue import InvalidArgument, RetryQueue, RetryStatus, create_engine
 from retryqueue.cli import CliDeps
 from retryqueue.metrics import QueueCollector, WorkerMetrics, serve
 from tests.cli.conftest import Invoke, Seeder
@@ -128,6 +129,39 @@ class TestWorkerMetrics:
         assert samples[(f"{duration}_bucket", (*completed[:1], ("le", "0.025"), completed[1]))] == 1
 
 
+class TestErrorGroupMetric:
+    """retryqueue_error_group_items: the largest groups only, labelled as the CLI shows them."""
+
+    def test_top_groups_bounded(self, engine: Engine, seed: Seeder) -> None:
+        for code, copies in (("HTTP_503", 3), ("DEADLOCK", 2), ("TIMEOUT", 1), ("AUTH", 1)):
+            for n in range(copies):
+                seed.item(RetryStatus.DEAD_LETTER, error_code=code, error=f"{code} id {n * 31}")
+        seed.item(RetryStatus.FAILED, error_code="HTTP_503", error="HTTP_503 id 9 #1")
+        seed.item(RetryStatus.COMPLETED)
+
+        def scrape(**options: int) -> dict[tuple[str, str], float]:
+            registry = CollectorRegistry()
+            registry.register(QueueCollector(engine, **options))
+            return {
+                (dict(labels)["error_code"], dict(labels)["fingerprint"]): value
+                for (name, labels), value in _samples(generate_latest(registry).decode()).items()
+                if name == "retryqueue_error_group_items"
+            }
+
+        with Session(engine) as session:
+            groups = RetryQueue().error_groups(session)
+        top = scrape(error_groups=2)
+        assert top == {
+            ("HTTP_503", str(groups[0].fingerprint)): 4,
+            ("DEADLOCK", str(groups[1].fingerprint)): 2,
+        }
+        assert len(scrape()) == 4  # default 10: every group here
+        assert scrape(error_groups=0) == {}
+        for bad in (-1, 101):
+            with pytest.raises(InvalidArgument, match="error_groups"):
+                QueueCollector(engine, error_groups=bad)
+
+
 class TestMetricsCommand:
     """`retryqueue metrics` serves until told to stop."""
 
@@ -140,12 +174,16 @@ class TestMetricsCommand:
             "0",
             "--host",
             "127.0.0.1",
+            "--error-groups",
+            "1",
             deps=CliDeps(serve_until=lambda url: scraped.append(_scrape(url))),
         )
         assert result.exit_code == 0, result.output
         assert "serving queue metrics on http://127.0.0.1:" in result.stderr
         samples = _samples(scraped[0])
         assert samples[("retryqueue_status_items", (("status", "failed"),))] == 1
+        groups = [key for key in samples if key[0] == "retryqueue_error_group_items"]
+        assert len(groups) == 1
 
     def test_fails_fast_without_tables(self, empty_database_url: str) -> None:
         from tests.cli.conftest import invoke_cli
