@@ -328,7 +328,7 @@ class TestOutcomes:
         kept, lost = acquire(sessions, queue, batch_size=2, lock_timeout=10)
         clock.advance(8)
         with sessions.begin() as session:  # the second item gets no heartbeat ...
-            queue.heartbeat(session, "w1", [kept.id])
+            queue.heartbeat(session, "w1", [kept.id], lease_token=kept.lease_token, lock_timeout=10)
         clock.advance(4)
         # ... so w2 reclaims it (not due again yet: backoff) and claims a third item.
         (taken,) = acquire(sessions, queue, "w2", batch_size=1, lock_timeout=10)
