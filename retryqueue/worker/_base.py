@@ -313,7 +313,9 @@ class WorkerOptions(TypedDict, total=False):
     :class:`~retryqueue.circuits.CircuitBreaker` whose open circuits' items are skipped
     [None]; ``prefetch`` claimed items kept ready beyond a batch, so that handlers never
     wait for a claim [batch_size]; ``flush_age`` seconds a finished outcome may wait for
-    batch-mates before it is recorded [0.005].
+    batch-mates before it is recorded [0.005]; ``ready_timeout`` seconds a claimed item may
+    wait for a free handler before it is given back to the queue for other workers
+    [min(lock_timeout / 2, 30)].
     """
 
     worker_id: str | None
@@ -328,6 +330,7 @@ class WorkerOptions(TypedDict, total=False):
     breaker: CircuitBreaker | None
     prefetch: int | None
     flush_age: float
+    ready_timeout: float | None
 
 
 class WorkerBase:
@@ -350,6 +353,7 @@ class WorkerBase:
         breaker: CircuitBreaker | None = None,
         prefetch: int | None = None,
         flush_age: float = 0.005,
+        ready_timeout: float | None = None,
     ) -> None:
         self.queue = queue
         self.router = as_router(handlers)
@@ -371,6 +375,8 @@ class WorkerBase:
         self.flush_age = check.seconds("flush_age", flush_age)
         if self.flush_age >= self.lock_timeout:  # buffered outcomes are heartbeated too
             raise InvalidArgument("flush_age", "must be shorter than lock_timeout")
+        waits = min(self.lock_timeout / 2, 30.0) if ready_timeout is None else ready_timeout
+        self.ready_timeout = check.seconds("ready_timeout", waits, allow_zero=False)
         self._next_reclaim = 0.0
         self._registry_on = True
         self._registered = False
@@ -429,7 +435,7 @@ class WorkerBase:
 
     def _pipeline(self) -> Pipeline:
         """A fresh pipeline with this worker's batch size, prefetch and flush age."""
-        return Pipeline(self.batch_size, self.prefetch, self.flush_age)
+        return Pipeline(self.batch_size, self.prefetch, self.flush_age, self.ready_timeout)
 
     def _flush(
         self,
@@ -720,7 +726,11 @@ class WorkerBase:
             tally["abandoned"] = tally.get("abandoned", 0) + 1
 
     def _report_released(
-        self, ids: list[int], released: int | DatabaseError, tally: dict[str, int]
+        self,
+        ids: list[int],
+        released: int | DatabaseError,
+        tally: dict[str, int],
+        why: str = "unstarted",
     ) -> None:
         if isinstance(released, DatabaseError):
             logger.warning(
@@ -732,8 +742,9 @@ class WorkerBase:
             return
         tally["released"] = tally.get("released", 0) + released
         logger.info(
-            "released %d unstarted items",
+            "released %d %s items",
             released,
+            why,
             extra={"worker_id": self.worker_id, "item_ids": ids},
         )
 

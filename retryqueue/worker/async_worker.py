@@ -39,7 +39,7 @@ from retryqueue.queue import RetryQueue
 from retryqueue.results import ClaimedItem
 from retryqueue.worker._base import Job, RunReport, WorkerBase, WorkerOptions, job_for
 from retryqueue.worker._batch import Finished
-from retryqueue.worker._pipeline import Pipeline, Step, Wait
+from retryqueue.worker._pipeline import GiveBack, Pipeline, Step, Wait
 from retryqueue.worker.async_listener import AsyncNotifyListener, supports_async_listen
 from retryqueue.worker.routing import Handler, Route, Router
 
@@ -267,7 +267,9 @@ class AsyncWorker(WorkerBase):
                 async with self._db_lock:
                     self._report_abandoned(pipe.abandon_running(), tally)
                 return
-            if isinstance(step, Step):
+            if isinstance(step, GiveBack):
+                await self._release_unstarted(pipe, tally, step.items)
+            elif isinstance(step, Step):
                 failures = await self._run_step(pipe, step, failures, tally)
             else:
                 await _wait(self._changed, step)
@@ -348,8 +350,11 @@ class AsyncWorker(WorkerBase):
         except SQLAlchemyError as exc:  # commit/rollback errors are not wrapped by the queue
             raise database_error(operation, exc) from exc
 
-    async def _release_unstarted(self, pipe: Pipeline, tally: dict[str, int]) -> None:
-        unstarted = pipe.take_unstarted()
+    async def _release_unstarted(
+        self, pipe: Pipeline, tally: dict[str, int], overdue: list[ClaimedItem] | None = None
+    ) -> None:
+        """Give back the items no handler started: all at shutdown, or the ``overdue``."""
+        unstarted = pipe.take_unstarted() if overdue is None else overdue
         if not unstarted:
             return
         ids = [item.id for item in unstarted]
@@ -360,7 +365,7 @@ class AsyncWorker(WorkerBase):
                 released = await self._in_transaction("release", self._release, unstarted)
             except DatabaseError as exc:
                 released = exc
-        self._report_released(ids, released, tally)
+        self._report_released(ids, released, tally, "unstarted" if overdue is None else "overdue")
 
     # -- leases --------------------------------------------------------------------------
 

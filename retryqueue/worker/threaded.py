@@ -44,7 +44,7 @@ from retryqueue.worker._base import (
     job_for,
 )
 from retryqueue.worker._batch import Finished
-from retryqueue.worker._pipeline import Pipeline, Step, Wait
+from retryqueue.worker._pipeline import GiveBack, Pipeline, Step, Wait
 from retryqueue.worker.listener import NotifyListener, supports_listen
 from retryqueue.worker.routing import (
     Handler,
@@ -216,7 +216,7 @@ class Worker(WorkerBase):
                     if self._wakeup.is_set():
                         pipe.claim_at = 0.0
                     step = pipe.next_step(now, stopping, deadline)
-                    if isinstance(step, Step | Wait):
+                    if isinstance(step, Step | GiveBack | Wait):
                         break
                     self._changed.wait(step)
             if stopping and deadline is None:
@@ -228,6 +228,8 @@ class Worker(WorkerBase):
                 with self._db_lock, self._lock:
                     self._report_abandoned(pipe.abandon_running(), tally)
                 return
+            elif isinstance(step, GiveBack):
+                self._release_unstarted(pipe, tally, step.items)
             elif isinstance(step, Step):
                 failures = self._run_step(pipe, step, failures, tally)
 
@@ -312,9 +314,15 @@ class Worker(WorkerBase):
         except SQLAlchemyError as exc:  # commit/rollback errors are not wrapped by the queue
             raise database_error(operation, exc) from exc
 
-    def _release_unstarted(self, pipe: Pipeline, tally: dict[str, int]) -> None:
-        with self._lock:
-            unstarted = pipe.take_unstarted()
+    def _release_unstarted(
+        self, pipe: Pipeline, tally: dict[str, int], overdue: list[ClaimedItem] | None = None
+    ) -> None:
+        """Give back the items no handler started: all at shutdown, or the ``overdue``."""
+        if overdue is None:
+            with self._lock:
+                unstarted = pipe.take_unstarted()
+        else:
+            unstarted = overdue
         if not unstarted:
             return
         ids = [item.id for item in unstarted]
@@ -326,7 +334,7 @@ class Worker(WorkerBase):
                     released = self._release(session, unstarted)
             except DatabaseError as exc:
                 released = exc
-        self._report_released(ids, released, tally)
+        self._report_released(ids, released, tally, "unstarted" if overdue is None else "overdue")
 
     # -- leases --------------------------------------------------------------------------
 

@@ -116,6 +116,64 @@ class TestPrefetch:
         for item_id in set(ids) - set(gate.started):
             assert history(sessions, item_id) == []  # released, not an attempt
 
+    def test_items_waiting_behind_a_stuck_handler_go_back_to_other_workers(
+        self, sessions: sessionmaker[Session], server_clock_queue: RetryQueue
+    ) -> None:
+        """A handler stuck on a long item must not keep the items claimed behind it (the
+        pipeline claims ahead while every handler is busy): after ``ready_timeout`` they
+        are given back, uncharged, and this worker claims nothing more until a handler
+        frees up, so an idle worker runs them meanwhile."""
+        queue = server_clock_queue
+        gate, ran_elsewhere = Gate(), threading.Event()
+        [stuck] = enqueue(sessions, queue, "slow.job", priority=9)
+        waiting = enqueue(sessions, queue, "quick.job", 3)
+        elsewhere: list[int] = []
+
+        def quick(job: Job) -> None:
+            elsewhere.append(job.id)
+            if len(elsewhere) == len(waiting):
+                ran_elsewhere.set()
+
+        blocked = make_worker(
+            queue,
+            sessions,
+            {"slow.job": gate, "quick.job": quick},
+            batch_size=2,
+            prefetch=2,
+            ready_timeout=0.3,
+        )
+        try:
+            with running(blocked) as stuck_handle:
+                wait_until(lambda: gate.started == [stuck], what="the long item running")
+                wait_until(
+                    lambda: count_status(sessions, RetryStatus.PENDING) == len(waiting),
+                    what="the items behind the stuck handler given back",
+                )
+                other = new_worker(
+                    queue, sessions, {"quick.job": quick}, worker_id="idle-one", listen=False
+                )
+                with running(other) as other_handle:
+                    wait_until(ran_elsewhere.is_set, what="the idle worker running them")
+                    other.stop()
+                    other_handle.stop()
+                assert item(sessions, stuck).locked_by == "pipeline-test"
+                blocked.stop()
+                gate.open.set()
+                report = stuck_handle.stop()
+        finally:
+            gate.open.set()
+        assert sorted(elsewhere) == sorted(waiting)
+        assert report.completed == 1 and report.released >= len(waiting)
+        for item_id in waiting:
+            assert history(sessions, item_id) == [("completed", 1, "idle-one")]
+            assert item(sessions, item_id).retry_count == 0
+
+    def test_ready_timeout_must_be_positive(
+        self, sessions: sessionmaker[Session], server_clock_queue: RetryQueue
+    ) -> None:
+        with pytest.raises(InvalidArgument, match="ready_timeout"):
+            make_worker(server_clock_queue, sessions, {}, ready_timeout=0)
+
     def test_heartbeat_renews_prefetched_items(
         self, sessions: sessionmaker[Session], server_clock_queue: RetryQueue
     ) -> None:
