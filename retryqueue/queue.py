@@ -22,6 +22,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
@@ -686,8 +687,9 @@ class RetryQueue:
             raise InvalidArgument("items", "must all be claimed by this worker")
         leases = [(item.id, required_token(item.lease_token)) for item in items]
         durations = list(durations_ms) if durations_ms is not None else [None] * len(items)
+        at = self.now(session)
         stmt, params = sql.complete_record_and_claim(
-            self.now(session),
+            at,
             worker_id,
             leases,
             durations,
@@ -699,6 +701,9 @@ class RetryQueue:
         completed = set(rows[0].completed_ids or ())
         claimed = [claimed_item(row) for row in rows if row.id is not None]
         claimed.sort(key=lambda item: (-item.priority, item.next_retry_at, item.id))
+        if any(isinstance(item.event_data, encryption.Undecryptable) for item in claimed):
+            with _atomic(session):  # rare: a worker's flush may run autocommitted
+                claimed = self._quarantine(claimed, session, at)
         return completed, claimed
 
     @_database_errors
@@ -1432,6 +1437,24 @@ def _core(session: Session) -> Connection:
     if session.autoflush and (session.new or session.dirty or session.deleted):
         session.flush()
     return session.connection()
+
+
+@contextmanager
+def _atomic(session: Session) -> Iterator[None]:
+    """Make the block one transaction even when the session's connection autocommits (a
+    worker's single-statement flush): an explicit BEGIN … COMMIT around it. Inside an
+    ordinary transaction it is that transaction."""
+    connection = session.connection()
+    if connection.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+        yield
+        return
+    connection.exec_driver_sql("BEGIN")
+    try:
+        yield
+    except BaseException:
+        connection.exec_driver_sql("ROLLBACK")
+        raise
+    connection.exec_driver_sql("COMMIT")
 
 
 def _is_pg(session: Session) -> bool:

@@ -437,28 +437,47 @@ class WorkerBase:
         """A fresh pipeline with this worker's batch size, prefetch and flush age."""
         return Pipeline(self.batch_size, self.prefetch, self.flush_age, self.ready_timeout)
 
+    def _single_statement(self, step: Step, plans: list[FailurePlan | None], dialect: str) -> bool:
+        """True when ``step`` is the steady state that PostgreSQL records and claims in one
+        statement (only completions, a claim, no circuit breaker, no stale-lock sweep due):
+        such a flush needs no transaction of its own, so the driver runs it autocommitted
+        (one round trip instead of BEGIN, statement, COMMIT). Decided before the step runs,
+        and :meth:`_flush` is told, so the sweep cannot come due in between."""
+        return (
+            dialect == "postgresql"
+            and bool(step.outcomes)
+            and step.claim > 0
+            and self.breaker is None
+            and all(plan is None for plan in plans)
+            and time.monotonic() < self._next_reclaim
+        )
+
     def _flush(
         self,
         session: Session,
         finished: list[Finished],
         plans: list[FailurePlan | None],
         claim: int,
+        single: bool = False,
     ) -> tuple[dict[int, str], list[ClaimedItem]]:
         """One pipeline transaction: record ``finished`` (with their history rows), then
         claim up to ``claim`` items (0: none).
 
         The steady state (only completions, a claim, no circuit breaker) is one call of
-        :meth:`RetryQueue.complete_and_acquire`: one statement on PostgreSQL.
+        :meth:`RetryQueue.complete_and_acquire`: one statement on PostgreSQL (``single``:
+        the caller checked :meth:`_single_statement` and runs it autocommitted).
         """
+        if single:
+            return self._complete_and_claim(session, finished, claim, reclaim=False)
         if finished and claim and self.breaker is None and all(p is None for p in plans):
-            return self._complete_and_claim(session, finished, claim)
+            reclaim = time.monotonic() >= self._next_reclaim
+            return self._complete_and_claim(session, finished, claim, reclaim=reclaim)
         outcomes = self._write_outcomes(session, finished, plans) if finished else {}
         return outcomes, (self._claim(session, claim) if claim else [])
 
     def _complete_and_claim(
-        self, session: Session, finished: list[Finished], claim: int
+        self, session: Session, finished: list[Finished], claim: int, *, reclaim: bool
     ) -> tuple[dict[int, str], list[ClaimedItem]]:
-        reclaim = time.monotonic() >= self._next_reclaim
         completed, claimed = self.queue.complete_and_acquire(
             session,
             [done.item for done in finished],

@@ -282,10 +282,14 @@ class AsyncWorker(WorkerBase):
         if step.claim:
             self._wakeup.clear()  # a NOTIFY from now on ends the idle wait that may follow
         operation = "record outcomes" if step.outcomes else "acquire"
+        engine = self.sessions.kw.get("bind")
+        dialect = engine.dialect.name if isinstance(engine, AsyncEngine) else ""
+        single = self._single_statement(step, plans, dialect)
+        run = self._autocommitted if single else self._in_transaction
         async with self._db_lock:
             try:
-                outcomes, claimed = await self._in_transaction(
-                    operation, self._flush, step.outcomes, plans, step.claim
+                outcomes, claimed = await run(
+                    operation, self._flush, step.outcomes, plans, step.claim, single
                 )
             except DatabaseError as exc:
                 given_up: list[Finished] | None = self._flush_failed(pipe, step, failures + 1, exc)
@@ -347,6 +351,19 @@ class AsyncWorker(WorkerBase):
         try:
             async with self.sessions.begin() as session:
                 return await session.run_sync(step, *args)
+        except SQLAlchemyError as exc:  # commit/rollback errors are not wrapped by the queue
+            raise database_error(operation, exc) from exc
+
+    async def _autocommitted(self, operation: str, step: Callable[..., T], *args: Any) -> T:
+        """Run a single-statement body on an autocommitted connection (no BEGIN/COMMIT)."""
+        engine = self.sessions.kw.get("bind")
+        if not isinstance(engine, AsyncEngine):
+            return await self._in_transaction(operation, step, *args)
+        try:
+            async with engine.connect() as connection:
+                solo = await connection.execution_options(isolation_level="AUTOCOMMIT")
+                async with self.sessions(bind=solo) as session:
+                    return await session.run_sync(step, *args)
         except SQLAlchemyError as exc:  # commit/rollback errors are not wrapped by the queue
             raise database_error(operation, exc) from exc
 

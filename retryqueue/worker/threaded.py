@@ -102,6 +102,8 @@ class Worker(WorkerBase):
         self._db_lock = threading.Lock()  # serialises the pipeline's writes and heartbeats
         self._wakeup = _Wakeup(self._changed)
         self._previous_handlers: dict[int, Any] = {}
+        bind = sessions.kw.get("bind")
+        self._engine = bind if isinstance(bind, Engine) else None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -239,10 +241,14 @@ class Worker(WorkerBase):
         if step.claim:
             self._wakeup.clear()  # a NOTIFY from now on ends the idle wait that may follow
         operation = "record outcomes" if step.outcomes else "acquire"
+        dialect = "" if self._engine is None else self._engine.dialect.name
+        single = self._single_statement(step, plans, dialect)
         try:
             with self._db_lock:
-                with self._transaction(operation) as session:
-                    outcomes, claimed = self._flush(session, step.outcomes, plans, step.claim)
+                with self._transaction(operation, autocommit=single) as session:
+                    outcomes, claimed = self._flush(
+                        session, step.outcomes, plans, step.claim, single
+                    )
                 pipe.forget(done.item.id for done in step.outcomes)
                 with self._lock:
                     pipe.add(claimed)
@@ -307,10 +313,18 @@ class Worker(WorkerBase):
             self._registry_done(step, None)
 
     @contextmanager
-    def _transaction(self, operation: str) -> Iterator[Session]:
+    def _transaction(self, operation: str, *, autocommit: bool = False) -> Iterator[Session]:
+        """A session in a transaction; ``autocommit``: on an autocommitted connection of
+        the bound engine instead, for a step that is a single statement."""
         try:
-            with self.sessions.begin() as session:
-                yield session
+            if autocommit and self._engine is not None:
+                with self._engine.connect() as connection:
+                    solo = connection.execution_options(isolation_level="AUTOCOMMIT")
+                    with self.sessions(bind=solo) as session:
+                        yield session
+            else:
+                with self.sessions.begin() as session:
+                    yield session
         except SQLAlchemyError as exc:  # commit/rollback errors are not wrapped by the queue
             raise database_error(operation, exc) from exc
 
