@@ -165,6 +165,8 @@ class Run:
         self.record(scenarios.enqueue_single(self.rq_url, self.plan.enqueue_single))
         seed.reset(self.rq_dsn)
         self.record(scenarios.enqueue_bulk(self.rq_url, self.plan.enqueue_bulk))
+        seed.reset(self.rq_dsn)
+        self.record(scenarios.copy_baseline(self.rq_url, self.plan.enqueue_bulk))
 
     def _seeded_drain(self, target: Callable[..., None], args: tuple[Any, ...], workers: int):  # type: ignore[no-untyped-def]
         items = self.plan.drain_items

@@ -57,29 +57,42 @@ def pgqueuer_seed(dsn: str, count: int) -> None:
     asyncio.run(_pgqueuer_seed(dsn, count))
 
 
+DEQUEUERS = 4  # pgqueuer's own benchmark runs several QueueManagers in one process
+
+
 async def _pgqueuer_consume(signals: Signals, dsn: str, driver: str, batch_size: int) -> None:
     from pgqueuer import Queries, QueueManager
 
-    manager = QueueManager(Queries(await _pgqueuer_driver(dsn, driver)))
+    managers = [
+        QueueManager(Queries(await _pgqueuer_driver(dsn, driver))) for _ in range(DEQUEUERS)
+    ]
+    for manager in managers:
 
-    @manager.entrypoint(ENTRYPOINT)
-    async def noop(job: Any) -> None:
-        """The no-op handler."""
+        @manager.entrypoint(ENTRYPOINT)
+        async def noop(job: Any) -> None:
+            """The no-op handler."""
 
     signals.ready.set()
     await _wait(signals.start)
 
     async def stop_later() -> None:
         await _wait(signals.stop)
-        manager.shutdown.set()
+        for manager in managers:
+            manager.shutdown.set()
 
     stopper = asyncio.create_task(stop_later())
-    await manager.run(batch_size=batch_size, dequeue_timeout=timedelta(seconds=1))
+    await asyncio.gather(
+        *(
+            manager.run(batch_size=batch_size, dequeue_timeout=timedelta(seconds=1))
+            for manager in managers
+        )
+    )
     await stopper
 
 
 def pgqueuer_consume(signals: Signals, dsn: str, driver: str, batch_size: int) -> None:
-    """A pgqueuer consumer process (one QueueManager, asyncpg or psycopg driver)."""
+    """A pgqueuer consumer process as pgqueuer's own benchmark runs it: DEQUEUERS
+    QueueManagers (each with its connection) in one event loop, asyncpg or psycopg driver."""
     asyncio.run(_pgqueuer_consume(signals, dsn, driver, batch_size))
 
 

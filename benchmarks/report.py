@@ -48,6 +48,9 @@ def ratios(figures: Sequence[Figure]) -> dict[str, float | None]:
         other = _drain(figures, system, workers, 10)
         numerator = _drain(figures, "retryqueue", 4, 10) if workers == 4 else mine
         out[label] = numerator / other if numerator and other else None
+    bulk = {f.system: f.value for f in figures if f.scenario == "enqueue_bulk" and f.value}
+    mine_bulk, copy = bulk.get("retryqueue"), bulk.get("raw-copy")
+    out["enqueue_many / raw COPY (bulk)"] = mine_bulk / copy if mine_bulk and copy else None
     return out
 
 
@@ -88,7 +91,7 @@ def markdown(meta: dict[str, Any], figures: Sequence[Figure]) -> str:
             f"| {figure.scenario} | {figure.system} | {_params(figure.params)} | "
             f"{_number(figure.value, figure.unit)} | {detail} |"
         )
-    lines += ["", "| ratio (drain, batch 10) | value |", "| --- | ---: |"]
+    lines += ["", "| ratio (batch 10 drains; bulk enqueue) | value |", "| --- | ---: |"]
     for label, value in ratios(figures).items():
         lines.append(f"| {label} | {'n/a' if value is None else f'{value:.2f}'} |")
     return "\n".join(lines) + "\n"

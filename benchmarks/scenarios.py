@@ -10,7 +10,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from multiprocessing.queues import Queue
 from typing import Any
 
@@ -161,6 +161,54 @@ def enqueue_bulk(url: URL, count: int, chunk: int = 1000) -> Figure:
     return Figure(
         "enqueue_bulk",
         SYSTEM,
+        {"items": count, "chunk": chunk},
+        count / elapsed,
+        "items/s",
+        {"seconds": elapsed},
+    )
+
+
+def copy_baseline(url: URL, count: int, chunk: int = 1000) -> Figure:
+    """A raw psycopg ``COPY`` of the rows enqueue_bulk writes (same chunks, one transaction
+    each, the columns enqueue_many fills): what a hand-written bulk insert costs."""
+    import json
+    import uuid
+
+    import psycopg
+
+    from benchmarks.server import libpq_dsn
+
+    columns = (
+        "event_id, event_type, event_data, retry_count, max_retries, retry_delay_seconds, "
+        "backoff_multiplier, priority, status, created_at, next_retry_at, expires_at"
+    )
+    with psycopg.connect(libpq_dsn(url)) as conn:
+        began = time.perf_counter()
+        for first in range(0, count, chunk):
+            now = datetime.now(UTC)
+            statement = f"COPY daz_retry_queue ({columns}) FROM STDIN"
+            with conn.transaction(), conn.cursor() as cursor, cursor.copy(statement) as copy:
+                for n in range(first, min(first + chunk, count)):
+                    copy.write_row(
+                        (
+                            uuid.uuid4(),
+                            seed.EVENT_TYPE,
+                            json.dumps({"i": n}),
+                            0,
+                            3,
+                            60,
+                            2.0,
+                            5,
+                            "pending",
+                            now,
+                            now,
+                            now + timedelta(days=7),
+                        )
+                    )
+        elapsed = time.perf_counter() - began
+    return Figure(
+        "enqueue_bulk",
+        "raw-copy",
         {"items": count, "chunk": chunk},
         count / elapsed,
         "items/s",

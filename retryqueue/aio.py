@@ -126,6 +126,7 @@ class AsyncRetryQueue:
     acquire = _Awaitable(RetryQueue.acquire)
     complete = _Awaitable(RetryQueue.complete)
     complete_many = _Awaitable(RetryQueue.complete_many)
+    complete_and_acquire = _Awaitable(RetryQueue.complete_and_acquire)
     fail = _Awaitable(RetryQueue.fail)
     record_failure = _Awaitable(RetryQueue.record_failure)
     heartbeat = _Awaitable(RetryQueue.heartbeat)

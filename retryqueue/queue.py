@@ -22,10 +22,12 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
+from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -203,8 +205,11 @@ class RetryQueue:
     def enqueue_many(self, session: Session, items: Iterable[NewItem]) -> list[EnqueuedItem]:
         """Add many items in bulk INSERTs; results are in input order.
 
-        Every item is validated before any row is written. On PostgreSQL the rows travel
-        as one JSON parameter per 1,000 rows (or ~8 MiB); elsewhere as a multi-row VALUES.
+        Every item is validated before any row is written. On PostgreSQL with psycopg 3
+        (sync) 50 rows or more go by COPY into a temporary staging table on the session's
+        connection, inside the caller's transaction, then one ``INSERT … SELECT … ON
+        CONFLICT DO NOTHING``; with other PostgreSQL drivers they travel as one JSON
+        parameter per 1,000 rows (or ~8 MiB); elsewhere as a multi-row VALUES.
         """
         at = self.now(session)
         rows = [
@@ -276,6 +281,10 @@ class RetryQueue:
         """
         bind_dialect = session.get_bind().dialect
         dialect = bind_dialect.name
+        if dialect == "postgresql" and not targeted and len(rows) >= _COPY_FROM_ROWS:
+            copier = _psycopg_connection(session)
+            if copier is not None:  # psycopg 3, sync: COPY through a staging table
+                return _insert_by_copy(session, copier, rows, at is None)
         if dialect == "postgresql":
             target: bool | None = False
             if targeted:
@@ -379,7 +388,7 @@ class RetryQueue:
         token = uuid.uuid4()
         if _has_returning(session):
             stmt, params = sql.claim(at, worker_id, token, batch_size, **keys)
-            rows = session.execute(stmt, params).all()
+            rows = _core(session).execute(stmt, params).all()
         else:  # MySQL: SELECT ... SKIP LOCKED, UPDATE those ids, read them back
             emulation = sql.claim_emulated(at, worker_id, token, batch_size, **keys)
             rows = _run_emulated(session, emulation)
@@ -613,7 +622,7 @@ class RetryQueue:
         if session.get_bind().dialect.name == "postgresql":  # both writes in one statement
             durations = list(durations_ms) if durations_ms is not None else [None] * len(items)
             recorded, values = sql.complete_and_record(at, worker_id, leases, durations)
-            return set(session.scalars(recorded, values))
+            return set(_core(session).execute(recorded, values).scalars())
         stmt, params = sql.complete_many(at, leases)
         rows = _returning_rows(session, stmt, params)
         duration_of = dict(zip((item.id for item in items), durations_ms or [], strict=False))
@@ -633,6 +642,80 @@ class RetryQueue:
             ],
         )
         return {row.id for row in rows}
+
+    def complete_and_acquire(
+        self,
+        session: Session,
+        items: Sequence[ClaimedItem],
+        worker_id: str,
+        batch_size: int = 10,
+        lock_timeout: float = 300,
+        *,
+        durations_ms: Sequence[int | None] | None = None,
+        reclaim_stale: bool = True,
+    ) -> tuple[set[int], list[ClaimedItem]]:
+        """:meth:`complete_many` then :meth:`acquire` (no circuit filter), for a worker
+        whose flush completes a batch and claims the next: one statement on PostgreSQL when
+        no stale-lock sweep is due, else the two calls. Returns (ids completed, claimed).
+        """
+        if not items or reclaim_stale or session.get_bind().dialect.name != "postgresql":
+            completed = self.complete_many(session, items, durations_ms=durations_ms)
+            claimed = self.acquire(
+                session, worker_id, batch_size, lock_timeout, reclaim_stale=reclaim_stale
+            )
+            return completed, claimed
+        completed, claimed = self._complete_and_claim(
+            session, items, worker_id, batch_size, lock_timeout, durations_ms
+        )
+        if (hook := hooks.active) is not None:
+            for item in items:
+                hook.outcome(
+                    item, Outcome.COMPLETED.value if item.id in completed else "lost", None
+                )
+        return completed, claimed
+
+    @_database_errors
+    def _complete_and_claim(
+        self,
+        session: Session,
+        items: Sequence[ClaimedItem],
+        worker_id: str,
+        batch_size: int,
+        lock_timeout: float,
+        durations_ms: Sequence[int | None] | None,
+    ) -> tuple[set[int], list[ClaimedItem]]:
+        worker_id = check.text("worker_id", worker_id)
+        batch_size = check.bounded_int("batch_size", batch_size, low=1, high=10_000)
+        lock_timeout = check.seconds("lock_timeout", lock_timeout, allow_zero=False)
+        durations_ms = (
+            None
+            if durations_ms is None
+            else [check.optional_duration_ms("durations_ms", ms) for ms in durations_ms]
+        )
+        if durations_ms is not None and len(durations_ms) != len(items):
+            raise InvalidArgument("durations_ms", "needs one entry per item")
+        if any(item.locked_by != worker_id for item in items):
+            raise InvalidArgument("items", "must all be claimed by this worker")
+        leases = [(item.id, required_token(item.lease_token)) for item in items]
+        durations = list(durations_ms) if durations_ms is not None else [None] * len(items)
+        at = self.now(session)
+        stmt, params = sql.complete_record_and_claim(
+            at,
+            worker_id,
+            leases,
+            durations,
+            uuid.uuid4(),
+            batch_size,
+            lock_timeout=lock_timeout,
+        )
+        rows = _core(session).execute(stmt, params).all()
+        completed = set(rows[0].completed_ids or ())
+        claimed = [claimed_item(row) for row in rows if row.id is not None]
+        claimed.sort(key=lambda item: (-item.priority, item.next_retry_at, item.id))
+        if any(isinstance(item.event_data, encryption.Undecryptable) for item in claimed):
+            with _atomic(session):  # rare: a worker's flush may run autocommitted
+                claimed = self._quarantine(claimed, session, at)
+        return completed, claimed
 
     @_database_errors
     def seconds_until_due(self, session: Session) -> float | None:
@@ -1328,6 +1411,77 @@ def _guard(item_id: int, token: uuid.UUID | None) -> Any:
     return sql.operator_guard(item_id) if token is None else sql.owned_guard(item_id, token)
 
 
+# COPY costs four round trips (create the staging table if missing, COPY, INSERT,
+# TRUNCATE): worth it for a bulk, not for a few rows (a single enqueue keeps one).
+_COPY_FROM_ROWS = 50
+
+
+def _psycopg_connection(session: Session) -> Any:
+    """The session's psycopg 3 (sync) connection, or None (another driver, or async)."""
+    try:
+        import psycopg
+    except ImportError:
+        return None
+    raw = session.connection().connection.driver_connection
+    return raw if isinstance(raw, psycopg.Connection) else None
+
+
+def _insert_by_copy(
+    session: Session, raw: Any, rows: list[dict[str, Any]], server_clock: bool
+) -> dict[uuid.UUID, int]:
+    """PostgreSQL with psycopg 3, in the caller's transaction: COPY the rows into a
+    temporary staging table, then one INSERT ... SELECT (ON CONFLICT DO NOTHING) moves them
+    into the queue. Returns {event_id: id} of the rows inserted."""
+    import psycopg
+
+    connection = _core(session)
+    dialect = connection.dialect
+    create, copy_rows, clear = sql.staging_statements(server_clock, dialect)
+    connection.exec_driver_sql(create)
+    try:
+        with raw.cursor() as cursor, cursor.copy(copy_rows) as copy:
+            for values in sql.staged_rows(rows, dialect, server_clock):
+                copy.write_row(values)
+    except psycopg.Error as exc:
+        raise database_error("enqueue_many", exc) from exc
+    inserted = {
+        event_id: item_id
+        for item_id, event_id in connection.execute(sql.insert_items_staged(server_clock))
+    }
+    connection.exec_driver_sql(clear)
+    return inserted
+
+
+def _core(session: Session) -> Connection:
+    """The session's connection, for hot statements executed with Core.
+
+    An ORM-enabled UPDATE through ``Session.execute`` pays for the ORM's bulk-update
+    machinery on every call; on the connection the same compiled statement runs as plain
+    Core (same transaction). Pending ORM changes are flushed first, as autoflush would.
+    """
+    if session.autoflush and (session.new or session.dirty or session.deleted):
+        session.flush()
+    return session.connection()
+
+
+@contextmanager
+def _atomic(session: Session) -> Iterator[None]:
+    """Make the block one transaction even when the session's connection autocommits (a
+    worker's single-statement flush): an explicit BEGIN … COMMIT around it. Inside an
+    ordinary transaction it is that transaction."""
+    connection = session.connection()
+    if connection.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+        yield
+        return
+    connection.exec_driver_sql("BEGIN")
+    try:
+        yield
+    except BaseException:
+        connection.exec_driver_sql("ROLLBACK")
+        raise
+    connection.exec_driver_sql("COMMIT")
+
+
 def _is_pg(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
@@ -1341,7 +1495,7 @@ def _returning_rows(
 ) -> list[Any]:
     """The rows of an UPDATE/DELETE ... RETURNING (on MySQL: of its three-step form)."""
     if _has_returning(session):
-        return list(session.execute(stmt, params).all())
+        return list(_core(session).execute(stmt, params).all())
     return _run_emulated(session, sql.emulate_returning(stmt), params)
 
 

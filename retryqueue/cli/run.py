@@ -124,6 +124,20 @@ def worker(
         float | None, typer.Option(help="Default: lock_timeout / 3.")
     ] = None,
     shutdown_grace: Annotated[float, typer.Option(show_default=True)] = 30.0,
+    prefetch: Annotated[
+        int | None, typer.Option(help="Items claimed ahead of the handlers. Default: batch size.")
+    ] = None,
+    flush_age: Annotated[
+        float,
+        typer.Option(show_default=True, help="Seconds an outcome may wait for batch-mates."),
+    ] = 0.005,
+    ready_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds a claimed item may wait for a free handler before it is given "
+            "back. Default: min(lock_timeout / 2, 30)."
+        ),
+    ] = None,
     listen: Annotated[
         bool, typer.Option("--listen/--no-listen", help="Wake on PostgreSQL NOTIFY.")
     ] = True,
@@ -185,6 +199,9 @@ def worker(
         concurrency=concurrency,
         heartbeat_interval=heartbeat_interval,
         shutdown_grace=shutdown_grace,
+        prefetch=prefetch,
+        flush_age=flush_age,
+        ready_timeout=ready_timeout,
         listen=listen,
         observers=(worker_metrics.observe,),
         breaker=breaker,

@@ -27,6 +27,7 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    true,
     tuple_,
     update,
 )
@@ -443,6 +444,45 @@ def complete_and_record(
     params["done_ids"] = list(timing)
     params["done_ms"] = list(timing.values())
     return _complete_and_record_template(at is None), params
+
+
+@functools.cache
+def _complete_record_and_claim_template(server_clock: bool) -> AnySelect:
+    recorded = _complete_and_record_template(server_clock).cte("recorded")
+    claimed = _claim_template(server_clock).cte("claimed")
+    completion = select(func.array_agg(recorded.c.retry_queue_id).label("completed_ids")).subquery(
+        "completion"
+    )
+    return select(completion.c.completed_ids, claimed).select_from(
+        completion.outerjoin(claimed, true())
+    )
+
+
+def complete_record_and_claim(
+    at: datetime | None,
+    worker_id: str,
+    leases: Sequence[tuple[int, uuid.UUID]],
+    durations_ms: Sequence[int | None],
+    token: uuid.UUID,
+    batch_size: int,
+    *,
+    lock_timeout: float,
+) -> tuple[AnySelect, dict[str, Any]]:
+    """PostgreSQL: :func:`complete_and_record` and :func:`claim` (no circuit filter) in one
+    statement, for a worker whose flush completes a batch and claims the next.
+
+    ``WITH done AS (UPDATE …), recorded AS (INSERT INTO history … FROM done), claimable AS
+    MATERIALIZED (SELECT … FOR UPDATE SKIP LOCKED), claimed AS (UPDATE … RETURNING …)
+    SELECT completion.completed_ids, claimed.* FROM (SELECT array_agg(…) FROM recorded)
+    AS completion LEFT JOIN claimed ON true``: always at least one row; every row carries
+    the ids completed (NULL: none), and the claimed columns (all NULL: nothing claimed).
+    The completed rows are processing and the claimed ones pending in the statement's
+    snapshot, so the two UPDATEs never touch the same row.
+    """
+    _, params = complete_and_record(at, worker_id, leases, durations_ms)
+    _, claim_params = claim(at, worker_id, token, batch_size, lock_timeout=lock_timeout)
+    params.update(claim_params)
+    return _complete_record_and_claim_template(at is None), params
 
 
 def lock_owned(guard: ColumnElement[bool], *, at: datetime | None = None) -> AnySelect:

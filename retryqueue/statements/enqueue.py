@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import (
     Float,
     Insert,
+    Integer,
     Select,
     Text,
     bindparam,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     literal,
     literal_column,
     select,
+    table,
     text,
 )
 from sqlalchemy.dialects import mysql, postgresql, sqlite
@@ -143,46 +145,13 @@ def insert_items_json(server_clock: bool, targeted: bool | None = False) -> Inse
     NOTHING`` (the plain table; a colliding id raises); None, no ON CONFLICT (the
     partitioned table, whose trigger skips a taken event_id; a colliding id raises).
     """
-    table = QUEUE_TABLE
-    fields = [column(name, table.c[name].type) for name in _RECORD_COLUMNS]
-    if server_clock:
-        fields += [
-            column(_ROW_RUN_AT, UTCDateTime()),
-            column(_ROW_DELAY, Float()),
-            column(_ROW_EXPIRES_AT, UTCDateTime()),
-            column(_ROW_TTL, Float()),
-            column(_ROW_DEADLINE, UTCDateTime()),
-            column(_ROW_RETRY_FOR, Float()),
-        ]
-    else:
-        fields += [column(name, table.c[name].type) for name in _PYTHON_CLOCK_COLUMNS]
     payload = cast(bindparam("rows", type_=Text()), postgresql.JSONB)
     record = (
         func.jsonb_to_recordset(payload)
-        .table_valued(*fields)
+        .table_valued(*_record_fields(server_clock))
         .render_derived(name="item", with_types=True)
     )
-    values: dict[str, Any] = {name: record.c[name] for name in _RECORD_COLUMNS}
-    values["retry_count"] = literal(0)
-    values["status"] = literal_column(f"'{RetryStatus.PENDING.value}'")
-    if server_clock:
-        values["created_at"] = utc_now()
-        values["next_retry_at"] = func.coalesce(
-            record.c[_ROW_RUN_AT], _now_plus_seconds(record.c[_ROW_DELAY])
-        )
-        values["expires_at"] = func.coalesce(
-            record.c[_ROW_EXPIRES_AT], _now_plus_seconds(record.c[_ROW_TTL])
-        )
-        values["retry_deadline"] = func.coalesce(
-            record.c[_ROW_DEADLINE], _now_plus_seconds(record.c[_ROW_RETRY_FOR])
-        )
-    else:
-        values.update({name: record.c[name] for name in _PYTHON_CLOCK_COLUMNS})
-    stmt = _on_conflict(
-        postgresql.insert(table).from_select(list(values), select(*values.values())), targeted
-    )
-    result: Insert = stmt.returning(table.c.id, table.c.event_id)
-    return result
+    return _insert_from(record, server_clock, targeted=targeted)
 
 
 def json_payloads(rows: Sequence[dict[str, Any]], dialect: Dialect) -> Iterator[str]:
@@ -208,6 +177,104 @@ def json_payloads(rows: Sequence[dict[str, Any]], dialect: Dialect) -> Iterator[
         size += len(text_row)
     if batch:
         yield "[" + ",".join(batch) + "]"
+
+
+# PostgreSQL with psycopg 3: the rows go by COPY into a temporary staging table (one per
+# connection, emptied at commit), then one INSERT ... SELECT moves them into the queue.
+_STAGING = {True: "rq_enqueue_staging_server", False: "rq_enqueue_staging_python"}
+
+
+def _record_fields(server_clock: bool) -> list[Any]:
+    """The per-row columns of a bulk enqueue on PostgreSQL (JSON record or staging table)."""
+    table = QUEUE_TABLE
+    fields = [column(name, table.c[name].type) for name in _RECORD_COLUMNS]
+    if server_clock:
+        fields += [
+            column(_ROW_RUN_AT, UTCDateTime()),
+            column(_ROW_DELAY, Float()),
+            column(_ROW_EXPIRES_AT, UTCDateTime()),
+            column(_ROW_TTL, Float()),
+            column(_ROW_DEADLINE, UTCDateTime()),
+            column(_ROW_RETRY_FOR, Float()),
+        ]
+    else:
+        fields += [column(name, table.c[name].type) for name in _PYTHON_CLOCK_COLUMNS]
+    return fields
+
+
+def _insert_from(
+    record: Any, server_clock: bool, order_by: Any = None, *, targeted: bool | None = False
+) -> Insert:
+    """INSERT into the queue of the rows of ``record`` (columns: :func:`_record_fields`);
+    ``targeted`` as for :func:`insert_items_json`."""
+    table = QUEUE_TABLE
+    values: dict[str, Any] = {name: record.c[name] for name in _RECORD_COLUMNS}
+    values["retry_count"] = literal(0)
+    values["status"] = literal_column(f"'{RetryStatus.PENDING.value}'")
+    if server_clock:
+        values["created_at"] = utc_now()
+        values["next_retry_at"] = func.coalesce(
+            record.c[_ROW_RUN_AT], _now_plus_seconds(record.c[_ROW_DELAY])
+        )
+        values["expires_at"] = func.coalesce(
+            record.c[_ROW_EXPIRES_AT], _now_plus_seconds(record.c[_ROW_TTL])
+        )
+        values["retry_deadline"] = func.coalesce(
+            record.c[_ROW_DEADLINE], _now_plus_seconds(record.c[_ROW_RETRY_FOR])
+        )
+    else:
+        values.update({name: record.c[name] for name in _PYTHON_CLOCK_COLUMNS})
+    rows = select(*values.values())
+    if order_by is not None:
+        rows = rows.order_by(order_by)
+    stmt = _on_conflict(postgresql.insert(table).from_select(list(values), rows), targeted)
+    result: Insert = stmt.returning(table.c.id, table.c.event_id)
+    return result
+
+
+@functools.cache
+def staging_statements(server_clock: bool, dialect: Dialect) -> tuple[str, str, str]:
+    """PostgreSQL/psycopg 3: (CREATE the staging table if missing, its COPY ... FROM STDIN,
+    TRUNCATE it) for :func:`insert_items_staged`. A temporary table, so it is private to
+    the connection; ``ON COMMIT DELETE ROWS`` and the TRUNCATE after each use keep it
+    empty between calls."""
+    name = _STAGING[server_clock]
+    fields = _record_fields(server_clock)
+    columns = ", ".join(f"{field.name} {field.type.compile(dialect=dialect)}" for field in fields)
+    create = (
+        f"CREATE TEMPORARY TABLE IF NOT EXISTS {name} (ord integer, {columns}) "
+        "ON COMMIT DELETE ROWS"
+    )
+    names = ", ".join(field.name for field in fields)
+    return create, f"COPY {name} (ord, {names}) FROM STDIN", f"TRUNCATE {name}"
+
+
+@functools.cache
+def insert_items_staged(server_clock: bool) -> Insert:
+    """PostgreSQL: the queue INSERT from the COPY staging table, in input order, skipping
+    existing event_ids (``ON CONFLICT DO NOTHING``, or the partitioned table's trigger);
+    RETURNING id, event_id."""
+    staging = table(_STAGING[server_clock], column("ord", Integer()), *_record_fields(server_clock))
+    return _insert_from(staging, server_clock, order_by=staging.c.ord)
+
+
+def staged_rows(
+    rows: Sequence[dict[str, Any]], dialect: Dialect, server_clock: bool
+) -> Iterator[tuple[Any, ...]]:
+    """The COPY rows of :func:`staging_statements`: ``ord`` then the record columns, with
+    event_data sealed (encryption at rest) and the JSON columns as JSON text."""
+    sealed = SealedJSON()
+    names = [field.name for field in _record_fields(server_clock)]
+    for number, row in enumerate(rows):
+        values: list[Any] = [number]
+        for name in names:
+            value = row.get(name)
+            if name == "event_data":
+                value = json.dumps(sealed.process_bind_param(value, dialect))
+            elif name == "event_metadata" and value is not None:
+                value = json.dumps(value)
+            values.append(value)
+        yield tuple(values)
 
 
 def _json_value(value: Any) -> Any:

@@ -6,7 +6,9 @@ One room, several modules:
 - :mod:`~retryqueue.worker.async_worker` — :class:`AsyncWorker`, handlers as asyncio tasks
   (imported lazily: it needs SQLAlchemy's asyncio extra);
 - :mod:`~retryqueue.worker._base` — the transaction bodies and outcome rules both share;
-- :mod:`~retryqueue.worker._batch` — batch bookkeeping;
+- :mod:`~retryqueue.worker._pipeline` — the pipeline both workers drive: the prefetch
+  buffer, the outcome buffer and its flush rules (:mod:`~retryqueue.worker._batch`: a
+  finished run, leases by token);
 - :mod:`~retryqueue.worker.listener` / :mod:`~retryqueue.worker.async_listener` — LISTEN
   wake-ups on PostgreSQL;
 - :mod:`~retryqueue.worker.routing` — :class:`Router`, handler errors and failure plans.

@@ -32,7 +32,8 @@ from retryqueue.policy import RetryPolicy
 from retryqueue.queue import RetryQueue
 from retryqueue.registry import deregister_worker, register_worker, worker_heartbeat
 from retryqueue.results import ClaimedItem
-from retryqueue.worker._batch import BatchState, Finished, by_token
+from retryqueue.worker._batch import Finished, by_token
+from retryqueue.worker._pipeline import Pipeline, Step
 from retryqueue.worker.listener import reconnect_delay
 from retryqueue.worker.routing import (
     FailurePlan,
@@ -310,7 +311,11 @@ class WorkerOptions(TypedDict, total=False):
     ``listen`` wake on PostgreSQL NOTIFY [True]; ``observers`` callables receiving an
     :class:`AttemptResult` after each attempt; ``breaker`` a
     :class:`~retryqueue.circuits.CircuitBreaker` whose open circuits' items are skipped
-    [None].
+    [None]; ``prefetch`` claimed items kept ready beyond a batch, so that handlers never
+    wait for a claim [batch_size]; ``flush_age`` seconds a finished outcome may wait for
+    batch-mates before it is recorded [0.005]; ``ready_timeout`` seconds a claimed item may
+    wait for a free handler before it is given back to the queue for other workers
+    [min(lock_timeout / 2, 30)].
     """
 
     worker_id: str | None
@@ -323,6 +328,9 @@ class WorkerOptions(TypedDict, total=False):
     listen: bool
     observers: Iterable[Observer]
     breaker: CircuitBreaker | None
+    prefetch: int | None
+    flush_age: float
+    ready_timeout: float | None
 
 
 class WorkerBase:
@@ -343,6 +351,9 @@ class WorkerBase:
         listen: bool = True,
         observers: Iterable[Observer] = (),
         breaker: CircuitBreaker | None = None,
+        prefetch: int | None = None,
+        flush_age: float = 0.005,
+        ready_timeout: float | None = None,
     ) -> None:
         self.queue = queue
         self.router = as_router(handlers)
@@ -359,6 +370,13 @@ class WorkerBase:
         self.listen = listen
         self.observers = tuple(observers)
         self.breaker = breaker
+        ahead = self.batch_size if prefetch is None else prefetch
+        self.prefetch = check.bounded_int("prefetch", ahead, low=0, high=10_000)
+        self.flush_age = check.seconds("flush_age", flush_age)
+        if self.flush_age >= self.lock_timeout:  # buffered outcomes are heartbeated too
+            raise InvalidArgument("flush_age", "must be shorter than lock_timeout")
+        waits = min(self.lock_timeout / 2, 30.0) if ready_timeout is None else ready_timeout
+        self.ready_timeout = check.seconds("ready_timeout", waits, allow_zero=False)
         self._next_reclaim = 0.0
         self._registry_on = True
         self._registered = False
@@ -415,16 +433,78 @@ class WorkerBase:
 
     # -- the steps, each the body of one transaction ------------------------------------
 
-    def _claim(self, session: Session) -> list[ClaimedItem]:
+    def _pipeline(self) -> Pipeline:
+        """A fresh pipeline with this worker's batch size, prefetch and flush age."""
+        return Pipeline(self.batch_size, self.prefetch, self.flush_age, self.ready_timeout)
+
+    def _single_statement(self, step: Step, plans: list[FailurePlan | None], dialect: str) -> bool:
+        """True when ``step`` is the steady state that PostgreSQL records and claims in one
+        statement (only completions, a claim, no circuit breaker, no stale-lock sweep due):
+        such a flush needs no transaction of its own, so the driver runs it autocommitted
+        (one round trip instead of BEGIN, statement, COMMIT). Decided before the step runs,
+        and :meth:`_flush` is told, so the sweep cannot come due in between."""
+        return (
+            dialect == "postgresql"
+            and bool(step.outcomes)
+            and step.claim > 0
+            and self.breaker is None
+            and all(plan is None for plan in plans)
+            and time.monotonic() < self._next_reclaim
+        )
+
+    def _flush(
+        self,
+        session: Session,
+        finished: list[Finished],
+        plans: list[FailurePlan | None],
+        claim: int,
+        single: bool = False,
+    ) -> tuple[dict[int, str], list[ClaimedItem]]:
+        """One pipeline transaction: record ``finished`` (with their history rows), then
+        claim up to ``claim`` items (0: none).
+
+        The steady state (only completions, a claim, no circuit breaker) is one call of
+        :meth:`RetryQueue.complete_and_acquire`: one statement on PostgreSQL (``single``:
+        the caller checked :meth:`_single_statement` and runs it autocommitted).
+        """
+        if single:
+            return self._complete_and_claim(session, finished, claim, reclaim=False)
+        if finished and claim and self.breaker is None and all(p is None for p in plans):
+            reclaim = time.monotonic() >= self._next_reclaim
+            return self._complete_and_claim(session, finished, claim, reclaim=reclaim)
+        outcomes = self._write_outcomes(session, finished, plans) if finished else {}
+        return outcomes, (self._claim(session, claim) if claim else [])
+
+    def _complete_and_claim(
+        self, session: Session, finished: list[Finished], claim: int, *, reclaim: bool
+    ) -> tuple[dict[int, str], list[ClaimedItem]]:
+        completed, claimed = self.queue.complete_and_acquire(
+            session,
+            [done.item for done in finished],
+            self.worker_id,
+            claim,
+            self.lock_timeout,
+            durations_ms=[done.duration_ms for done in finished],
+            reclaim_stale=reclaim,
+        )
+        if reclaim:
+            self._next_reclaim = time.monotonic() + min(self.lock_timeout / 4, _RECLAIM_EVERY)
+        outcomes = {
+            done.item.id: "completed" if done.item.id in completed else "lost" for done in finished
+        }
+        return outcomes, claimed
+
+    def _claim(self, session: Session, size: int | None = None) -> list[ClaimedItem]:
         """Acquire a batch; stale locks are looked for a few times per lock_timeout.
 
         With a circuit breaker: the probes this worker won come first (one item each; a
         probe that finds nothing is given back), then a batch that skips open circuits.
         """
         reclaim = time.monotonic() >= self._next_reclaim
+        size = self.batch_size if size is None else size
         claim = partial(self.queue.acquire, session, self.worker_id, lock_timeout=self.lock_timeout)
         if self.breaker is None:
-            claimed = claim(self.batch_size, reclaim_stale=reclaim)
+            claimed = claim(size, reclaim_stale=reclaim)
         else:
             gate = self.breaker.gate(session, owner=self.worker_id)
             claimed = []
@@ -435,7 +515,7 @@ class WorkerBase:
                 if not probe:
                     self.breaker.release_probe(session, key)
                 claimed += probe
-            room = self.batch_size - len(claimed)
+            room = size - len(claimed)
             claimed += (
                 claim(
                     room,
@@ -453,7 +533,12 @@ class WorkerBase:
         return claimed
 
     def _plans(self, finished: list[Finished]) -> list[FailurePlan | None]:
-        return [plan_outcome_safely(f, self.queue.policy) for f in finished]
+        return [self._plan(done) for done in finished]
+
+    def _plan(self, done: Finished) -> FailurePlan | None:
+        """The one place an item's outcome is planned: None for a success, else how the
+        failure is recorded."""
+        return plan_outcome_safely(done, self.queue.policy)
 
     def _write_outcomes(
         self, session: Session, finished: list[Finished], plans: list[FailurePlan | None]
@@ -507,15 +592,39 @@ class WorkerBase:
 
     # -- decisions around the steps -------------------------------------------------------
 
+    def _flush_failed(
+        self, pipe: Pipeline, step: Step, failures: int, exc: DatabaseError
+    ) -> list[Finished]:
+        """A pipeline transaction failed: put its outcomes back and back off
+        (``pipe.pause_until``); returns the outcomes given up on instead (their leases
+        expired meanwhile: they count as lost). The caller holds the pipeline's locks."""
+        if not step.outcomes:
+            pipe.pause_until = time.monotonic() + self._outage_delay(failures, exc)
+            return []
+        delay = self._recording_delay(pipe.renewed_at, step.outcomes, failures, exc)
+        if delay is None:
+            pipe.forget(done.item.id for done in step.outcomes)
+            return step.outcomes
+        pipe.requeue_outcomes(step.outcomes)
+        pipe.pause_until = time.monotonic() + delay
+        return []
+
+    def _after_claim(self, pipe: Pipeline, asked: int, claimed: int, idle_for: float) -> None:
+        """After a claim that found fewer items than asked (the queue ran dry), the next
+        waits ``idle_for`` (or a NOTIFY)."""
+        if claimed < asked:
+            pipe.claim_at = time.monotonic() + idle_for
+            self._log_idle(idle_for)
+
     def _outage_delay(self, failures: int, exc: DatabaseError) -> float:
         """Capped, jittered backoff after ``failures`` failed rounds in a row (logged)."""
         return self._backing_off("database unavailable", reconnect_delay(failures), exc)
 
     def _recording_delay(
-        self, batch: BatchState, finished: list[Finished], failing: int, exc: DatabaseError
+        self, renewed_at: float, finished: list[Finished], failing: int, exc: DatabaseError
     ) -> float | None:
         """How long to wait before recording again; None to give up (leases expired)."""
-        if time.monotonic() - batch.renewed_at > self.lock_timeout:
+        if time.monotonic() - renewed_at > self.lock_timeout:
             logger.error(
                 "giving up recording %d outcomes (leases expired): %s",
                 len(finished),
@@ -636,7 +745,11 @@ class WorkerBase:
             tally["abandoned"] = tally.get("abandoned", 0) + 1
 
     def _report_released(
-        self, ids: list[int], released: int | DatabaseError, tally: dict[str, int]
+        self,
+        ids: list[int],
+        released: int | DatabaseError,
+        tally: dict[str, int],
+        why: str = "unstarted",
     ) -> None:
         if isinstance(released, DatabaseError):
             logger.warning(
@@ -648,15 +761,16 @@ class WorkerBase:
             return
         tally["released"] = tally.get("released", 0) + released
         logger.info(
-            "released %d unstarted items",
+            "released %d %s items",
             released,
+            why,
             extra={"worker_id": self.worker_id, "item_ids": ids},
         )
 
-    def _note_renewal(self, batch: BatchState, held: list[ClaimedItem], kept: set[int]) -> None:
+    def _note_renewal(self, pipe: Pipeline, held: list[ClaimedItem], kept: set[int]) -> None:
         """After a heartbeat: note the time, log leases lost while their handler runs."""
-        batch.renewed_at = time.monotonic()
-        for item in batch.mark_lost(item for item in held if item.id not in kept):
+        pipe.renewed_at = time.monotonic()
+        for item in pipe.mark_lost(item for item in held if item.id not in kept):
             logger.warning(
                 "item %s: lease lost while its handler runs",
                 item.id,

@@ -1,9 +1,10 @@
-"""The asyncio worker: the :class:`~retryqueue.worker.Worker`'s rounds as asyncio tasks.
+"""The asyncio worker: the :class:`~retryqueue.worker.Worker`'s pipeline as asyncio tasks.
 
-A round is the same three steps, in the same transactions, with the same statements and
-outcome rules (they live in :mod:`retryqueue.worker._base` and run on the
-:class:`~sqlalchemy.ext.asyncio.AsyncSession` through ``run_sync``): acquire a batch;
-run up to ``concurrency`` handlers at once; record the outcomes. ``async def`` handlers run
+The same pipeline (:mod:`retryqueue.worker._pipeline`: prefetch buffer, outcome buffer and
+flush rules), the same transactions, statements and outcome rules (they live in
+:mod:`retryqueue.worker._base` and run on the :class:`~sqlalchemy.ext.asyncio.AsyncSession`
+through ``run_sync``): ``concurrency`` handler tasks and one heartbeat task live as long as
+the run, the run's task drives the database. ``async def`` handlers run
 on the event loop; plain handlers run in threads (at most ``concurrency`` at once), so a
 blocking handler never stalls the loop. Heartbeats are a task; on PostgreSQL a LISTEN task
 (asyncpg or psycopg) wakes an idle worker on NOTIFY.
@@ -37,7 +38,8 @@ from retryqueue.errors import DatabaseError, database_error
 from retryqueue.queue import RetryQueue
 from retryqueue.results import ClaimedItem
 from retryqueue.worker._base import Job, RunReport, WorkerBase, WorkerOptions, job_for
-from retryqueue.worker._batch import BatchState, Finished
+from retryqueue.worker._batch import Finished
+from retryqueue.worker._pipeline import GiveBack, Pipeline, Step, Wait
 from retryqueue.worker.async_listener import AsyncNotifyListener, supports_async_listen
 from retryqueue.worker.routing import Handler, Route, Router
 
@@ -46,21 +48,19 @@ __all__ = ["AsyncWorker"]
 T = TypeVar("T")
 
 
-class _Batch(BatchState):
-    """A batch on the event loop: no locks for the lists, a lock for its writes."""
+class _Wakeup(asyncio.Event):
+    """The idle wake-up (NOTIFY, stop): an event that also wakes the pipeline's driver."""
 
-    def __init__(self, items: list[ClaimedItem]) -> None:
-        super().__init__(items)
-        self.db_lock = asyncio.Lock()
-        self.changed = asyncio.Event()
-        self.runners: list[asyncio.Task[None]] = []
+    def __init__(self, changed: asyncio.Event) -> None:
+        super().__init__()
+        self._changed = changed
 
-    def finish(self, done: Finished) -> None:
-        super().finish(done)
-        self.changed.set()
+    def set(self) -> None:
+        super().set()
+        self._changed.set()
 
 
-async def _wait(event: asyncio.Event, timeout: float) -> None:
+async def _wait(event: asyncio.Event, timeout: float | None) -> None:
     """Until ``event`` is set or ``timeout`` seconds pass."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(event.wait(), timeout)
@@ -105,9 +105,11 @@ class AsyncWorker(WorkerBase):
         self.listen_engine = listen_engine
         self._stop_requested = threading.Event()  # readable from any thread
         self._stopping = asyncio.Event()
-        self._wakeup = asyncio.Event()
+        self._changed = asyncio.Event()  # the driver waits on it
+        self._wakeup = _Wakeup(self._changed)
+        self._has_work = asyncio.Event()  # idle handler tasks wait on it
+        self._db_lock = asyncio.Lock()  # serialises the pipeline's writes and heartbeats
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._batch: _Batch | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -143,7 +145,10 @@ class AsyncWorker(WorkerBase):
         claimed = await self._in_transaction("acquire", self._claim)
         if not claimed:
             return RunReport()
-        return await self._process(_Batch(claimed))
+        pipe = self._pipeline()
+        pipe.claiming = False
+        pipe.add(claimed)
+        return await self._drive(pipe) + RunReport(acquired=len(claimed))
 
     def stop(self) -> None:
         """Stop acquiring; release unstarted items; let running handlers finish (grace).
@@ -173,14 +178,15 @@ class AsyncWorker(WorkerBase):
     def _stop_now(self) -> None:
         self._stopping.set()
         self._wakeup.set()
-        if self._batch is not None:
-            self._batch.changed.set()
+        self._has_work.set()
 
     def _bind_loop(self) -> None:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # asyncio events belong to one loop: new ones per loop
             self._loop = loop
-            self._stopping, self._wakeup = asyncio.Event(), asyncio.Event()
+            self._stopping, self._changed = asyncio.Event(), asyncio.Event()
+            self._wakeup, self._has_work = _Wakeup(self._changed), asyncio.Event()
+            self._db_lock = asyncio.Lock()
         if self._stop_requested.is_set():
             self._stopping.set()
 
@@ -191,24 +197,10 @@ class AsyncWorker(WorkerBase):
         for signum in signals:
             loop.add_signal_handler(signum, self._on_signal, signum)
         self._log_started()
+        await self._registry_round(self._registry_due())  # listed at once
         listener = await self._start_listener()
-        total, failures = RunReport(), 0
         try:
-            while not self._stopping.is_set():
-                self._wakeup.clear()  # a NOTIFY from now on ends the idle wait below
-                await self._registry_round(self._registry_due())
-                try:
-                    report = await self.run_once()
-                    failures = 0
-                except DatabaseError as exc:
-                    failures += 1
-                    await _wait(self._stopping, self._outage_delay(failures, exc))
-                    continue
-                total += report
-                if not report.acquired:
-                    idle_for = await self._idle_wait()
-                    self._log_idle(idle_for)
-                    await _wait(self._wakeup, idle_for)
+            total = await self._drive(self._pipeline())
         finally:
             if listener is not None:
                 await listener.close()
@@ -235,53 +227,110 @@ class AsyncWorker(WorkerBase):
         self._log_signal(signal.Signals(signum).name)
         self.stop()
 
-    # -- one batch -----------------------------------------------------------------------
+    # -- the pipeline ------------------------------------------------------------------
 
-    async def _process(self, batch: _Batch) -> RunReport:
-        tally = {"acquired": len(batch.items)}
-        self._batch = batch
-        beat = asyncio.create_task(self._heartbeats(batch), name="retryqueue-heartbeat")
-        batch.runners = [
-            asyncio.create_task(self._run_handlers(batch), name=f"retryqueue-handler-{n}")
-            for n in range(min(self.concurrency, len(batch.items)))
+    async def _drive(self, pipe: Pipeline) -> RunReport:
+        """Run the pipeline until it is done: handler and heartbeat tasks for its life."""
+        tally: dict[str, int] = {}
+        beat = asyncio.create_task(self._heartbeat_loop(pipe), name="retryqueue-heartbeat")
+        runners = [
+            asyncio.create_task(self._handler_loop(pipe), name=f"retryqueue-handler-{n}")
+            for n in range(self.concurrency)
         ]
         try:
-            await self._supervise(batch, tally)
+            await self._supervise(pipe, tally)
         finally:
+            pipe.closed = True
             beat.cancel()
-            for task in batch.runners:
-                task.cancel()  # only abandoned ones are still running
-            await asyncio.gather(beat, *batch.runners, return_exceptions=True)
-            self._batch = None
+            for task in runners:
+                task.cancel()  # idle ones, and abandoned ones still running a handler
+            await asyncio.gather(beat, *runners, return_exceptions=True)
         return RunReport(**tally)
 
-    async def _supervise(self, batch: _Batch, tally: dict[str, int]) -> None:
+    async def _supervise(self, pipe: Pipeline, tally: dict[str, int]) -> None:
         deadline: float | None = None
-        while not batch.done():
-            if deadline is None and self._stopping.is_set():
-                deadline = time.monotonic() + self.shutdown_grace
-                await self._release_unstarted(batch, tally)
-            batch.changed.clear()
-            due = batch.outcomes_due(self._stopping.is_set(), deadline)
-            if isinstance(due, float):
-                await _wait(batch.changed, due)
-            elif due:
-                await self._record(batch, due, tally)
-            elif deadline is not None and time.monotonic() >= deadline:
-                async with batch.db_lock:
-                    self._report_abandoned(batch.abandon_running(), tally)
+        failures = 0
+        while True:
+            now = time.monotonic()
+            stopping = self._stopping.is_set()
+            if stopping and deadline is None:
+                deadline = now + self.shutdown_grace
+                await self._release_unstarted(pipe, tally)
+                continue
+            if self._wakeup.is_set():
+                pipe.claim_at = 0.0
+            self._changed.clear()
+            step = pipe.next_step(now, stopping, deadline)
+            if step is Wait.DONE:
                 return
+            if step is Wait.ABANDON:
+                async with self._db_lock:
+                    self._report_abandoned(pipe.abandon_running(), tally)
+                return
+            if isinstance(step, GiveBack):
+                await self._release_unstarted(pipe, tally, step.items)
+            elif isinstance(step, Step):
+                failures = await self._run_step(pipe, step, failures, tally)
+            else:
+                await _wait(self._changed, step)
 
-    async def _run_handlers(self, batch: _Batch) -> None:
-        while (item := batch.next_item(self._stopping.is_set())) is not None:
-            route = self.router.resolve(item.event_type, item.plugin_name)
-            started = time.monotonic()
-            error = None if route is None else await self._call(route, batch, item)
-            batch.finish(Finished(item, route, error, time.monotonic() - started))
+    async def _run_step(
+        self, pipe: Pipeline, step: Step, failures: int, tally: dict[str, int]
+    ) -> int:
+        """One pipeline transaction; returns the count of failed transactions in a row."""
+        plans = self._plans(step.outcomes)
+        if step.claim:
+            self._wakeup.clear()  # a NOTIFY from now on ends the idle wait that may follow
+        operation = "record outcomes" if step.outcomes else "acquire"
+        engine = self.sessions.kw.get("bind")
+        dialect = engine.dialect.name if isinstance(engine, AsyncEngine) else ""
+        single = self._single_statement(step, plans, dialect)
+        run = self._autocommitted if single else self._in_transaction
+        async with self._db_lock:
+            try:
+                outcomes, claimed = await run(
+                    operation, self._flush, step.outcomes, plans, step.claim, single
+                )
+            except DatabaseError as exc:
+                given_up: list[Finished] | None = self._flush_failed(pipe, step, failures + 1, exc)
+            else:
+                given_up = None
+                pipe.forget(done.item.id for done in step.outcomes)
+                pipe.add(claimed)
+                if claimed:
+                    self._has_work.set()
+        if given_up is not None:
+            lost = {done.item.id: "lost" for done in given_up}
+            self._report_all(given_up, self._plans(given_up), lost, tally)
+            return failures + 1
+        if claimed:
+            tally["acquired"] = tally.get("acquired", 0) + len(claimed)
+        if len(claimed) < step.claim:  # the queue ran dry: wait until due or NOTIFY
+            self._after_claim(pipe, step.claim, len(claimed), await self._idle_wait())
+        self._report_all(step.outcomes, plans, outcomes, tally)
+        return 0
 
-    async def _call(self, route: Route, batch: _Batch, item: ClaimedItem) -> BaseException | None:
+    async def _handler_loop(self, pipe: Pipeline) -> None:
+        """A handler task: run ready items until the pipeline closes."""
+        while not pipe.closed:
+            item = pipe.next_item(self._stopping.is_set())
+            if item is None:
+                self._has_work.clear()
+                await self._has_work.wait()
+                continue
+            pipe.finish(await self._attempt(pipe, item))
+            self._changed.set()
+
+    async def _attempt(self, pipe: Pipeline, item: ClaimedItem) -> Finished:
+        """The one place a handler attempt runs; its exception, if any, is the outcome."""
+        route = self.router.resolve(item.event_type, item.plugin_name)
+        started = time.monotonic()
+        error = None if route is None else await self._call(route, pipe, item)
+        return Finished(item, route, error, time.monotonic() - started)
+
+    async def _call(self, route: Route, pipe: Pipeline, item: ClaimedItem) -> BaseException | None:
         """Run one handler; the exception it raised, if any."""
-        extend = partial(self._extend_one, batch, item.id)
+        extend = partial(self._extend_one, pipe, item.id)
         job = job_for(item, partial(self._extend_from_thread, extend), extend)
         try:
             if (hook := hooks.active) is None:  # instrumentation seam: retryqueue.hooks
@@ -305,55 +354,50 @@ class AsyncWorker(WorkerBase):
         except SQLAlchemyError as exc:  # commit/rollback errors are not wrapped by the queue
             raise database_error(operation, exc) from exc
 
-    async def _record(self, batch: _Batch, finished: list[Finished], tally: dict[str, int]) -> None:
-        plans = self._plans(finished)
-        outcomes: dict[int, str] | None = None
-        failing = 0
-        while outcomes is None:
-            async with batch.db_lock:
-                try:
-                    outcomes = await self._in_transaction(
-                        "record outcomes", self._write_outcomes, finished, plans
-                    )
-                except DatabaseError as exc:
-                    failing += 1
-                    delay = self._recording_delay(batch, finished, failing, exc)
-                    if delay is None:
-                        outcomes = dict.fromkeys((f.item.id for f in finished), "lost")
-                else:
-                    delay = None
-                if outcomes is not None:
-                    batch.forget(f.item.id for f in finished)
-            if delay is not None:
-                await asyncio.sleep(delay)
-        self._report_all(finished, plans, outcomes, tally)
+    async def _autocommitted(self, operation: str, step: Callable[..., T], *args: Any) -> T:
+        """Run a single-statement body on an autocommitted connection (no BEGIN/COMMIT)."""
+        engine = self.sessions.kw.get("bind")
+        if not isinstance(engine, AsyncEngine):
+            return await self._in_transaction(operation, step, *args)
+        try:
+            async with engine.connect() as connection:
+                solo = await connection.execution_options(isolation_level="AUTOCOMMIT")
+                async with self.sessions(bind=solo) as session:
+                    return await session.run_sync(step, *args)
+        except SQLAlchemyError as exc:  # commit/rollback errors are not wrapped by the queue
+            raise database_error(operation, exc) from exc
 
-    async def _release_unstarted(self, batch: _Batch, tally: dict[str, int]) -> None:
-        unstarted = batch.take_unstarted()
+    async def _release_unstarted(
+        self, pipe: Pipeline, tally: dict[str, int], overdue: list[ClaimedItem] | None = None
+    ) -> None:
+        """Give back the items no handler started: all at shutdown, or the ``overdue``."""
+        unstarted = pipe.take_unstarted() if overdue is None else overdue
         if not unstarted:
             return
         ids = [item.id for item in unstarted]
         released: int | DatabaseError
-        async with batch.db_lock:
-            batch.forget(ids)
+        async with self._db_lock:
+            pipe.forget(ids)
             try:
                 released = await self._in_transaction("release", self._release, unstarted)
             except DatabaseError as exc:
                 released = exc
-        self._report_released(ids, released, tally)
+        self._report_released(ids, released, tally, "unstarted" if overdue is None else "overdue")
 
     # -- leases --------------------------------------------------------------------------
 
-    async def _heartbeats(self, batch: _Batch) -> None:
+    async def _heartbeat_loop(self, pipe: Pipeline) -> None:
+        """The one periodic heartbeat of a running worker: renew every lease held."""
         while True:
             await asyncio.sleep(self.heartbeat_interval)
             try:
-                await self._renew_held(batch, None)
+                await self._renew_held(pipe, None)
             except DatabaseError as exc:
                 self._log_heartbeat_failed(exc)
+            await self._registry_round(self._registry_due())  # also while idle
 
-    async def _extend_one(self, batch: _Batch, item_id: int) -> bool:
-        return item_id in await self._renew_held(batch, [item_id])
+    async def _extend_one(self, pipe: Pipeline, item_id: int) -> bool:
+        return item_id in await self._renew_held(pipe, [item_id])
 
     def _extend_from_thread(self, extend: Callable[[], Awaitable[bool]]) -> bool:
         """extend_lease() for a plain handler, which runs in a thread of its own."""
@@ -364,13 +408,13 @@ class AsyncWorker(WorkerBase):
             return asyncio.run_coroutine_threadsafe(_awaited(extend), self._loop).result()
         raise RuntimeError("on the event loop, await job.extend_lease_async() instead")
 
-    async def _renew_held(self, batch: _Batch, only: list[int] | None) -> set[int]:
-        async with batch.db_lock:
-            held = batch.held_items(only)
+    async def _renew_held(self, pipe: Pipeline, only: list[int] | None) -> set[int]:
+        async with self._db_lock:
+            held = pipe.held_items(only)
             if not held:
                 return set()
             kept = await self._in_transaction("heartbeat", self._renew, held)
-            self._note_renewal(batch, held, kept)
+            self._note_renewal(pipe, held, kept)
             return kept
 
     # -- waiting -------------------------------------------------------------------------

@@ -1,15 +1,19 @@
 """The worker: takes due items, runs their handlers, records the outcomes.
 
-Each round is three short steps: one transaction acquires a batch; the handlers run outside
-any transaction (``concurrency`` at a time); one transaction records the outcomes
-(completions in a single statement via :meth:`RetryQueue.complete_many`). A heartbeat thread
-extends the locks of the batch while handlers run, so a slow handler is never reclaimed;
-a worker that lost a lease anyway (it stalled past lock_timeout) sees its outcome refused.
+A pipeline (:mod:`retryqueue.worker._pipeline`): ``concurrency`` handler threads and one
+heartbeat thread live as long as :meth:`Worker.run`; the run's own thread drives the
+database. It keeps up to ``batch_size + prefetch`` claimed items ready so that handlers never
+wait for a claim, buffers finished outcomes and records them in one transaction (each with
+its history row; completions in a single statement via :meth:`RetryQueue.complete_many`)
+together with the next claim. The heartbeat extends the locks of every item held
+(prefetched, running, or waiting to be recorded), so a slow handler is never reclaimed; a
+worker that lost a lease anyway (it stalled past lock_timeout) sees its outcome refused.
 
 ``stop()`` (or SIGTERM/SIGINT after :meth:`Worker.install_signal_handlers`) stops
-acquiring, gives unstarted items back to pending at once and lets running handlers finish
-within ``shutdown_grace``. Database errors are logged and retried with capped exponential
-backoff. A stopped worker stays stopped; make a new one to start again.
+acquiring, gives unstarted items back to pending at once, lets running handlers finish
+within ``shutdown_grace`` and records every buffered outcome before returning. Database
+errors are logged and retried with capped exponential backoff. A stopped worker stays
+stopped; make a new one to start again.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from retryqueue import hooks
 from retryqueue.errors import DatabaseError, database_error
 from retryqueue.queue import RetryQueue
+from retryqueue.results import ClaimedItem
 from retryqueue.worker._base import (
     AttemptResult,
     Job,
@@ -38,7 +43,8 @@ from retryqueue.worker._base import (
     WorkerOptions,
     job_for,
 )
-from retryqueue.worker._batch import Batch, Finished
+from retryqueue.worker._batch import Finished
+from retryqueue.worker._pipeline import GiveBack, Pipeline, Step, Wait
 from retryqueue.worker.listener import NotifyListener, supports_listen
 from retryqueue.worker.routing import (
     Handler,
@@ -90,10 +96,14 @@ class Worker(WorkerBase):
         self.sessions = sessions
         self.listen_engine = listen_engine
         self._stopping = threading.Event()
-        self._wakeup = threading.Event()
-        self._batch_lock = threading.Lock()
-        self._batch: Batch | None = None
+        self._lock = threading.Lock()  # guards the pipeline's queues
+        self._changed = threading.Condition(self._lock)  # the driver waits on it
+        self._has_work = threading.Condition(self._lock)  # idle handler threads wait on it
+        self._db_lock = threading.Lock()  # serialises the pipeline's writes and heartbeats
+        self._wakeup = _Wakeup(self._changed)
         self._previous_handlers: dict[int, Any] = {}
+        bind = sessions.kw.get("bind")
+        self._engine = bind if isinstance(bind, Engine) else None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -102,24 +112,10 @@ class Worker(WorkerBase):
         if install_signals:
             self.install_signal_handlers()
         self._log_started()
+        self._registry_round(self._registry_due())  # listed at once, not after a heartbeat
         listener = self._start_listener()
-        total, failures = RunReport(), 0
         try:
-            while not self._stopping.is_set():
-                self._wakeup.clear()  # a NOTIFY from now on ends the idle wait below
-                self._registry_round(self._registry_due())
-                try:
-                    report = self.run_once()
-                    idle_for = None if report.acquired else self._idle_wait()
-                    failures = 0
-                except DatabaseError as exc:
-                    failures += 1
-                    self._stopping.wait(self._outage_delay(failures, exc))
-                    continue
-                total += report
-                if idle_for is not None:
-                    self._log_idle(idle_for)
-                    self._wakeup.wait(idle_for)
+            total = self._drive(self._pipeline())
         finally:
             if listener is not None:
                 listener.close()
@@ -142,15 +138,17 @@ class Worker(WorkerBase):
             claimed = self._claim(session)
         if not claimed:
             return RunReport()
-        return self._process(Batch(claimed))
+        pipe = self._pipeline()
+        pipe.claiming = False
+        pipe.add(claimed)
+        return self._drive(pipe) + RunReport(acquired=len(claimed))
 
     def stop(self) -> None:
         """Stop acquiring; release unstarted items; let running handlers finish (grace)."""
         self._stopping.set()
         self._wakeup.set()
-        with self._batch_lock:
-            if self._batch is not None:
-                self._batch.poke()
+        with self._lock:
+            self._has_work.notify_all()
 
     @property
     def stopping(self) -> bool:
@@ -177,70 +175,128 @@ class Worker(WorkerBase):
         self._log_signal(name)
         self.stop()
 
-    # -- one batch -----------------------------------------------------------------------
+    # -- the pipeline ------------------------------------------------------------------
 
-    def _process(self, batch: Batch) -> RunReport:
-        tally = {"acquired": len(batch.items)}
-        with self._batch_lock:
-            self._batch = batch
-        if self._stopping.is_set():
-            batch.poke()
+    def _drive(self, pipe: Pipeline) -> RunReport:
+        """Run the pipeline until it is done: handler and heartbeat threads for its life."""
+        tally: dict[str, int] = {}
         beat_stop = threading.Event()
         beat = threading.Thread(
             target=self._heartbeat_loop,
-            args=(batch, beat_stop),
+            args=(pipe, beat_stop),
             name="retryqueue-heartbeat",
             daemon=True,
         )
         beat.start()
-        for number in range(min(self.concurrency, len(batch.items))):
+        for number in range(self.concurrency):
             threading.Thread(
-                target=self._run_handlers,
-                args=(batch,),
+                target=self._handler_loop,
+                args=(pipe,),
                 name=f"retryqueue-handler-{number}",
                 daemon=True,
             ).start()
         try:
-            self._supervise(batch, tally)
+            self._supervise(pipe, tally)
         finally:
             beat_stop.set()
+            with self._lock:
+                pipe.closed = True
+                self._has_work.notify_all()
             beat.join()
-            with self._batch_lock:
-                self._batch = None
         return RunReport(**tally)
 
-    def _supervise(self, batch: Batch, tally: dict[str, int]) -> None:
+    def _supervise(self, pipe: Pipeline, tally: dict[str, int]) -> None:
         deadline: float | None = None
+        failures = 0
         while True:
-            if deadline is None and self._stopping.is_set():
-                deadline = time.monotonic() + self.shutdown_grace
-                self._release_unstarted(batch, tally)
-            finished = batch.wait_for_outcomes(self._stopping, deadline)
-            if finished:
-                self._record(batch, finished, tally)
-            if batch.done():
+            with self._lock:
+                while True:
+                    now = time.monotonic()
+                    stopping = self._stopping.is_set()
+                    if stopping and deadline is None:
+                        break
+                    if self._wakeup.is_set():
+                        pipe.claim_at = 0.0
+                    step = pipe.next_step(now, stopping, deadline)
+                    if isinstance(step, Step | GiveBack | Wait):
+                        break
+                    self._changed.wait(step)
+            if stopping and deadline is None:
+                deadline = now + self.shutdown_grace
+                self._release_unstarted(pipe, tally)
+            elif step is Wait.DONE:
                 return
-            if deadline is not None and time.monotonic() >= deadline and not batch.has_finished():
-                with batch.db_lock:
-                    self._report_abandoned(batch.abandon_running(), tally)
+            elif step is Wait.ABANDON:
+                with self._db_lock, self._lock:
+                    self._report_abandoned(pipe.abandon_running(), tally)
                 return
+            elif isinstance(step, GiveBack):
+                self._release_unstarted(pipe, tally, step.items)
+            elif isinstance(step, Step):
+                failures = self._run_step(pipe, step, failures, tally)
 
-    def _run_handlers(self, batch: Batch) -> None:
-        while (item := batch.next_item(self._stopping.is_set())) is not None:
-            route = self.router.resolve(item.event_type, item.plugin_name)
-            started = time.monotonic()
-            error: BaseException | None = None
-            if route is not None:
-                try:
-                    job = job_for(item, partial(self._extend_one, batch, item.id))
-                    if (hook := hooks.active) is None:  # instrumentation seam: retryqueue.hooks
+    def _run_step(self, pipe: Pipeline, step: Step, failures: int, tally: dict[str, int]) -> int:
+        """One pipeline transaction; returns the count of failed transactions in a row."""
+        plans = self._plans(step.outcomes)
+        if step.claim:
+            self._wakeup.clear()  # a NOTIFY from now on ends the idle wait that may follow
+        operation = "record outcomes" if step.outcomes else "acquire"
+        dialect = "" if self._engine is None else self._engine.dialect.name
+        single = self._single_statement(step, plans, dialect)
+        try:
+            with self._db_lock:
+                with self._transaction(operation, autocommit=single) as session:
+                    outcomes, claimed = self._flush(
+                        session, step.outcomes, plans, step.claim, single
+                    )
+                pipe.forget(done.item.id for done in step.outcomes)
+                with self._lock:
+                    pipe.add(claimed)
+                    self._has_work.notify(len(claimed))
+        except DatabaseError as exc:
+            with self._db_lock, self._lock:
+                given_up = self._flush_failed(pipe, step, failures + 1, exc)
+            lost = {done.item.id: "lost" for done in given_up}
+            self._report_all(given_up, self._plans(given_up), lost, tally)
+            return failures + 1
+        if claimed:
+            tally["acquired"] = tally.get("acquired", 0) + len(claimed)
+        if len(claimed) < step.claim:  # the queue ran dry: wait until due or NOTIFY
+            idle_for = self._idle_wait()
+            with self._lock:
+                self._after_claim(pipe, step.claim, len(claimed), idle_for)
+        self._report_all(step.outcomes, plans, outcomes, tally)
+        return 0
+
+    def _handler_loop(self, pipe: Pipeline) -> None:
+        """A handler thread: run ready items until the pipeline closes."""
+        while True:
+            with self._lock:
+                while (item := pipe.next_item(self._stopping.is_set())) is None:
+                    if pipe.closed:
+                        return
+                    self._has_work.wait()
+            done = self._attempt(pipe, item)
+            with self._lock:
+                pipe.finish(done)
+                self._changed.notify()
+
+    def _attempt(self, pipe: Pipeline, item: ClaimedItem) -> Finished:
+        """The one place a handler attempt runs; its exception, if any, is the outcome."""
+        route = self.router.resolve(item.event_type, item.plugin_name)
+        started = time.monotonic()
+        error: BaseException | None = None
+        if route is not None:
+            try:
+                job = job_for(item, partial(self._extend_one, pipe, item.id))
+                if (hook := hooks.active) is None:  # instrumentation seam: retryqueue.hooks
+                    route.handler(job)
+                else:
+                    with hook.attempt(item):
                         route.handler(job)
-                    else:
-                        with hook.attempt(item):
-                            route.handler(job)
-                except BaseException as exc:  # a handler must never kill its thread
-                    error = exc
-            batch.finish(Finished(item, route, error, time.monotonic() - started))
+            except BaseException as exc:  # a handler must never kill its thread
+                error = exc
+        return Finished(item, route, error, time.monotonic() - started)
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -257,69 +313,66 @@ class Worker(WorkerBase):
             self._registry_done(step, None)
 
     @contextmanager
-    def _transaction(self, operation: str) -> Iterator[Session]:
+    def _transaction(self, operation: str, *, autocommit: bool = False) -> Iterator[Session]:
+        """A session in a transaction; ``autocommit``: on an autocommitted connection of
+        the bound engine instead, for a step that is a single statement."""
         try:
-            with self.sessions.begin() as session:
-                yield session
+            if autocommit and self._engine is not None:
+                with self._engine.connect() as connection:
+                    solo = connection.execution_options(isolation_level="AUTOCOMMIT")
+                    with self.sessions(bind=solo) as session:
+                        yield session
+            else:
+                with self.sessions.begin() as session:
+                    yield session
         except SQLAlchemyError as exc:  # commit/rollback errors are not wrapped by the queue
             raise database_error(operation, exc) from exc
 
-    def _record(self, batch: Batch, finished: list[Finished], tally: dict[str, int]) -> None:
-        plans = self._plans(finished)
-        failing = 0
-        while True:
-            try:
-                with batch.db_lock:
-                    with self._transaction("record outcomes") as session:
-                        outcomes = self._write_outcomes(session, finished, plans)
-                    batch.forget(f.item.id for f in finished)
-                    break
-            except DatabaseError as exc:
-                failing += 1
-                delay = self._recording_delay(batch, finished, failing, exc)
-                if delay is None:
-                    outcomes = {f.item.id: "lost" for f in finished}
-                    with batch.db_lock:
-                        batch.forget(f.item.id for f in finished)
-                    break
-                time.sleep(delay)
-        self._report_all(finished, plans, outcomes, tally)
-
-    def _release_unstarted(self, batch: Batch, tally: dict[str, int]) -> None:
-        unstarted = batch.take_unstarted()
+    def _release_unstarted(
+        self, pipe: Pipeline, tally: dict[str, int], overdue: list[ClaimedItem] | None = None
+    ) -> None:
+        """Give back the items no handler started: all at shutdown, or the ``overdue``."""
+        if overdue is None:
+            with self._lock:
+                unstarted = pipe.take_unstarted()
+        else:
+            unstarted = overdue
         if not unstarted:
             return
         ids = [item.id for item in unstarted]
         released: int | DatabaseError
-        with batch.db_lock:
-            batch.forget(ids)
+        with self._db_lock:
+            pipe.forget(ids)
             try:
                 with self._transaction("release") as session:
                     released = self._release(session, unstarted)
             except DatabaseError as exc:
                 released = exc
-        self._report_released(ids, released, tally)
+        self._report_released(ids, released, tally, "unstarted" if overdue is None else "overdue")
 
     # -- leases --------------------------------------------------------------------------
 
-    def _heartbeat_loop(self, batch: Batch, stop: threading.Event) -> None:
+    def _heartbeat_loop(self, pipe: Pipeline, stop: threading.Event) -> None:
+        """The one periodic heartbeat of a running worker: renew every lease held, and keep
+        the worker's row in the registry alive (also while idle)."""
         while not stop.wait(self.heartbeat_interval):
             try:
-                self._renew_batch(batch, None)
+                self._renew_held(pipe, None)
             except DatabaseError as exc:
                 self._log_heartbeat_failed(exc)
+            self._registry_round(self._registry_due())
 
-    def _extend_one(self, batch: Batch, item_id: int) -> bool:
-        return item_id in self._renew_batch(batch, [item_id])
+    def _extend_one(self, pipe: Pipeline, item_id: int) -> bool:
+        return item_id in self._renew_held(pipe, [item_id])
 
-    def _renew_batch(self, batch: Batch, only: list[int] | None) -> set[int]:
-        with batch.db_lock:
-            held = batch.held_items(only)
+    def _renew_held(self, pipe: Pipeline, only: list[int] | None) -> set[int]:
+        with self._db_lock:
+            held = pipe.held_items(only)
             if not held:
                 return set()
             with self._transaction("heartbeat") as session:
                 kept = self._renew(session, held)
-            self._note_renewal(batch, held, kept)
+            self._note_renewal(pipe, held, kept)
             return kept
 
     # -- waiting -------------------------------------------------------------------------
@@ -340,3 +393,16 @@ class Worker(WorkerBase):
         except DatabaseError as exc:
             self._log_due_unknown(exc)
             return self.poll_interval
+
+
+class _Wakeup(threading.Event):
+    """The idle wake-up (NOTIFY, stop): an event that also wakes the pipeline's driver."""
+
+    def __init__(self, changed: threading.Condition) -> None:
+        super().__init__()
+        self._changed = changed
+
+    def set(self) -> None:
+        super().set()
+        with self._changed:
+            self._changed.notify_all()

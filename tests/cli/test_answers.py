@@ -124,3 +124,19 @@ class TestHandlerSpecs:
         result = cli("worker", "tests.cli.handlers:plain", "--once", "--no-listen", "--json")
         assert _json(result)["completed"] == 1
         assert seed.statuses()[ok] == "completed"
+
+    def test_pipeline_settings(self, cli: Invoke, seed: Seeder) -> None:
+        ok = seed.item(RetryStatus.PENDING, event_type="anything.at.all")
+        result = cli(
+            "worker", "tests.cli.handlers:plain", "--once", "--no-listen", "--json",
+            "--prefetch", "0", "--flush-age", "0.01", "--ready-timeout", "5",
+        )  # fmt: skip
+        assert _json(result)["completed"] == 1
+        assert seed.statuses()[ok] == "completed"
+
+    def test_bad_pipeline_setting_is_one_clear_error(self, cli: Invoke, seed: Seeder) -> None:
+        item = seed.item(RetryStatus.PENDING, event_type="anything.at.all")
+        result = cli("worker", "tests.cli.handlers:plain", "--once", "--ready-timeout", "-1")
+        assert result.exit_code != 0
+        assert "ready_timeout" in result.output and "Traceback" not in result.output
+        assert seed.statuses()[item] == "pending"

@@ -87,6 +87,12 @@ def _front(queue: RetryQueue, loop: asyncio.AbstractEventLoop | None) -> Any:
     return queue if loop is None else Blocking(AsyncRetryQueue.wrapping(queue), loop)
 
 
+def on_front(queue: RetryQueue, loop: asyncio.AbstractEventLoop | None) -> Any:
+    """A queue a test configured itself, on the variant's front (the sync API is for
+    Sessions only: an AsyncSession goes through AsyncRetryQueue)."""
+    return _front(queue, loop)
+
+
 @pytest.fixture
 def queue(clock: ManualClock, loop: asyncio.AbstractEventLoop | None) -> Any:
     """A queue on the manual clock, on this variant's front."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import timedelta
 
@@ -19,6 +20,7 @@ from retryqueue import (
     RetryStatus,
 )
 from retryqueue.models import RetryHistory, RetryItem
+from tests.contract.conftest import on_front
 
 
 def item(sessions: sessionmaker[Session], item_id: int) -> RetryItem:
@@ -167,9 +169,12 @@ class TestStaleLocks:
         assert [h.status for h in history(sessions, item_id)] == ["lock_expired"] * 2
 
     def test_uncounted_reclaim_keeps_the_retry_budget(
-        self, sessions: sessionmaker[Session], clock: ManualClock
+        self,
+        sessions: sessionmaker[Session],
+        clock: ManualClock,
+        loop: asyncio.AbstractEventLoop | None,
     ) -> None:
-        lenient = RetryQueue(clock=clock, count_expired_locks=False)
+        lenient = on_front(RetryQueue(clock=clock, count_expired_locks=False), loop)
         item_id = enqueue(sessions, lenient, max_retries=0)
         acquire(sessions, lenient, lock_timeout=10)
         clock.advance(11)
@@ -275,9 +280,13 @@ class TestOutcomes:
         assert row.retry_count == 1
 
     def test_policy_caps_the_delay(
-        self, sessions: sessionmaker[Session], clock: ManualClock
+        self,
+        sessions: sessionmaker[Session],
+        clock: ManualClock,
+        loop: asyncio.AbstractEventLoop | None,
     ) -> None:
-        capped = RetryQueue(clock=clock, policy=RetryPolicy(max_delay=timedelta(seconds=90)))
+        policy = RetryPolicy(max_delay=timedelta(seconds=90))
+        capped = on_front(RetryQueue(clock=clock, policy=policy), loop)
         item_id = enqueue(sessions, capped, retry_delay_seconds=60, max_retries=5)
         for expected in (60, 90, 90):
             (claimed,) = acquire(sessions, capped)
@@ -310,6 +319,33 @@ class TestOutcomes:
             done = queue.complete_many(session, claimed, durations_ms=[5, 6, 7])
         assert done == {claimed[0].id, claimed[1].id}
         assert item(sessions, claimed[2].id).status is RetryStatus.PENDING
+
+    def test_complete_and_acquire_fences_lost_leases_and_claims_the_next(
+        self, sessions: sessionmaker[Session], queue: RetryQueue, clock: ManualClock
+    ) -> None:
+        with sessions.begin() as session:
+            queue.enqueue_many(session, [NewItem("e", {"i": i}) for i in range(4)])
+        kept, lost = acquire(sessions, queue, batch_size=2, lock_timeout=10)
+        clock.advance(8)
+        with sessions.begin() as session:  # the second item gets no heartbeat ...
+            queue.heartbeat(session, "w1", [kept.id], lease_token=kept.lease_token, lock_timeout=10)
+        clock.advance(4)
+        # ... so w2 reclaims it (not due again yet: backoff) and claims a third item.
+        (taken,) = acquire(sessions, queue, "w2", batch_size=1, lock_timeout=10)
+        with sessions.begin() as session:
+            done, claimed = queue.complete_and_acquire(
+                session, [kept, lost], "w1", 5, 10, durations_ms=[5, 6], reclaim_stale=False
+            )
+        assert done == {kept.id}
+        (last,) = claimed
+        assert last.id not in {kept.id, lost.id, taken.id}
+        assert (last.locked_by, item(sessions, last.id).status) == ("w1", RetryStatus.PROCESSING)
+        assert item(sessions, kept.id).status is RetryStatus.COMPLETED
+        assert [(h.status, h.worker_id, h.duration_ms) for h in history(sessions, kept.id)] == [
+            ("completed", "w1", 5)
+        ]
+        # The refused outcome left no history row: only the reclaim's.
+        assert [h.status for h in history(sessions, lost.id)] == ["lock_expired"]
 
 
 class TestFencing:

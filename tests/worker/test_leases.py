@@ -187,15 +187,60 @@ CRASHING_WORKER = textwrap.dedent(
 )
 
 
+BUFFERING_WORKER = textwrap.dedent(
+    """
+    import asyncio, sys, threading
+    from pathlib import Path
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+    from sqlalchemy.orm import sessionmaker
+    from retryqueue import RetryQueue, create_async_engine, create_engine
+    from retryqueue.worker.async_worker import AsyncWorker
+    from retryqueue.worker import Worker
+
+    url, worker_id, marker, kind = sys.argv[1:5]
+
+    def hang(job):
+        threading.Event().wait()  # until SIGKILL
+
+    def quick(job):
+        Path(marker).touch()
+
+    handlers = {"crash.job": hang, "quick.job": quick}
+    # An outcome waits up to 4 s in the buffer while the other handler hangs.
+    settings = dict(worker_id=worker_id, concurrency=2, lock_timeout=5, heartbeat_interval=0.5,
+                    flush_age=4, poll_interval=30, listen=False)
+    if kind == "threads":
+        Worker(RetryQueue(), sessionmaker(create_engine(url)), handlers, **settings).run()
+    else:
+        sessions = async_sessionmaker(create_async_engine(url))
+        asyncio.run(AsyncWorker(RetryQueue(), sessions, handlers, **settings).run())
+    """
+)
+
+
+def _start_child(engine: Engine, tmp_path: Path, source: str, marker: Path, kind: str) -> Any:
+    script = tmp_path / "child_worker.py"
+    script.write_text(source)
+    url = engine.url.render_as_string(hide_password=False)
+    return subprocess.Popen(
+        [sys.executable, str(script), url, "doomed-worker", str(marker), kind],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
 @pytest.mark.slow
 class TestCrashedWorker:
-    """Items of a worker killed with SIGKILL are completed by another after lock_timeout."""
+    """Items of a worker killed with SIGKILL (running, prefetched, or with outcomes still in
+    its buffer) are completed by another after lock_timeout."""
 
     def test_sigkilled_workers_items_are_reclaimed(
         self, engine: Engine, sessions: sessionmaker[Session], tmp_path: Path, worker_kind: str
     ) -> None:
         queue = RetryQueue()
-        ids = enqueue(sessions, queue, "crash.job", 3, retry_delay_seconds=0)
+        ids = enqueue(sessions, queue, "crash.job", 6, retry_delay_seconds=0)
         script, marker = tmp_path / "crashing_worker.py", tmp_path / "started"
         script.write_text(CRASHING_WORKER)
         url = engine.url.render_as_string(hide_password=False)
@@ -209,7 +254,11 @@ class TestCrashedWorker:
         )
         try:
             wait_until(marker.exists, timeout=30, what="child worker's handler started")
-            assert count_status(sessions, RetryStatus.PROCESSING) == 3  # mid-batch
+            # mid-batch, and a batch prefetched beyond it (batch_size 3)
+            wait_until(
+                lambda: count_status(sessions, RetryStatus.PROCESSING) == 6,
+                what="the child holding a running item and prefetched ones",
+            )
         finally:
             child.send_signal(signal.SIGKILL)
             _, stderr = child.communicate(timeout=15)
@@ -227,12 +276,56 @@ class TestCrashedWorker:
         )
         with running(survivor) as handle:
             wait_until(
-                lambda: count_status(sessions, RetryStatus.COMPLETED) == 3,
+                lambda: count_status(sessions, RetryStatus.COMPLETED) == 6,
                 what="survivor completing the reclaimed items",
             )
             handle.stop()
         assert sorted(done) == sorted(ids)
         for item_id in ids:
+            assert history(sessions, item_id) == [
+                ("lock_expired", 1, "doomed-worker"),
+                ("completed", 2, "survivor"),
+            ]
+
+    def test_sigkill_with_a_buffered_outcome_runs_it_again_and_completes_it_once(
+        self, engine: Engine, sessions: sessionmaker[Session], tmp_path: Path, worker_kind: str
+    ) -> None:
+        queue = RetryQueue()
+        [hung] = enqueue(sessions, queue, "crash.job", retry_delay_seconds=0, priority=5)
+        [buffered] = enqueue(sessions, queue, "quick.job", retry_delay_seconds=0)
+        marker = tmp_path / "quick-ran"
+        child = _start_child(engine, tmp_path, BUFFERING_WORKER, marker, worker_kind)
+        try:
+            wait_until(marker.exists, timeout=30, what="the quick handler to finish")
+            # Its outcome sits in the child's buffer: nothing recorded yet.
+            assert item(sessions, buffered).status is RetryStatus.PROCESSING
+            assert history(sessions, buffered) == []
+        finally:
+            child.send_signal(signal.SIGKILL)
+            _, stderr = child.communicate(timeout=15)
+        assert child.returncode == -signal.SIGKILL, stderr.decode()
+
+        runs: list[int] = []
+        survivor = new_worker(
+            queue,
+            sessions,
+            {
+                "crash.job": lambda job: runs.append(job.id),
+                "quick.job": lambda job: runs.append(job.id),
+            },
+            worker_id="survivor",
+            lock_timeout=5,
+            poll_interval=0.1,
+            listen=False,
+        )
+        with running(survivor) as handle:
+            wait_until(
+                lambda: count_status(sessions, RetryStatus.COMPLETED) == 2,
+                what="survivor completing the reclaimed items",
+            )
+            handle.stop()
+        assert sorted(runs) == sorted([hung, buffered])  # at-least-once: it ran again
+        for item_id in (hung, buffered):  # and completed once
             assert history(sessions, item_id) == [
                 ("lock_expired", 1, "doomed-worker"),
                 ("completed", 2, "survivor"),

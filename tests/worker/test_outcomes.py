@@ -225,8 +225,15 @@ class TestRunOnce:
         # On the Engine class: the asyncio worker's engine is its own (its sync_engine).
         event.listen(Engine, "before_cursor_execute", count)
         try:
+            # Outcomes wait up to flush_age for batch-mates: generous here, so that a slow
+            # machine does not split the batch into two flushes.
             report = make_worker(
-                queue, sessions, {"bulk": lambda job: None}, concurrency=4, batch_size=8
+                queue,
+                sessions,
+                {"bulk": lambda job: None},
+                concurrency=4,
+                batch_size=8,
+                flush_age=5,
             ).run_once()
         finally:
             event.remove(Engine, "before_cursor_execute", count)

@@ -1,0 +1,209 @@
+"""The worker's pipeline: a local buffer of claimed items, the handlers' queue, and the
+outcome buffer with its flush rules. Shared, as it is, by the thread worker and the asyncio
+worker; bookkeeping only (no locking, no waiting, no database).
+
+A worker keeps up to ``batch_size + prefetch`` claimed, unstarted items (``ready``) so that
+handlers never wait for a claim, and a buffer of finished runs (``finished``) that is
+recorded in one transaction, together with the next claim when more work is wanted. The
+rules live in :meth:`Pipeline.next_step`:
+
+- claim ``batch_size`` more when no more than ``prefetch`` items are ready (never while
+  stopping, never in ``run_once`` after its one batch, not before ``claim_at`` after an
+  empty claim unless a NOTIFY woke the worker);
+- flush the buffered outcomes when they make a batch, when the oldest is ``flush_age``
+  seconds old, when the handlers have nothing left to run (idle), when stopping, or
+  whenever a claim goes out anyway (one transaction for both);
+- give back (release to pending, no attempt spent) ready items that waited
+  ``ready_timeout`` seconds for a handler, and claim nothing more until a handler
+  finishes: a handler stuck on a long item must not hold other items away from idle
+  workers (without this a worker whose handlers are all busy keeps its prefetched items,
+  heartbeated, for as long as the long item runs).
+
+Heartbeats cover every item held: ready (prefetched), running, and finished but not yet
+recorded.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from retryqueue.results import ClaimedItem
+from retryqueue.worker._batch import Finished
+
+__all__ = ["GiveBack", "Pipeline", "Step", "Wait"]
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One transaction to run now: record ``outcomes``, then claim ``claim`` items."""
+
+    outcomes: list[Finished] = field(default_factory=list)
+    claim: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class GiveBack:
+    """Release these ready items now: they waited ``ready_timeout`` for a handler."""
+
+    items: list[ClaimedItem]
+
+
+class Wait(enum.Enum):
+    """What the driver does when there is no transaction to run."""
+
+    DONE = "done"  # nothing held, nothing will be claimed: the drive is over
+    ABANDON = "abandon"  # the shutdown grace ran out with handlers still running
+
+
+class Pipeline:
+    """The items a worker holds and the outcomes it has not recorded; see the module docs."""
+
+    def __init__(
+        self, batch_size: int, prefetch: int, flush_age: float, ready_timeout: float
+    ) -> None:
+        self.batch_size = batch_size
+        self.prefetch = prefetch
+        self.flush_age = flush_age
+        self.ready_timeout = ready_timeout
+        self.starved = False  # items were given back: claim again once a handler finishes
+        self.claiming = True  # False: claim nothing more (run_once's batch is in)
+        self.closed = False  # the drive is over: handlers leave
+        self.claim_at = 0.0  # after an empty claim: the next one not before (monotonic)
+        self.pause_until = 0.0  # after a failed transaction: back off until then
+        self.renewed_at = time.monotonic()
+        self._ready: deque[tuple[ClaimedItem, float]] = deque()  # (item, since: monotonic)
+        self._running: dict[int, ClaimedItem] = {}
+        self._finished: list[Finished] = []
+        self._held: dict[int, ClaimedItem] = {}
+        self._lost: set[int] = set()
+
+    # -- items coming in and going out ---------------------------------------------------
+
+    def add(self, items: Iterable[ClaimedItem]) -> None:
+        """Claimed items join the ready queue (and are heartbeated from now on)."""
+        since = time.monotonic()
+        for item in items:
+            self._ready.append((item, since))
+            self._held[item.id] = item
+
+    def next_item(self, stopping: bool) -> ClaimedItem | None:
+        """The next item to run, or None when none is ready or the worker is stopping."""
+        if stopping or not self._ready:
+            return None
+        item, _ = self._ready.popleft()
+        self._running[item.id] = item
+        return item
+
+    def finish(self, done: Finished) -> None:
+        """Note a handler run that ended; its outcome waits in the buffer."""
+        self._running.pop(done.item.id, None)
+        self._finished.append(done)
+        self.starved = False
+
+    def requeue_outcomes(self, finished: list[Finished]) -> None:
+        """Put back outcomes whose transaction failed (first in line for the next flush)."""
+        self._finished[:0] = finished
+
+    def take_unstarted(self) -> list[ClaimedItem]:
+        """Remove and return the ready items no handler has started (to release them)."""
+        items = [item for item, _ in self._ready]
+        self._ready.clear()
+        return items
+
+    def take_overdue(self, now: float) -> list[ClaimedItem]:
+        """Remove and return the ready items that waited ``ready_timeout`` for a handler;
+        claim nothing more until a handler finishes."""
+        overdue: list[ClaimedItem] = []
+        while self._ready and now - self._ready[0][1] >= self.ready_timeout:
+            overdue.append(self._ready.popleft()[0])
+        if overdue:
+            self.starved = True
+        return overdue
+
+    def abandon_running(self) -> list[ClaimedItem]:
+        """Give up on the running handlers; returns their items (no more heartbeats)."""
+        items = list(self._running.values())
+        self._running.clear()
+        self.forget(item.id for item in items)
+        return items
+
+    # -- the flush rules -----------------------------------------------------------------
+
+    def claim_size(self, now: float, stopping: bool) -> int:
+        """How many items to claim now (0: none)."""
+        if stopping or not self.claiming or self.starved or now < self.claim_at:
+            return 0
+        return self.batch_size if len(self._ready) <= self.prefetch else 0
+
+    def next_step(
+        self, now: float, stopping: bool, deadline: float | None
+    ) -> Step | GiveBack | Wait | float | None:
+        """The next transaction, a :class:`Wait` verdict, or seconds to wait (None: until
+        something changes)."""
+        idle = not self._ready and not self._running
+        if (stopping or not self.claiming) and idle and not self._finished:
+            return Wait.DONE
+        if now < self.pause_until:
+            return self.pause_until - now
+        if not stopping and (overdue := self.take_overdue(now)):
+            return GiveBack(overdue)
+        wait = self._wait(now, stopping, deadline)
+        if self._ready and not isinstance(wait, Step | Wait):
+            until_overdue = self._ready[0][1] + self.ready_timeout - now
+            return until_overdue if wait is None else min(wait, until_overdue)
+        return wait
+
+    def _wait(
+        self, now: float, stopping: bool, deadline: float | None
+    ) -> Step | Wait | float | None:
+        idle = not self._ready and not self._running
+        claim = self.claim_size(now, stopping)
+        if self._finished:
+            oldest = self._finished[0].finished_at
+            if (
+                claim
+                or stopping
+                or idle
+                or len(self._finished) >= self.batch_size
+                or now - oldest >= self.flush_age
+            ):
+                taken, self._finished = self._finished, []
+                return Step(taken, claim)
+            return max(oldest + self.flush_age - now, 0.0005)
+        if claim:
+            return Step([], claim)
+        if stopping or not self.claiming:
+            if deadline is not None and now >= deadline:
+                return Wait.ABANDON
+            return None if deadline is None else deadline - now
+        if self.claim_at > now and len(self._ready) <= self.prefetch:
+            return self.claim_at - now
+        return None
+
+    def empty(self) -> bool:
+        """True when no item is ready, running or waiting for its outcome to be recorded."""
+        return not (self._ready or self._running or self._finished)
+
+    # -- leases ----------------------------------------------------------------------------
+
+    def forget(self, ids: Iterable[int]) -> None:
+        """Stop heartbeating these items (recorded, released or abandoned)."""
+        for item_id in ids:
+            self._held.pop(item_id, None)
+            self._lost.discard(item_id)
+
+    def held_items(self, only: list[int] | None) -> list[ClaimedItem]:
+        """Items whose leases we still hold."""
+        if only is None:
+            return list(self._held.values())
+        return [self._held[item_id] for item_id in only if item_id in self._held]
+
+    def mark_lost(self, items: Iterable[ClaimedItem]) -> list[ClaimedItem]:
+        """Note lost leases; returns those not noted before."""
+        new = [item for item in items if item.id not in self._lost]
+        self._lost.update(item.id for item in new)
+        return new

@@ -1,0 +1,101 @@
+"""The worker's steady flush on PostgreSQL runs autocommitted: one statement, one round trip.
+
+What must still hold there: the completions, their history rows and the claim are one
+statement (atomic by itself), and the rare extra writes of that flush (quarantining a
+claimed item that cannot be decrypted) are still one transaction of their own.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import Engine, event, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from retryqueue import NewItem, RetryQueue, RetryStatus
+from retryqueue.encryption import MARKER
+from retryqueue.models import RetryHistory, RetryItem
+from retryqueue.worker import Job, Worker
+
+pytestmark = pytest.mark.parametrize("backend", ["postgresql"])
+
+
+class TestAutocommittedFlush:
+    """complete_and_acquire on an autocommitted connection, as the pipelined worker runs it."""
+
+    def test_quarantine_in_an_autocommitted_flush_writes_item_and_history_together(
+        self, engine: Engine, sessions: sessionmaker[Session]
+    ) -> None:
+        queue = RetryQueue()
+        with sessions.begin() as session:
+            done_id = queue.enqueue(session, "ok", {"n": 1}).id
+        with sessions.begin() as session:
+            (held,) = queue.acquire(session, "w", batch_size=1)
+            now = queue.now(session) or session.scalar(select(RetryItem.created_at))
+            assert now is not None
+            forged = RetryItem(  # a row no key of this process can open
+                event_type="ok",
+                event_data={MARKER: "gAAAAAB-forged"},
+                created_at=now,
+                next_retry_at=now,
+                expires_at=now + timedelta(days=1),
+            )
+            session.add(forged)
+            session.flush()
+            forged_id = forged.id
+        with engine.connect() as connection:
+            solo = connection.execution_options(isolation_level="AUTOCOMMIT")
+            with Session(bind=solo) as session:
+                completed, claimed = queue.complete_and_acquire(
+                    session, [held], "w", 10, reclaim_stale=False
+                )
+            # Nothing was left open: in a transaction now() would be its start, earlier
+            # than this statement's own timestamp.
+            assert solo.exec_driver_sql("select now() = statement_timestamp()").scalar_one()
+        assert completed == {done_id} and claimed == []
+        with sessions() as session:
+            row = session.get_one(RetryItem, forged_id)
+            assert row.status is RetryStatus.DEAD_LETTER
+            assert row.last_error_code == "UNDECRYPTABLE"
+            history = session.execute(
+                select(RetryHistory.retry_queue_id, RetryHistory.status).order_by(RetryHistory.id)
+            ).all()
+        assert [tuple(h) for h in history] == [(done_id, "completed"), (forged_id, "dead_lettered")]
+
+    def test_a_draining_worker_commits_no_transaction_per_steady_flush(
+        self, engine: Engine, sessions: sessionmaker[Session]
+    ) -> None:
+        queue, total, batch = RetryQueue(), 300, 10
+        with sessions.begin() as session:
+            queue.enqueue_many(session, [NewItem("ok", {"n": n}) for n in range(total)])
+        commits: list[object] = []
+        event.listen(engine, "commit", commits.append)
+        done = threading.Event()
+        ran: list[int] = []
+
+        def handler(job: Job) -> None:
+            ran.append(job.id)
+            if len(ran) == total:
+                done.set()
+
+        worker = Worker(
+            queue, sessions, {"ok": handler}, batch_size=batch, listen=False, poll_interval=0.05
+        )
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        try:
+            assert done.wait(60), "the drain did not finish"
+        finally:
+            worker.stop()
+            thread.join(60)
+        with sessions() as session:
+            left = session.scalar(
+                select(func.count()).where(RetryItem.status != RetryStatus.COMPLETED)
+            )
+        assert left == 0
+        # 30 batches recorded; with a transaction per flush there would be 30+ commits.
+        # Those left: the first claim (it sweeps stale locks), claims with nothing to
+        # record, the idle waits at the end, heartbeats and the worker registry.
+        assert len(commits) < total // batch // 2, len(commits)
