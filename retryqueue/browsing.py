@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from retryqueue import encryption
 from retryqueue.errors import ItemNotFound, RetryQueueError, database_error
 from retryqueue.fingerprint import normalise_message
+from retryqueue.hourly import FAILURE_OUTCOMES, OutcomeCount, outcomes_per_hour, roll_up
 from retryqueue.models import RetryDashboardAudit, RetryStatus
 from retryqueue.monitoring import fetch_all, queue_gauges
 from retryqueue.results import ItemQuery
@@ -49,13 +50,11 @@ __all__ = [
     "outcomes_per_hour",
     "overview",
     "record_action",
+    "roll_up",
 ]
 
 ENCRYPTED = "(encrypted: no key configured)"
 """What a sealed text reads as when no encryption key is configured."""
-
-FAILURE_OUTCOMES = frozenset({"retry_scheduled", "dead_lettered", "failed", "lock_expired"})
-"""History statuses that count as a failed attempt (``completed`` counts as a completion)."""
 
 
 def readable_text(value: str | None) -> str | None:
@@ -193,16 +192,6 @@ def item_detail(session: Session, item_id: int) -> ItemDetail:
 
 
 @dataclass(frozen=True, slots=True)
-class OutcomeCount:
-    """Completions and failures in one UTC hour (optionally of one plugin)."""
-
-    hour: datetime
-    completed: int
-    failed: int
-    plugin_name: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class EventTypeSuccess:
     """Of one event type's recent items: how many, how many completed, how many gave up."""
 
@@ -261,28 +250,6 @@ def overview(
     )
 
 
-def outcomes_per_hour(
-    session: Session, at: datetime | None, hours: int, *, per_plugin: bool = False
-) -> list[OutcomeCount]:
-    """Completed and failed attempts per UTC hour (and plugin), hours with none omitted."""
-    tally: dict[tuple[datetime, str | None], list[int]] = {}
-    stmt = sql.outcomes_per_hour(at, hours, plugin=per_plugin)
-    for row in fetch_all(session, stmt, "outcomes per hour"):
-        hour = row.hour if isinstance(row.hour, datetime) else datetime.fromisoformat(row.hour)
-        hour = hour.replace(tzinfo=UTC) if hour.tzinfo is None else hour.astimezone(UTC)
-        counts = tally.setdefault((hour, row.plugin_name if per_plugin else None), [0, 0])
-        if row.status == "completed":
-            counts[0] += int(row.count)
-        elif row.status in FAILURE_OUTCOMES:
-            counts[1] += int(row.count)
-    return [
-        OutcomeCount(hour, completed, failed, plugin)
-        for (hour, plugin), (completed, failed) in sorted(
-            tally.items(), key=lambda entry: (entry[0][0], entry[0][1] or "")
-        )
-    ]
-
-
 # -- dead letters ----------------------------------------------------------------------
 
 
@@ -305,21 +272,47 @@ class ErrorGroup:
 
 
 def error_groups(session: Session, limit: int = 200) -> list[ErrorGroup]:
-    """The largest groups of dead letters, with the plugins each one touches."""
-    plugins: dict[tuple[str | None, str | None], set[str]] = {}
-    for code, mark, plugin in fetch_all(session, sql.plugins_of_groups(), "error groups"):
-        plugins.setdefault((code, mark), set()).add(plugin or "-")
+    """The largest groups of dead letters, with the plugins each one touches.
+
+    One pass over the dead letters per (code, fingerprint, plugin) (an index-only scan on
+    PostgreSQL and SQLite), merged here; then one sample message per group shown (its
+    newest item's), read by primary key.
+    """
+    merged: dict[tuple[str | None, str | None], dict[str, Any]] = {}
+    for row in fetch_all(session, sql.dead_letter_tally(), "error groups"):
+        group = merged.setdefault(
+            (row.error_code, row.fingerprint),
+            {"count": 0, "first": row.first_seen, "last": row.last_seen, "id": 0, "plugins": set()},
+        )
+        group["count"] += int(row.count)
+        group["first"] = min(group["first"], row.first_seen)
+        group["last"] = max(group["last"], row.last_seen)
+        group["id"] = max(group["id"], int(row.newest_id))
+        group["plugins"].add(row.plugin_name or "-")
+    largest = sorted(
+        merged.items(), key=lambda kv: (-kv[1]["count"], kv[0][1] or "", kv[0][0] or "")
+    )
+    largest = largest[:limit]
+    samples = (
+        dict(
+            fetch_all(
+                session, sql.error_samples([group["id"] for _, group in largest]), "error groups"
+            )
+        )
+        if largest
+        else {}
+    )
     return [
         ErrorGroup(
-            error_code=row.error_code,
-            fingerprint=row.fingerprint,
-            count=int(row.count),
-            first_seen=row.first_seen,
-            last_seen=row.last_seen,
-            sample_error=readable_text(row.sample_error),
-            plugins=tuple(sorted(plugins.get((row.error_code, row.fingerprint), ()))),
+            error_code=code,
+            fingerprint=mark,
+            count=group["count"],
+            first_seen=group["first"],
+            last_seen=group["last"],
+            sample_error=readable_text(samples.get(group["id"])),
+            plugins=tuple(sorted(group["plugins"])),
         )
-        for row in fetch_all(session, sql.error_groups(limit), "error groups")
+        for (code, mark), group in largest
     ]
 
 

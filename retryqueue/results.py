@@ -152,6 +152,8 @@ class CleanupResult:
     ``partitions_dropped``: monthly partitions dropped (PostgreSQL, partitioned table);
     their rows are counted in ``deleted_count``.
     ``circuit_events_deleted``: circuit breaker audit rows older than twice the retention.
+    ``hourly_rows_deleted``: the dashboard's rolled-up hours (``daz_retry_hourly``) older
+    than twice the retention, like history.
     """
 
     deleted_count: int = 0
@@ -160,6 +162,7 @@ class CleanupResult:
     history_deleted_count: int = 0
     partitions_dropped: int = 0
     circuit_events_deleted: int = 0
+    hourly_rows_deleted: int = 0
 
     def __add__(self, other: CleanupResult) -> CleanupResult:
         return CleanupResult(

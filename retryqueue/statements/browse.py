@@ -15,6 +15,7 @@ from sqlalchemy import (
     JSON,
     ColumnElement,
     Insert,
+    Select,
     String,
     Text,
     Update,
@@ -34,8 +35,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 
 from retryqueue.models import (
+    HOURLY_MARKER,
     RetryDashboardAudit,
     RetryHistory,
+    RetryHourlyOutcome,
     RetryItem,
     RetryStatus,
     RetryWorker,
@@ -43,7 +46,6 @@ from retryqueue.models import (
 from retryqueue.results import ItemQuery
 from retryqueue.statements._base import (
     AnySelect,
-    _hour_bucket,
     _status_in,
     _status_is,
     after,
@@ -57,18 +59,21 @@ __all__ = [
     "actionable_ids",
     "audit_entries",
     "capped_count",
+    "dead_letter_tally",
     "delete_workers",
-    "error_groups",
+    "error_samples",
     "finish_audit",
     "history_rows",
+    "hour_outcomes",
+    "hourly_rows",
     "insert_audit",
+    "insert_hourly",
     "insert_worker",
     "item_page",
     "item_row",
     "live_workers",
-    "outcomes_per_hour",
-    "plugins_of_groups",
     "query_clauses",
+    "rolled_up_hours",
     "status_counts",
     "success_by_event_type",
     "touch_worker",
@@ -231,24 +236,70 @@ def item_row(item_id: int) -> AnySelect:
     return select(*columns).where(RetryItem.id == item_id)
 
 
-def outcomes_per_hour(at: datetime | None, hours: int, plugin: bool = False) -> AnySelect:
-    """Attempts per UTC hour and outcome (history status) over the last ``hours`` hours.
-
-    With ``plugin``, per plugin too (joined to the items still in the queue).
-    """
-    bucket = _hour_bucket(RetryHistory.attempted_at).label("hour")
-    columns: list[Any] = [bucket, RetryHistory.status]
-    stmt = select(*columns, func.count().label("count"))
-    if plugin:
-        stmt = select(*columns, RetryItem.plugin_name, func.count().label("count")).join(
-            RetryItem, RetryItem.id == RetryHistory.retry_queue_id
-        )
-        columns.append(RetryItem.plugin_name)
-    return (
-        stmt.where(RetryHistory.attempted_at > after(at, -hours * 3600.0))
-        .group_by(*columns)
-        .order_by(bucket)
+def _attempted_between(start: datetime, end: datetime) -> ColumnElement[bool]:
+    return and_(
+        RetryHistory.attempted_at >= literal(start, UTCDateTime()),
+        RetryHistory.attempted_at < literal(end, UTCDateTime()),
     )
+
+
+def hour_outcomes(start: datetime, end: datetime, *, plugin: bool) -> AnySelect:
+    """Attempts made in ``[start, end)`` per outcome (history status), counted in history.
+
+    With ``plugin``, per plugin too: the item's plugin, ``""`` when it has none or is no
+    longer in the queue (a LEFT JOIN by primary key).
+    """
+    window = _attempted_between(start, end)
+    if not plugin:
+        return (
+            select(literal("").label("plugin_name"), RetryHistory.status, func.count())
+            .where(window)
+            .group_by(RetryHistory.status)
+        )
+    name = func.coalesce(RetryItem.plugin_name, "")
+    return (
+        select(name.label("plugin_name"), RetryHistory.status, func.count())
+        .select_from(RetryHistory)
+        .outerjoin(RetryItem, RetryItem.id == RetryHistory.retry_queue_id)
+        .where(window)
+        .group_by(name, RetryHistory.status)
+    )
+
+
+def _hour_between(start: datetime, end: datetime) -> ColumnElement[bool]:
+    return and_(
+        RetryHourlyOutcome.hour >= literal(start, UTCDateTime()),
+        RetryHourlyOutcome.hour < literal(end, UTCDateTime()),
+    )
+
+
+def rolled_up_hours(start: datetime, end: datetime) -> Select[datetime]:
+    """The hours in ``[start, end)`` already rolled up into ``daz_retry_hourly``."""
+    return select(RetryHourlyOutcome.hour).where(
+        _hour_between(start, end), RetryHourlyOutcome.outcome == HOURLY_MARKER
+    )
+
+
+def hourly_rows(start: datetime, end: datetime, *, plugin: bool) -> AnySelect:
+    """Rolled-up attempts of the hours in ``[start, end)``: (hour, plugin, outcome, count),
+    summed over plugins (plugin ``""``) unless ``plugin``; marker rows included."""
+    hour, outcome = RetryHourlyOutcome.hour, RetryHourlyOutcome.outcome
+    if plugin:
+        return select(
+            hour, RetryHourlyOutcome.plugin_name, outcome, RetryHourlyOutcome.attempts
+        ).where(_hour_between(start, end))
+    return (
+        select(
+            hour, literal("").label("plugin_name"), outcome, func.sum(RetryHourlyOutcome.attempts)
+        )
+        .where(_hour_between(start, end))
+        .group_by(hour, outcome)
+    )
+
+
+def insert_hourly() -> Insert:
+    """INSERT of rolled-up rows (executemany: hour, plugin_name, outcome, attempts)."""
+    return insert(RetryHourlyOutcome)
 
 
 def success_by_event_type(limit: int) -> AnySelect:
@@ -270,35 +321,33 @@ def success_by_event_type(limit: int) -> AnySelect:
     )
 
 
-def error_groups(limit: int) -> AnySelect:
-    """Dead letters per (error code, fingerprint): count, first/last failure, a sample."""
+def dead_letter_tally() -> AnySelect:
+    """Dead letters per (error code, fingerprint, plugin): count, first/last failure, and
+    the newest id (whose message stands for the group).
+
+    Every column is in ``idx_retry_queue_dead_letter_groups`` (PostgreSQL, SQLite), a
+    partial index of the dead letters: an index-only scan that never reads the table.
+    """
+    seen = func.coalesce(RetryItem.last_attempted_at, RetryItem.created_at)
+    keys = (RetryItem.last_error_code, RetryItem.error_fingerprint, RetryItem.plugin_name)
     return (
         select(
             RetryItem.last_error_code.label("error_code"),
             RetryItem.error_fingerprint.label("fingerprint"),
+            RetryItem.plugin_name,
             func.count().label("count"),
-            func.min(func.coalesce(RetryItem.last_attempted_at, RetryItem.created_at)).label(
-                "first_seen"
-            ),
-            func.max(func.coalesce(RetryItem.last_attempted_at, RetryItem.created_at)).label(
-                "last_seen"
-            ),
-            func.max(_RAW_ERROR).label("sample_error"),
+            func.min(seen).label("first_seen"),
+            func.max(seen).label("last_seen"),
+            func.max(RetryItem.id).label("newest_id"),
         )
         .where(_status_is(RetryStatus.DEAD_LETTER))
-        .group_by(RetryItem.last_error_code, RetryItem.error_fingerprint)
-        .order_by(func.count().desc(), RetryItem.error_fingerprint)
-        .limit(limit)
+        .group_by(*keys)
     )
 
 
-def plugins_of_groups() -> AnySelect:
-    """The distinct (error code, fingerprint, plugin) of dead letters."""
-    return (
-        select(RetryItem.last_error_code, RetryItem.error_fingerprint, RetryItem.plugin_name)
-        .where(_status_is(RetryStatus.DEAD_LETTER))
-        .distinct()
-    )
+def error_samples(item_ids: Sequence[int]) -> AnySelect:
+    """The raw error messages of some items (a sample per dead-letter group), by id."""
+    return select(RetryItem.id, _RAW_ERROR).where(RetryItem.id.in_(list(item_ids)))
 
 
 def insert_audit(at: datetime | None) -> Insert:
