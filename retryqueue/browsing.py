@@ -103,24 +103,38 @@ class ItemRow:
 
 @dataclass(frozen=True, slots=True)
 class ItemPage:
-    """A page of items and the cursor of the next one (None on the last page)."""
+    """A page of items, the cursor of the next page (None on the last page) and of the
+    previous one (None on the first)."""
 
     rows: list[ItemRow]
     next_after: tuple[Any, int] | None
+    previous_before: tuple[Any, int] | None = None
 
 
 def item_page(session: Session, query: ItemQuery) -> ItemPage:
-    """One keyset page of the items an :class:`ItemQuery` selects."""
+    """One keyset page of the items an :class:`ItemQuery` selects (backwards from
+    ``before``: the rows come back in the query's order all the same)."""
     rows = fetch_all(session, sql.item_page(query, _dialect(session)), "items")
+    more = len(rows) > query.limit
+    rows = rows[: query.limit]
+    if query.before is not None:
+        rows.reverse()
     items = [
         ItemRow(**{**row._asdict(), "error_message": readable_text(row.error_message)})
-        for row in rows[: query.limit]
+        for row in rows
     ]
-    next_after = None
-    if len(rows) > query.limit and items:
-        last = items[-1]
-        next_after = (getattr(last, query.sort), last.id)
-    return ItemPage(items, next_after)
+    if not items:
+        return ItemPage(items, None, None)
+    first, last = items[0], items[-1]
+    backwards = query.before is not None
+    # Forwards, a page after a cursor has rows before it; backwards, one has rows after it.
+    has_next = query.before is not None or more
+    has_previous = more if backwards else query.after is not None
+    return ItemPage(
+        items,
+        (getattr(last, query.sort), last.id) if has_next else None,
+        (getattr(first, query.sort), first.id) if has_previous else None,
+    )
 
 
 def count_matching(session: Session, query: ItemQuery, cap: int) -> int:

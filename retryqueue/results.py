@@ -347,7 +347,8 @@ class ItemQuery:
     items only). ``error_text``
     matches a substring of the error message, case-insensitively (not on encrypted
     messages); ``fingerprint`` is an error group (``"none"``: items without one).
-    ``after`` is the (sort value, id) of the previous page's last row.
+    ``after`` is the (sort value, id) of the previous page's last row; ``before`` (going
+    back) the (sort value, id) of the next page's first row. At most one of them is set.
     """
 
     statuses: tuple[RetryStatus, ...] = ()
@@ -366,3 +367,4 @@ class ItemQuery:
     descending: bool = True
     limit: int = 50
     after: tuple[Any, int] | None = None
+    before: tuple[Any, int] | None = None

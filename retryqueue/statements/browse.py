@@ -163,22 +163,29 @@ def _typed(sort: str, value: Any) -> ColumnElement[Any]:
 
 
 def item_page(query: ItemQuery, dialect: str) -> AnySelect:
-    """One page (``limit + 1`` rows, to tell whether another follows) of an ItemQuery."""
+    """One page (``limit + 1`` rows, to tell whether another follows) of an ItemQuery.
+
+    With ``before`` the page is read backwards from that cursor (the order reversed): the
+    caller reverses the rows back.
+    """
     column = SORT_COLUMNS[query.sort]
     clauses = query_clauses(query, dialect)
-    if query.after is not None:
-        value, last_id = query.after
+    cursor = query.before if query.before is not None else query.after
+    # Reading backwards walks the other way: ascending becomes descending.
+    descending = query.descending != (query.before is not None)
+    if cursor is not None:
+        value, last_id = cursor
         if query.sort == "id":
-            clauses.append(RetryItem.id < last_id if query.descending else RetryItem.id > last_id)
-        elif query.descending:
+            clauses.append(RetryItem.id < last_id if descending else RetryItem.id > last_id)
+        elif descending:
             bound = _typed(query.sort, value)
             clauses.append(or_(column < bound, and_(column == bound, RetryItem.id < last_id)))
         else:
             bound = _typed(query.sort, value)
             clauses.append(or_(column > bound, and_(column == bound, RetryItem.id > last_id)))
     if query.sort == "id":
-        order: tuple[Any, ...] = (RetryItem.id.desc() if query.descending else RetryItem.id,)
-    elif query.descending:
+        order: tuple[Any, ...] = (RetryItem.id.desc() if descending else RetryItem.id,)
+    elif descending:
         order = (column.desc(), RetryItem.id.desc())
     else:
         order = (column, RetryItem.id)

@@ -81,11 +81,15 @@ def items_page(request: Request) -> Response:
     query = parse_query(list(request.query_params.multi_items()))
     with settings.reading() as session:
         page = browsing.item_page(session, query)
-        total = browsing.count_matching(session, replace(query, after=None), settings.count_cap)
-    next_link = None
+        everything = replace(query, after=None, before=None)
+        total = browsing.count_matching(session, everything, settings.count_cap)
+    next_link = previous_link = None
     if page.next_after is not None:
         pairs = [*query_params(query), ("after", encode_cursor(page.next_after, query.sort))]
         next_link = f"{request.url_for('items')}?{urlencode(pairs)}"
+    if page.previous_before is not None:
+        pairs = [*query_params(query), ("before", encode_cursor(page.previous_before, query.sort))]
+        previous_link = f"{request.url_for('items')}?{urlencode(pairs)}"
     return render(
         request,
         "items.html",
@@ -95,6 +99,7 @@ def items_page(request: Request) -> Response:
             "rows": page.rows,
             "total": total,
             "next_link": next_link,
+            "previous_link": previous_link,
             "filter_string": urlencode(query_params(query)),
             "statuses": [status.value for status in RetryStatus],
         },
