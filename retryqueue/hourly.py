@@ -139,13 +139,12 @@ def outcomes_per_hour(
         elif outcome in FAILURE_OUTCOMES:
             counts[1] += count
 
-    done: set[datetime] = set()
     stmt = sql.hourly_rows(first, closed_end, plugin=per_plugin)
-    for hour, plugin, outcome, count in fetch_all(session, stmt, "hourly outcomes"):
-        hour = _aware(hour)
-        if outcome == HOURLY_MARKER:
-            done.add(hour)
-        else:
+    stored = [(_aware(hour), *rest) for hour, *rest in fetch_all(session, stmt, "hourly")]
+    # Only an hour with its marker is rolled up (rows and marker are written together).
+    done = {hour for hour, _, outcome, _ in stored if outcome == HOURLY_MARKER}
+    for hour, plugin, outcome, count in stored:
+        if hour in done and outcome != HOURLY_MARKER:
             add(hour, plugin, outcome, int(count))
     for hour in _hours(first, current + _HOUR):
         if hour in done:

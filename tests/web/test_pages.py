@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, text, update
 from starlette.testclient import TestClient
 
-from retryqueue import encryption
+from retryqueue import browsing, encryption
 from retryqueue.models import RetryItem
 from tests.web.conftest import Seeded
 
@@ -223,6 +223,28 @@ class TestDeadLetters:
         links = re.findall(r'href="([^"]*/items\?[^"]+)">items</a>', page)
         assert sorted(listed(client, links[0].replace("&amp;", "&"))) == sorted(timeouts)
         assert sorted(listed(client, links[1].replace("&amp;", "&"))) == refused
+
+    def test_group_figures_and_sample(self, seeded: Seeded) -> None:
+        made = seeded.add("t", 3, dead="timeout after {n}s", plugin_name="a")
+        with seeded.sessions() as session:
+            [group] = browsing.error_groups(session)
+            seen = session.scalars(
+                select(RetryItem.last_attempted_at).where(RetryItem.id.in_(made))
+            ).all()
+        assert (group.count, group.plugins, group.error_code) == (3, ("a",), "HTTP_ERROR")
+        assert group.sample_error == f"timeout after {max(made) % 250 + 1}s"  # the newest's
+        assert (group.first_seen, group.last_seen) == (min(seen), max(seen))
+
+    def test_groups_read_only_their_index_on_postgresql(self, backend: str, seeded: Seeded) -> None:
+        if backend != "postgresql":
+            pytest.skip("the partial covering index is PostgreSQL's and SQLite's")
+        seeded.add("t", 2, dead="boom")
+        with seeded.sessions() as session:
+            session.execute(text("SET LOCAL enable_seqscan = off"))
+            compiled = browsing.sql.dead_letter_tally().compile(session.get_bind())
+            explained = session.connection().exec_driver_sql(f"EXPLAIN {compiled}", compiled.params)
+            plan = [line for (line,) in explained]
+        assert any("Index Only Scan using idx_retry_queue_dead_letter_groups" in x for x in plan)
 
 
 class TestOtherPages:
