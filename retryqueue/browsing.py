@@ -440,6 +440,13 @@ def live_workers(
     session: Session, at: datetime | None, dead_after_seconds: float = 600.0
 ) -> list[WorkerInfo]:
     """Workers that heartbeated within ``dead_after_seconds``, by host and id."""
+    rows = fetch_all(session, sql.live_workers(at, dead_after_seconds), "workers")
+    if not rows:
+        return []
+    last_hour = {
+        worker_id: (int(attempts or 0), int(failures or 0))
+        for worker_id, attempts, failures in fetch_all(session, sql.worker_attempts(at), "workers")
+    }
     return [
         WorkerInfo(
             worker_id=row.RetryWorker.worker_id,
@@ -451,8 +458,8 @@ def live_workers(
             started_at=row.RetryWorker.started_at,
             heartbeat_at=row.RetryWorker.heartbeat_at,
             held=int(row.held),
-            attempts_last_hour=int(row.attempts),
-            failures_last_hour=int(row.failures),
+            attempts_last_hour=last_hour.get(row.RetryWorker.worker_id, (0, 0))[0],
+            failures_last_hour=last_hour.get(row.RetryWorker.worker_id, (0, 0))[1],
         )
-        for row in fetch_all(session, sql.live_workers(at, dead_after_seconds), "workers")
+        for row in rows
     ]

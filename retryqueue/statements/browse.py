@@ -77,6 +77,7 @@ __all__ = [
     "status_counts",
     "success_by_event_type",
     "touch_worker",
+    "worker_attempts",
 ]
 
 SORT_COLUMNS: dict[str, Any] = {
@@ -424,39 +425,33 @@ def touch_worker(at: datetime | None, worker_id: str) -> Update:
 
 
 def live_workers(at: datetime | None, dead_after_seconds: float) -> AnySelect:
-    """Workers heartbeating within ``dead_after_seconds``, with what they hold now and their
-    attempts and failures in the last hour."""
-    hour_ago = after(at, -3600.0)
+    """Workers heartbeating within ``dead_after_seconds``, with how many items they hold
+    now (see :func:`worker_attempts` for their last hour)."""
     held = (
         select(func.count())
         .select_from(RetryItem)
         .where(RetryItem.locked_by == RetryWorker.worker_id, _status_is(RetryStatus.PROCESSING))
         .scalar_subquery()
     )
-    recent = and_(
-        RetryHistory.worker_id == RetryWorker.worker_id, RetryHistory.attempted_at > hour_ago
-    )
-    attempts = (
-        select(func.count())
-        .select_from(RetryHistory)
-        .where(recent, RetryHistory.status != "requeued")
-        .scalar_subquery()
-    )
-    failures = (
-        select(func.count())
-        .select_from(RetryHistory)
-        .where(recent, RetryHistory.status.in_(sorted(_FAILURE_STATUSES)))
-        .scalar_subquery()
-    )
     return (
-        select(
-            RetryWorker,
-            held.label("held"),
-            attempts.label("attempts"),
-            failures.label("failures"),
-        )
+        select(RetryWorker, held.label("held"))
         .where(RetryWorker.heartbeat_at > after(at, -dead_after_seconds))
         .order_by(RetryWorker.host, RetryWorker.worker_id)
+    )
+
+
+def worker_attempts(at: datetime | None) -> AnySelect:
+    """Per worker id: attempts and failed attempts in the last hour.
+
+    One pass over the hour's history (the ``attempted_at`` index), not one per worker:
+    history has no index by worker, and adding one would tax every attempt's INSERT.
+    """
+    attempts = func.sum(case((RetryHistory.status != "requeued", 1), else_=0))
+    failures = func.sum(case((RetryHistory.status.in_(sorted(_FAILURE_STATUSES)), 1), else_=0))
+    return (
+        select(RetryHistory.worker_id, attempts.label("attempts"), failures.label("failures"))
+        .where(RetryHistory.attempted_at > after(at, -3600.0), RetryHistory.worker_id.is_not(None))
+        .group_by(RetryHistory.worker_id)
     )
 
 
