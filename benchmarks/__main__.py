@@ -5,7 +5,8 @@ procrastinate, latency, scale, cleanup, memory,
 mariadb (retryqueue on MariaDB/MySQL at $RETRYQUEUE_BENCH_MYSQL_URL),
 scaling (1-16 worker processes, database figures; also through PgBouncer if installed),
 partitions (cleanup by DELETE vs partition drop, claim latency on a bloated vs partitioned table),
-otel (the drain without OpenTelemetry, with the extra imported but idle, on a no-op SDK).
+otel (the drain without OpenTelemetry, with the extra imported but idle, on a no-op SDK),
+dashboard (server time of each dashboard page with 1M items + 1M history rows; quick 100k).
 Without a URL (or $RETRYQUEUE_BENCH_POSTGRES_URL) the run starts its own embedded
 PostgreSQL and stops it at the end. A group that fails is reported as skipped.
 """
@@ -26,6 +27,7 @@ from typing import Any
 
 from benchmarks import (
     async_drain,
+    dashboard,
     extra,
     mariadb,
     otel_cost,
@@ -55,6 +57,7 @@ GROUPS = (
     "scaling",
     "partitions",
     "otel",
+    "dashboard",
 )
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -304,6 +307,11 @@ class Run:
     def partitions(self) -> None:
         rows = 1_000_000 if self.plan.big else 100_000
         for figure in partition_bench.figures(self.server, rows):
+            self.record(figure)
+
+    def dashboard(self) -> None:
+        items = 1_000_000 if self.plan.big else 100_000
+        for figure in dashboard.figures(self.server, items):
             self.record(figure)
 
     def memory(self) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from retryqueue import encryption, monitoring
 from retryqueue.errors import ItemNotFound, RetryQueueError, database_error
+from retryqueue.hourly import FAILURE_OUTCOMES, OutcomeCount, outcomes_per_hour, roll_up
 from retryqueue.models import RetryDashboardAudit, RetryStatus
 from retryqueue.monitoring import ENCRYPTED, fetch_all, queue_gauges, readable_text
 from retryqueue.results import ErrorGroup, ItemQuery
@@ -48,10 +49,8 @@ __all__ = [
     "outcomes_per_hour",
     "overview",
     "record_action",
+    "roll_up",
 ]
-
-FAILURE_OUTCOMES = frozenset({"retry_scheduled", "dead_lettered", "failed", "lock_expired"})
-"""History statuses that count as a failed attempt (``completed`` counts as a completion)."""
 
 
 def _run(session: Session, stmt: Any, operation: str) -> Any:
@@ -91,24 +90,38 @@ class ItemRow:
 
 @dataclass(frozen=True, slots=True)
 class ItemPage:
-    """A page of items and the cursor of the next one (None on the last page)."""
+    """A page of items, the cursor of the next page (None on the last page) and of the
+    previous one (None on the first)."""
 
     rows: list[ItemRow]
     next_after: tuple[Any, int] | None
+    previous_before: tuple[Any, int] | None = None
 
 
 def item_page(session: Session, query: ItemQuery) -> ItemPage:
-    """One keyset page of the items an :class:`ItemQuery` selects."""
+    """One keyset page of the items an :class:`ItemQuery` selects (backwards from
+    ``before``: the rows come back in the query's order all the same)."""
     rows = fetch_all(session, sql.item_page(query, _dialect(session)), "items")
+    more = len(rows) > query.limit
+    rows = rows[: query.limit]
+    if query.before is not None:
+        rows.reverse()
     items = [
         ItemRow(**{**row._asdict(), "error_message": readable_text(row.error_message)})
-        for row in rows[: query.limit]
+        for row in rows
     ]
-    next_after = None
-    if len(rows) > query.limit and items:
-        last = items[-1]
-        next_after = (getattr(last, query.sort), last.id)
-    return ItemPage(items, next_after)
+    if not items:
+        return ItemPage(items, None, None)
+    first, last = items[0], items[-1]
+    backwards = query.before is not None
+    # Forwards, a page after a cursor has rows before it; backwards, one has rows after it.
+    has_next = query.before is not None or more
+    has_previous = more if backwards else query.after is not None
+    return ItemPage(
+        items,
+        (getattr(last, query.sort), last.id) if has_next else None,
+        (getattr(first, query.sort), first.id) if has_previous else None,
+    )
 
 
 def count_matching(session: Session, query: ItemQuery, cap: int) -> int:
@@ -180,16 +193,6 @@ def item_detail(session: Session, item_id: int) -> ItemDetail:
 
 
 @dataclass(frozen=True, slots=True)
-class OutcomeCount:
-    """Completions and failures in one UTC hour (optionally of one plugin)."""
-
-    hour: datetime
-    completed: int
-    failed: int
-    plugin_name: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class EventTypeSuccess:
     """Of one event type's recent items: how many, how many completed, how many gave up."""
 
@@ -246,28 +249,6 @@ def overview(
         hourly=outcomes_per_hour(session, at, hours),
         success=success,
     )
-
-
-def outcomes_per_hour(
-    session: Session, at: datetime | None, hours: int, *, per_plugin: bool = False
-) -> list[OutcomeCount]:
-    """Completed and failed attempts per UTC hour (and plugin), hours with none omitted."""
-    tally: dict[tuple[datetime, str | None], list[int]] = {}
-    stmt = sql.outcomes_per_hour(at, hours, plugin=per_plugin)
-    for row in fetch_all(session, stmt, "outcomes per hour"):
-        hour = row.hour if isinstance(row.hour, datetime) else datetime.fromisoformat(row.hour)
-        hour = hour.replace(tzinfo=UTC) if hour.tzinfo is None else hour.astimezone(UTC)
-        counts = tally.setdefault((hour, row.plugin_name if per_plugin else None), [0, 0])
-        if row.status == "completed":
-            counts[0] += int(row.count)
-        elif row.status in FAILURE_OUTCOMES:
-            counts[1] += int(row.count)
-    return [
-        OutcomeCount(hour, completed, failed, plugin)
-        for (hour, plugin), (completed, failed) in sorted(
-            tally.items(), key=lambda entry: (entry[0][0], entry[0][1] or "")
-        )
-    ]
 
 
 # -- dead letters ----------------------------------------------------------------------
@@ -390,6 +371,13 @@ def live_workers(
     session: Session, at: datetime | None, dead_after_seconds: float = 600.0
 ) -> list[WorkerInfo]:
     """Workers that heartbeated within ``dead_after_seconds``, by host and id."""
+    rows = fetch_all(session, sql.live_workers(at, dead_after_seconds), "workers")
+    if not rows:
+        return []
+    last_hour = {
+        worker_id: (int(attempts or 0), int(failures or 0))
+        for worker_id, attempts, failures in fetch_all(session, sql.worker_attempts(at), "workers")
+    }
     return [
         WorkerInfo(
             worker_id=row.RetryWorker.worker_id,
@@ -401,8 +389,8 @@ def live_workers(
             started_at=row.RetryWorker.started_at,
             heartbeat_at=row.RetryWorker.heartbeat_at,
             held=int(row.held),
-            attempts_last_hour=int(row.attempts),
-            failures_last_hour=int(row.failures),
+            attempts_last_hour=last_hour.get(row.RetryWorker.worker_id, (0, 0))[0],
+            failures_last_hour=last_hour.get(row.RetryWorker.worker_id, (0, 0))[1],
         )
-        for row in fetch_all(session, sql.live_workers(at, dead_after_seconds), "workers")
+        for row in rows
     ]

@@ -46,12 +46,14 @@ from retryqueue.types import (
 __all__ = [
     "ACTIVE_STATUSES",
     "BINARY_COLLATION",
+    "HOURLY_MARKER",
     "TERMINAL_STATUSES",
     "Base",
     "RetryCircuit",
     "RetryCircuitEvent",
     "RetryDashboardAudit",
     "RetryHistory",
+    "RetryHourlyOutcome",
     "RetryItem",
     "RetryStatus",
     "RetryWorker",
@@ -256,6 +258,20 @@ class RetryItem(Base):
         # Added by retryqueue (revision 0008): dead letters grouped by error, and one group's
         # items in id order.
         Index("idx_retry_queue_status_fingerprint", "status", "error_fingerprint", "id"),
+        # Added by retryqueue (revision 0013): the dead-letter groups read from this index
+        # alone (an index-only scan of the dead letters, never of the whole queue).
+        Index(
+            "idx_retry_queue_dead_letter_groups",
+            "last_error_code",
+            "error_fingerprint",
+            "plugin_name",
+            "last_attempted_at",
+            "created_at",
+            "id",
+            postgresql_where=text("status = 'dead_letter'"),
+            sqlite_where=text("status = 'dead_letter'"),
+            # MySQL/MariaDB have no partial index: a full one would tax every write.
+        ).ddl_if(dialect=("postgresql", "sqlite")),  # type: ignore[arg-type]  # tuple: documented
         {**_NEVER_REUSE_IDS, "comment": QUEUE_COMMENT},
     )
 
@@ -437,3 +453,29 @@ class RetryWorker(Base):
     )
 
     __table_args__ = (Index("idx_retry_workers_heartbeat_at", "heartbeat_at"),)
+
+
+# Revision 0013: attempts per closed hour, the dashboard's charts without scanning history.
+
+HOURLY_MARKER = "*"
+"""The ``outcome`` of the row that marks an hour as rolled up (its count: all attempts)."""
+
+
+class RetryHourlyOutcome(Base):
+    """Attempts of one closed UTC hour per plugin and outcome (table ``daz_retry_hourly``).
+
+    Computed once from ``daz_retry_history`` when the dashboard first needs a closed hour,
+    then reused; the current hour is always counted live. ``plugin_name`` is ``""`` for an
+    attempt whose item has no plugin or was already cleaned up; ``outcome`` is the history
+    status, or :data:`HOURLY_MARKER` on the one row per hour that says it was rolled up.
+    Cleanup deletes rows older than twice the retention, like history.
+    """
+
+    __tablename__ = "daz_retry_hourly"
+
+    hour: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    plugin_name: Mapped[str] = mapped_column(_identifier(255), nullable=False)
+    outcome: Mapped[str] = mapped_column(String(50), nullable=False)
+    attempts: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+    __table_args__ = (PrimaryKeyConstraint("hour", "plugin_name", "outcome"),)

@@ -235,21 +235,44 @@ def error_groups(
     groups first, each with the plugins it touches and a sample message."""
     wanted = _statuses(statuses)
     limit = check.bounded_int("limit", limit, low=1, high=10_000)
-    plugins: dict[tuple[str | None, str | None], set[str]] = {}
-    for code, mark, plugin in fetch_all(session, sql.plugins_of_groups(wanted), "error groups"):
-        plugins.setdefault((code, mark), set()).add(plugin or "-")
+    merged: dict[tuple[str | None, str | None], _Tally] = {}
+    for row in fetch_all(session, sql.error_tally(wanted), "error groups"):
+        key = (row.error_code, row.fingerprint)
+        tally = merged.get(key)
+        if tally is None:
+            tally = merged[key] = _Tally(0, row.first_seen, row.last_seen, 0, set())
+        tally.count += int(row.count)
+        tally.first_seen = min(tally.first_seen, row.first_seen)
+        tally.last_seen = max(tally.last_seen, row.last_seen)
+        tally.newest_id = max(tally.newest_id, int(row.newest_id))
+        tally.plugins.add(row.plugin_name or "-")
+    largest = sorted(merged.items(), key=lambda kv: (-kv[1].count, kv[0][1] or "", kv[0][0] or ""))
+    largest = largest[:limit]
+    ids = [tally.newest_id for _, tally in largest]
+    samples = dict(fetch_all(session, sql.error_samples(ids), "error groups")) if ids else {}
     return [
         ErrorGroup(
-            error_code=row.error_code,
-            fingerprint=row.fingerprint,
-            count=int(row.count),
-            first_seen=row.first_seen,
-            last_seen=row.last_seen,
-            sample_error=readable_text(row.sample_error),
-            plugins=tuple(sorted(plugins.get((row.error_code, row.fingerprint), ()))),
+            error_code=code,
+            fingerprint=mark,
+            count=tally.count,
+            first_seen=tally.first_seen,
+            last_seen=tally.last_seen,
+            sample_error=readable_text(samples.get(tally.newest_id)),
+            plugins=tuple(sorted(tally.plugins)),
         )
-        for row in fetch_all(session, sql.error_groups(wanted, limit), "error groups")
+        for (code, mark), tally in largest
     ]
+
+
+@dataclass(slots=True)
+class _Tally:
+    """One error group being summed over its plugins' rows."""
+
+    count: int
+    first_seen: datetime
+    last_seen: datetime
+    newest_id: int
+    plugins: set[str]
 
 
 def resolve_fingerprint(

@@ -1104,6 +1104,8 @@ class RetryQueue:
                 break
         audit: Any = session.execute(sql.delete_circuit_events(at, 2 * retention))
         yield CleanupResult(circuit_events_deleted=int(audit.rowcount))
+        hourly: Any = session.execute(sql.delete_hourly(at, 2 * retention))
+        yield CleanupResult(hourly_rows_deleted=int(hourly.rowcount))
 
     @staticmethod
     def _delete_finished(

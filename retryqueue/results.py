@@ -156,6 +156,8 @@ class CleanupResult:
     ``partitions_dropped``: monthly partitions dropped (PostgreSQL, partitioned table);
     their rows are counted in ``deleted_count``.
     ``circuit_events_deleted``: circuit breaker audit rows older than twice the retention.
+    ``hourly_rows_deleted``: the dashboard's rolled-up hours (``daz_retry_hourly``) older
+    than twice the retention, like history.
     """
 
     deleted_count: int = 0
@@ -164,6 +166,7 @@ class CleanupResult:
     history_deleted_count: int = 0
     partitions_dropped: int = 0
     circuit_events_deleted: int = 0
+    hourly_rows_deleted: int = 0
 
     def __add__(self, other: CleanupResult) -> CleanupResult:
         return CleanupResult(
@@ -375,7 +378,8 @@ class ItemQuery:
     items only). ``error_text``
     matches a substring of the error message, case-insensitively (not on encrypted
     messages); ``fingerprint`` is an error group (``"none"``: items without one).
-    ``after`` is the (sort value, id) of the previous page's last row.
+    ``after`` is the (sort value, id) of the previous page's last row; ``before`` (going
+    back) the (sort value, id) of the next page's first row. At most one of them is set.
     """
 
     statuses: tuple[RetryStatus, ...] = ()
@@ -394,3 +398,4 @@ class ItemQuery:
     descending: bool = True
     limit: int = 50
     after: tuple[Any, int] | None = None
+    before: tuple[Any, int] | None = None

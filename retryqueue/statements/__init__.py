@@ -27,6 +27,7 @@ from retryqueue.statements.admin import (
     delete_circuit_events,
     delete_finished_batch,
     delete_history_batch,
+    delete_hourly,
     expired_batch,
     filtered_ids,
     purge_ids,
@@ -90,7 +91,7 @@ from retryqueue.statements.enqueue import (
     staging_statements,
 )
 from retryqueue.statements.expiry import dead_letter_expired, expired_ids, lock_expired
-from retryqueue.statements.groups import error_groups, fingerprints_starting, plugins_of_groups
+from retryqueue.statements.groups import error_samples, error_tally, fingerprints_starting
 from retryqueue.statements.metadata import item_metadata, set_metadata
 from retryqueue.statements.mysql import (
     Emulation,
@@ -151,9 +152,12 @@ __all__ = [
     "delete_finished_batch",
     "delete_history_batch",
     "delete_history_by_ids",
+    "delete_hourly",
     "emulate_returning",
     "enqueued_by_event_ids",
     "error_groups",
+    "error_samples",
+    "error_tally",
     "existing_by_event_ids",
     "expired_batch",
     "expired_ids",
@@ -183,7 +187,6 @@ __all__ = [
     "now_expr",
     "operator_guard",
     "owned_guard",
-    "plugins_of_groups",
     "purge_ids",
     "queue_gauges",
     "queue_ids_between",

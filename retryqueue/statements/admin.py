@@ -24,6 +24,7 @@ from retryqueue.models import (
     TERMINAL_STATUSES,
     RetryCircuitEvent,
     RetryHistory,
+    RetryHourlyOutcome,
     RetryItem,
     RetryStatus,
 )
@@ -249,6 +250,16 @@ def delete_circuit_events(at: datetime | None, retention_seconds: float) -> Dele
     return (
         delete(RetryCircuitEvent)
         .where(RetryCircuitEvent.occurred_at < after(at, -retention_seconds))
+        .execution_options(**_SYNC_OFF)
+    )
+
+
+def delete_hourly(at: datetime | None, retention_seconds: float) -> Delete:
+    """Delete the dashboard's rolled-up hours older than the retention (a small table: at
+    once)."""
+    return (
+        delete(RetryHourlyOutcome)
+        .where(RetryHourlyOutcome.hour < after(at, -retention_seconds))
         .execution_options(**_SYNC_OFF)
     )
 

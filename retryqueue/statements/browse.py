@@ -15,6 +15,7 @@ from sqlalchemy import (
     JSON,
     ColumnElement,
     Insert,
+    Select,
     String,
     Text,
     Update,
@@ -34,8 +35,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 
 from retryqueue.models import (
+    HOURLY_MARKER,
     RetryDashboardAudit,
     RetryHistory,
+    RetryHourlyOutcome,
     RetryItem,
     RetryStatus,
     RetryWorker,
@@ -43,7 +46,6 @@ from retryqueue.models import (
 from retryqueue.results import ItemQuery
 from retryqueue.statements._base import (
     AnySelect,
-    _hour_bucket,
     _status_in,
     _status_is,
     after,
@@ -60,16 +62,20 @@ __all__ = [
     "delete_workers",
     "finish_audit",
     "history_rows",
+    "hour_outcomes",
+    "hourly_rows",
     "insert_audit",
+    "insert_hourly",
     "insert_worker",
     "item_page",
     "item_row",
     "live_workers",
-    "outcomes_per_hour",
     "query_clauses",
+    "rolled_up_hours",
     "status_counts",
     "success_by_event_type",
     "touch_worker",
+    "worker_attempts",
 ]
 
 SORT_COLUMNS: dict[str, Any] = {
@@ -156,22 +162,29 @@ def _typed(sort: str, value: Any) -> ColumnElement[Any]:
 
 
 def item_page(query: ItemQuery, dialect: str) -> AnySelect:
-    """One page (``limit + 1`` rows, to tell whether another follows) of an ItemQuery."""
+    """One page (``limit + 1`` rows, to tell whether another follows) of an ItemQuery.
+
+    With ``before`` the page is read backwards from that cursor (the order reversed): the
+    caller reverses the rows back.
+    """
     column = SORT_COLUMNS[query.sort]
     clauses = query_clauses(query, dialect)
-    if query.after is not None:
-        value, last_id = query.after
+    cursor = query.before if query.before is not None else query.after
+    # Reading backwards walks the other way: ascending becomes descending.
+    descending = query.descending != (query.before is not None)
+    if cursor is not None:
+        value, last_id = cursor
         if query.sort == "id":
-            clauses.append(RetryItem.id < last_id if query.descending else RetryItem.id > last_id)
-        elif query.descending:
+            clauses.append(RetryItem.id < last_id if descending else RetryItem.id > last_id)
+        elif descending:
             bound = _typed(query.sort, value)
             clauses.append(or_(column < bound, and_(column == bound, RetryItem.id < last_id)))
         else:
             bound = _typed(query.sort, value)
             clauses.append(or_(column > bound, and_(column == bound, RetryItem.id > last_id)))
     if query.sort == "id":
-        order: tuple[Any, ...] = (RetryItem.id.desc() if query.descending else RetryItem.id,)
-    elif query.descending:
+        order: tuple[Any, ...] = (RetryItem.id.desc() if descending else RetryItem.id,)
+    elif descending:
         order = (column.desc(), RetryItem.id.desc())
     else:
         order = (column, RetryItem.id)
@@ -229,24 +242,70 @@ def item_row(item_id: int) -> AnySelect:
     return select(*columns).where(RetryItem.id == item_id)
 
 
-def outcomes_per_hour(at: datetime | None, hours: int, plugin: bool = False) -> AnySelect:
-    """Attempts per UTC hour and outcome (history status) over the last ``hours`` hours.
-
-    With ``plugin``, per plugin too (joined to the items still in the queue).
-    """
-    bucket = _hour_bucket(RetryHistory.attempted_at).label("hour")
-    columns: list[Any] = [bucket, RetryHistory.status]
-    stmt = select(*columns, func.count().label("count"))
-    if plugin:
-        stmt = select(*columns, RetryItem.plugin_name, func.count().label("count")).join(
-            RetryItem, RetryItem.id == RetryHistory.retry_queue_id
-        )
-        columns.append(RetryItem.plugin_name)
-    return (
-        stmt.where(RetryHistory.attempted_at > after(at, -hours * 3600.0))
-        .group_by(*columns)
-        .order_by(bucket)
+def _attempted_between(start: datetime, end: datetime) -> ColumnElement[bool]:
+    return and_(
+        RetryHistory.attempted_at >= literal(start, UTCDateTime()),
+        RetryHistory.attempted_at < literal(end, UTCDateTime()),
     )
+
+
+def hour_outcomes(start: datetime, end: datetime, *, plugin: bool) -> AnySelect:
+    """Attempts made in ``[start, end)`` per outcome (history status), counted in history.
+
+    With ``plugin``, per plugin too: the item's plugin, ``""`` when it has none or is no
+    longer in the queue (a LEFT JOIN by primary key).
+    """
+    window = _attempted_between(start, end)
+    if not plugin:
+        return (
+            select(literal("").label("plugin_name"), RetryHistory.status, func.count())
+            .where(window)
+            .group_by(RetryHistory.status)
+        )
+    name = func.coalesce(RetryItem.plugin_name, "")
+    return (
+        select(name.label("plugin_name"), RetryHistory.status, func.count())
+        .select_from(RetryHistory)
+        .outerjoin(RetryItem, RetryItem.id == RetryHistory.retry_queue_id)
+        .where(window)
+        .group_by(name, RetryHistory.status)
+    )
+
+
+def _hour_between(start: datetime, end: datetime) -> ColumnElement[bool]:
+    return and_(
+        RetryHourlyOutcome.hour >= literal(start, UTCDateTime()),
+        RetryHourlyOutcome.hour < literal(end, UTCDateTime()),
+    )
+
+
+def rolled_up_hours(start: datetime, end: datetime) -> Select[datetime]:
+    """The hours in ``[start, end)`` already rolled up into ``daz_retry_hourly``."""
+    return select(RetryHourlyOutcome.hour).where(
+        _hour_between(start, end), RetryHourlyOutcome.outcome == HOURLY_MARKER
+    )
+
+
+def hourly_rows(start: datetime, end: datetime, *, plugin: bool) -> AnySelect:
+    """Rolled-up attempts of the hours in ``[start, end)``: (hour, plugin, outcome, count),
+    summed over plugins (plugin ``""``) unless ``plugin``; marker rows included."""
+    hour, outcome = RetryHourlyOutcome.hour, RetryHourlyOutcome.outcome
+    if plugin:
+        return select(
+            hour, RetryHourlyOutcome.plugin_name, outcome, RetryHourlyOutcome.attempts
+        ).where(_hour_between(start, end))
+    return (
+        select(
+            hour, literal("").label("plugin_name"), outcome, func.sum(RetryHourlyOutcome.attempts)
+        )
+        .where(_hour_between(start, end))
+        .group_by(hour, outcome)
+    )
+
+
+def insert_hourly() -> Insert:
+    """INSERT of rolled-up rows (executemany: hour, plugin_name, outcome, attempts)."""
+    return insert(RetryHourlyOutcome)
 
 
 def success_by_event_type(limit: int) -> AnySelect:
@@ -335,39 +394,33 @@ def touch_worker(at: datetime | None, worker_id: str) -> Update:
 
 
 def live_workers(at: datetime | None, dead_after_seconds: float) -> AnySelect:
-    """Workers heartbeating within ``dead_after_seconds``, with what they hold now and their
-    attempts and failures in the last hour."""
-    hour_ago = after(at, -3600.0)
+    """Workers heartbeating within ``dead_after_seconds``, with how many items they hold
+    now (see :func:`worker_attempts` for their last hour)."""
     held = (
         select(func.count())
         .select_from(RetryItem)
         .where(RetryItem.locked_by == RetryWorker.worker_id, _status_is(RetryStatus.PROCESSING))
         .scalar_subquery()
     )
-    recent = and_(
-        RetryHistory.worker_id == RetryWorker.worker_id, RetryHistory.attempted_at > hour_ago
-    )
-    attempts = (
-        select(func.count())
-        .select_from(RetryHistory)
-        .where(recent, RetryHistory.status != "requeued")
-        .scalar_subquery()
-    )
-    failures = (
-        select(func.count())
-        .select_from(RetryHistory)
-        .where(recent, RetryHistory.status.in_(sorted(_FAILURE_STATUSES)))
-        .scalar_subquery()
-    )
     return (
-        select(
-            RetryWorker,
-            held.label("held"),
-            attempts.label("attempts"),
-            failures.label("failures"),
-        )
+        select(RetryWorker, held.label("held"))
         .where(RetryWorker.heartbeat_at > after(at, -dead_after_seconds))
         .order_by(RetryWorker.host, RetryWorker.worker_id)
+    )
+
+
+def worker_attempts(at: datetime | None) -> AnySelect:
+    """Per worker id: attempts and failed attempts in the last hour.
+
+    One pass over the hour's history (the ``attempted_at`` index), not one per worker:
+    history has no index by worker, and adding one would tax every attempt's INSERT.
+    """
+    attempts = func.sum(case((RetryHistory.status != "requeued", 1), else_=0))
+    failures = func.sum(case((RetryHistory.status.in_(sorted(_FAILURE_STATUSES)), 1), else_=0))
+    return (
+        select(RetryHistory.worker_id, attempts.label("attempts"), failures.label("failures"))
+        .where(RetryHistory.attempted_at > after(at, -3600.0), RetryHistory.worker_id.is_not(None))
+        .group_by(RetryHistory.worker_id)
     )
 
 

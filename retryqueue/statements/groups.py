@@ -1,48 +1,58 @@
 """Error groups: finished items per (error code, fingerprint), and fingerprint look-ups.
 
-Both read the ``(status, error_fingerprint, id)`` index of the queue table: a group is a
-range of it, a fingerprint prefix too.
+The groups of the dead letters read their partial covering index (rq0013); other
+statuses and the fingerprint look-ups read the ``(status, error_fingerprint, id)`` index.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import Text, func, select, type_coerce
+from sqlalchemy import ColumnElement, Text, func, select, type_coerce
 
 from retryqueue.models import RetryItem, RetryStatus
-from retryqueue.statements._base import AnySelect, _status_in
+from retryqueue.statements._base import AnySelect, _status_in, _status_is
 
-__all__ = ["error_groups", "fingerprints_starting", "plugins_of_groups"]
+__all__ = ["error_samples", "error_tally", "fingerprints_starting"]
 
 _SEEN = func.coalesce(RetryItem.last_attempted_at, RetryItem.created_at)
 
 
-def error_groups(statuses: Sequence[RetryStatus], limit: int) -> AnySelect:
-    """Items in ``statuses`` per (error code, fingerprint), largest first: count,
-    first and last failure, one message (raw: sealed or not; the caller opens it)."""
+def _statuses_are(statuses: Sequence[RetryStatus]) -> ColumnElement[bool]:
+    """``status = 'x'`` for one status (so the dead letters' partial index applies),
+    ``status IN (...)`` for several."""
+    return _status_is(statuses[0]) if len(statuses) == 1 else _status_in(*statuses)
+
+
+def error_tally(statuses: Sequence[RetryStatus]) -> AnySelect:
+    """Items in ``statuses`` per (error code, fingerprint, plugin): count, first and last
+    failure, and the newest id (whose message stands for the group).
+
+    For the dead letters alone every column is in ``idx_retry_queue_dead_letter_groups``
+    (PostgreSQL, SQLite; rq0013), a partial index: an index-only scan that never reads the
+    table. The caller merges the plugins of a group and keeps the largest groups.
+    """
+    keys = (RetryItem.last_error_code, RetryItem.error_fingerprint, RetryItem.plugin_name)
     return (
         select(
             RetryItem.last_error_code.label("error_code"),
             RetryItem.error_fingerprint.label("fingerprint"),
+            RetryItem.plugin_name,
             func.count().label("count"),
             func.min(_SEEN).label("first_seen"),
             func.max(_SEEN).label("last_seen"),
-            func.max(type_coerce(RetryItem.error_message, Text())).label("sample_error"),
+            func.max(RetryItem.id).label("newest_id"),
         )
-        .where(_status_in(*statuses))
-        .group_by(RetryItem.last_error_code, RetryItem.error_fingerprint)
-        .order_by(func.count().desc(), RetryItem.error_fingerprint, RetryItem.last_error_code)
-        .limit(limit)
+        .where(_statuses_are(statuses))
+        .group_by(*keys)
     )
 
 
-def plugins_of_groups(statuses: Sequence[RetryStatus]) -> AnySelect:
-    """The distinct (error code, fingerprint, plugin) of the items in ``statuses``."""
-    return (
-        select(RetryItem.last_error_code, RetryItem.error_fingerprint, RetryItem.plugin_name)
-        .where(_status_in(*statuses))
-        .distinct()
+def error_samples(item_ids: Sequence[int]) -> AnySelect:
+    """The raw error messages (sealed or not: the caller opens them) of some items, by id:
+    one sample per error group."""
+    return select(RetryItem.id, type_coerce(RetryItem.error_message, Text())).where(
+        RetryItem.id.in_(list(item_ids))
     )
 
 
@@ -51,7 +61,7 @@ def fingerprints_starting(prefix: str, statuses: Sequence[RetryStatus], limit: i
     (lower-case hex: no LIKE wildcard in it), at most ``limit``."""
     return (
         select(RetryItem.error_fingerprint)
-        .where(_status_in(*statuses), RetryItem.error_fingerprint.startswith(prefix))
+        .where(_statuses_are(statuses), RetryItem.error_fingerprint.startswith(prefix))
         .distinct()
         .order_by(RetryItem.error_fingerprint)
         .limit(limit)

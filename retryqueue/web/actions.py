@@ -57,7 +57,7 @@ def _selection(form: FormData) -> tuple[str, str, ItemQuery, dict[str, Any]]:
         raise InvalidArgument("do", "expected replay or purge of an item, selection or filter")
     if scope == "filter":
         query = parse_filter_field(form.get("filter", ""))
-        query = replace(query, after=None)
+        query = replace(query, after=None, before=None)
         described: dict[str, Any] = {"filter": urlencode(query_params(query))}
     else:
         ids = parse_ids(list(form.getlist("id")))

@@ -42,7 +42,16 @@ _TEXT_FILTERS = {
     "error": "error_text",
     "fingerprint": "fingerprint",
 }
-_KNOWN = {"status", "sort", "order", "limit", "after", "created_after", "created_before"}
+_KNOWN = {
+    "status",
+    "sort",
+    "order",
+    "limit",
+    "after",
+    "before",
+    "created_after",
+    "created_before",
+}
 
 
 def parse_id(value: object, name: str = "id") -> int:
@@ -77,21 +86,22 @@ def _text(value: str, name: str) -> str | None:
     return value or None
 
 
-def _cursor(value: str, sort: str) -> tuple[Any, int]:
+def _cursor(value: str, sort: str, name: str) -> tuple[Any, int]:
     raw, sep, last = value.rpartition("|")
     if not sep:
-        return (None, parse_id(value, "after"))
-    last_id = parse_id(last, "after")
+        return (None, parse_id(value, name))
+    last_id = parse_id(last, name)
     if sort in ("created_at", "next_retry_at"):
-        return (_when(raw, "after"), last_id)
+        return (_when(raw, name), last_id)
     try:
         return (int(raw), last_id)
     except ValueError:
-        raise InvalidArgument("after", f"{raw[:40]!r} is not a cursor of this list") from None
+        raise InvalidArgument(name, f"{raw[:40]!r} is not a cursor of this list") from None
 
 
 def encode_cursor(after: tuple[Any, int], sort: str) -> str:
-    """The ``after`` parameter of the page following a row (sort value, id)."""
+    """The ``after`` (or ``before``) parameter of the page following (preceding) a row
+    (sort value, id)."""
     value, last_id = after
     if sort == "id":
         return str(last_id)
@@ -133,7 +143,11 @@ def parse_query(params: Mapping[str, Any] | list[tuple[str, str]]) -> ItemQuery:
     if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_PAGE_SIZE:
         raise InvalidArgument("limit", f"expected a page size from 1 to {MAX_PAGE_SIZE}")
     after_text = values.pop("after", "")
-    after = _cursor(after_text, sort) if after_text else None
+    before_text = values.pop("before", "")
+    if after_text and before_text:
+        raise InvalidArgument("before", "a page is either after a row or before one, not both")
+    after = _cursor(after_text, sort, "after") if after_text else None
+    before = _cursor(before_text, sort, "before") if before_text else None
     filters: dict[str, Any] = {k: v for k, v in values.items() if not isinstance(v, str) or v}
     return ItemQuery(
         statuses=tuple(dict.fromkeys(statuses)),
@@ -141,6 +155,7 @@ def parse_query(params: Mapping[str, Any] | list[tuple[str, str]]) -> ItemQuery:
         descending=order == "desc",
         limit=int(limit_text),
         after=after,
+        before=before,
         **filters,
     )
 
@@ -164,6 +179,8 @@ def query_params(query: ItemQuery, *, cursor: bool = False) -> list[tuple[str, s
         pairs.append(("limit", str(query.limit)))
     if cursor and query.after is not None:
         pairs.append(("after", encode_cursor(query.after, query.sort)))
+    if cursor and query.before is not None:
+        pairs.append(("before", encode_cursor(query.before, query.sort)))
     return pairs
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from urllib.parse import urlencode
 
@@ -10,8 +11,10 @@ from starlette.responses import Response
 
 from retryqueue import browsing
 from retryqueue.circuits import circuit_events, circuit_states
+from retryqueue.errors import RetryQueueError
+from retryqueue.hourly import totals
 from retryqueue.models import RetryStatus
-from retryqueue.web._shared import bar_chart, render, settings_of
+from retryqueue.web._shared import Settings, bar_chart, render, settings_of
 from retryqueue.web.forms import encode_cursor, parse_id, parse_query, query_params
 
 __all__ = [
@@ -27,8 +30,23 @@ __all__ = [
 ]
 
 
+_log = logging.getLogger(__name__)
+
+
+def _roll_up(settings: Settings) -> None:
+    """Roll up the closed hours the charts need (the first page to need an hour pays for
+    it, once). On failure (another page rolling up the same hour, a database user without
+    INSERT) those hours are counted live instead."""
+    try:
+        with settings.writing() as session:
+            browsing.roll_up(session, settings.queue.now(session), settings.chart_hours)
+    except RetryQueueError as exc:
+        _log.debug("hourly roll-up skipped: %s", exc)
+
+
 def _overview_context(request: Request) -> dict[str, object]:
     settings = settings_of(request)
+    _roll_up(settings)
     with settings.reading() as session:
         figures = browsing.overview(
             session,
@@ -63,11 +81,15 @@ def items_page(request: Request) -> Response:
     query = parse_query(list(request.query_params.multi_items()))
     with settings.reading() as session:
         page = browsing.item_page(session, query)
-        total = browsing.count_matching(session, replace(query, after=None), settings.count_cap)
-    next_link = None
+        everything = replace(query, after=None, before=None)
+        total = browsing.count_matching(session, everything, settings.count_cap)
+    next_link = previous_link = None
     if page.next_after is not None:
         pairs = [*query_params(query), ("after", encode_cursor(page.next_after, query.sort))]
         next_link = f"{request.url_for('items')}?{urlencode(pairs)}"
+    if page.previous_before is not None:
+        pairs = [*query_params(query), ("before", encode_cursor(page.previous_before, query.sort))]
+        previous_link = f"{request.url_for('items')}?{urlencode(pairs)}"
     return render(
         request,
         "items.html",
@@ -77,6 +99,7 @@ def items_page(request: Request) -> Response:
             "rows": page.rows,
             "total": total,
             "next_link": next_link,
+            "previous_link": previous_link,
             "filter_string": urlencode(query_params(query)),
             "statuses": [status.value for status in RetryStatus],
         },
@@ -121,14 +144,14 @@ def audit_page(request: Request) -> Response:
 def throughput_page(request: Request) -> Response:
     """Completions and failures per hour, in total and per plugin."""
     settings = settings_of(request)
+    _roll_up(settings)
     with settings.reading() as session:
         now = settings.queue.now(session)
-        total = browsing.outcomes_per_hour(session, now, settings.chart_hours)
         per_plugin = browsing.outcomes_per_hour(session, now, settings.chart_hours, per_plugin=True)
     return render(
         request,
         "throughput.html",
-        {"page": "throughput", "total": total, "per_plugin": per_plugin},
+        {"page": "throughput", "total": totals(per_plugin), "per_plugin": per_plugin},
     )
 
 

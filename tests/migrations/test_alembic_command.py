@@ -19,10 +19,9 @@ import pytest
 from sqlalchemy import inspect
 
 from retryqueue import create_engine, migrations
+from tests.support.revisions import ALL, HEAD
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAD = migrations.heads()[0]
-ALL = [f"rq{n:04d}" for n in range(1, int(HEAD[2:]) + 1)]
 BEFORE_HEAD = ALL[-2]
 
 

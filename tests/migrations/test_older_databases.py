@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from retryqueue import RetryQueue, migrations
 from retryqueue.migrations import partitioning
+from tests.support.revisions import after
 
 # (reference name, the earlier rq0001's name) of the indexes it named differently
 INDEXES = (
@@ -27,12 +28,6 @@ COMMENTED = (
     ("priority", sa.Integer(), "5"),
     ("backoff_multiplier", sa.Numeric(3, 2), "2.0"),
 )
-
-
-def after(revision: str) -> list[str]:
-    """The revisions after ``revision`` up to the head, in upgrade order."""
-    head = int(migrations.heads()[0][2:])
-    return [f"rq{n:04d}" for n in range(int(revision[2:]) + 1, head + 1)]
 
 
 def as_earlier_rq0001_made_it(engine: Engine) -> None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from retryqueue import migrations
 
-__all__ = ["HEAD", "after"]
+__all__ = ["ALL", "HEAD", "after"]
 
 HEAD = migrations.heads()[0]
+
+# Walked down the chain (not counted by number: a revision id may skip numbers).
+ALL = [script.revision for script in migrations.script_directory().walk_revisions()][::-1]
 
 
 def after(revision: str) -> list[str]:
     """The revisions after ``revision`` up to the head, in upgrade order."""
-    return [f"rq{n:04d}" for n in range(int(revision[2:]) + 1, int(HEAD[2:]) + 1)]
+    return ALL[ALL.index(revision) + 1 :]

@@ -11,7 +11,7 @@ from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.testclient import TestClient
 
-from retryqueue.models import RetryDashboardAudit, RetryItem, RetryWorker
+from retryqueue.models import RetryDashboardAudit, RetryHourlyOutcome, RetryItem, RetryWorker
 from retryqueue.queue import RetryQueue
 from retryqueue.web import Credentials, create_app
 from retryqueue.web.access import CSRF_COOKIE, CSRF_FIELD
@@ -23,6 +23,7 @@ def sessions(engine: Engine) -> sessionmaker[Session]:
     with engine.begin() as connection:
         connection.execute(delete(RetryDashboardAudit))
         connection.execute(delete(RetryWorker))
+        connection.execute(delete(RetryHourlyOutcome))
     return sessionmaker(engine, expire_on_commit=False)
 
 

@@ -145,3 +145,32 @@ class TestReadOnly:
             expect(page.locator("tr.group")).to_have_count(2)
             expect(page.locator("button.replay-group")).to_have_count(0)
             expect(page.locator("header")).to_contain_text("read-only")
+
+
+def shown_ids(page: Page) -> list[str]:
+    """The item ids the list shows, in order."""
+    return page.locator("input.select").evaluate_all("boxes => boxes.map(box => box.value)")
+
+
+class TestPaging:
+    """The item list's next and previous page links walk it both ways."""
+
+    def test_next_then_previous(self, page: Page, seeded_db: tuple[str, Seeded]) -> None:
+        url, _seeded = seeded_db
+        with serve_dashboard(url, extra=("--read-only",)) as base:
+            page.goto(f"{base}/items?limit=4")
+            expect(page.locator("#previous-page")).to_have_count(0)
+            first = shown_ids(page)
+            page.click("#next-page")
+            expect(page.locator("tr.row")).to_have_count(4)
+            second = shown_ids(page)
+            page.click("#next-page")
+            expect(page.locator("tr.row")).to_have_count(1)
+            expect(page.locator("#next-page")).to_have_count(0)
+            page.click("#previous-page")
+            expect(page.locator("tr.row")).to_have_count(4)
+            assert shown_ids(page) == second
+            page.click("#previous-page")
+            expect(page.locator("#previous-page")).to_have_count(0)
+            assert shown_ids(page) == first
+            assert not set(first) & set(second)

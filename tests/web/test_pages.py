@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, text, update
 from starlette.testclient import TestClient
 
-from retryqueue import encryption
+from retryqueue import browsing, encryption
 from retryqueue.models import RetryItem
 from tests.web.conftest import Seeded
 
@@ -24,16 +24,30 @@ def listed(client: TestClient, url: str) -> list[int]:
     return [int(found) for found in ROW_IDS.findall(response.text)]
 
 
-def walk(client: TestClient, url: str) -> list[int]:
-    """Every id of a list, following its "next page" links."""
-    seen: list[int] = []
+def pages(client: TestClient, url: str, direction: str = "next") -> list[list[int]]:
+    """The ids of each page of a list, following its "next" (or "previous") page links."""
+    seen: list[list[int]] = []
     while url:
         response = client.get(url)
         assert response.status_code == 200
-        seen.extend(int(found) for found in ROW_IDS.findall(response.text))
-        link = re.search(r'<a href="([^"]+)" id="next-page">', response.text)
+        seen.append([int(found) for found in ROW_IDS.findall(response.text)])
+        link = re.search(rf'<a href="([^"]+)" id="{direction}-page">', response.text)
         url = link.group(1).replace("&amp;", "&") if link else ""
     return seen
+
+
+def walk(client: TestClient, url: str) -> list[int]:
+    """Every id of a list, following its "next page" links."""
+    return [item_id for page in pages(client, url) for item_id in page]
+
+
+def last_page_url(client: TestClient, url: str) -> str:
+    """The address of a list's last page (following "next page" links)."""
+    while True:
+        link = re.search(r'<a href="([^"]+)" id="next-page">', client.get(url).text)
+        if link is None:
+            return url
+        url = link.group(1).replace("&amp;", "&")
 
 
 class TestOverview:
@@ -91,6 +105,41 @@ class TestItems:
         assert walk(client, "/items?limit=3") == sorted(made, reverse=True)
         assert walk(client, "/items?limit=2&sort=priority&order=asc") == sorted(made)
         assert walk(client, "/items?limit=3&sort=created_at") == sorted(made, reverse=True)
+
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "/items?limit=3",
+            "/items?limit=2&sort=priority&order=asc",
+            "/items?limit=3&sort=created_at",
+        ],
+    )
+    def test_previous_pages_retrace_the_next_ones(
+        self, client: TestClient, seeded: Seeded, url: str
+    ) -> None:
+        seeded.add("many", 7)
+        with seeded.sessions.begin() as session:  # equal sort values: the id breaks ties
+            session.execute(update(RetryItem).values(priority=5))
+        forwards = pages(client, url)
+        assert len(forwards) >= 3
+        backwards = pages(client, last_page_url(client, url), "previous")
+        assert backwards == forwards[::-1]
+        first = client.get(url).text
+        assert 'id="previous-page"' not in first and 'id="first-page"' not in first
+
+    def test_previous_page_of_a_filtered_list(self, client: TestClient, seeded: Seeded) -> None:
+        dead = seeded.add("dead", 5, dead="boom", plugin_name="billing")
+        seeded.add("other", 3, plugin_name="billing")
+        url = "/items?status=dead_letter&plugin=billing&limit=2&order=asc"
+        assert pages(client, last_page_url(client, url), "previous") == [
+            [dead[4]],
+            dead[2:4],
+            dead[:2],
+        ]
+
+    def test_after_and_before_together_are_refused(self, client: TestClient) -> None:
+        response = client.get("/items?after=5&before=9")
+        assert response.status_code == 400 and "not both" in response.text
 
     def test_counts_matching(self, client: TestClient, seeded: Seeded) -> None:
         seeded.add("x", 3)
@@ -174,6 +223,28 @@ class TestDeadLetters:
         links = re.findall(r'href="([^"]*/items\?[^"]+)">items</a>', page)
         assert sorted(listed(client, links[0].replace("&amp;", "&"))) == sorted(timeouts)
         assert sorted(listed(client, links[1].replace("&amp;", "&"))) == refused
+
+    def test_group_figures_and_sample(self, seeded: Seeded) -> None:
+        made = seeded.add("t", 3, dead="timeout after {n}s", plugin_name="a")
+        with seeded.sessions() as session:
+            [group] = browsing.error_groups(session)
+            seen = session.scalars(
+                select(RetryItem.last_attempted_at).where(RetryItem.id.in_(made))
+            ).all()
+        assert (group.count, group.plugins, group.error_code) == (3, ("a",), "HTTP_ERROR")
+        assert group.sample_error == f"timeout after {max(made) % 250 + 1}s"  # the newest's
+        assert (group.first_seen, group.last_seen) == (min(seen), max(seen))
+
+    def test_groups_read_only_their_index_on_postgresql(self, backend: str, seeded: Seeded) -> None:
+        if backend != "postgresql":
+            pytest.skip("the partial covering index is PostgreSQL's and SQLite's")
+        seeded.add("t", 2, dead="boom")
+        with seeded.sessions() as session:
+            session.execute(text("SET LOCAL enable_seqscan = off"))
+            compiled = browsing.sql.dead_letter_tally().compile(session.get_bind())
+            explained = session.connection().exec_driver_sql(f"EXPLAIN {compiled}", compiled.params)
+            plan = [line for (line,) in explained]
+        assert any("Index Only Scan using idx_retry_queue_dead_letter_groups" in x for x in plan)
 
 
 class TestOtherPages:
