@@ -79,7 +79,7 @@ class KeyFilter:
         return values
 
 
-def item_pair() -> ColumnElement[str]:
+def item_pair() -> ColumnElement[str | None]:
     """An item's ``plugin_name:event_type`` (NULL without a plugin)."""
     return RetryItem.plugin_name + literal_column("':'") + RetryItem.event_type
 
@@ -168,7 +168,7 @@ def delete_lapsed_pauses(at: datetime | None, keys: Sequence[str]) -> Delete:
     )
 
 
-def waiting_keys(at: datetime | None, plugins: Sequence[str], pairs: Sequence[str]) -> Select[Any]:
+def waiting_keys(at: datetime | None, plugins: Sequence[str], pairs: Sequence[str]) -> AnySelect:
     """Which of these keys have an item a claim could take now: (plugin_name, pair) rows.
 
     A key whose bucket is empty was *throttled* only if it had something to claim.
