@@ -1222,7 +1222,10 @@ class RetryQueue:
         at = self.now(session)
         guard = sql.owned_guard(item.id, item.lease_token)
         decision = Decision(Outcome.PAUSED, "pending", item.retry_count, timedelta(seconds=wait))
-        if not self._apply(session, guard, at, decision, error_message, error_code):
+        applied = self._apply(session, guard, at, decision, error_message, error_code)
+        if (hook := hooks.active) is not None:
+            self._traced_failure(session, hook, item, decision if applied else None)
+        if not applied:
             return False
         self.limit_presence.invalidate()
         limits.pause_key(session, at, key, seconds=wait, reason=error_code or limits.REASON_PAUSED)
