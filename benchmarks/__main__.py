@@ -5,7 +5,8 @@ procrastinate, latency, scale, cleanup, memory,
 mariadb (retryqueue on MariaDB/MySQL at $RETRYQUEUE_BENCH_MYSQL_URL),
 scaling (1-16 worker processes, database figures; also through PgBouncer if installed),
 partitions (cleanup by DELETE vs partition drop, claim latency on a bloated vs partitioned table),
-otel (the drain without OpenTelemetry, with the extra imported but idle, on a no-op SDK).
+otel (the drain without OpenTelemetry, with the extra imported but idle, on a no-op SDK),
+limits (acquire latency with rate limits bypassed, idle, on an unrelated key, on the claimed key).
 Without a URL (or $RETRYQUEUE_BENCH_POSTGRES_URL) the run starts its own embedded
 PostgreSQL and stops it at the end. A group that fails is reported as skipped.
 """
@@ -27,6 +28,7 @@ from typing import Any
 from benchmarks import (
     async_drain,
     extra,
+    limits_cost,
     mariadb,
     otel_cost,
     peers,
@@ -55,6 +57,7 @@ GROUPS = (
     "scaling",
     "partitions",
     "otel",
+    "limits",
 )
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -201,6 +204,11 @@ class Run:
             system = f"retryqueue-{mode}"
             self.record(_drain_figure(system, 1, 10, self.plan.drain_items, measured))
         self.record(otel_cost.attempt_cpu_cost())
+
+    def limits(self) -> None:
+        rounds = 1_000 if self.plan.big else 200
+        for figure in limits_cost.claim_cost(self.rq_url, self.rq_dsn, rounds):
+            self.record(figure)
 
     def ceiling(self) -> None:
         for workers, batch in self.plan.ceiling_drains:
