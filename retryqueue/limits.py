@@ -59,6 +59,7 @@ __all__ = [
     "clear_limit",
     "key_limits",
     "pause_key",
+    "paused_keys",
     "resume_key",
     "set_limit",
 ]
@@ -340,6 +341,21 @@ def resume_key(session: Session, at: datetime | None, key: str) -> KeyLimit | No
     values = {"paused_until": None, "pause_reason": None}
     _execute(session, sql.update_limit(at, key, values), "rate limits")
     return _read(session, at, key)
+
+
+def paused_keys(session: Session, at: datetime | None) -> tuple[KeyFilter | None, float | None]:
+    """The filter that skips the keys paused now, and the seconds until the first of
+    those pauses ends (None, None: nothing is paused). For an idle worker's wait."""
+    rows = [
+        row
+        for row in fetch_all(session, sql.all_limits(at), "rate limits")
+        if _paused(row, row.now)
+    ]
+    if not rows:
+        return None, None
+    keys = {row.limit_key for row in rows}
+    first = min((row.paused_until - row.now).total_seconds() for row in rows)
+    return _skipping(keys), first
 
 
 def key_limits(session: Session, at: datetime | None) -> list[KeyLimit]:

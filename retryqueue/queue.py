@@ -1258,12 +1258,20 @@ class RetryQueue:
 
         ``blocked`` maps open circuits' keys to the seconds until they may be probed (see
         :meth:`CircuitBreaker.probes_due_in`): their items count only from then on, so
-        items held back by an open circuit do not make an idle worker poll.
+        items held back by an open circuit do not make an idle worker poll. Likewise the
+        items of paused keys (see :mod:`retryqueue.limits`) count only from the first
+        pause's end.
         """
         at = self.now(session)
         keys = sorted(blocked or {})
-        row = session.execute(sql.next_claimable_due(at, keys, per_event_type=per_event_type)).one()
+        paused, first_resume = (
+            limits.paused_keys(session, at) if self.limit_presence.active(session) else (None, None)
+        )
+        due = sql.next_claimable_due(at, keys, per_event_type=per_event_type, limit_filter=paused)
+        row = session.execute(due).one()
         waits = [] if row.next_due is None else [(row.next_due - row.now).total_seconds()]
+        if first_resume is not None:  # paused keys' items count from their pause's end
+            waits.append(first_resume)
         if blocked and keys:
             by_key = sql.next_claimable_due_by_key(at, keys, per_event_type=per_event_type)
             for held in session.execute(by_key):

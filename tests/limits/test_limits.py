@@ -188,6 +188,19 @@ class TestPause:
             queue.set_limit(session, "pay:refund", 100)
         assert claim(queue, sessions) == []  # the plugin's pause covers its pairs
 
+    def test_idle_wait_counts_paused_items_from_the_pause_end(
+        self, queue: RetryQueue, sessions: sessionmaker[Session], clock: ManualClock
+    ) -> None:
+        seed(queue, sessions, "mail", 2)
+        with sessions.begin() as session:
+            queue.pause_key(session, "mail", seconds=30)
+        with sessions() as session:
+            assert queue.seconds_until_claimable(session) == 30.0
+        seed(queue, sessions, "pay", 1)
+        with sessions() as session:
+            due = queue.seconds_until_claimable(session)
+        assert due is not None and due <= 0
+
     def test_pause_only_lengthens_and_resume_lifts(
         self, queue: RetryQueue, sessions: sessionmaker[Session], clock: ManualClock
     ) -> None:
