@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import psycopg
 from sqlalchemy import create_engine
@@ -34,7 +35,7 @@ def _setup(sessions: sessionmaker[Session], dsn: str, mode: str) -> RetryQueue:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("DELETE FROM daz_retry_limits")
     if mode == "as-before":
-        bypass: Callable[[Session], bool] = lambda session: False  # noqa: E731
+        bypass: Callable[[Session, Any], bool] = lambda session, at: False  # noqa: E731
         queue.limit_presence.active = bypass  # type: ignore[method-assign]
     elif mode == "unrelated-limit":
         with sessions.begin() as session:

@@ -11,16 +11,17 @@ back stay pending: no attempt is spent, their backoff is unchanged.
 A **pause** stops a key's items until a time: a handler that hears "429, Retry-After: 30"
 raises ``RetryLater(30, pause_key=True)``, and every worker skips the key until then; the
 item that carried the news is rescheduled to the pause's end without spending an attempt
-(its history row says ``paused``). An operator can pause or resume a key by hand.
+(its history row says ``paused``). An operator can pause or resume a key by hand. A pause
+that has ended, or a cleared limit, leaves an inert row (the runtime role needs no DELETE).
 
 Keys are the circuit breaker's: a plugin_name, or ``plugin_name:event_type`` (a key with
 a ``:`` is always read as the latter). An item of plugin ``p`` and event type ``e`` obeys
 the limit of ``p:e`` if there is one, else that of ``p``; a pause of ``p`` or of ``p:e``
 stops it. Items without a plugin are never limited or paused.
 
-Cost: the claim checks whether the table has any row at most once per
+Cost: the claim checks whether any limit or pause is in force at most once per
 :data:`PRESENCE_TTL` seconds per :class:`LimitPresence` (one per queue object); while it
-is empty the claim statement is exactly the one without this feature. A limit or pause
+finds none the claim statement is exactly the one without this feature. A limit or pause
 set elsewhere is therefore honoured by a worker within :data:`PRESENCE_TTL` seconds.
 With limits stored, a claim costs two small reads, one claim statement per limited key
 with tokens and one write per bucket it used.
@@ -99,7 +100,8 @@ class KeyLimit:
 
 
 class LimitPresence:
-    """Whether ``daz_retry_limits`` has any row, looked up at most every ``ttl`` seconds.
+    """Whether ``daz_retry_limits`` has a limit or pause in force, looked up at most every
+    ``ttl`` seconds.
 
     One per :class:`~retryqueue.queue.RetryQueue`; :meth:`invalidate` after a change made
     through it, so that this process sees its own limits and pauses at once.
@@ -110,11 +112,12 @@ class LimitPresence:
         self._known: bool | None = None
         self._checked_at = 0.0
 
-    def active(self, session: Session) -> bool:
-        """True if a limit or pause may exist (one cheap SELECT per ``ttl``)."""
+    def active(self, session: Session, at: datetime | None) -> bool:
+        """True if a limit or pause may be in force (one cheap SELECT per ``ttl``; ``at``:
+        the operation's now, None for the database's clock)."""
         now = time.monotonic()
         if self._known is None or now - self._checked_at >= self.ttl:
-            rows = fetch_all(session, sql.any_limit(), "rate limits")
+            rows = fetch_all(session, sql.any_limit(at), "rate limits")
             self._known, self._checked_at = bool(rows), now
         return self._known
 
@@ -140,16 +143,11 @@ def claim_within_limits(
     transaction: tokens left and, for a key whose due items were left pending, one more
     throttled claim.
     """
-    rows = fetch_all(session, sql.all_limits(at), "rate limits")
+    rows = fetch_all(session, sql.limits_in_force(at), "rate limits")
     if not rows:
         return run(None, batch_size)
     now = rows[0].now
     paused = {row.limit_key for row in rows if _paused(row, now)}
-    lapsed = [
-        row.limit_key for row in rows if row.rate_per_second is None and not _paused(row, now)
-    ]
-    if lapsed:
-        _execute(session, sql.delete_lapsed_pauses(at, lapsed), "rate limits")
     limited = [row.limit_key for row in rows if row.rate_per_second is not None]
     held = paused | set(limited)
     buckets: dict[str, Any] = {}
@@ -275,13 +273,12 @@ def clear_limit(session: Session, at: datetime | None, key: str) -> KeyLimit | N
     row = _existing(session, at, key)
     if row is None or row.rate_per_second is None:
         raise InvalidArgument("key", f"{key!r} has no rate limit{_known(session, at)}")
-    if _paused(row, row.now):
-        values = {"rate_per_second": None, "burst": None, "tokens": 0.0, "refilled_at": None}
-        _execute(session, sql.update_limit(at, key, values), "rate limits")
-        return _read(session, at, key)
-    _execute(session, sql.delete_limit(key), "rate limits")
+    # The row stays (the runtime role has no DELETE; its throttled count keeps counting up
+    # if the key is limited again); a row with no limit and no pause limits nothing.
+    values = {"rate_per_second": None, "burst": None, "tokens": 0.0, "refilled_at": None}
+    _execute(session, sql.update_limit(at, key, values), "rate limits")
     logger.info("rate limit %s cleared", key, extra={"limit_key": key})
-    return None
+    return _read(session, at, key) if _paused(row, row.now) else None
 
 
 def pause_key(
@@ -335,12 +332,9 @@ def resume_key(session: Session, at: datetime | None, key: str) -> KeyLimit | No
     if row is None or not _paused(row, row.now):
         raise InvalidArgument("key", f"{key!r} is not paused{_known(session, at, paused=True)}")
     logger.info("key %s resumed", key, extra={"limit_key": key})
-    if row.rate_per_second is None:
-        _execute(session, sql.delete_limit(key), "rate limits")
-        return None
     values = {"paused_until": None, "pause_reason": None}
     _execute(session, sql.update_limit(at, key, values), "rate limits")
-    return _read(session, at, key)
+    return _read(session, at, key) if row.rate_per_second is not None else None
 
 
 def paused_keys(session: Session, at: datetime | None) -> tuple[KeyFilter | None, float | None]:
@@ -348,7 +342,7 @@ def paused_keys(session: Session, at: datetime | None) -> tuple[KeyFilter | None
     those pauses ends (None, None: nothing is paused). For an idle worker's wait."""
     rows = [
         row
-        for row in fetch_all(session, sql.all_limits(at), "rate limits")
+        for row in fetch_all(session, sql.limits_in_force(at), "rate limits")
         if _paused(row, row.now)
     ]
     if not rows:
@@ -360,7 +354,7 @@ def paused_keys(session: Session, at: datetime | None) -> tuple[KeyFilter | None
 
 def key_limits(session: Session, at: datetime | None) -> list[KeyLimit]:
     """Every key with a rate limit or a current pause, by key."""
-    rows = fetch_all(session, sql.all_limits(at), "rate limits")
+    rows = fetch_all(session, sql.limits_in_force(at), "rate limits")
     return [_limit(row) for row in rows if row.rate_per_second is not None or _paused(row, row.now)]
 
 

@@ -394,7 +394,7 @@ class RetryQueue:
             )
             return list(_run_emulated(session, emulation))
 
-        if self.limit_presence.active(session):  # rate limits or pauses are stored
+        if self.limit_presence.active(session, at):  # rate limits or pauses in force
             rows = limits.claim_within_limits(session, at, batch_size, run)
         else:
             rows = run(None, batch_size)
@@ -1265,7 +1265,9 @@ class RetryQueue:
         at = self.now(session)
         keys = sorted(blocked or {})
         paused, first_resume = (
-            limits.paused_keys(session, at) if self.limit_presence.active(session) else (None, None)
+            limits.paused_keys(session, at)
+            if self.limit_presence.active(session, at)
+            else (None, None)
         )
         due = sql.next_claimable_due(at, keys, per_event_type=per_event_type, limit_filter=paused)
         row = session.execute(due).one()

@@ -328,9 +328,8 @@ def grant_statements(role: str, *, maintenance: bool = False, schema: str = "pub
     ``daz_retry_queue``, SELECT and INSERT on ``daz_retry_history`` and USAGE on their id
     sequences; for circuit breakers, SELECT, INSERT and UPDATE on ``daz_retry_circuits`` and
     SELECT and INSERT on ``daz_retry_circuit_events``; for rate limits and pauses, SELECT,
-    INSERT, UPDATE and DELETE on ``daz_retry_limits`` (a pause that ran out is deleted by the
-    claim that finds it). ``maintenance=True`` adds DELETE on the other tables, for cleanup
-    and purge. Schema changes stay with the migration owner.
+    INSERT and UPDATE on ``daz_retry_limits``. ``maintenance=True`` adds DELETE on these
+    tables, for cleanup and purge. Schema changes stay with the migration owner.
     """
     preparer = postgresql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
     who = preparer.quote(check.text("role", role, max_length=63))
@@ -345,5 +344,5 @@ def grant_statements(role: str, *, maintenance: bool = False, schema: str = "pub
         f"GRANT SELECT, INSERT, UPDATE{delete} ON {where}.daz_retry_circuits TO {who}",
         f"GRANT SELECT, INSERT{delete} ON {where}.daz_retry_circuit_events TO {who}",
         f"GRANT USAGE ON SEQUENCE {where}.daz_retry_circuit_events_id_seq TO {who}",
-        f"GRANT SELECT, INSERT, UPDATE, DELETE ON {where}.daz_retry_limits TO {who}",
+        f"GRANT SELECT, INSERT, UPDATE{delete} ON {where}.daz_retry_limits TO {who}",
     ]

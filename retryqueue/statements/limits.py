@@ -10,13 +10,11 @@ from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
-    Delete,
     Insert,
     Select,
     Table,
     Update,
     and_,
-    delete,
     literal_column,
     or_,
     select,
@@ -103,9 +101,23 @@ def key_filter(
     return clauses
 
 
-def any_limit() -> Select[str]:
-    """One key, if the table has any row (the claim's cheap "are there limits?" check)."""
-    return select(RetryLimit.limit_key).limit(1)
+def _in_force(at: datetime | None) -> ColumnElement[bool]:
+    """A row that limits something now: a rate limit, or a pause not yet ended."""
+    return or_(RetryLimit.rate_per_second.is_not(None), RetryLimit.paused_until > now_expr(at))
+
+
+def any_limit(at: datetime | None) -> Select[str]:
+    """One key, if any rate limit or pause is in force (the claim's cheap check)."""
+    return select(RetryLimit.limit_key).where(_in_force(at)).limit(1)
+
+
+def limits_in_force(at: datetime | None) -> AnySelect:
+    """The rows in force, by key, with "now" (the statement's time on the server clock)."""
+    return (
+        select(*LIMIT_COLUMNS, stamp_expr(at).label("now"))
+        .where(_in_force(at))
+        .order_by(RetryLimit.limit_key)
+    )
 
 
 def all_limits(at: datetime | None) -> AnySelect:
@@ -146,24 +158,6 @@ def update_limit(at: datetime | None, key: str, values: dict[str, Any]) -> Updat
         update(RetryLimit)
         .where(RetryLimit.limit_key == key)
         .values(**values, updated_at=now_expr(at))
-        .execution_options(**_SYNC_OFF)
-    )
-
-
-def delete_limit(key: str) -> Delete:
-    """Remove a key's row (no limit, no pause)."""
-    return delete(RetryLimit).where(RetryLimit.limit_key == key).execution_options(**_SYNC_OFF)
-
-
-def delete_lapsed_pauses(at: datetime | None, keys: Sequence[str]) -> Delete:
-    """Remove rows among ``keys`` that hold nothing but a pause that has ended."""
-    return (
-        delete(RetryLimit)
-        .where(
-            RetryLimit.limit_key.in_(list(keys)),
-            RetryLimit.rate_per_second.is_(None),
-            or_(RetryLimit.paused_until.is_(None), RetryLimit.paused_until <= now_expr(at)),
-        )
         .execution_options(**_SYNC_OFF)
     )
 

@@ -84,7 +84,7 @@ class TestCli:
         assert json.loads(resumed.stdout) == {"key": "mail:send", "removed": True}
         cleared = invoke_cli(url, "limits", "clear", "pay", deps=deps)
         assert cleared.stdout.strip() == "pay: no limit, not paused"
-        assert stored(sessions) == []
+        assert json.loads(invoke_cli(url, "limits", "--json", deps=deps).stdout) == []
 
     def test_bad_input(
         self, engine: Engine, sessions: sessionmaker[Session], clock: ManualClock

@@ -157,9 +157,10 @@ class TestPause:
         assert claim(queue, sessions) == []
         clock.advance(timedelta(seconds=1))
         assert keys_of(claim(queue, sessions)) == {"mail:send": 3}
+        queue.limit_presence.invalidate()
         with sessions() as session:
             assert queue.key_limits(session) == []
-            assert session.scalars(select(RetryLimit.limit_key)).all() == []  # lapsed: gone
+            assert not queue.limit_presence.active(session, clock.now())  # inert now
 
     def test_other_queue_objects_see_the_pause(
         self, queue: RetryQueue, sessions: sessionmaker[Session], clock: ManualClock
