@@ -7,6 +7,7 @@ scaling (1-16 worker processes, database figures; also through PgBouncer if inst
 partitions (cleanup by DELETE vs partition drop, claim latency on a bloated vs partitioned table),
 otel (the drain without OpenTelemetry, with the extra imported but idle, on a no-op SDK),
 dashboard (server time of each dashboard page with 1M items + 1M history rows; quick 100k).
+limits (acquire latency with rate limits bypassed, idle, on an unrelated key, on the claimed key).
 Without a URL (or $RETRYQUEUE_BENCH_POSTGRES_URL) the run starts its own embedded
 PostgreSQL and stops it at the end. A group that fails is reported as skipped.
 """
@@ -29,6 +30,7 @@ from benchmarks import (
     async_drain,
     dashboard,
     extra,
+    limits_cost,
     mariadb,
     otel_cost,
     peers,
@@ -58,6 +60,7 @@ GROUPS = (
     "partitions",
     "otel",
     "dashboard",
+    "limits",
 )
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -206,6 +209,11 @@ class Run:
             system = f"retryqueue-{mode}"
             self.record(_drain_figure(system, 1, 10, self.plan.drain_items, measured))
         self.record(otel_cost.attempt_cpu_cost())
+
+    def limits(self) -> None:
+        rounds = 1_000 if self.plan.big else 200
+        for figure in limits_cost.claim_cost(self.rq_url, self.rq_dsn, rounds):
+            self.record(figure)
 
     def ceiling(self) -> None:
         for workers, batch in self.plan.ceiling_drains:

@@ -27,6 +27,7 @@ from retryqueue.errors import (
     MigrationError,
     RetryQueueError,
 )
+from retryqueue.limits import KeyLimit
 from retryqueue.models import Base, RetryHistory, RetryItem, RetryStatus, metadata
 from retryqueue.policy import Decision, Outcome, RetryPolicy, backoff_delay, calculate_next_retry
 from retryqueue.queue import NewItem, RetryQueue
@@ -77,6 +78,7 @@ __all__ = [
     "ItemFilter",
     "ItemNotFound",
     "ItemSnapshot",
+    "KeyLimit",
     "ManualClock",
     "MigrationError",
     "NewItem",

@@ -136,6 +136,14 @@ class AsyncRetryQueue:
     cleanup = _Awaitable(RetryQueue.cleanup)
     expire = _Awaitable(RetryQueue.expire)
 
+    # Rate limits and pauses.
+    set_limit = _Awaitable(RetryQueue.set_limit)
+    clear_limit = _Awaitable(RetryQueue.clear_limit)
+    pause_key = _Awaitable(RetryQueue.pause_key)
+    resume_key = _Awaitable(RetryQueue.resume_key)
+    key_limits = _Awaitable(RetryQueue.key_limits)
+    pause_item_key = _Awaitable(RetryQueue.pause_item_key)
+
     # Reading and monitoring.
     get = _Awaitable(RetryQueue.get)
     find = _Awaitable(RetryQueue.find)

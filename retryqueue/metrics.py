@@ -22,7 +22,7 @@ from typing import Protocol
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
@@ -37,6 +37,7 @@ from retryqueue.breaker_policy import (
     CircuitStatus,
 )
 from retryqueue.errors import InvalidArgument, RetryQueueError
+from retryqueue.limits import KeyLimit
 from retryqueue.models import RetryStatus
 from retryqueue.queue import RetryQueue
 from retryqueue.results import QueueStats
@@ -91,6 +92,11 @@ class QueueCollector(Collector):
       audit trail (``daz_retry_circuit_events``) holds; it drops when cleanup prunes that
       table, so it is not a counter: use ``changes(retryqueue_circuit_state[1h])`` for a
       rate of transitions;
+    * ``retryqueue_limit_rate_per_second{key}``, ``retryqueue_limit_burst{key}``,
+      ``retryqueue_limit_tokens{key}``: each rate-limited key's limit and tokens left;
+    * ``retryqueue_limit_throttled_claims_total{key}``: claims that left the key's due
+      items pending for want of tokens (stored with the limit: clearing it resets it);
+    * ``retryqueue_key_paused_until_seconds{key}``: when each paused key's pause ends;
     * ``retryqueue_database_up``: 1 if the queries succeeded, else 0 (other metrics omitted).
     """
 
@@ -147,6 +153,7 @@ class QueueCollector(Collector):
             )
             circuit_states = circuits.circuit_states(session)
             transitions = circuits.transition_counts(session)
+            key_limits = self.queue.key_limits(session)
         depth = GaugeMetricFamily(
             "retryqueue_items",
             "Queue items per status, event type and plugin.",
@@ -214,6 +221,7 @@ class QueueCollector(Collector):
             value=gauges.stale_locks,
         )
         yield from _circuit_families(circuit_states, transitions)
+        yield from _limit_families(key_limits)
 
 
 def _deadline_counts(stats: list[QueueStats]) -> dict[str, int]:
@@ -261,6 +269,35 @@ def _circuit_families(
     for key, to_state, count in transitions:
         counted.add_metric([key, to_state.value], count)
     yield counted
+
+
+def _limit_families(rows: Iterable[KeyLimit]) -> Iterator[Metric]:
+    rate = GaugeMetricFamily(
+        "retryqueue_limit_rate_per_second", "A key's rate limit, items per second.", labels=["key"]
+    )
+    burst = GaugeMetricFamily("retryqueue_limit_burst", "A key's burst.", labels=["key"])
+    tokens = GaugeMetricFamily(
+        "retryqueue_limit_tokens", "A rate-limited key's tokens left now.", labels=["key"]
+    )
+    throttled = CounterMetricFamily(
+        "retryqueue_limit_throttled_claims",
+        "Claims that left a rate-limited key's due items pending for want of tokens.",
+        labels=["key"],
+    )
+    paused = GaugeMetricFamily(
+        "retryqueue_key_paused_until_seconds",
+        "When a paused key's pause ends (Unix time); only keys paused now.",
+        labels=["key"],
+    )
+    for row in rows:
+        if row.rate_per_second is not None and row.burst is not None:
+            rate.add_metric([row.key], row.rate_per_second)
+            burst.add_metric([row.key], row.burst)
+            tokens.add_metric([row.key], row.tokens or 0.0)
+            throttled.add_metric([row.key], float(row.throttled_claims))
+        if row.paused_until is not None:
+            paused.add_metric([row.key], row.paused_until.timestamp())
+    yield from (rate, burst, tokens, throttled, paused)
 
 
 class AttemptLike(Protocol):

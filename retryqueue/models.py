@@ -55,6 +55,7 @@ __all__ = [
     "RetryHistory",
     "RetryHourlyOutcome",
     "RetryItem",
+    "RetryLimit",
     "RetryStatus",
     "RetryWorker",
     "metadata",
@@ -400,6 +401,41 @@ class RetryCircuitEvent(Base):
         return (
             f"<RetryCircuitEvent {self.circuit_key!r} {self.from_state}->{self.to_state} "
             f"({self.reason})>"
+        )
+
+
+# Revision 0010: per-key rate limits and pauses, shared by every worker.
+
+
+class RetryLimit(Base):
+    """A key's rate limit (a token bucket) and/or pause (table ``daz_retry_limits``).
+
+    The key is a plugin_name, or ``plugin_name:event_type`` (the circuit breaker's form).
+    ``rate_per_second``/``burst`` are NULL for a key that is only paused; ``tokens`` and
+    ``refilled_at`` are the bucket's state, refilled lazily at each claim. Written only by
+    :mod:`retryqueue.limits`.
+    """
+
+    __tablename__ = "daz_retry_limits"
+
+    limit_key: Mapped[str] = mapped_column(_identifier(CIRCUIT_KEY_LENGTH), primary_key=True)
+    rate_per_second: Mapped[float | None] = mapped_column(Double())
+    burst: Mapped[float | None] = mapped_column(Double())
+    tokens: Mapped[float] = mapped_column(Double(), nullable=False, server_default=text("0"))
+    refilled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    paused_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    pause_reason: Mapped[str | None] = mapped_column(String(255))
+    throttled_claims: Mapped[int] = mapped_column(
+        BigInteger(), nullable=False, server_default=text("0")
+    )
+    updated_at: Mapped[datetime] = mapped_column(
+        UTCDateTime(), nullable=False, server_default=utc_now()
+    )
+
+    def __repr__(self) -> str:
+        return (
+            f"<RetryLimit {self.limit_key!r} rate={self.rate_per_second} burst={self.burst} "
+            f"paused_until={self.paused_until}>"
         )
 
 

@@ -23,7 +23,8 @@ Metrics (OTel metrics API, the same meanings as the Prometheus figures of
 plugin and outcome), ``retryqueue.worker.handler.duration`` (histogram, s),
 ``retryqueue.worker.claim.latency`` (histogram, s: from an item's due time to its claim)
 and, with ``instrument(engine=...)``, ``retryqueue.items`` (observable gauge per status,
-read from the database at each collection).
+read from the database at each collection) and ``retryqueue.limits.throttled_claims``
+(observable counter per rate-limited key, attribute ``retryqueue.limit_key``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from sqlalchemy.orm import Session
 from retryqueue import hooks, monitoring
 from retryqueue.errors import RetryQueueError
 from retryqueue.models import RetryStatus
+from retryqueue.queue import RetryQueue
 from retryqueue.results import ClaimedItem
 
 __all__ = ["TRACE_KEY", "RetryQueueInstrumentor"]
@@ -145,6 +147,12 @@ class _Telemetry:
                 [self._observe_depth],
                 "{item}",
                 "Queue items per status, read from the database.",
+            )
+            meter.create_observable_counter(
+                "retryqueue.limits.throttled_claims",
+                [self._observe_throttled],
+                "{claim}",
+                "Claims that left a rate-limited key's due items pending, per key (database).",
             )
 
     def close(self) -> None:
@@ -310,3 +318,18 @@ class _Telemetry:
             logger.warning("could not read the queue depth: %s", exc)
             return []
         return [Observation(count, {"status": status}) for status, count in counts.items()]
+
+    def _observe_throttled(self, options: CallbackOptions) -> Iterable[Observation]:
+        if self._closed or self.engine is None:
+            return []
+        try:
+            with Session(self.engine) as session:
+                rows = RetryQueue().key_limits(session)
+        except RetryQueueError as exc:
+            logger.warning("could not read the rate limits: %s", exc)
+            return []
+        return [
+            Observation(row.throttled_claims, {"retryqueue.limit_key": row.key})
+            for row in rows
+            if row.rate_per_second is not None
+        ]

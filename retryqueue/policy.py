@@ -114,6 +114,9 @@ class Outcome(StrEnum):
     DEAD_LETTERED = "dead_lettered"
     FAILED = "failed"
     LOCK_EXPIRED = "lock_expired"
+    PAUSED = "paused"
+    """The handler paused its key (``RetryLater(..., pause_key=True)``): the item waits for
+    the pause's end and the attempt is not counted."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from retryqueue import encryption, hooks, monitoring
+from retryqueue import encryption, hooks, limits, monitoring
 from retryqueue import statements as sql
 from retryqueue import validation as check
 from retryqueue._rows import (
@@ -152,6 +152,7 @@ class RetryQueue:
         self.default_ttl = timedelta(seconds=check.seconds("default_ttl", default_ttl))
         self.count_expired_locks = count_expired_locks
         self.notify = notify
+        self.limit_presence = limits.LimitPresence()
 
     def __repr__(self) -> str:
         return f"RetryQueue(clock={self.clock!r}, policy={self.policy!r})"
@@ -369,6 +370,9 @@ class RetryQueue:
         only that key's items (a half-open circuit's probe, with ``batch_size=1``). The
         key is the item's plugin_name, or ``plugin_name:event_type`` with
         ``per_event_type=True``; items without a plugin_name are never skipped.
+
+        Rate limits and pauses (see :mod:`retryqueue.limits`): no more of a limited key's
+        items are claimed than its bucket's tokens, and paused keys' items are skipped.
         """
         worker_id = check.text("worker_id", worker_id)
         batch_size = check.bounded_int("batch_size", batch_size, low=1, high=10_000)
@@ -386,12 +390,24 @@ class RetryQueue:
             self._reclaim_stale(session, at, lock_timeout)
             self._dead_letter_expired(session, at, _STALE_RECLAIM_LIMIT)
         token = uuid.uuid4()
-        if _has_returning(session):
-            stmt, params = sql.claim(at, worker_id, token, batch_size, **keys)
-            rows = _core(session).execute(stmt, params).all()
-        else:  # MySQL: SELECT ... SKIP LOCKED, UPDATE those ids, read them back
-            emulation = sql.claim_emulated(at, worker_id, token, batch_size, **keys)
-            rows = _run_emulated(session, emulation)
+        returning = _has_returning(session)
+
+        def run(limit_filter: sql.KeyFilter | None, size: int) -> list[Any]:
+            if returning:
+                stmt, params = sql.claim(
+                    at, worker_id, token, size, limit_filter=limit_filter, **keys
+                )
+                return list(_core(session).execute(stmt, params).all())
+            # MySQL: SELECT ... SKIP LOCKED, UPDATE those ids, read them back
+            emulation = sql.claim_emulated(
+                at, worker_id, token, size, limit_filter=limit_filter, **keys
+            )
+            return list(_run_emulated(session, emulation))
+
+        if self.limit_presence.active(session, at):  # rate limits or pauses in force
+            rows = limits.claim_within_limits(session, at, batch_size, run)
+        else:
+            rows = run(None, batch_size)
         claimed = self._quarantine([claimed_item(row) for row in rows], session, at)
         claimed.sort(key=lambda item: (-item.priority, item.next_retry_at, item.id))
         return claimed
@@ -656,13 +672,20 @@ class RetryQueue:
     ) -> tuple[set[int], list[ClaimedItem]]:
         """:meth:`complete_many` then :meth:`acquire` (no circuit filter), for a worker
         whose flush completes a batch and claims the next: one statement on PostgreSQL when
-        no stale-lock sweep is due, else the two calls. Returns (ids completed, claimed).
+        no stale-lock sweep is due and no rate limit or pause is in force, else the two
+        calls in one transaction. Returns (ids completed, claimed).
         """
-        if not items or reclaim_stale or session.get_bind().dialect.name != "postgresql":
-            completed = self.complete_many(session, items, durations_ms=durations_ms)
-            claimed = self.acquire(
-                session, worker_id, batch_size, lock_timeout, reclaim_stale=reclaim_stale
-            )
+        if (
+            not items
+            or reclaim_stale
+            or session.get_bind().dialect.name != "postgresql"
+            or self.limit_presence.active(session, self.now(session))  # the claim reads limits
+        ):
+            with _atomic(session):  # a worker's flush may run autocommitted: one transaction
+                completed = self.complete_many(session, items, durations_ms=durations_ms)
+                claimed = self.acquire(
+                    session, worker_id, batch_size, lock_timeout, reclaim_stale=reclaim_stale
+                )
             return completed, claimed
         completed, claimed = self._complete_and_claim(
             session, items, worker_id, batch_size, lock_timeout, durations_ms
@@ -1252,6 +1275,89 @@ class RetryQueue:
         """Completed share of the finished items, per event type (pending ones not counted)."""
         return monitoring.success_rate_by_event_type(session)
 
+    # -- rate limits and pauses (the logic is in retryqueue.limits) -----------------------
+
+    @_database_errors
+    def set_limit(
+        self, session: Session, key: str, rate: float, burst: float | None = None
+    ) -> limits.KeyLimit:
+        """Limit ``key`` (plugin or plugin:event_type) to ``rate`` items per second with
+        bursts of ``burst``, for every worker (see :func:`retryqueue.limits.set_limit`)."""
+        self.limit_presence.invalidate()
+        return limits.set_limit(session, self.now(session), key, rate, burst)
+
+    @_database_errors
+    def clear_limit(self, session: Session, key: str) -> limits.KeyLimit | None:
+        """Remove ``key``'s rate limit (see :func:`retryqueue.limits.clear_limit`)."""
+        self.limit_presence.invalidate()
+        return limits.clear_limit(session, self.now(session), key)
+
+    @_database_errors
+    def pause_key(
+        self,
+        session: Session,
+        key: str,
+        *,
+        until: datetime | None = None,
+        seconds: float | timedelta | None = None,
+        reason: str = limits.REASON_PAUSED,
+    ) -> limits.KeyLimit:
+        """Pause ``key`` until ``until`` or for ``seconds``: every worker skips its items
+        until then (see :func:`retryqueue.limits.pause_key`)."""
+        self.limit_presence.invalidate()
+        at = self.now(session)
+        return limits.pause_key(session, at, key, until=until, seconds=seconds, reason=reason)
+
+    @_database_errors
+    def resume_key(self, session: Session, key: str) -> limits.KeyLimit | None:
+        """Lift ``key``'s pause now (see :func:`retryqueue.limits.resume_key`)."""
+        self.limit_presence.invalidate()
+        return limits.resume_key(session, self.now(session), key)
+
+    @_database_errors
+    def key_limits(self, session: Session) -> list[limits.KeyLimit]:
+        """Every key with a rate limit or a current pause, by key."""
+        return limits.key_limits(session, self.now(session))
+
+    @_database_errors
+    def pause_item_key(
+        self,
+        session: Session,
+        item: ClaimedItem,
+        key: str,
+        seconds: float | timedelta,
+        *,
+        error_message: str | None = None,
+        error_code: str | None = None,
+        duration_ms: int | None = None,
+    ) -> bool:
+        """The handler of ``item`` learnt that ``key``'s destination is saturated: pause the
+        key for ``seconds`` and put the item back, due when the pause ends, **without**
+        counting the attempt (retry_count and backoff unchanged; a history row with status
+        ``paused`` records it). False, changing nothing, if the item's lease was lost."""
+        wait = check.seconds("seconds", seconds, allow_zero=False, maximum=limits.MAX_PAUSE_SECONDS)
+        at = self.now(session)
+        guard = sql.owned_guard(item.id, item.lease_token)
+        decision = Decision(Outcome.PAUSED, "pending", item.retry_count, timedelta(seconds=wait))
+        applied = self._apply(session, guard, at, decision, error_message, error_code)
+        if (hook := hooks.active) is not None:
+            self._traced_failure(session, hook, item, decision if applied else None)
+        if not applied:
+            return False
+        self.limit_presence.invalidate()
+        limits.pause_key(session, at, key, seconds=wait, reason=error_code or limits.REASON_PAUSED)
+        self._write_attempt(
+            session,
+            at,
+            item,
+            Outcome.PAUSED,
+            worker_id=item.locked_by,
+            error_message=error_message,
+            error_code=error_code,
+            duration_ms=duration_ms,
+        )
+        return True
+
     # -- worker support (appended for the worker runtime) ----------------------------------
 
     @_database_errors
@@ -1269,12 +1375,22 @@ class RetryQueue:
 
         ``blocked`` maps open circuits' keys to the seconds until they may be probed (see
         :meth:`CircuitBreaker.probes_due_in`): their items count only from then on, so
-        items held back by an open circuit do not make an idle worker poll.
+        items held back by an open circuit do not make an idle worker poll. Likewise the
+        items of paused keys (see :mod:`retryqueue.limits`) count only from the first
+        pause's end.
         """
         at = self.now(session)
         keys = sorted(blocked or {})
-        row = session.execute(sql.next_claimable_due(at, keys, per_event_type=per_event_type)).one()
+        paused, first_resume = (
+            limits.paused_keys(session, at)
+            if self.limit_presence.active(session, at)
+            else (None, None)
+        )
+        due = sql.next_claimable_due(at, keys, per_event_type=per_event_type, limit_filter=paused)
+        row = session.execute(due).one()
         waits = [] if row.next_due is None else [(row.next_due - row.now).total_seconds()]
+        if first_resume is not None:  # paused keys' items count from their pause's end
+            waits.append(first_resume)
         if blocked and keys:
             by_key = sql.next_claimable_due_by_key(at, keys, per_event_type=per_event_type)
             for held in session.execute(by_key):

@@ -15,7 +15,13 @@ from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session, sessionmaker
 
 from retryqueue import ManualClock, RetryQueue, create_engine, metadata, migrations
-from retryqueue.models import RetryCircuit, RetryCircuitEvent, RetryHistory, RetryItem
+from retryqueue.models import (
+    RetryCircuit,
+    RetryCircuitEvent,
+    RetryHistory,
+    RetryItem,
+    RetryLimit,
+)
 from tests.mysql.server import SKIP_REASON, MysqlServer
 from tests.reliability.fleet import Fleet
 from tests.support.logs import LogRecorder
@@ -86,7 +92,7 @@ def engine(backend: str, request: pytest.FixtureRequest, tmp_path: object) -> It
         url = request.getfixturevalue("pg_url" if backend == "postgresql" else "mysql_url")
         made = create_engine(url, pool_size=10, max_overflow=10)
         with made.begin() as connection:
-            for table in (RetryHistory, RetryItem, RetryCircuitEvent, RetryCircuit):
+            for table in (RetryHistory, RetryItem, RetryCircuitEvent, RetryCircuit, RetryLimit):
                 connection.execute(delete(table))
     yield made
     made.dispose()

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from retryqueue.cli import admin, circuits, dashboard, db, items, monitor, run, workers
+from retryqueue.cli import admin, circuits, dashboard, db, items, limits, monitor, run, workers
 from retryqueue.cli._context import (
     DATABASE_URL_ENV,
     DEFAULT_DATABASE_URL,
@@ -64,6 +64,7 @@ def _root(
 # One line per command group: a group module exposes ``app`` (a sub-command) or ``register``.
 app.add_typer(db.app, name="db")
 app.add_typer(circuits.app, name="circuits")
+app.add_typer(limits.app, name="limits")
 admin.register(app)
 items.register(app)
 monitor.register(app)

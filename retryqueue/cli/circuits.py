@@ -23,6 +23,7 @@ from retryqueue.cli._context import (
     when,
     wide,
 )
+from retryqueue.limits import KeyLimit
 from retryqueue.queue import RetryQueue
 from retryqueue.results import CircuitEvent, CircuitState
 
@@ -48,12 +49,16 @@ def circuits(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """List every circuit (keys without a row are closed)."""
     if ctx.invoked_subcommand is not None:
         return
-    with state(ctx).session() as session:
+    current = state(ctx)
+    with current.session() as session:
         rows = circuit_states(session)
+        paused = [row for row in current.queue().key_limits(session) if row.paused_until]
     if as_json:
         print_json(rows)
         return
     print_table(circuits_table(rows))
+    if paused:  # a pause stops a key like an open circuit: show both in one place
+        print_table(pauses_table(paused))
 
 
 @app.command("open")
@@ -81,7 +86,7 @@ def open_circuit(
     current = state(ctx)
     with current.transaction() as session:
         if not force:
-            _require_known(session, current.queue(), key)
+            require_known(session, current.queue(), key)
         circuit = _breaker(ctx).open(
             session, key, cooldown=cooldown, reason=reason, actor=requested_by()
         )
@@ -116,7 +121,7 @@ def events(
     print_table(events_table(rows))
 
 
-def _require_known(session: Session, queue: RetryQueue, key: str) -> None:
+def require_known(session: Session, queue: RetryQueue, key: str, *, verb: str = "opens") -> None:
     """:class:`CliError` unless KEY names a plugin (and event type) that is in use."""
     plugin, _, event_type = key.strip().partition(":")
     circuits = {row.key for row in circuit_states(session)}
@@ -130,13 +135,13 @@ def _require_known(session: Session, queue: RetryQueue, key: str) -> None:
     if plugin not in plugins:
         raise CliError(
             f"unknown plugin {plugin!r} in circuit key {key!r}{_listing('plugins', plugins)}; "
-            "--force opens it anyway"
+            f"--force {verb} it anyway"
         )
     event_types = sorted({row.event_type for row in rows if row.plugin_name == plugin})
     if event_type and event_type not in event_types:
         raise CliError(
             f"plugin {plugin!r} has no event type {event_type!r}"
-            f"{_listing('event types', event_types)}; --force opens it anyway"
+            f"{_listing('event types', event_types)}; --force {verb} it anyway"
         )
 
 
@@ -198,4 +203,15 @@ def events_table(rows: Sequence[CircuitEvent]) -> Table:
             f"{row.cooldown_seconds:g}s" if row.cooldown_seconds else "-",
             text(row.actor),
         )
+    return table
+
+
+def pauses_table(rows: Sequence[KeyLimit]) -> Table:
+    """Paused keys (see ``retryqueue limits``) as a rich table."""
+    table = new_table(f"Paused keys ({len(rows)}; retryqueue limits resume KEY lifts one)")
+    add_column(table, "key")
+    add_column(table, "paused until", keep=True)
+    add_column(table, "reason")
+    for row in rows:
+        table.add_row(row.key, when(row.paused_until), text(row.pause_reason))
     return table

@@ -327,9 +327,10 @@ def grant_statements(role: str, *, maintenance: bool = False, schema: str = "pub
     The runtime role (applications that enqueue, workers) gets SELECT, INSERT and UPDATE on
     ``daz_retry_queue``, SELECT and INSERT on ``daz_retry_history`` and USAGE on their id
     sequences; for circuit breakers, SELECT, INSERT and UPDATE on ``daz_retry_circuits`` and
-    SELECT and INSERT on ``daz_retry_circuit_events``; for the dashboard's charts, SELECT
-    and INSERT on ``daz_retry_hourly``. ``maintenance=True`` adds DELETE on these tables,
-    for cleanup and purge. Schema changes stay with the migration owner.
+    SELECT and INSERT on ``daz_retry_circuit_events``; for rate limits and pauses, SELECT,
+    INSERT and UPDATE on ``daz_retry_limits``; for the dashboard's charts, SELECT and
+    INSERT on ``daz_retry_hourly``. ``maintenance=True`` adds DELETE on these tables, for
+    cleanup and purge. Schema changes stay with the migration owner.
     """
     preparer = postgresql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
     who = preparer.quote(check.text("role", role, max_length=63))
@@ -344,5 +345,6 @@ def grant_statements(role: str, *, maintenance: bool = False, schema: str = "pub
         f"GRANT SELECT, INSERT, UPDATE{delete} ON {where}.daz_retry_circuits TO {who}",
         f"GRANT SELECT, INSERT{delete} ON {where}.daz_retry_circuit_events TO {who}",
         f"GRANT USAGE ON SEQUENCE {where}.daz_retry_circuit_events_id_seq TO {who}",
+        f"GRANT SELECT, INSERT, UPDATE{delete} ON {where}.daz_retry_limits TO {who}",
         f"GRANT SELECT, INSERT{delete} ON {where}.daz_retry_hourly TO {who}",
     ]

@@ -10,8 +10,9 @@ serialised by its single writer instead (see :mod:`retryqueue.engine`).
 One room, several shelves: :mod:`.enqueue` (the bulk INSERT, NOTIFY/LISTEN),
 :mod:`.claims` (acquire and outcomes), :mod:`.mysql` (the three-step forms for dialects
 without ``UPDATE … RETURNING``), :mod:`.admin` (filters, requeue, cleanup, key rotation),
-:mod:`.reading` (monitoring), :mod:`.circuits` (the circuit breaker's rows); shared
-expressions in :mod:`._base`. Import from this package, not from the shelves.
+:mod:`.reading` (monitoring), :mod:`.circuits` (the circuit breaker's rows),
+:mod:`.limits` (rate limits and pauses); shared expressions in :mod:`._base`. Import
+from this package, not from the shelves.
 """
 
 from __future__ import annotations
@@ -92,6 +93,17 @@ from retryqueue.statements.enqueue import (
 )
 from retryqueue.statements.expiry import dead_letter_expired, expired_ids, lock_expired
 from retryqueue.statements.groups import error_samples, error_tally, fingerprints_starting
+from retryqueue.statements.limits import (
+    LIMIT_COLUMNS,
+    KeyFilter,
+    all_limits,
+    any_limit,
+    insert_limits,
+    limits_by_key,
+    limits_in_force,
+    update_limit,
+    waiting_keys,
+)
 from retryqueue.statements.metadata import item_metadata, set_metadata
 from retryqueue.statements.mysql import (
     Emulation,
@@ -123,13 +135,17 @@ __all__ = [
     "CIRCUIT_COLUMNS",
     "CLAIM_COLUMNS",
     "DEAD_LETTER_GROUPS",
+    "LIMIT_COLUMNS",
     "NOTIFY_CHANNEL",
     "SNAPSHOT_COLUMNS",
     "Bound",
     "Emulation",
+    "KeyFilter",
     "after",
     "alerts",
     "all_circuits",
+    "all_limits",
+    "any_limit",
     "apply_failure",
     "circuit_events",
     "circuit_key_of_item",
@@ -174,9 +190,12 @@ __all__ = [
     "insert_items",
     "insert_items_json",
     "insert_items_staged",
+    "insert_limits",
     "item_metadata",
     "items_per_hour",
     "json_payloads",
+    "limits_by_key",
+    "limits_in_force",
     "listen",
     "lock_expired",
     "lock_owned",
@@ -214,4 +233,6 @@ __all__ = [
     "success_rate_by_event_type",
     "table_sizes",
     "update_circuit",
+    "update_limit",
+    "waiting_keys",
 ]

@@ -50,6 +50,7 @@ from retryqueue.statements._base import (
     stamp_after,
     stamp_expr,
 )
+from retryqueue.statements.limits import KeyFilter, key_filter
 from retryqueue.types import UTCDateTime, utc_now
 
 CLAIM_COLUMNS = (
@@ -240,17 +241,37 @@ def lock_params(at: datetime | None, prefix: str, lock_timeout: float) -> dict[s
     return {f"{prefix}_now": at, f"{prefix}_expires": at + timedelta(seconds=lock_timeout)}
 
 
+def _limit_filter(shape: tuple[bool, bool, bool, bool]) -> list[Any]:
+    """The claim's rate limit/pause predicate with bind parameters (see :class:`KeyFilter`)."""
+    only_plugin, only_pair, skip_plugins, skip_pairs = shape
+    return key_filter(
+        bindparam("limit_only_plugin", type_=String()) if only_plugin else None,
+        bindparam("limit_only_pair", type_=String()) if only_pair else None,
+        bindparam("limit_skip_plugins", expanding=True, type_=String()) if skip_plugins else None,
+        bindparam("limit_skip_pairs", expanding=True, type_=String()) if skip_pairs else None,
+    )
+
+
+_NO_LIMITS = (False, False, False, False)
+
+
 @functools.cache
-def _claim_template(server_clock: bool, keys: str | None = None, per_event: bool = False) -> Update:
-    # Built once per clock kind and circuit filter: the hot path skips statement
-    # construction and its cache-key computation, and the SQL text stays the same for every
-    # batch. Without open circuits (keys=None) the claim carries no extra predicate.
+def _claim_template(
+    server_clock: bool,
+    keys: str | None = None,
+    per_event: bool = False,
+    limits: tuple[bool, bool, bool, bool] = _NO_LIMITS,
+) -> Update:
+    # Built once per clock kind, circuit filter and limit filter shape: the hot path skips
+    # statement construction and its cache-key computation, and the SQL text stays the same
+    # for every batch. Without open circuits (keys=None) and without rate limits or pauses
+    # (limits=_NO_LIMITS) the claim carries no extra predicate.
     now = _now_param(server_clock, "claim_now")
     circuit = _circuit_filter(
         per_event,
         only=bindparam("claim_only", type_=String()) if keys == "only" else None,
         skip=bindparam("claim_skip", expanding=True, type_=String()) if keys == "skip" else None,
-    )
+    ) + _limit_filter(limits)
     limit = bindparam("claim_limit", type_=Integer())
     candidates = (
         _claimable(now, limit, circuit)
@@ -279,6 +300,7 @@ def claim(
     skip_keys: Sequence[str] = (),
     only_key: str | None = None,
     per_event_type: bool = False,
+    limit_filter: KeyFilter | None = None,
 ) -> Bound:
     """Claim up to ``batch_size`` due items in priority order, in one round trip.
 
@@ -293,6 +315,9 @@ def claim(
 
     Circuit breaker: items whose key (see :func:`circuit_key_of_item`) is in ``skip_keys``
     are left alone; ``only_key`` claims that key's items only (a half-open probe).
+
+    Rate limits and pauses (see :mod:`retryqueue.limits`): ``limit_filter`` restricts the
+    claim by limit key; None (no limit or pause stored) adds nothing to the statement.
     """
     params: dict[str, Any] = {
         "claim_worker": worker_id,
@@ -305,7 +330,11 @@ def claim(
         keys, params["claim_only"] = "only", only_key
     elif skip_keys:
         keys, params["claim_skip"] = "skip", list(skip_keys)
-    return _claim_template(at is None, keys, per_event_type and keys is not None), params
+    shape = _NO_LIMITS
+    if limit_filter is not None:
+        shape = limit_filter.shape
+        params.update(limit_filter.params())
+    return _claim_template(at is None, keys, per_event_type and keys is not None, shape), params
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Error groups: finished items per (error code, fingerprint), and fingerprint look-ups.
 
-The groups of the dead letters read their partial covering index (rq0013); other
+The groups of the dead letters read their partial covering index (rq0011); other
 statuses and the fingerprint look-ups read the ``(status, error_fingerprint, id)`` index.
 """
 
@@ -29,7 +29,7 @@ def error_tally(statuses: Sequence[RetryStatus]) -> AnySelect:
     failure, and the newest id (whose message stands for the group).
 
     For the dead letters alone every column is in ``idx_retry_queue_dead_letter_groups``
-    (PostgreSQL, SQLite; rq0013), a partial index: an index-only scan that never reads the
+    (PostgreSQL, SQLite; rq0011), a partial index: an index-only scan that never reads the
     table. The caller merges the plugins of a group and keeps the largest groups.
     """
     keys = (RetryItem.last_error_code, RetryItem.error_fingerprint, RetryItem.plugin_name)

@@ -33,6 +33,7 @@ from retryqueue.statements._base import (
 )
 from retryqueue.statements.admin import _finished_batch, _history_batch
 from retryqueue.statements.claims import CLAIM_COLUMNS, _circuit_filter, _claimable, _claimed_values
+from retryqueue.statements.limits import KeyFilter, key_filter
 
 # PostgreSQL and SQLite run the other shelves' statements as they are. MySQL has no
 # RETURNING and cannot UPDATE/DELETE a table through a LIMITed subquery of itself, so there
@@ -86,10 +87,18 @@ def claim_emulated(
     skip_keys: Sequence[str] = (),
     only_key: str | None = None,
     per_event_type: bool = False,
+    limit_filter: KeyFilter | None = None,
 ) -> Emulation:
     """:func:`claim` in three steps: candidates with SKIP LOCKED, claim them, read them."""
     now = now_expr(at)
     circuit = _circuit_filter(per_event_type, only=only_key, skip=list(skip_keys) or None)
+    if limit_filter is not None:
+        circuit += key_filter(
+            limit_filter.only_plugin,
+            limit_filter.only_pair,
+            list(limit_filter.skip_plugins) or None,
+            list(limit_filter.skip_pairs) or None,
+        )
     candidates = _claimable(now, batch_size, circuit)
     # Without the hint InnoDB may scan and filesort, locking every candidate before the
     # LIMIT applies: one worker then holds the whole backlog and the others find nothing.

@@ -32,6 +32,7 @@ from retryqueue.statements._base import (
 )
 from retryqueue.statements.admin import _filter_clauses
 from retryqueue.statements.claims import _circuit_filter, circuit_key_of_item
+from retryqueue.statements.limits import KeyFilter, key_filter
 
 SNAPSHOT_COLUMNS = (
     RetryItem.id,
@@ -275,20 +276,31 @@ def queue_gauges(at: datetime | None, stale_lock_seconds: float) -> AnySelect:
 
 
 def next_claimable_due(
-    at: datetime | None, skip_keys: Sequence[str] = (), *, per_event_type: bool = False
+    at: datetime | None,
+    skip_keys: Sequence[str] = (),
+    *,
+    per_event_type: bool = False,
+    limit_filter: KeyFilter | None = None,
 ) -> AnySelect:
     """The earliest next_retry_at among items :func:`claim` could take, and now.
 
     Unlike :func:`next_due`, skips expired and locked pending items (never claimed), so
     an idle worker does not keep waking for them; and, like the claim, the items of the
-    circuits in ``skip_keys``.
+    circuits in ``skip_keys`` and those ``limit_filter`` skips (paused keys).
     """
     now = now_expr(at)
+    paused = []
+    if limit_filter is not None:
+        paused = key_filter(
+            skip_plugins=list(limit_filter.skip_plugins) or None,
+            skip_pairs=list(limit_filter.skip_pairs) or None,
+        )
     return select(func.min(RetryItem.next_retry_at).label("next_due"), now.label("now")).where(
         _status_is(RetryStatus.PENDING),
         RetryItem.locked_by.is_(None),
         RetryItem.expires_at > now,
         *_circuit_filter(per_event_type, skip=list(skip_keys) or None),
+        *paused,
     )
 
 

@@ -90,7 +90,8 @@ def drain(
     """Run handlers inline, in the caller's session, until nothing is due.
 
     Outcomes follow the worker's rules (return: completed; :class:`PermanentError`: failed;
-    :class:`RetryLater`: retried after its delay; other exceptions: retried with backoff;
+    :class:`RetryLater`: retried after its delay, or with ``pause_key=True`` the item's
+    plugin paused and the attempt not counted; other exceptions: retried with backoff;
     no handler: failed with ``NO_HANDLER``). With ``advance_clock=True`` the queue's
     :class:`ManualClock` jumps to each next due time, so a whole backoff schedule plays
     out at once; without it, items scheduled for later stay pending.
@@ -142,6 +143,18 @@ def _attempt(
     plan = plan_failure(item, route, error, queue.policy)
     if plan is None:
         queue.complete(session, item, duration_ms=duration_ms)
+        return
+    pause = plan.pause_key if isinstance(plan.pause_key, str) else item.plugin_name
+    if plan.pause_key is not False and pause and plan.retry_after is not None:
+        queue.pause_item_key(
+            session,
+            item,
+            pause,
+            plan.retry_after,
+            error_message=plan.message,
+            error_code=plan.code,
+            duration_ms=duration_ms,
+        )
         return
     queue.fail(
         session,

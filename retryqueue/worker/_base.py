@@ -52,6 +52,7 @@ __all__ = [
     "WorkerBase",
     "WorkerOptions",
     "job_for",
+    "pause_safely",
     "plan_outcome_safely",
     "record_failure_safely",
 ]
@@ -111,7 +112,8 @@ class RunReport:
 
     ``lost``: outcomes refused because the lease had been taken over. ``released``: items
     given back unstarted at shutdown. ``abandoned``: handlers still running when the
-    shutdown grace ran out (their items return after lock_timeout).
+    shutdown grace ran out (their items return after lock_timeout). ``paused``: attempts
+    that paused their key (``RetryLater(..., pause_key=True)``), not counted.
     """
 
     acquired: int = 0
@@ -122,6 +124,7 @@ class RunReport:
     lost: int = 0
     released: int = 0
     abandoned: int = 0
+    paused: int = 0
 
     def __add__(self, other: RunReport) -> RunReport:
         return RunReport(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
@@ -131,8 +134,8 @@ class RunReport:
 class AttemptResult:
     """One attempt, as passed to every observer once its outcome is recorded.
 
-    ``outcome`` is ``completed``, ``retry_scheduled``, ``dead_lettered``, ``failed`` or
-    ``lost``.
+    ``outcome`` is ``completed``, ``retry_scheduled``, ``dead_lettered``, ``failed``,
+    ``paused`` (the key was paused; the attempt not counted) or ``lost``.
     """
 
     item_id: int
@@ -152,6 +155,7 @@ _REPORT_FIELD = {
     "dead_lettered": "dead_lettered",
     "failed": "failed",
     "lost": "lost",
+    "paused": "paused",
 }
 _LOG_LEVEL = {
     "completed": logging.INFO,
@@ -159,6 +163,7 @@ _LOG_LEVEL = {
     "dead_lettered": logging.ERROR,
     "failed": logging.ERROR,
     "lost": logging.WARNING,
+    "paused": logging.WARNING,
 }
 
 
@@ -284,8 +289,40 @@ def _health(
     return [
         (done.item.plugin_name, done.item.event_type, plan is None)
         for done, plan in zip(finished, plans, strict=True)
-        if outcomes[done.item.id] != "lost" and (plan is None or plan.retryable)
+        if outcomes[done.item.id] not in ("lost", "paused") and (plan is None or plan.retryable)
     ]
+
+
+def pause_safely(
+    queue: RetryQueue, session: Session, done: Finished, plan: FailurePlan, key: str
+) -> str:
+    """Pause ``key`` for the plan's delay and put the item back uncounted; the outcome name
+    (``paused``, or ``lost``: lease lost). A key or value the queue refuses is contained:
+    the attempt is recorded as an ordinary failure instead (see
+    :func:`record_failure_safely`)."""
+    assert plan.retry_after is not None
+    try:
+        paused = queue.pause_item_key(
+            session,
+            done.item,
+            key,
+            plan.retry_after,
+            error_message=plan.message,
+            error_code=plan.code,
+            duration_ms=done.duration_ms,
+        )
+    except DatabaseError:
+        raise
+    except Exception:
+        logger.error(
+            "item %s: key %r could not be paused; recorded as a failure",
+            done.item.id,
+            key,
+            exc_info=True,
+            extra={"item_id": done.item.id, "limit_key": key},
+        )
+        return record_failure_safely(queue, session, done, plan)
+    return "paused" if paused else "lost"
 
 
 def fields_of(item: ClaimedItem, worker_id: str, **more: Any) -> dict[str, Any]:
@@ -560,10 +597,29 @@ class WorkerBase:
         for done, plan in zip(finished, plans, strict=True):
             if plan is None:
                 continue
-            outcomes[done.item.id] = record_failure_safely(self.queue, session, done, plan)
+            key = self._pause_key(done.item, plan)
+            outcomes[done.item.id] = (
+                record_failure_safely(self.queue, session, done, plan)
+                if key is None
+                else pause_safely(self.queue, session, done, plan, key)
+            )
         if self.breaker is not None:
             self.breaker.record(session, _health(finished, plans, outcomes), actor=self.worker_id)
         return outcomes
+
+    def _pause_key(self, item: ClaimedItem, plan: FailurePlan) -> str | None:
+        """The key a ``RetryLater(..., pause_key=...)`` pauses: the named one, else the
+        item's plugin (with its event type under a per-event-type breaker); None: no pause
+        (none asked, or an item without a plugin)."""
+        if plan.pause_key is False or plan.retry_after is None:
+            return None
+        if isinstance(plan.pause_key, str):
+            return plan.pause_key
+        if not item.plugin_name:
+            return None
+        if self.breaker is not None:
+            return self.breaker.key_for(item.plugin_name, item.event_type)
+        return item.plugin_name
 
     def _release(self, session: Session, items: list[ClaimedItem]) -> int:
         released = 0

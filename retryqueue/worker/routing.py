@@ -24,6 +24,7 @@ from typing import Any
 
 from retryqueue import validation as check
 from retryqueue.errors import InvalidArgument
+from retryqueue.limits import MAX_PAUSE_SECONDS
 from retryqueue.policy import Decision, RetryPolicy
 from retryqueue.results import ClaimedItem
 
@@ -58,22 +59,54 @@ class PermanentError(Exception):
 
 
 class RetryLater(Exception):
-    """Raise from a handler to retry after ``delay`` (seconds or a timedelta).
+    """Raise from a handler to retry after ``delay`` (seconds or a timedelta; ``after`` is
+    the same, by keyword).
 
     For answers like HTTP 429/503 with Retry-After. The attempt still counts toward
     max_retries: an item that is told to come back forever ends in dead_letter. A delay
     that is negative, NaN, infinite or longer than 10 years raises
     :class:`~retryqueue.errors.InvalidArgument` (a ValueError); raised from a handler, that
     is recorded as the item's failure (retried with backoff) like any other exception.
+
+    ``pause_key=True``: the destination is saturated, not this item: the item's whole key
+    is paused for ``delay`` for every worker (see :mod:`retryqueue.limits`; the key is the
+    item's plugin_name, or ``plugin_name:event_type`` under a worker whose breaker is
+    per event type; a string names the key), and this attempt is **not** counted: the item
+    waits for the pause's end with its retry count and backoff unchanged (history status
+    ``paused``). The delay must then be > 0 and at most
+    :data:`~retryqueue.limits.MAX_PAUSE_SECONDS`. An item without a plugin has no key: it
+    is retried after the delay as without ``pause_key``.
     """
 
     def __init__(
-        self, delay: float | timedelta, message: str = "", *, code: str | None = None
+        self,
+        delay: float | timedelta | None = None,
+        message: str = "",
+        *,
+        code: str | None = None,
+        after: float | timedelta | None = None,
+        pause_key: bool | str = False,
     ) -> None:
-        seconds = check.seconds("RetryLater delay", delay)
-        super().__init__(message or f"retry requested in {seconds:g}s")
+        if (delay is None) == (after is None):
+            raise InvalidArgument("RetryLater delay", "give the delay once (delay or after=)")
+        wait = delay if delay is not None else after
+        if pause_key is not False:
+            if not isinstance(pause_key, bool | str) or (
+                isinstance(pause_key, str) and not pause_key.strip()
+            ):
+                raise InvalidArgument("pause_key", "expected True or a key (plugin[:event_type])")
+            seconds = check.seconds(
+                "RetryLater delay", wait, allow_zero=False, maximum=MAX_PAUSE_SECONDS
+            )
+        else:
+            seconds = check.seconds("RetryLater delay", wait)
+        default = (
+            f"{'key paused' if pause_key is not False else 'retry requested'} for {seconds:g}s"
+        )
+        super().__init__(message or default)
         self.delay = seconds
         self.code = code
+        self.pause_key = pause_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,6 +410,9 @@ class FailurePlan:
     decision: Decision
     exception_type: str | None = None
     error_traceback: str | None = None
+    pause_key: bool | str = False
+    """From ``RetryLater(..., pause_key=...)``: pause the key for ``retry_after`` instead of
+    counting the attempt."""
 
 
 def exception_forensics(error: BaseException) -> tuple[str, str]:
@@ -406,6 +442,7 @@ def plan_failure(
     """
     if route is not None and error is None:
         return None
+    pause: bool | str = False
     if route is None:
         message = f"no handler for event_type {item.event_type!r}"
         if item.plugin_name is not None:
@@ -421,7 +458,9 @@ def plan_failure(
             retryable = True
             try:
                 retry_after = check.seconds("RetryLater delay", error.delay)
+                pause = _pause_of(error, retry_after)
             except InvalidArgument as bad:  # changed after construction: backoff instead
+                retry_after, pause = None, False
                 message = _clean(f"{message} [ignored {bad}; retried with backoff]", 8000)
         policy = route.policy(base)
     decision = (policy or base).decide(
@@ -436,8 +475,28 @@ def plan_failure(
         return FailurePlan(message, code, retryable, retry_after, policy, decision)
     exception_type, error_traceback = exception_forensics(error)
     return FailurePlan(
-        message, code, retryable, retry_after, policy, decision, exception_type, error_traceback
+        message,
+        code,
+        retryable,
+        retry_after,
+        policy,
+        decision,
+        exception_type,
+        error_traceback,
+        pause_key=pause,
     )
+
+
+def _pause_of(error: RetryLater, seconds: float) -> bool | str:
+    """A RetryLater's pause_key, checked again (it may have been changed after
+    construction): False, True or a key."""
+    pause = getattr(error, "pause_key", False)
+    if pause is False:
+        return False
+    if not isinstance(pause, bool | str) or (isinstance(pause, str) and not pause.strip()):
+        raise InvalidArgument("pause_key", "expected True or a key (plugin[:event_type])")
+    check.seconds("RetryLater delay", seconds, allow_zero=False, maximum=MAX_PAUSE_SECONDS)
+    return pause
 
 
 def describe(error: BaseException) -> str:

@@ -60,3 +60,20 @@ def test_runtime_role_runs_the_breaker(runtime: Engine) -> None:
     assert opened.to_status is CircuitStatus.OPEN and gate.probes == ("pay",)
     with sessions.begin() as session, pytest.raises(sqlalchemy.exc.ProgrammingError):
         session.execute(delete(RetryCircuitEvent))
+
+
+def test_runtime_role_runs_limits_and_pauses(runtime: Engine) -> None:
+    sessions = sessionmaker(runtime)
+    queue = RetryQueue()
+    with sessions.begin() as session:
+        queue.enqueue(session, "capture", {}, plugin_name="pay")
+        queue.enqueue(session, "send", {}, plugin_name="mail")
+        queue.set_limit(session, "pay", 1, burst=1)
+        queue.pause_key(session, "mail", seconds=0.001)
+    with sessions.begin() as session:  # the pause has ended
+        claimed = queue.acquire(session, "w", 10)
+    with sessions.begin() as session:
+        assert queue.clear_limit(session, "pay") is None
+        queue.pause_key(session, "pay", seconds=60)
+        assert queue.resume_key(session, "pay") is None
+    assert sorted(item.plugin_name or "" for item in claimed) == ["mail", "pay"]

@@ -44,8 +44,11 @@ class TestUpgradeCompareDowngrade:
             "daz_retry_circuit_events",
             "daz_retry_audit",
             "daz_retry_workers",
+            "daz_retry_limits",
         } <= table_names(empty_engine)
         assert migrations.differences(empty_engine) == []
+        migrations.downgrade(empty_engine, "rq0009")
+        assert "daz_retry_limits" not in table_names(empty_engine)
         migrations.downgrade(empty_engine, "rq0004")
         assert not {"daz_retry_audit", "daz_retry_workers"} & table_names(empty_engine)
         assert "exception_type" not in {

@@ -14,7 +14,9 @@ queue's own bookkeeping.
 Items say what their handler does through their event_data: ``n`` (the item's number),
 ``fail_percent`` and ``always_fail`` (see :func:`attempt_fails`), ``work_ms`` (simulated
 work) and, for the ``rel.hold`` event type, ``release`` (a path: the handler holds its
-item until that file exists).
+item until that file exists); for ``rel.saturated``, ``open`` (a path: until it exists the
+handler answers like a saturated destination, ``RetryLater(after=retry_after,
+pause_key=True)``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from typing import Any
 URL_VARIABLE = "RELIABILITY_DATABASE_URL"
 WORK = "rel.work"
 HOLD = "rel.hold"
+SATURATED = "rel.saturated"
 HOLD_LIMIT_SECONDS = 300.0  # a held handler gives up at last, so no process outlives a test
 
 
@@ -147,7 +150,7 @@ def main(argv: list[str]) -> int:
     from sqlalchemy.orm import sessionmaker
 
     from retryqueue import RetryQueue, create_engine
-    from retryqueue.worker import Job, Worker
+    from retryqueue.worker import Job, RetryLater, Worker
 
     engine = create_engine(os.environ[URL_VARIABLE], pgbouncer=args.pgbouncer)
     skew = _clock_skew(engine)
@@ -184,6 +187,12 @@ def main(argv: list[str]) -> int:
                 raise TimeoutError("never released")
             time.sleep(0.05)
 
+    def saturated(job: Job) -> None:
+        # A destination answering 429 with Retry-After until the test creates ``open``.
+        record(job)
+        if not Path(job.event_data["open"]).exists():
+            raise RetryLater(after=job.event_data["retry_after"], pause_key=True, code="HTTP_429")
+
     settings: dict[str, Any] = {
         "worker_id": args.name,
         "batch_size": args.batch_size,
@@ -194,7 +203,7 @@ def main(argv: list[str]) -> int:
         "listen": not args.no_listen,
     }
     ready = {"pid": os.getpid(), "now": datetime.now(UTC).isoformat(), "skew": skew}
-    handlers = {WORK: work, HOLD: hold}
+    handlers = {WORK: work, HOLD: hold, SATURATED: saturated}
     try:
         if args.asyncio:
             report = asyncio.run(_run_async(args, handlers, settings, ready))

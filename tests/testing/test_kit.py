@@ -144,6 +144,22 @@ class TestDrain:
         assert report[ids["later"]].status is RetryStatus.PENDING  # due in 300 s
         assert report[ids["unrouted"]].error_code == "NO_HANDLER"
 
+    def test_pause_key_is_not_counted(
+        self, rq_session: Session, rq_queue: RetryQueue, rq_clock: ManualClock
+    ) -> None:
+        answers = [429.0]
+
+        def saturated(job: object) -> None:
+            if answers:
+                raise RetryLater(after=answers.pop(), pause_key=True)
+
+        item = rq_queue.enqueue(rq_session, "crm.sync", {}, plugin_name="crm", max_retries=0)
+        start = rq_clock.now()
+        report = drain(rq_queue, rq_session, {"crm.sync": saturated}, advance_clock=True)
+        assert (report[item.id].status, report[item.id].attempts) == (RetryStatus.COMPLETED, 2)
+        assert rq_clock.now() - start == timedelta(seconds=429)
+        assert [h.status for h in rq_queue.history(rq_session, item.id)] == ["paused", "completed"]
+
     def test_advance_needs_a_manual_clock(self, rq_session: Session) -> None:
         with pytest.raises(TypeError, match="ManualClock"):
             drain(RetryQueue(), rq_session, {}, advance_clock=True)

@@ -11,8 +11,8 @@ holds every column the dead-letter groups read, so they never visit the table. M
 MariaDB have no partial indexes and do without it. Frozen in time: it never imports the
 models.
 
-Revision ID: rq0013
-Revises: rq0009
+Revision ID: rq0011
+Revises: rq0010
 Create Date: 2026-11-30
 """
 
@@ -24,8 +24,8 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "rq0013"
-down_revision: str | None = "rq0009"
+revision: str = "rq0011"
+down_revision: str | None = "rq0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
