@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from retryqueue import InvalidArgument, ItemFilter, ManualClock, RetryItem, RetryStatus
-from retryqueue.encryption import MARKER
+from retryqueue import InvalidArgument, ItemFilter, ManualClock, RetryStatus
 from retryqueue.fingerprint import fingerprint
 from retryqueue.policy import DEADLINE_REACHED, EXPIRED
+from tests.support.poison import add_undecryptable_item
 
 
 def _assert_grouped(sessions: Any, queue: Any, item_id: int, statuses: int) -> str:
@@ -119,16 +119,7 @@ class TestEveryFailureIsFingerprinted:
     ) -> None:
         now = clock.now()
         with sessions.begin() as session:  # sealed under a key this process lacks
-            forged = RetryItem(
-                event_type="e",
-                event_data={MARKER: "gAAAAAB-forged"},
-                created_at=now,
-                next_retry_at=now,
-                expires_at=now + timedelta(days=1),
-            )
-            session.add(forged)
-            session.flush()
-            forged_id = forged.id
+            forged_id = add_undecryptable_item(session, now, "e")
         with sessions.begin() as session:
             assert queue.acquire(session, "w") == []
         _assert_grouped(sessions, queue, forged_id, statuses=1)

@@ -8,16 +8,15 @@ claimed item that cannot be decrypted) are still one transaction of their own.
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
 
 import pytest
 from sqlalchemy import Engine, event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from retryqueue import NewItem, RetryQueue, RetryStatus
-from retryqueue.encryption import MARKER
 from retryqueue.models import RetryHistory, RetryItem
 from retryqueue.worker import Job, Worker
+from tests.support.poison import add_undecryptable_item
 
 pytestmark = pytest.mark.parametrize("backend", ["postgresql"])
 
@@ -35,16 +34,7 @@ class TestAutocommittedFlush:
             (held,) = queue.acquire(session, "w", batch_size=1)
             now = queue.now(session) or session.scalar(select(RetryItem.created_at))
             assert now is not None
-            forged = RetryItem(  # a row no key of this process can open
-                event_type="ok",
-                event_data={MARKER: "gAAAAAB-forged"},
-                created_at=now,
-                next_retry_at=now,
-                expires_at=now + timedelta(days=1),
-            )
-            session.add(forged)
-            session.flush()
-            forged_id = forged.id
+            forged_id = add_undecryptable_item(session, now)  # no key here can open it
         with engine.connect() as connection:
             solo = connection.execution_options(isolation_level="AUTOCOMMIT")
             with Session(bind=solo) as session:

@@ -37,6 +37,7 @@ from retryqueue.worker._base import record_failure_safely
 from retryqueue.worker._batch import Finished
 from retryqueue.worker.routing import FailurePlan
 from tests.support.async_worker import BlockingAsyncWorker
+from tests.support.poison import add_undecryptable_item
 from tests.support.waiting import wait_until
 from tests.worker.conftest import running
 
@@ -338,16 +339,7 @@ class TestWorkers:
         old, new = keys
         now = queue.clock.now()  # type: ignore[union-attr]
         with sessions.begin() as session:  # a row written by an older version, or forged
-            forged = RetryItem(
-                event_type="ok",
-                event_data={MARKER: "gAAAAAB-forged"},
-                created_at=now,
-                next_retry_at=now,
-                expires_at=now + timedelta(days=1),
-            )
-            session.add(forged)
-            session.flush()
-            forged_id = forged.id
+            forged_id = add_undecryptable_item(session, now, "ok")
         encryption.configure([new, old])  # a producer that already has the new key
         with sessions.begin() as session:
             sealed_new = queue.enqueue(session, "ok", {"secret": 1}).id
