@@ -1,0 +1,197 @@
+"""What the parts of :class:`~retryqueue.queue.RetryQueue` share below the class: the
+constants, database-error wrapping, dialect-aware execution (RETURNING or its MySQL
+emulation, Core on the session's connection, one transaction under autocommit), the
+expiry and deadline bounds of a decision, and metadata merging.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from retryqueue import statements as sql
+from retryqueue.errors import RetryQueueError, database_error
+from retryqueue.policy import (
+    DEADLINE_REACHED,
+    RETRY_PAST_EXPIRY,
+    Decision,
+    Outcome,
+    RetryPolicy,
+    within_deadline,
+)
+
+NOTIFY_CHANNEL = sql.NOTIFY_CHANNEL
+UNDECRYPTABLE = "UNDECRYPTABLE"
+"""The error code of an item quarantined because its event_data cannot be decrypted."""
+
+
+def listen_statement(channel: str = NOTIFY_CHANNEL) -> Any:
+    """The LISTEN statement a worker runs on its wake-up connection (PostgreSQL)."""
+    return sql.listen(channel)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _database_errors(method: Callable[P, R]) -> Callable[P, R]:
+    """Re-raise SQLAlchemy errors as :class:`DatabaseError`, keeping the cause."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except RetryQueueError:
+            raise
+        except SQLAlchemyError as exc:
+            raise database_error(method.__name__, exc) from exc
+
+    return wrapper
+
+
+def _unless_past_deadline(
+    row: Any,
+    policy: RetryPolicy,
+    decision: Decision,
+    error_message: str | None,
+    error_code: str | None,
+    retry_after_given: bool,
+) -> tuple[Decision, str | None, str | None]:
+    """The decision bounded by the item's retry deadline (or the policy's ``retry_for``).
+
+    A refused retry is recorded with :data:`~retryqueue.policy.DEADLINE_REACHED` as its
+    code; the handler's message and code follow the reason in the message.
+    """
+    if row.now is None:
+        return decision, error_message, error_code
+    deadline = policy.deadline_of(row.retry_deadline, row.created_at)
+    bounded = within_deadline(
+        decision, now=row.now, deadline=deadline, retry_after_given=retry_after_given
+    )
+    if bounded.reason is None:
+        return bounded, error_message, error_code
+    message = f"dead-lettered: {bounded.reason}"
+    if error_message is not None or error_code is not None:
+        code = "" if error_code is None else f" ({error_code})"
+        message += f"; last error{code}: {error_message or ''}"
+    return bounded, message, DEADLINE_REACHED
+
+
+def _unless_past_expiry(
+    row: Any, decision: Decision, error_message: str | None
+) -> tuple[Decision, str | None]:
+    """A retry due after the item expires is a dead letter, with the reason in the message.
+
+    ``row`` carries ``now`` and ``expires_at`` (see ``statements.lock_owned``).
+    """
+    if decision.delay is None or row.expires_at is None or row.now is None:
+        return decision, error_message
+    due = row.now + decision.delay
+    if due < row.expires_at:
+        return decision, error_message
+    reason = (
+        f"dead-lettered: {RETRY_PAST_EXPIRY} (retry due {due.isoformat()}, "
+        f"expires {row.expires_at.isoformat()})"
+    )
+    message = reason if error_message is None else f"{reason}; last error: {error_message}"
+    return Decision(Outcome.DEAD_LETTERED, "dead_letter", row.retry_count), message
+
+
+def _merged(metadata: Mapping[str, Any] | None, extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``metadata`` with ``extra``'s entries; mappings under the same key are merged."""
+    merged: dict[str, Any] = _thawed(metadata or {})
+    for key, value in _thawed(extra).items():
+        before = merged.get(key)
+        merged[key] = (
+            {**before, **value} if isinstance(before, dict) and isinstance(value, dict) else value
+        )
+    return merged
+
+
+def _thawed(value: Any) -> Any:
+    """Plain JSON values from read-only views (mappings become dicts, tuples lists)."""
+    if isinstance(value, Mapping):
+        return {key: _thawed(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_thawed(item) for item in value]
+    return value
+
+
+def _guard(item_id: int, token: uuid.UUID | None) -> Any:
+    """The WHERE clause of an outcome: the lease's, or (token None: ``force=True``) the
+    operator's."""
+    return sql.operator_guard(item_id) if token is None else sql.owned_guard(item_id, token)
+
+
+def _core(session: Session) -> Connection:
+    """The session's connection, for hot statements executed with Core.
+
+    An ORM-enabled UPDATE through ``Session.execute`` pays for the ORM's bulk-update
+    machinery on every call; on the connection the same compiled statement runs as plain
+    Core (same transaction). Pending ORM changes are flushed first, as autoflush would.
+    """
+    if session.autoflush and (session.new or session.dirty or session.deleted):
+        session.flush()
+    return session.connection()
+
+
+@contextmanager
+def _atomic(session: Session) -> Iterator[None]:
+    """Make the block one transaction even when the session's connection autocommits (a
+    worker's single-statement flush): an explicit BEGIN … COMMIT around it. Inside an
+    ordinary transaction it is that transaction."""
+    connection = session.connection()
+    if connection.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+        yield
+        return
+    connection.exec_driver_sql("BEGIN")
+    try:
+        yield
+    except BaseException:
+        connection.exec_driver_sql("ROLLBACK")
+        raise
+    connection.exec_driver_sql("COMMIT")
+
+
+def _is_pg(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def _has_returning(session: Session) -> bool:
+    return sql.has_returning(session.get_bind().dialect.name)
+
+
+def _returning_rows(
+    session: Session, stmt: Any, params: Mapping[str, Any] | None = None
+) -> list[Any]:
+    """The rows of an UPDATE/DELETE ... RETURNING (on MySQL: of its three-step form)."""
+    if _has_returning(session):
+        return list(_core(session).execute(stmt, params).all())
+    return _run_emulated(session, sql.emulate_returning(stmt), params)
+
+
+def _run_emulated(
+    session: Session, emulation: sql.Emulation, params: Mapping[str, Any] | None = None
+) -> list[Any]:
+    # MySQL/MariaDB, in the caller's transaction: lock the ids, change exactly those rows,
+    # then read back what RETURNING would have given (ids only for a DELETE).
+    ids = list(session.scalars(emulation.lock, params))
+    if not ids:
+        return []
+    session.execute(emulation.apply(ids), params)
+    if emulation.read is None:
+        return [_IdRow(item_id) for item_id in ids]
+    return list(session.execute(emulation.read(ids), params).all())
+
+
+@dataclass(frozen=True, slots=True)
+class _IdRow:
+    id: int
