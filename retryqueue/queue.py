@@ -48,7 +48,7 @@ from retryqueue._rows import (
 from retryqueue.clock import Clock, SystemClock
 from retryqueue.errors import EnqueueRaceError, InvalidArgument, RetryQueueError, database_error
 from retryqueue.fingerprint import fingerprint
-from retryqueue.models import TERMINAL_STATUSES, RetryStatus
+from retryqueue.models import TERMINAL_STATUSES, WORKER_DEAD_AFTER_SECONDS, RetryStatus
 from retryqueue.policy import (
     DEADLINE_REACHED,
     EXPIRED,
@@ -1106,6 +1106,8 @@ class RetryQueue:
         yield CleanupResult(circuit_events_deleted=int(audit.rowcount))
         hourly: Any = session.execute(sql.delete_hourly(at, 2 * retention))
         yield CleanupResult(hourly_rows_deleted=int(hourly.rowcount))
+        workers: Any = session.execute(sql.delete_silent_workers(at, WORKER_DEAD_AFTER_SECONDS))
+        yield CleanupResult(worker_rows_deleted=int(workers.rowcount))
 
     @staticmethod
     def _delete_finished(
