@@ -11,8 +11,10 @@ in-process (Starlette's test client calls the ASGI app directly: no network, no 
 process, so the time is the server's) and reports the median and worst of ``rounds``
 renders after one warm-up render. The first render of the overview, with nothing rolled up
 yet (a dashboard unused for a day), rolls up one closed hour of its chart and shows the
-22 others as not counted yet (see ``retryqueue.web.rollup``): it is reported on its own,
-then the background roll-up of those 22 hours (off the request path), then the pages.
+22 others as not counted yet (see ``retryqueue.web.rollup``): it is reported on its own
+(after the process's first request, on the audit page), then the median of ``rounds``
+overview renders that each roll up one hour again, then the background roll-up of the
+22 other hours (off the request path), then the pages.
 Target: under 150 ms each. Without a URL it starts an embedded PostgreSQL and stops it.
 """
 
@@ -82,6 +84,10 @@ SELECT 'worker-' || w, 'host' || (w %% 2), 1000 + w, 'thread', 4, 10
 FROM generate_series(0, %(workers)s - 1) AS w
 """
 
+FORGET_NEWEST_HOUR = (
+    "DELETE FROM daz_retry_hourly WHERE hour = (SELECT max(hour) FROM daz_retry_hourly)"
+)
+
 PAGES = (
     ("overview", "/"),
     ("overview (live part)", "/overview/live"),
@@ -133,6 +139,9 @@ def figures(server: BenchServer, items: int, rounds: int = 7) -> list[Figure]:
     found: list[Figure] = []
     try:
         with TestClient(create_app(engine)) as client:
+            # The process's own first request (templates compiled, first connection) on a
+            # page without a chart, so that the next figure is the roll-up's, not start-up's.
+            _timed(client, "/audit")
             first = _timed(client, "/")  # rolls up one hour, 22 left not counted yet
             found.append(
                 Figure(
@@ -145,6 +154,26 @@ def figures(server: BenchServer, items: int, rounds: int = 7) -> list[Figure]:
                     first,
                     "ms",
                     {"target_ms": TARGET_MS, "one_off": True},
+                )
+            )
+            again = []
+            for _ in range(rounds):  # forget the newest hour, view again: rolls it up again
+                with engine.begin() as connection:
+                    connection.exec_driver_sql(FORGET_NEWEST_HOUR)
+                again.append(_timed(client, "/"))
+            found.append(
+                Figure(
+                    "dashboard",
+                    "retryqueue",
+                    {"page": "overview rolling up 1 h (repeated)", "items": items},
+                    statistics.median(again),
+                    "ms",
+                    {
+                        "worst_ms": max(again),
+                        "rounds": rounds,
+                        "target_ms": TARGET_MS,
+                        "under_target": statistics.median(again) < TARGET_MS,
+                    },
                 )
             )
             began = time.perf_counter()
