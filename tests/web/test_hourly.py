@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import uvicorn
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
@@ -18,7 +20,7 @@ from retryqueue.hourly import outcomes_per_hour, roll_up
 from retryqueue.models import HOURLY_MARKER, RetryHistory, RetryHourlyOutcome
 from retryqueue.web import RollUpLoop, create_app, keep_rolled_up
 from retryqueue.web.rollup import PER_VIEW
-from tests.support.waiting import wait_until
+from tests.support.waiting import DEADLINE, wait_until
 
 NOW = datetime(2026, 3, 2, 10, 20, tzinfo=UTC)  # hour 10 is current, 9 has closed
 GONE = 987_654_321  # the id of an item no longer in the queue
@@ -196,6 +198,29 @@ class TestBackgroundRollUp:
             page = client.get("/").text
         assert "not counted yet" not in page and page.count(": 1 completed, 0 failed") == 24
         assert not loop.running and loop.hours_rolled_up == 23 and loop.rounds == 1
+
+    def test_a_uvicorn_server_rolls_up_until_it_stops(
+        self, sessions: sessionmaker[Session]
+    ) -> None:
+        """What ``retryqueue dashboard`` serves: uvicorn runs the lifespan."""
+        a_day_of_history(sessions)
+        queue = RetryQueue(clock=ManualClock(NOW))
+        app = create_app(sessions, queue=queue, roll_up_every=3600.0)
+        server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning")
+        )
+        thread = threading.Thread(target=server.run, name="dashboard-server", daemon=True)
+        thread.start()
+        try:
+            wait_until(lambda: server.started, what="the server")
+            wait_until(lambda: len(markers(sessions)) == 23, what="the background roll-up")
+            loop = app.state.roll_up
+            assert loop.running
+        finally:
+            server.should_exit = True
+            thread.join(DEADLINE)
+        assert not thread.is_alive()
+        assert not loop.running and loop.hours_rolled_up == 23
 
     def test_a_host_application_runs_it_in_its_lifespan(
         self, sessions: sessionmaker[Session]
