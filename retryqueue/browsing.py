@@ -19,8 +19,16 @@ from sqlalchemy.orm import Session
 
 from retryqueue import encryption, monitoring
 from retryqueue.errors import ItemNotFound, RetryQueueError, database_error
-from retryqueue.hourly import FAILURE_OUTCOMES, OutcomeCount, outcomes_per_hour, roll_up
-from retryqueue.models import RetryDashboardAudit, RetryStatus
+from retryqueue.hourly import (
+    FAILURE_OUTCOMES,
+    HourlyOutcomes,
+    OutcomeCount,
+    chart_outcomes,
+    missing_hours,
+    outcomes_per_hour,
+    roll_up,
+)
+from retryqueue.models import WORKER_DEAD_AFTER_SECONDS, RetryDashboardAudit, RetryStatus
 from retryqueue.monitoring import ENCRYPTED, fetch_all, queue_gauges, readable_text
 from retryqueue.results import ErrorGroup, ItemQuery
 from retryqueue.statements import browse as sql
@@ -31,6 +39,7 @@ __all__ = [
     "AuditEntry",
     "ErrorGroup",
     "EventTypeSuccess",
+    "HourlyOutcomes",
     "ItemDetail",
     "ItemPage",
     "ItemRow",
@@ -40,12 +49,14 @@ __all__ = [
     "WorkerInfo",
     "action_ids",
     "audit_log",
+    "chart_outcomes",
     "count_matching",
     "error_groups",
     "finish_action",
     "item_detail",
     "item_page",
     "live_workers",
+    "missing_hours",
     "outcomes_per_hour",
     "overview",
     "record_action",
@@ -211,7 +222,8 @@ class EventTypeSuccess:
 class Overview:
     """The overview page's figures, read on one clock.
 
-    Counts stop at the cap (``cap + 1`` means "more than cap").
+    Counts stop at the cap (``cap + 1`` means "more than cap"). ``not_counted``: the
+    chart's closed hours not rolled up yet (see :func:`chart_outcomes`).
     """
 
     now: datetime
@@ -223,13 +235,15 @@ class Overview:
     stale_locks: int
     hourly: list[OutcomeCount]
     success: list[EventTypeSuccess]
+    not_counted: tuple[datetime, ...] = ()
 
 
 def overview(
     session: Session, at: datetime | None, *, cap: int, hours: int, stale_lock_seconds: float
 ) -> Overview:
-    """Counts by status, backlog, lag, stale locks, outcomes per hour (last ``hours``), and
-    success by event type of the newest ``cap`` items."""
+    """Counts by status, backlog, lag, stale locks, outcomes per hour (last ``hours``,
+    closed hours not rolled up yet left uncounted), and success by event type of the
+    newest ``cap`` items."""
     row = fetch_all(session, sql.status_counts(at, cap), "overview")[0]
     gauges = queue_gauges(session, at, stale_lock_seconds)
     success = [
@@ -238,6 +252,7 @@ def overview(
             session, sql.success_by_event_type(cap), "success rate"
         )
     ]
+    chart = chart_outcomes(session, at, hours)
     return Overview(
         now=row.now,
         cap=cap,
@@ -246,8 +261,9 @@ def overview(
         scheduled=int(row.scheduled),
         oldest_due_age_seconds=gauges.oldest_due_pending_age_seconds,
         stale_locks=gauges.stale_locks,
-        hourly=outcomes_per_hour(session, at, hours),
+        hourly=chart.rows,
         success=success,
+        not_counted=chart.not_counted,
     )
 
 
@@ -368,7 +384,7 @@ class WorkerInfo:
 
 
 def live_workers(
-    session: Session, at: datetime | None, dead_after_seconds: float = 600.0
+    session: Session, at: datetime | None, dead_after_seconds: float = WORKER_DEAD_AFTER_SECONDS
 ) -> list[WorkerInfo]:
     """Workers that heartbeated within ``dead_after_seconds``, by host and id."""
     rows = fetch_all(session, sql.live_workers(at, dead_after_seconds), "workers")

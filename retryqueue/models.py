@@ -470,6 +470,10 @@ class RetryDashboardAudit(Base):
     )
 
 
+WORKER_DEAD_AFTER_SECONDS = 600.0
+"""A worker silent this long is presumed dead: hidden from listings, deleted by cleanup."""
+
+
 class RetryWorker(Base):
     """A running worker, registered at start and heartbeating (table ``daz_retry_workers``)."""
 

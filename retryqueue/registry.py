@@ -1,41 +1,45 @@
 """The worker registry: running workers register, heartbeat and leave (``daz_retry_workers``).
 
 What the dashboard's Workers page and ``retryqueue workers`` list. Informational only: a
-worker's items are protected by their leases, not by this table. Rows of workers that
-stopped heartbeating (crashed, killed) are pruned by the next worker that registers or
-heartbeats, and hidden by the listing as soon as they are older than its threshold.
-Functions take the caller's Session and never commit.
+worker's items are protected by their leases, not by this table.
+
+Workers never DELETE here, so that the least-privilege runtime role (SELECT, INSERT and
+UPDATE; see :func:`retryqueue.migrations.grant_statements`) can register: registering
+updates the row an earlier run with the same id left (or inserts one), heartbeating
+updates it, and leaving moves the heartbeat back to :data:`STOPPED`. Listings show only
+workers that heartbeated within :data:`DEAD_AFTER_SECONDS`, so a stopped worker vanishes
+at once and a crashed one after that delay; cleanup (the maintenance role) deletes both
+kinds of rows (``CleanupResult.worker_rows_deleted``). Functions take the caller's
+Session and never commit.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from retryqueue import statements
 from retryqueue import validation as check
 from retryqueue.errors import database_error
+from retryqueue.models import WORKER_DEAD_AFTER_SECONDS
 from retryqueue.statements import browse as sql
 
 __all__ = [
     "DEAD_AFTER_SECONDS",
+    "STOPPED",
     "deregister_worker",
     "register_worker",
     "worker_heartbeat",
 ]
 
-DEAD_AFTER_SECONDS = 600.0
-"""A worker silent this long is presumed dead: hidden from listings, then pruned."""
+DEAD_AFTER_SECONDS = WORKER_DEAD_AFTER_SECONDS
+"""A worker silent this long is presumed dead: hidden from listings, deleted by cleanup."""
 
-
-def _cutoff(session: Session, at: datetime | None) -> datetime:
-    now: datetime = session.execute(statements.database_now(at)).scalar_one()
-    now = now.replace(tzinfo=UTC) if now.tzinfo is None else now
-    return now - timedelta(seconds=DEAD_AFTER_SECONDS)
+STOPPED = datetime(1970, 1, 1, tzinfo=UTC)
+"""The heartbeat of a worker that left: older than any listing's threshold."""
 
 
 def register_worker(
@@ -47,21 +51,20 @@ def register_worker(
     batch_size: int,
     at: datetime | None = None,
 ) -> None:
-    """(Re-)register ``worker_id`` on this host and process, started now."""
+    """(Re-)register ``worker_id`` on this host and process, started now (an UPDATE of
+    the row of an earlier run with the same id, else an INSERT: never a DELETE)."""
     worker_id = check.text("worker_id", worker_id)
+    described = {
+        "host": socket.gethostname()[:255] or "unknown",
+        "pid": os.getpid(),
+        "kind": check.text("kind", kind, max_length=50),
+        "concurrency": concurrency,
+        "batch_size": batch_size,
+    }
     try:
-        session.execute(sql.delete_workers(worker_id))
-        session.execute(
-            sql.insert_worker(at).values(
-                worker_id=worker_id,
-                host=socket.gethostname()[:255] or "unknown",
-                pid=os.getpid(),
-                kind=check.text("kind", kind, max_length=50),
-                concurrency=concurrency,
-                batch_size=batch_size,
-            )
-        )
-        session.execute(sql.delete_workers(None, beat_before=_cutoff(session, at)))
+        updated = session.execute(sql.update_worker(at, worker_id).values(**described))
+        if not updated.rowcount:  # type: ignore[attr-defined]
+            session.execute(sql.insert_worker(at).values(worker_id=worker_id, **described))
     except SQLAlchemyError as exc:
         raise database_error("register worker", exc) from exc
 
@@ -70,15 +73,15 @@ def worker_heartbeat(session: Session, worker_id: str, at: datetime | None = Non
     """Move ``worker_id``'s heartbeat to now; False if its row is gone (register again)."""
     try:
         touched = session.execute(sql.touch_worker(at, worker_id)).rowcount  # type: ignore[attr-defined]
-        session.execute(sql.delete_workers(None, beat_before=_cutoff(session, at)))
     except SQLAlchemyError as exc:
         raise database_error("worker heartbeat", exc) from exc
     return bool(touched)
 
 
 def deregister_worker(session: Session, worker_id: str) -> None:
-    """Remove ``worker_id``'s row (it is stopping)."""
+    """Mark ``worker_id`` as stopped (its heartbeat moves to :data:`STOPPED`): no listing
+    shows it any more; cleanup deletes the row."""
     try:
-        session.execute(sql.delete_workers(worker_id))
+        session.execute(sql.stop_worker(worker_id, STOPPED))
     except SQLAlchemyError as exc:
         raise database_error("deregister worker", exc) from exc

@@ -158,6 +158,8 @@ class CleanupResult:
     ``circuit_events_deleted``: circuit breaker audit rows older than twice the retention.
     ``hourly_rows_deleted``: the dashboard's rolled-up hours (``daz_retry_hourly``) older
     than twice the retention, like history.
+    ``worker_rows_deleted``: rows of the worker registry (``daz_retry_workers``) of workers
+    that stopped, or fell silent over ``retryqueue.registry.DEAD_AFTER_SECONDS`` ago.
     """
 
     deleted_count: int = 0
@@ -167,6 +169,7 @@ class CleanupResult:
     partitions_dropped: int = 0
     circuit_events_deleted: int = 0
     hourly_rows_deleted: int = 0
+    worker_rows_deleted: int = 0
 
     def __add__(self, other: CleanupResult) -> CleanupResult:
         return CleanupResult(

@@ -328,9 +328,13 @@ def grant_statements(role: str, *, maintenance: bool = False, schema: str = "pub
     ``daz_retry_queue``, SELECT and INSERT on ``daz_retry_history`` and USAGE on their id
     sequences; for circuit breakers, SELECT, INSERT and UPDATE on ``daz_retry_circuits`` and
     SELECT and INSERT on ``daz_retry_circuit_events``; for rate limits and pauses, SELECT,
-    INSERT and UPDATE on ``daz_retry_limits``; for the dashboard's charts, SELECT and
-    INSERT on ``daz_retry_hourly``. ``maintenance=True`` adds DELETE on these tables, for
-    cleanup and purge. Schema changes stay with the migration owner.
+    INSERT and UPDATE on ``daz_retry_limits``; for the worker registry, SELECT, INSERT and
+    UPDATE on ``daz_retry_workers`` (workers register and leave without DELETE); for the
+    dashboard, SELECT and INSERT on ``daz_retry_hourly`` (the charts' roll-up) and SELECT,
+    INSERT and UPDATE on ``daz_retry_audit`` and USAGE on its id sequence (the audit trail
+    of its actions). ``maintenance=True`` adds DELETE on these tables (the audit trail
+    aside: nothing deletes it), for cleanup and purge. Schema changes stay with the
+    migration owner.
     """
     preparer = postgresql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
     who = preparer.quote(check.text("role", role, max_length=63))
@@ -347,4 +351,7 @@ def grant_statements(role: str, *, maintenance: bool = False, schema: str = "pub
         f"GRANT USAGE ON SEQUENCE {where}.daz_retry_circuit_events_id_seq TO {who}",
         f"GRANT SELECT, INSERT, UPDATE{delete} ON {where}.daz_retry_limits TO {who}",
         f"GRANT SELECT, INSERT{delete} ON {where}.daz_retry_hourly TO {who}",
+        f"GRANT SELECT, INSERT, UPDATE{delete} ON {where}.daz_retry_workers TO {who}",
+        f"GRANT SELECT, INSERT, UPDATE ON {where}.daz_retry_audit TO {who}",
+        f"GRANT USAGE ON SEQUENCE {where}.daz_retry_audit_id_seq TO {who}",
     ]

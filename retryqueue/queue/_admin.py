@@ -16,7 +16,7 @@ from retryqueue import statements as sql
 from retryqueue import validation as check
 from retryqueue._rows import history_row
 from retryqueue.errors import InvalidArgument, database_error
-from retryqueue.models import TERMINAL_STATUSES, RetryStatus
+from retryqueue.models import TERMINAL_STATUSES, WORKER_DEAD_AFTER_SECONDS, RetryStatus
 from retryqueue.policy import MAX_DELAY_SECONDS
 from retryqueue.queue._claims import _Claims
 from retryqueue.queue._support import (
@@ -155,6 +155,8 @@ class _Admin(_Claims):
         yield CleanupResult(circuit_events_deleted=int(audit.rowcount))
         hourly: Any = session.execute(sql.delete_hourly(at, 2 * retention))
         yield CleanupResult(hourly_rows_deleted=int(hourly.rowcount))
+        workers: Any = session.execute(sql.delete_silent_workers(at, WORKER_DEAD_AFTER_SECONDS))
+        yield CleanupResult(worker_rows_deleted=int(workers.rowcount))
 
     @staticmethod
     def _delete_finished(

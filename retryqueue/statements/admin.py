@@ -27,6 +27,7 @@ from retryqueue.models import (
     RetryHourlyOutcome,
     RetryItem,
     RetryStatus,
+    RetryWorker,
 )
 from retryqueue.results import ItemFilter
 from retryqueue.statements._base import (
@@ -260,6 +261,17 @@ def delete_hourly(at: datetime | None, retention_seconds: float) -> Delete:
     return (
         delete(RetryHourlyOutcome)
         .where(RetryHourlyOutcome.hour < after(at, -retention_seconds))
+        .execution_options(**_SYNC_OFF)
+    )
+
+
+def delete_silent_workers(at: datetime | None, silent_seconds: float) -> Delete:
+    """Delete the worker registry's rows whose heartbeat is older than ``silent_seconds``:
+    workers that stopped (their heartbeat was moved far back) or died. Workers never
+    delete (the runtime role has no DELETE); cleanup, with the maintenance role, does."""
+    return (
+        delete(RetryWorker)
+        .where(RetryWorker.heartbeat_at < after(at, -silent_seconds))
         .execution_options(**_SYNC_OFF)
     )
 

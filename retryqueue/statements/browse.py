@@ -22,7 +22,6 @@ from sqlalchemy import (
     and_,
     case,
     cast,
-    delete,
     exists,
     func,
     insert,
@@ -59,7 +58,6 @@ __all__ = [
     "actionable_ids",
     "audit_entries",
     "capped_count",
-    "delete_workers",
     "finish_audit",
     "history_rows",
     "hour_outcomes",
@@ -73,8 +71,10 @@ __all__ = [
     "query_clauses",
     "rolled_up_hours",
     "status_counts",
+    "stop_worker",
     "success_by_event_type",
     "touch_worker",
+    "update_worker",
     "worker_attempts",
 ]
 
@@ -374,14 +374,24 @@ def insert_worker(at: datetime | None) -> Insert:
     return insert(RetryWorker).values(started_at=now, heartbeat_at=now)
 
 
-def delete_workers(worker_id: str | None, *, beat_before: datetime | None = None) -> Any:
-    """DELETE one worker's row, or the rows whose heartbeat is older than ``beat_before``."""
-    stmt = delete(RetryWorker)
-    if worker_id is not None:
-        stmt = stmt.where(RetryWorker.worker_id == worker_id)
-    if beat_before is not None:
-        stmt = stmt.where(RetryWorker.heartbeat_at < literal(beat_before, UTCDateTime()))
-    return stmt
+def update_worker(at: datetime | None, worker_id: str) -> Update:
+    """UPDATE of a worker's row to describe it again, started and heartbeating now
+    (registering over the row of an earlier run with the same id: no DELETE needed)."""
+    now = now_expr(at)
+    return (
+        update(RetryWorker)
+        .where(RetryWorker.worker_id == worker_id)
+        .values(started_at=now, heartbeat_at=now)
+    )
+
+
+def stop_worker(worker_id: str, stopped: datetime) -> Update:
+    """Move a leaving worker's heartbeat to ``stopped`` (long past: no listing shows it)."""
+    return (
+        update(RetryWorker)
+        .where(RetryWorker.worker_id == worker_id)
+        .values(heartbeat_at=literal(stopped, UTCDateTime()))
+    )
 
 
 def touch_worker(at: datetime | None, worker_id: str) -> Update:

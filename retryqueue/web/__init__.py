@@ -9,5 +9,6 @@ from __future__ import annotations
 
 from retryqueue.web.access import Credential, Credentials
 from retryqueue.web.app import create_app
+from retryqueue.web.rollup import RollUpLoop, keep_rolled_up
 
-__all__ = ["Credential", "Credentials", "create_app"]
+__all__ = ["Credential", "Credentials", "RollUpLoop", "create_app", "keep_rolled_up"]

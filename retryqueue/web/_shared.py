@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -22,6 +22,7 @@ from retryqueue.circuits import CircuitBreaker
 from retryqueue.queue import RetryQueue
 from retryqueue.web.access import ACT, CSRF_COOKIE, CSRF_FIELD, new_csrf_token
 from retryqueue.web.forms import query_string
+from retryqueue.web.rollup import PER_VIEW
 
 __all__ = [
     "HERE",
@@ -48,6 +49,7 @@ class Settings:
     default_rate: float = 50.0
     refresh_seconds: float = 5.0
     chart_hours: int = 24
+    roll_up_per_view: int = PER_VIEW
     stale_lock_seconds: float = 3600.0
     sleep: Callable[[float], None] = time.sleep
     monotonic: Callable[[], float] = time.monotonic
@@ -142,14 +144,22 @@ class Bar:
     failed: int
     completed_height: float
     failed_height: float
+    not_counted: bool = False
+    """A closed hour not rolled up yet: drawn hatched, counted by a later view."""
 
 
 def bar_chart(
-    hourly: list[OutcomeCount], now: datetime, hours: int, height: float = 120.0
+    hourly: list[OutcomeCount],
+    now: datetime,
+    hours: int,
+    height: float = 120.0,
+    not_counted: Collection[datetime] = (),
 ) -> list[Bar]:
-    """Bars for the last ``hours`` UTC hours (empty hours included), scaled to ``height``."""
+    """Bars for the last ``hours`` UTC hours (empty hours included), scaled to ``height``;
+    the hours in ``not_counted`` are marked as such."""
     current = now.replace(minute=0, second=0, microsecond=0)
     by_hour = {row.hour.replace(tzinfo=now.tzinfo): row for row in hourly}
+    pending = {hour.replace(tzinfo=now.tzinfo) for hour in not_counted}
     slots = [current - timedelta(hours=hours - 1 - n) for n in range(hours)]
     tallest = max([1] + [row.completed + row.failed for row in hourly])
     bars = []
@@ -164,6 +174,7 @@ def bar_chart(
                 failed=failed,
                 completed_height=height * done / tallest,
                 failed_height=height * failed / tallest,
+                not_counted=hour in pending,
             )
         )
     return bars

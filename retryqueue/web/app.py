@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import Engine
@@ -17,12 +19,14 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from retryqueue import validation as check
 from retryqueue.circuits import CircuitBreaker
 from retryqueue.errors import DatabaseError, InvalidArgument, ItemNotFound, RetryQueueError
 from retryqueue.queue import RetryQueue
 from retryqueue.web import actions, pages
 from retryqueue.web._shared import HERE, Settings, render
 from retryqueue.web.access import Credentials, DashboardAuth
+from retryqueue.web.rollup import keep_rolled_up
 
 __all__ = ["create_app"]
 
@@ -79,6 +83,7 @@ def create_app(
     max_action_items: int = 10_000,
     default_rate: float = 50.0,
     refresh_seconds: float = 5.0,
+    roll_up_every: float | None = None,
     **settings: Any,
 ) -> Starlette:
     """The dashboard as an ASGI app, to serve with uvicorn or mount under a prefix.
@@ -94,8 +99,14 @@ def create_app(
     :param max_action_items: at most this many items per replay or purge.
     :param default_rate: items per second of a paced replay or purge.
     :param refresh_seconds: how often the overview refreshes its figures.
+    :param roll_up_every: when given, the app's lifespan rolls up the charts' closed hours
+        in the background every so many seconds (:func:`keep_rolled_up`; ``retryqueue
+        dashboard`` uses 60). Without it, each page view rolls up at most one closed hour
+        (the newest missing one) and shows the others as "not counted yet".
 
     Mount it in a Starlette or FastAPI app with ``app.mount("/queue", create_app(engine))``.
+    Starlette does not run a mounted app's lifespan: to keep the charts rolled up there,
+    enter ``keep_rolled_up(engine)`` in the host application's own lifespan.
     """
     sessions = (
         database
@@ -128,8 +139,21 @@ def create_app(
         Route("/circuits/{verb}", actions.circuit_action, methods=["POST"], name="circuit_action"),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
+    lifespan = None
+    if roll_up_every is not None:
+        every = check.seconds("roll_up_every", roll_up_every, allow_zero=False)
+
+        @asynccontextmanager
+        async def lifespan(app: Starlette) -> AsyncIterator[None]:
+            async with keep_rolled_up(
+                sessions, every=every, hours=config.chart_hours, queue=config.queue
+            ) as loop:
+                app.state.roll_up = loop
+                yield
+
     app = Starlette(
         routes=routes,
+        lifespan=lifespan,
         middleware=[
             Middleware(
                 AuthenticationMiddleware,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import replace
+from datetime import datetime
 from urllib.parse import urlencode
 
 from starlette.requests import Request
@@ -11,11 +11,11 @@ from starlette.responses import Response
 
 from retryqueue import browsing
 from retryqueue.circuits import circuit_events, circuit_states
-from retryqueue.errors import RetryQueueError
-from retryqueue.hourly import totals
+from retryqueue.hourly import OutcomeCount, totals
 from retryqueue.models import RetryStatus
 from retryqueue.web._shared import Settings, bar_chart, render, settings_of
 from retryqueue.web.forms import encode_cursor, parse_id, parse_query, query_params
+from retryqueue.web.rollup import roll_up_some
 
 __all__ = [
     "audit_page",
@@ -30,18 +30,12 @@ __all__ = [
 ]
 
 
-_log = logging.getLogger(__name__)
-
-
 def _roll_up(settings: Settings) -> None:
-    """Roll up the closed hours the charts need (the first page to need an hour pays for
-    it, once). On failure (another page rolling up the same hour, a database user without
-    INSERT) those hours are counted live instead."""
-    try:
-        with settings.writing() as session:
-            browsing.roll_up(session, settings.queue.now(session), settings.chart_hours)
-    except RetryQueueError as exc:
-        _log.debug("hourly roll-up skipped: %s", exc)
+    """Roll up at most ``settings.roll_up_per_view`` closed hours the charts need (the
+    newest missing ones): a page's cost stays bounded; the hours left are shown as not
+    counted yet, for a later view or the background roll-up (:mod:`retryqueue.web.rollup`).
+    """
+    roll_up_some(settings.sessions, settings.queue, settings.chart_hours, settings.roll_up_per_view)
 
 
 def _overview_context(request: Request) -> dict[str, object]:
@@ -59,7 +53,10 @@ def _overview_context(request: Request) -> dict[str, object]:
     return {
         "o": figures,
         "statuses": [status.value for status in RetryStatus],
-        "bars": bar_chart(figures.hourly, figures.now, settings.chart_hours),
+        "bars": bar_chart(
+            figures.hourly, figures.now, settings.chart_hours, not_counted=figures.not_counted
+        ),
+        "not_counted": len(figures.not_counted),
         "open_circuits": circuits,
         "refresh_seconds": settings.refresh_seconds,
     }
@@ -142,16 +139,26 @@ def audit_page(request: Request) -> Response:
 
 
 def throughput_page(request: Request) -> Response:
-    """Completions and failures per hour, in total and per plugin."""
+    """Completions and failures per hour, in total and per plugin (closed hours not rolled
+    up yet are listed as not counted)."""
     settings = settings_of(request)
     _roll_up(settings)
     with settings.reading() as session:
         now = settings.queue.now(session)
-        per_plugin = browsing.outcomes_per_hour(session, now, settings.chart_hours, per_plugin=True)
+        chart = browsing.chart_outcomes(session, now, settings.chart_hours, per_plugin=True)
+    total: list[tuple[datetime, OutcomeCount | None]] = [
+        (row.hour, row) for row in totals(chart.rows)
+    ]
+    total += [(hour, None) for hour in chart.not_counted]
     return render(
         request,
         "throughput.html",
-        {"page": "throughput", "total": totals(per_plugin), "per_plugin": per_plugin},
+        {
+            "page": "throughput",
+            "total": sorted(total, key=lambda entry: entry[0], reverse=True),
+            "per_plugin": chart.rows,
+            "not_counted": len(chart.not_counted),
+        },
     )
 
 

@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 import sqlalchemy
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, delete, func, select, text
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import sessionmaker
 
-from retryqueue import DatabaseError, NewItem, RetryQueue, RetryStatus, create_engine, migrations
-from retryqueue.models import RetryHistory, RetryItem
+from retryqueue import (
+    DatabaseError,
+    NewItem,
+    RetryQueue,
+    RetryStatus,
+    browsing,
+    create_engine,
+    migrations,
+)
+from retryqueue.models import RetryHistory, RetryItem, RetryWorker
 from retryqueue.worker import Worker
+from tests.cli.conftest import invoke_cli
 from tests.support.servers import PostgresServer
+from tests.support.waiting import wait_until
+from tests.worker.conftest import running
 
 pytestmark = pytest.mark.reliability
 
@@ -127,3 +139,43 @@ def _dead_ids(roles: Roles) -> list[int]:
         return list(
             session.scalars(select(RetryItem.id).where(RetryItem.status == RetryStatus.DEAD_LETTER))
         )
+
+
+def test_runtime_role_worker_is_listed_and_leaves_without_delete(roles: Roles) -> None:
+    """The registry needs no DELETE: a worker under the runtime role is listed by
+    ``retryqueue workers`` while it runs, not after it stops; cleanup (maintenance role)
+    deletes its row."""
+    sessions = sessionmaker(roles.runtime, expire_on_commit=False)
+    runtime_url = roles.runtime.url.render_as_string(hide_password=False)
+
+    def listed() -> list[str]:
+        result = invoke_cli(runtime_url, "workers", "--json")
+        assert result.exit_code == 0, result.output
+        return [row["worker_id"] for row in json.loads(result.stdout)]
+
+    worker = Worker(RetryQueue(), sessions, {}, worker_id="least-privileged", poll_interval=0.05)
+    with running(worker) as handle:
+        wait_until(lambda: listed() == ["least-privileged"], what="the runtime worker listed")
+        handle.stop()
+    assert listed() == []
+    with sessionmaker(roles.owner)() as session:  # stopped, not deleted
+        assert session.scalar(select(func.count()).select_from(RetryWorker)) == 1
+    with sessionmaker(roles.maintenance).begin() as session:
+        assert RetryQueue().cleanup(session, retention_days=1).worker_rows_deleted == 1
+    with (
+        sessionmaker(roles.runtime).begin() as session,
+        pytest.raises(sqlalchemy.exc.ProgrammingError, match="permission denied"),
+    ):
+        session.execute(delete(RetryWorker))  # still no DELETE for the runtime role
+
+
+def test_runtime_role_can_serve_the_dashboard(roles: Roles) -> None:
+    """Audit records of actions and the charts' roll-up work under the runtime role."""
+    sessions = sessionmaker(roles.runtime, expire_on_commit=False)
+    with sessions.begin() as session:
+        audit_id = browsing.record_action(
+            session, None, actor="ops", action="replay", selection=None, requested=1
+        )
+        browsing.finish_action(session, None, audit_id, 1, finished=True)
+        assert browsing.audit_log(session)[0].affected == 1
+        assert browsing.roll_up(session, None, 3, limit=1) == 1

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
+import pytest
+import uvicorn
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from retryqueue import ManualClock, RetryQueue
+from retryqueue import InvalidArgument, ManualClock, RetryQueue
 from retryqueue.hourly import outcomes_per_hour, roll_up
 from retryqueue.models import HOURLY_MARKER, RetryHistory, RetryHourlyOutcome
-from retryqueue.web import create_app
+from retryqueue.web import RollUpLoop, create_app, keep_rolled_up
+from retryqueue.web.rollup import PER_VIEW
+from tests.support.waiting import DEADLINE, wait_until
 
 NOW = datetime(2026, 3, 2, 10, 20, tzinfo=UTC)  # hour 10 is current, 9 has closed
 GONE = 987_654_321  # the id of an item no longer in the queue
@@ -101,22 +109,60 @@ class TestRollUp:
         assert [hour.astimezone(UTC) for hour in left] == [at(9, 0)]
 
 
-class TestDashboardReadsTheRollUp:
-    """The pages roll hours up as they go, and still answer when they cannot."""
+def markers(sessions: sessionmaker[Session]) -> list[datetime]:
+    """The hours rolled up so far, oldest first."""
+    with sessions() as session:
+        hours = session.scalars(
+            select(RetryHourlyOutcome.hour)
+            .where(RetryHourlyOutcome.outcome == HOURLY_MARKER)
+            .order_by(RetryHourlyOutcome.hour)
+        ).all()
+    return [hour.astimezone(UTC) for hour in hours]
 
-    def test_pages_roll_up_then_count_the_same(self, sessions: sessionmaker[Session]) -> None:
-        attempt(sessions, an_item(sessions, "mail"), "completed", at(9, 30))
+
+def a_day_of_history(sessions: sessionmaker[Session]) -> None:
+    """One completed attempt in each of the last 24 hours up to NOW, nothing rolled up."""
+    item = an_item(sessions, "mail")
+    for back in range(24):
+        attempt(sessions, item, "completed", NOW - timedelta(hours=back))
+
+
+class TestDashboardReadsTheRollUp:
+    """A page rolls up at most PER_VIEW hours, shows the rest as not counted yet, and still
+    answers when it cannot roll up."""
+
+    def test_first_view_of_a_day_rolls_up_one_hour_and_marks_the_rest(
+        self, sessions: sessionmaker[Session]
+    ) -> None:
+        assert PER_VIEW == 1
+        a_day_of_history(sessions)
         queue = RetryQueue(clock=ManualClock(NOW))
         with TestClient(create_app(sessions, queue=queue)) as client:
-            page = client.get("/throughput").text
-        assert '2026-03-02 09:00:00</td><td class="num">1</td>' in page
-        with sessions() as session:
-            marked = session.scalars(
-                select(RetryHourlyOutcome.hour).where(RetryHourlyOutcome.outcome == HOURLY_MARKER)
-            ).all()
-        assert len(marked) == 23
+            first = client.get("/").text
+            assert markers(sessions) == [at(9, 0)]  # the newest closed hour only
+            assert first.count('<g class="not-counted"') == 22
+            assert "22 hour(s) not counted yet" in first
+            assert "2026-03-01 11:00:00: not counted yet" in first  # its tooltip
+            assert "2026-03-02 09:00:00: 1 completed, 0 failed" in first
+            assert "2026-03-02 10:00:00: 1 completed, 0 failed" in first  # live hour
+            refreshed = client.get("/overview/live").text  # the self-refresh rolls up the next
+            assert markers(sessions) == [at(8, 0), at(9, 0)]
+            assert refreshed.count('<g class="not-counted"') == 21
+            throughput = client.get("/throughput").text
+            assert markers(sessions) == [at(7, 0), at(8, 0), at(9, 0)]
+            assert throughput.count('<td colspan="2">not counted yet</td>') == 20
+            assert "20 closed hour(s) not counted yet" in throughput
+            assert '2026-03-02 07:00:00</td><td class="num">1</td>' in throughput
+            for _ in range(20):
+                client.get("/overview/live")
+            full = client.get("/").text
+        assert len(markers(sessions)) == 23
+        assert "not counted yet" not in full
+        assert full.count(": 1 completed, 0 failed") == 24
 
-    def test_a_failed_roll_up_leaves_the_hours_live(self, sessions: sessionmaker[Session]) -> None:
+    def test_a_failed_roll_up_leaves_the_hour_not_counted(
+        self, sessions: sessionmaker[Session]
+    ) -> None:
         attempt(sessions, GONE, "completed", at(9, 30))
         with sessions.begin() as session:  # a stray row, no marker: the roll-up's INSERT clashes
             session.execute(
@@ -129,5 +175,74 @@ class TestDashboardReadsTheRollUp:
             throughput = client.get("/throughput")
             overview = client.get("/")
         assert throughput.status_code == 200 and overview.status_code == 200
-        assert '2026-03-02 09:00:00</td><td class="num">1</td>' in throughput.text
+        assert markers(sessions) == []
+        assert '2026-03-02 09:00:00</td><td colspan="2">not counted yet' in throughput.text
         assert "1000" not in throughput.text
+        assert "2026-03-02 09:00:00: not counted yet" in overview.text
+
+
+class TestBackgroundRollUp:
+    """``create_app(roll_up_every=...)``: the lifespan keeps every closed hour rolled up."""
+
+    def test_fills_the_table_and_stops_with_the_server(
+        self, sessions: sessionmaker[Session]
+    ) -> None:
+        a_day_of_history(sessions)
+        queue = RetryQueue(clock=ManualClock(NOW))
+        app = create_app(sessions, queue=queue, roll_up_every=3600.0, roll_up_per_view=0)
+        with TestClient(app) as client:
+            loop = app.state.roll_up
+            assert loop.running
+            wait_until(lambda: len(markers(sessions)) == 23, what="the background roll-up")
+            wait_until(lambda: loop.rounds == 1, what="the end of the first round")
+            page = client.get("/").text
+        assert "not counted yet" not in page and page.count(": 1 completed, 0 failed") == 24
+        assert not loop.running and loop.hours_rolled_up == 23 and loop.rounds == 1
+
+    def test_a_uvicorn_server_rolls_up_until_it_stops(
+        self, sessions: sessionmaker[Session]
+    ) -> None:
+        """What ``retryqueue dashboard`` serves: uvicorn runs the lifespan."""
+        a_day_of_history(sessions)
+        queue = RetryQueue(clock=ManualClock(NOW))
+        app = create_app(sessions, queue=queue, roll_up_every=3600.0)
+        server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning")
+        )
+        thread = threading.Thread(target=server.run, name="dashboard-server", daemon=True)
+        thread.start()
+        try:
+            wait_until(lambda: server.started, what="the server")
+            wait_until(lambda: len(markers(sessions)) == 23, what="the background roll-up")
+            loop = app.state.roll_up
+            assert loop.running
+        finally:
+            server.should_exit = True
+            thread.join(DEADLINE)
+        assert not thread.is_alive()
+        assert not loop.running and loop.hours_rolled_up == 23
+
+    def test_a_host_application_runs_it_in_its_lifespan(
+        self, sessions: sessionmaker[Session]
+    ) -> None:
+        a_day_of_history(sessions)
+        queue = RetryQueue(clock=ManualClock(NOW))
+        seen: list[RollUpLoop] = []
+
+        @asynccontextmanager
+        async def lifespan(app: Starlette) -> AsyncIterator[None]:
+            async with keep_rolled_up(sessions, queue=queue) as loop:
+                seen.append(loop)
+                yield
+
+        host = Starlette(lifespan=lifespan)
+        host.mount("/ops/queue", create_app(sessions, queue=queue, roll_up_per_view=0))
+        with TestClient(host) as client:
+            wait_until(lambda: seen and seen[0].rounds >= 1, what="the first round")
+            page = client.get("/ops/queue/").text
+        assert len(markers(sessions)) == 23 and "not counted yet" not in page
+        assert not seen[0].running
+
+    def test_bad_interval_is_refused(self, sessions: sessionmaker[Session]) -> None:
+        with pytest.raises(InvalidArgument, match="roll_up_every"):
+            create_app(sessions, roll_up_every=0)

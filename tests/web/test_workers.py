@@ -17,6 +17,7 @@ from retryqueue.browsing import live_workers
 from retryqueue.models import RetryWorker
 from retryqueue.registry import (
     DEAD_AFTER_SECONDS,
+    STOPPED,
     deregister_worker,
     register_worker,
     worker_heartbeat,
@@ -25,6 +26,13 @@ from tests.cli.conftest import invoke_cli
 from tests.support.waiting import wait_until
 from tests.web.conftest import Seeded
 from tests.worker.conftest import new_worker, running, worker_kind  # noqa: F401 (fixture)
+
+
+def listed(sessions: sessionmaker[Session], at: datetime | None = None) -> list[str]:
+    """The worker ids the listing (Workers page, ``retryqueue workers``) shows at ``at``."""
+    with sessions() as session:
+        when = RetryQueue().now(session) if at is None else at
+        return [info.worker_id for info in live_workers(session, when)]
 
 
 def registered(sessions: sessionmaker[Session]) -> dict[str, RetryWorker]:
@@ -36,10 +44,8 @@ def registered(sessions: sessionmaker[Session]) -> dict[str, RetryWorker]:
 class TestRegistry:
     """register / heartbeat / deregister, pruning, and the listing's figures."""
 
-    def test_lifecycle_and_pruning(self, sessions: sessionmaker[Session]) -> None:
+    def test_lifecycle_without_delete_then_cleanup(self, sessions: sessionmaker[Session]) -> None:
         start = datetime(2026, 11, 29, 5, 0, tzinfo=UTC)
-        clock = ManualClock(start)
-        queue = RetryQueue(clock=clock)
         with sessions.begin() as session:
             register_worker(session, "w1", kind="threaded", concurrency=4, batch_size=20, at=start)
             register_worker(session, "w2", kind="asyncio", concurrency=1, batch_size=5, at=start)
@@ -47,15 +53,32 @@ class TestRegistry:
         assert (row.host, row.pid, row.kind) == (socket.gethostname(), os.getpid(), "threaded")
         assert (row.concurrency, row.batch_size) == (4, 20)
         later = start + timedelta(seconds=DEAD_AFTER_SECONDS + 1)
-        with sessions.begin() as session:  # w2 fell silent: pruned by w1's heartbeat
+        with sessions.begin() as session:  # w2 fell silent: no longer listed, row kept
             assert worker_heartbeat(session, "w1", later)
-        assert sorted(registered(sessions)) == ["w1"]
+        assert listed(sessions, later) == ["w1"]
+        assert sorted(registered(sessions)) == ["w1", "w2"]
         assert registered(sessions)["w1"].heartbeat_at == later
-        with sessions.begin() as session:
-            assert not worker_heartbeat(session, "w2", later)  # gone: register again
+        with sessions.begin() as session:  # a new run of w2 updates the old row in place
+            register_worker(session, "w2", kind="threaded", concurrency=8, batch_size=1, at=later)
+        again = registered(sessions)["w2"]
+        assert (again.kind, again.concurrency, again.started_at) == ("threaded", 8, later)
+        assert listed(sessions, later) == ["w1", "w2"]
+        with sessions.begin() as session:  # leaving is an UPDATE: hidden at once
             deregister_worker(session, "w1")
+            assert not worker_heartbeat(session, "gone", later)  # no row: register again
+        assert listed(sessions, later) == ["w2"]
+        assert registered(sessions)["w1"].heartbeat_at == STOPPED
+        # Cleanup (the maintenance role) deletes the stopped row, and the silent one later.
+        cleaner = RetryQueue(clock=ManualClock(later + timedelta(seconds=1)))
+        with sessions.begin() as session:
+            assert cleaner.cleanup(session, retention_days=1).worker_rows_deleted == 1
+        assert sorted(registered(sessions)) == ["w2"]
+        much_later = RetryQueue(
+            clock=ManualClock(later + timedelta(seconds=DEAD_AFTER_SECONDS + 1))
+        )
+        with sessions.begin() as session:
+            assert much_later.cleanup(session, retention_days=1).worker_rows_deleted == 1
         assert registered(sessions) == {}
-        del queue
 
     def test_listing_counts_held_items_and_the_last_hour(self, seeded: Seeded) -> None:
         now = datetime.now(UTC)
@@ -91,8 +114,10 @@ class TestWorkers:
             row = registered(sessions)["listed-1"]
             assert row.kind in ("threaded", "asyncio")
             assert (row.concurrency, row.batch_size) == (2, 7)
+            assert listed(sessions) == ["listed-1"]
             handle.stop()
-        assert "listed-1" not in registered(sessions)
+        assert listed(sessions) == []
+        assert registered(sessions)["listed-1"].heartbeat_at == STOPPED
 
 
 class TestPageAndCommand:
