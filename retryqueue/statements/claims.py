@@ -21,6 +21,7 @@ from sqlalchemy import (
     Uuid,
     and_,
     bindparam,
+    cast,
     column,
     func,
     insert,
@@ -385,7 +386,13 @@ def _complete_many_template(server_clock: bool) -> Update:
     return (
         update(RetryItem)
         .where(
-            _status_is(RetryStatus.PROCESSING),
+            # The rows are found by primary key (the ids alone, below). The status test is
+            # written so that it cannot match the partial index of processing rows: given
+            # the choice, PostgreSQL scanned that index, which holds every recently
+            # completed item's dead entry until vacuum (0.6 ms of a 1.7 ms flush at 20k
+            # items, growing with the churn), and filtered the lease pairs.
+            cast(RetryItem.status, String()) == RetryStatus.PROCESSING.value,
+            RetryItem.id.in_(bindparam("done_item_ids", expanding=True)),
             tuple_(RetryItem.id, RetryItem.lease_token).in_(
                 bindparam("done_leases", expanding=True)
             ),
@@ -406,7 +413,10 @@ def complete_many(at: datetime | None, leases: Sequence[tuple[int, uuid.UUID]]) 
     ``leases`` are (item id, lease token) pairs; RETURNING id, event_id, retry_count of
     the rows completed.
     """
-    params: dict[str, Any] = {"done_leases": list(leases)}
+    params: dict[str, Any] = {
+        "done_leases": list(leases),
+        "done_item_ids": list(dict.fromkeys(item_id for item_id, _ in leases)),
+    }
     if at is not None:
         params["done_now"] = at
     return _complete_many_template(at is None), params
