@@ -8,6 +8,7 @@ claimed item that cannot be decrypted) are still one transaction of their own.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, event, func, select
@@ -89,3 +90,38 @@ class TestAutocommittedFlush:
         # Those left: the first claim (it sweeps stale locks), claims with nothing to
         # record, the idle waits at the end, heartbeats and the worker registry.
         assert len(commits) < total // batch // 2, len(commits)
+
+
+class TestCompletionPlan:
+    """Completions find their rows by primary key, whatever the statistics say."""
+
+    def test_completions_never_scan_the_partial_index_of_processing_rows(
+        self, engine: Engine, sessions: sessionmaker[Session]
+    ) -> None:
+        queue = RetryQueue()
+        with sessions.begin() as session:
+            queue.enqueue_many(session, [NewItem("ok", {"n": n}) for n in range(600)])
+        for _ in range(50):  # churn: completed items leave dead entries in that index
+            with sessions.begin() as session:
+                claimed = queue.acquire(session, "w", batch_size=10)
+                queue.complete_many(session, claimed)
+        with engine.connect() as connection:
+            connection.exec_driver_sql("ANALYZE daz_retry_queue")  # ~no processing rows
+        seen: list[tuple[str, Any]] = []
+
+        def capture(conn: Any, cursor: Any, statement: str, parameters: Any, *rest: Any) -> None:
+            if statement.startswith("WITH done AS"):  # complete + history, on PostgreSQL
+                seen.append((statement, parameters))
+
+        with sessions.begin() as session:
+            claimed = queue.acquire(session, "w", batch_size=10)
+            event.listen(engine, "before_cursor_execute", capture)
+            try:
+                queue.complete_many(session, claimed)  # the statement a worker's flush runs
+            finally:
+                event.remove(engine, "before_cursor_execute", capture)
+            [(statement, parameters)] = seen
+            explained = session.connection().exec_driver_sql(f"EXPLAIN {statement}", parameters)
+            plan = "\n".join(line for (line,) in explained)
+        assert "daz_retry_queue_pkey" in plan, plan
+        assert "idx_retry_queue_lock_expires" not in plan, plan
