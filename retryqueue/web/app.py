@@ -101,18 +101,23 @@ def create_app(
     :param refresh_seconds: how often the overview refreshes its figures.
     :param roll_up_every: when given, the app's lifespan rolls up the charts' closed hours
         in the background every so many seconds (:func:`keep_rolled_up`; ``retryqueue
-        dashboard`` uses 60). Without it, each page view rolls up at most one closed hour
-        (the newest missing one) and shows the others as "not counted yet".
+        dashboard`` uses 60), and page views roll up nothing (an hour the background has
+        not reached yet shows as "not counted yet"). Without it, each page view rolls up at
+        most one closed hour (the newest missing one; ``roll_up_per_view=0``: none) and
+        shows the others as "not counted yet".
 
     Mount it in a Starlette or FastAPI app with ``app.mount("/queue", create_app(engine))``.
     Starlette does not run a mounted app's lifespan: to keep the charts rolled up there,
-    enter ``keep_rolled_up(engine)`` in the host application's own lifespan.
+    enter ``keep_rolled_up(engine)`` in the host application's own lifespan and pass
+    ``roll_up_per_view=0``.
     """
     sessions = (
         database
         if isinstance(database, sessionmaker)
         else sessionmaker(database, expire_on_commit=False)
     )
+    if roll_up_every is not None:  # the background rolls up: no page pays for it
+        settings.setdefault("roll_up_per_view", 0)
     config = Settings(
         sessions=sessions,
         queue=queue or RetryQueue(),

@@ -199,6 +199,18 @@ class TestBackgroundRollUp:
         assert "not counted yet" not in page and page.count(": 1 completed, 0 failed") == 24
         assert not loop.running and loop.hours_rolled_up == 23 and loop.rounds == 1
 
+    def test_with_a_background_roll_up_no_page_rolls_up(
+        self, sessions: sessionmaker[Session]
+    ) -> None:
+        """A request never pays for an hour when the background does the rolling up."""
+        a_day_of_history(sessions)
+        queue = RetryQueue(clock=ManualClock(NOW))
+        app = create_app(sessions, queue=queue, roll_up_every=3600.0)
+        client = TestClient(app)  # no `with`: the lifespan (the background) does not run
+        page = client.get("/").text
+        assert markers(sessions) == []
+        assert "23 hour(s) not counted yet" in page
+
     def test_a_uvicorn_server_rolls_up_until_it_stops(
         self, sessions: sessionmaker[Session]
     ) -> None:
