@@ -157,7 +157,7 @@ def generate_key() -> str:
 
 def is_sealed_json(value: Any) -> bool:
     """Whether a JSON document has the stored form of a sealed one (the reserved marker)."""
-    return isinstance(value, dict) and set(value) == {MARKER}
+    return isinstance(value, dict) and len(value) == 1 and MARKER in value
 
 
 def open_json(value: Any) -> Any:

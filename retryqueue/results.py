@@ -36,9 +36,15 @@ __all__ = [
 ]
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def freeze(value: Any) -> Any:
     """A read-only view of decoded JSON: dicts become mappings, lists become tuples."""
-    if isinstance(value, Mapping):
+    kind = type(value)
+    if kind in _SCALARS:  # the common cases first: the worker freezes every payload
+        return value
+    if kind is dict or isinstance(value, Mapping):
         return MappingProxyType({key: freeze(item) for key, item in value.items()})
     if isinstance(value, list | tuple):
         return tuple(freeze(item) for item in value)

@@ -197,7 +197,7 @@ class _Outcomes(_Claims):
             lock_timeout=lock_timeout,
         )
         rows = _core(session).execute(stmt, params).all()
-        completed = set(rows[0].completed_ids or ())
+        completed = {item.id for item in items}.difference(rows[0].lost_ids or ())
         claimed = [claimed_item(row) for row in rows if row.id is not None]
         claimed.sort(key=lambda item: (-item.priority, item.next_retry_at, item.id))
         if any(isinstance(item.event_data, encryption.Undecryptable) for item in claimed):

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Update,
     Uuid,
     and_,
+    any_,
     bindparam,
     cast,
     column,
@@ -422,16 +423,45 @@ def complete_many(at: datetime | None, leases: Sequence[tuple[int, uuid.UUID]]) 
     return _complete_many_template(at is None), params
 
 
-@functools.cache
-def _complete_and_record_template(server_clock: bool) -> Insert:
-    done = _complete_many_template(server_clock).cte("done")
-    timing = (
+def _leases_given() -> Any:
+    """``unnest(:done_ids, :done_tokens, :done_ms) AS lease(item_id, token, ms)``: the
+    outcomes of a PostgreSQL flush as three array parameters. Arrays keep the statement's
+    text the same for every batch size (no expanded IN lists to render, parse and prepare
+    per size), and carry each item's timing to its history row."""
+    return (
         func.unnest(
             bindparam("done_ids", type_=postgresql.ARRAY(BigInteger())),
+            bindparam("done_tokens", type_=postgresql.ARRAY(Uuid())),
             bindparam("done_ms", type_=postgresql.ARRAY(Integer())),
         )
-        .table_valued(column("item_id", BigInteger()), column("ms", Integer()))
-        .render_derived(name="timing")
+        .table_valued(
+            column("item_id", BigInteger()), column("token", Uuid()), column("ms", Integer())
+        )
+        .render_derived(name="lease")
+    )
+
+
+@functools.cache
+def _complete_and_record_template(server_clock: bool) -> Insert:
+    lease = _leases_given()
+    done = (
+        update(RetryItem)
+        .where(
+            # By primary key (id = ANY: an index condition, whatever the join's estimate);
+            # the status test cannot match the partial index of processing rows (see
+            # _complete_many_template).
+            RetryItem.id == any_(bindparam("done_ids", type_=postgresql.ARRAY(BigInteger()))),
+            RetryItem.id == lease.c.item_id,
+            RetryItem.lease_token == lease.c.token,
+            cast(RetryItem.status, String()) == RetryStatus.PROCESSING.value,
+        )
+        .values(
+            status=RetryStatus.COMPLETED,
+            completed_at=_now_param(server_clock, "done_now"),
+            **_UNLOCKED,
+        )
+        .returning(RetryItem.id, RetryItem.event_id, RetryItem.retry_count, lease.c.ms)
+        .cte("done")
     )
     history = HISTORY_TABLE.c
     rows = select(
@@ -440,9 +470,9 @@ def _complete_and_record_template(server_clock: bool) -> Insert:
         done.c.retry_count + 1,
         literal_column("'completed'"),
         bindparam("done_worker", type_=String()),
-        timing.c.ms,
+        done.c.ms,
         _now_param(server_clock, "done_now"),
-    ).select_from(done.outerjoin(timing, timing.c.item_id == done.c.id))
+    )
     return (
         insert(HISTORY_TABLE)
         .from_select(
@@ -469,19 +499,20 @@ def complete_and_record(
 ) -> tuple[Insert, dict[str, Any]]:
     """PostgreSQL: :func:`complete_many` and its history rows in one statement.
 
-    ``WITH done AS (UPDATE … RETURNING …) INSERT INTO daz_retry_history SELECT … FROM
-    done``: one round trip instead of two. RETURNING the ids completed (a lost lease is
-    neither completed nor recorded). ``durations_ms`` go with ``leases``, in order.
+    ``WITH done AS (UPDATE … FROM unnest(ids, tokens, ms) … RETURNING …) INSERT INTO
+    daz_retry_history SELECT … FROM done``: one round trip instead of two. RETURNING the
+    ids completed (a lost lease is neither completed nor recorded). ``durations_ms`` go
+    with ``leases``, in order. An item passed twice is completed and recorded once (an
+    UPDATE changes a row once, whatever its FROM list matches).
     """
-    _, params = complete_many(at, leases)  # the same parameters, and more
-    params["done_worker"] = worker_id
-    # One timing row per id: the history rows join the completed rows to the timings, so
-    # an item passed twice (or with an old and its current lease) would be recorded twice.
-    timing: dict[int, int | None] = {}
-    for (item_id, _), ms in zip(leases, durations_ms, strict=True):
-        timing.setdefault(item_id, ms)
-    params["done_ids"] = list(timing)
-    params["done_ms"] = list(timing.values())
+    params: dict[str, Any] = {
+        "done_ids": [item_id for item_id, _ in leases],
+        "done_tokens": [token for _, token in leases],
+        "done_ms": list(durations_ms),
+        "done_worker": worker_id,
+    }
+    if at is not None:
+        params["done_now"] = at
     return _complete_and_record_template(at is None), params
 
 
@@ -489,12 +520,14 @@ def complete_and_record(
 def _complete_record_and_claim_template(server_clock: bool) -> AnySelect:
     recorded = _complete_and_record_template(server_clock).cte("recorded")
     claimed = _claim_template(server_clock).cte("claimed")
-    completion = select(func.array_agg(recorded.c.retry_queue_id).label("completed_ids")).subquery(
-        "completion"
+    given = func.unnest(bindparam("done_ids", type_=postgresql.ARRAY(BigInteger())))
+    missing = (
+        select(given.label("item_id"))
+        .except_(select(recorded.c.retry_queue_id))
+        .subquery("missing")
     )
-    return select(completion.c.completed_ids, claimed).select_from(
-        completion.outerjoin(claimed, true())
-    )
+    lost = select(func.array_agg(missing.c.item_id).label("lost_ids")).subquery("lost")
+    return select(lost.c.lost_ids, claimed).select_from(lost.outerjoin(claimed, true()))
 
 
 def complete_record_and_claim(
@@ -512,10 +545,11 @@ def complete_record_and_claim(
 
     ``WITH done AS (UPDATE …), recorded AS (INSERT INTO history … FROM done), claimable AS
     MATERIALIZED (SELECT … FOR UPDATE SKIP LOCKED), claimed AS (UPDATE … RETURNING …)
-    SELECT completion.completed_ids, claimed.* FROM (SELECT array_agg(…) FROM recorded)
-    AS completion LEFT JOIN claimed ON true``: always at least one row; every row carries
-    the ids completed (NULL: none), and the claimed columns (all NULL: nothing claimed).
-    The completed rows are processing and the claimed ones pending in the statement's
+    SELECT lost.lost_ids, claimed.* FROM (SELECT array_agg(…) FROM (given ids EXCEPT
+    recorded ids)) AS lost LEFT JOIN claimed ON true``: always at least one row; every row
+    carries the ids given but not completed (their leases were lost; NULL: none, the usual
+    case, so rows stay small), and the claimed columns (all NULL: nothing claimed). The
+    completed rows are processing and the claimed ones pending in the statement's
     snapshot, so the two UPDATEs never touch the same row.
     """
     _, params = complete_and_record(at, worker_id, leases, durations_ms)

@@ -744,6 +744,34 @@ class WorkerBase:
         key = _REPORT_FIELD[outcome]
         tally[key] = tally.get(key, 0) + 1
         item = done.item
+        if logger.isEnabledFor(_LOG_LEVEL[outcome]):  # else skip building the log record
+            self._log_outcome(done, outcome, code, message)
+        if not self.observers:
+            return
+        result = AttemptResult(
+            item.id,
+            item.event_type,
+            item.plugin_name,
+            item.attempt,
+            outcome,
+            done.duration_seconds,
+            code,
+        )
+        for observer in self.observers:
+            try:
+                observer(result)
+            except Exception:
+                logger.warning(
+                    "observer %r failed",
+                    observer,
+                    exc_info=True,
+                    extra={"worker_id": self.worker_id},
+                )
+
+    def _log_outcome(
+        self, done: Finished, outcome: str, code: str | None, message: str | None
+    ) -> None:
+        item = done.item
         extra = fields_of(
             item,
             self.worker_id,
@@ -771,25 +799,6 @@ class WorkerBase:
                 f": {message[:200]}" if message else "",
                 extra=extra,
             )
-        result = AttemptResult(
-            item.id,
-            item.event_type,
-            item.plugin_name,
-            item.attempt,
-            outcome,
-            done.duration_seconds,
-            code,
-        )
-        for observer in self.observers:
-            try:
-                observer(result)
-            except Exception:
-                logger.warning(
-                    "observer %r failed",
-                    observer,
-                    exc_info=True,
-                    extra={"worker_id": self.worker_id},
-                )
 
     def _report_abandoned(self, items: list[ClaimedItem], tally: dict[str, int]) -> None:
         for item in items:

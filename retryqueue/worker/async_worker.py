@@ -30,7 +30,12 @@ from functools import partial
 from typing import Any, TypeVar, Unpack
 
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+)
 
 from retryqueue import hooks
 from retryqueue.aio import AsyncRetryQueue
@@ -109,6 +114,7 @@ class AsyncWorker(WorkerBase):
         self._wakeup = _Wakeup(self._changed)
         self._has_work = asyncio.Event()  # idle handler tasks wait on it
         self._db_lock = asyncio.Lock()  # serialises the pipeline's writes and heartbeats
+        self._solo: AsyncConnection | None = None  # see _solo_connection
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -245,6 +251,7 @@ class AsyncWorker(WorkerBase):
             for task in runners:
                 task.cancel()  # idle ones, and abandoned ones still running a handler
             await asyncio.gather(beat, *runners, return_exceptions=True)
+            await self._drop_solo()
         return RunReport(**tally)
 
     async def _supervise(self, pipe: Pipeline, tally: dict[str, int]) -> None:
@@ -360,12 +367,33 @@ class AsyncWorker(WorkerBase):
         if not isinstance(engine, AsyncEngine):
             return await self._in_transaction(operation, step, *args)
         try:
-            async with engine.connect() as connection:
-                solo = await connection.execution_options(isolation_level="AUTOCOMMIT")
-                async with self.sessions(bind=solo) as session:
+            try:
+                async with self.sessions(bind=await self._solo_connection(engine)) as session:
                     return await session.run_sync(step, *args)
+            except (SQLAlchemyError, DatabaseError):
+                await self._drop_solo()  # it may be broken: the next flush connects afresh
+                raise
         except SQLAlchemyError as exc:  # commit/rollback errors are not wrapped by the queue
             raise database_error(operation, exc) from exc
+
+    async def _solo_connection(self, engine: AsyncEngine) -> AsyncConnection:
+        """The autocommitted connection the driver keeps for its single-statement flushes
+        (checked out once, not once per batch; returned when the drive ends). Used under
+        ``_db_lock`` only."""
+        if self._solo is None:
+            connection = await engine.connect()
+            try:
+                self._solo = await connection.execution_options(isolation_level="AUTOCOMMIT")
+            except BaseException:
+                await connection.close()
+                raise
+        return self._solo
+
+    async def _drop_solo(self) -> None:
+        solo, self._solo = self._solo, None
+        if solo is not None:
+            with contextlib.suppress(SQLAlchemyError):
+                await solo.close()
 
     async def _release_unstarted(
         self, pipe: Pipeline, tally: dict[str, int], overdue: list[ClaimedItem] | None = None

@@ -22,12 +22,12 @@ import signal
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import partial
 from types import FrameType
 from typing import Any, Unpack
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -104,6 +104,7 @@ class Worker(WorkerBase):
         self._previous_handlers: dict[int, Any] = {}
         bind = sessions.kw.get("bind")
         self._engine = bind if isinstance(bind, Engine) else None
+        self._solo: Connection | None = None  # see _solo_connection
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -203,6 +204,8 @@ class Worker(WorkerBase):
                 pipe.closed = True
                 self._has_work.notify_all()
             beat.join()
+            with self._db_lock:
+                self._drop_solo()
         return RunReport(**tally)
 
     def _supervise(self, pipe: Pipeline, tally: dict[str, int]) -> None:
@@ -314,19 +317,39 @@ class Worker(WorkerBase):
 
     @contextmanager
     def _transaction(self, operation: str, *, autocommit: bool = False) -> Iterator[Session]:
-        """A session in a transaction; ``autocommit``: on an autocommitted connection of
-        the bound engine instead, for a step that is a single statement."""
+        """A session in a transaction; ``autocommit``: on the driver's autocommitted
+        connection instead, for a step that is a single statement (driver thread only)."""
         try:
             if autocommit and self._engine is not None:
-                with self._engine.connect() as connection:
-                    solo = connection.execution_options(isolation_level="AUTOCOMMIT")
-                    with self.sessions(bind=solo) as session:
+                try:
+                    with self.sessions(bind=self._solo_connection(self._engine)) as session:
                         yield session
+                except (SQLAlchemyError, DatabaseError):
+                    self._drop_solo()  # it may be broken: the next flush connects afresh
+                    raise
             else:
                 with self.sessions.begin() as session:
                     yield session
         except SQLAlchemyError as exc:  # commit/rollback errors are not wrapped by the queue
             raise database_error(operation, exc) from exc
+
+    def _solo_connection(self, engine: Engine) -> Connection:
+        """The autocommitted connection the driver keeps for its single-statement flushes
+        (checked out once, not once per batch; returned when the drive ends)."""
+        if self._solo is None:
+            connection = engine.connect()
+            try:
+                self._solo = connection.execution_options(isolation_level="AUTOCOMMIT")
+            except BaseException:
+                connection.close()
+                raise
+        return self._solo
+
+    def _drop_solo(self) -> None:
+        solo, self._solo = self._solo, None
+        if solo is not None:
+            with suppress(SQLAlchemyError):
+                solo.close()
 
     def _release_unstarted(
         self, pipe: Pipeline, tally: dict[str, int], overdue: list[ClaimedItem] | None = None

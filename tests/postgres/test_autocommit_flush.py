@@ -100,7 +100,7 @@ class TestCompletionPlan:
     ) -> None:
         queue = RetryQueue()
         with sessions.begin() as session:
-            queue.enqueue_many(session, [NewItem("ok", {"n": n}) for n in range(600)])
+            queue.enqueue_many(session, [NewItem("ok", {"n": n}) for n in range(5000)])
         for _ in range(50):  # churn: completed items leave dead entries in that index
             with sessions.begin() as session:
                 claimed = queue.acquire(session, "w", batch_size=10)
