@@ -138,6 +138,13 @@ def worker(
             "back. Default: min(lock_timeout / 2, 30)."
         ),
     ] = None,
+    in_flight: Annotated[
+        int | None,
+        typer.Option(
+            help="Pipeline transactions (record outcomes, claim more) running at once, each "
+            "on its own connection. Default: 2 on PostgreSQL, else 1."
+        ),
+    ] = None,
     listen: Annotated[
         bool, typer.Option("--listen/--no-listen", help="Wake on PostgreSQL NOTIFY.")
     ] = True,
@@ -202,6 +209,7 @@ def worker(
         prefetch=prefetch,
         flush_age=flush_age,
         ready_timeout=ready_timeout,
+        in_flight=in_flight,
         listen=listen,
         observers=(worker_metrics.observe,),
         breaker=breaker,

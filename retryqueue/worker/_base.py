@@ -352,7 +352,8 @@ class WorkerOptions(TypedDict, total=False):
     wait for a claim [batch_size]; ``flush_age`` seconds a finished outcome may wait for
     batch-mates before it is recorded [0.005]; ``ready_timeout`` seconds a claimed item may
     wait for a free handler before it is given back to the queue for other workers
-    [min(lock_timeout / 2, 30)].
+    [min(lock_timeout / 2, 30)]; ``in_flight`` pipeline transactions (record outcomes,
+    claim more) that may run at once, each on its own connection [2 on PostgreSQL, else 1].
     """
 
     worker_id: str | None
@@ -368,6 +369,7 @@ class WorkerOptions(TypedDict, total=False):
     prefetch: int | None
     flush_age: float
     ready_timeout: float | None
+    in_flight: int | None
 
 
 class WorkerBase:
@@ -391,6 +393,7 @@ class WorkerBase:
         prefetch: int | None = None,
         flush_age: float = 0.005,
         ready_timeout: float | None = None,
+        in_flight: int | None = None,
     ) -> None:
         self.queue = queue
         self.router = as_router(handlers)
@@ -414,6 +417,9 @@ class WorkerBase:
             raise InvalidArgument("flush_age", "must be shorter than lock_timeout")
         waits = min(self.lock_timeout / 2, 30.0) if ready_timeout is None else ready_timeout
         self.ready_timeout = check.seconds("ready_timeout", waits, allow_zero=False)
+        self.in_flight = (
+            None if in_flight is None else check.bounded_int("in_flight", in_flight, low=1, high=8)
+        )
         self._next_reclaim = 0.0
         self._registry_on = True
         self._registered = False
@@ -470,9 +476,15 @@ class WorkerBase:
 
     # -- the steps, each the body of one transaction ------------------------------------
 
-    def _pipeline(self) -> Pipeline:
-        """A fresh pipeline with this worker's batch size, prefetch and flush age."""
-        return Pipeline(self.batch_size, self.prefetch, self.flush_age, self.ready_timeout)
+    def _pipeline(self, dialect: str) -> Pipeline:
+        """A fresh pipeline with this worker's batch size, prefetch, flush age, ready
+        timeout and transactions in flight (``in_flight``; by default two on PostgreSQL,
+        where each runs on its own connection, one elsewhere: SQLite has one writer, and
+        MySQL's gap locks make concurrent claims of one worker more likely to deadlock)."""
+        depth = self.in_flight
+        if depth is None:
+            depth = 2 if dialect == "postgresql" else 1
+        return Pipeline(self.batch_size, self.prefetch, self.flush_age, self.ready_timeout, depth)
 
     def _single_statement(self, step: Step, plans: list[FailurePlan | None], dialect: str) -> bool:
         """True when ``step`` is the steady state that PostgreSQL records and claims in one

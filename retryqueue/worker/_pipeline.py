@@ -19,6 +19,15 @@ rules live in :meth:`Pipeline.next_step`:
   workers (without this a worker whose handlers are all busy keeps its prefetched items,
   heartbeated, for as long as the long item runs).
 
+Up to ``depth`` pipeline transactions may run at once (on PostgreSQL two by default: while
+one is at the server, the worker turns the other's results into work, so the database and
+the worker's own CPU time overlap instead of taking turns). The items their claims may
+bring count against the prefetch bound, so the worker never holds more than
+``batch_size + prefetch`` unstarted items. A lease renewal (heartbeat) waits until no
+pipeline transaction runs and keeps new ones out while it runs (``renewing``): the two never
+write the same rows at the same time, and a renewal never mistakes an item being recorded
+for a lost lease.
+
 Heartbeats cover every item held: ready (prefetched), running, and finished but not yet
 recorded.
 """
@@ -26,6 +35,7 @@ recorded.
 from __future__ import annotations
 
 import enum
+import math
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -47,9 +57,11 @@ class Step:
 
 @dataclass(frozen=True, slots=True)
 class GiveBack:
-    """Release these ready items now: they waited ``ready_timeout`` for a handler."""
+    """Release these ready items now: they waited ``ready_timeout`` for a handler
+    (``why`` "overdue"), or a claim that was running at shutdown brought them ("unstarted")."""
 
     items: list[ClaimedItem]
+    why: str = "overdue"
 
 
 class Wait(enum.Enum):
@@ -63,9 +75,18 @@ class Pipeline:
     """The items a worker holds and the outcomes it has not recorded; see the module docs."""
 
     def __init__(
-        self, batch_size: int, prefetch: int, flush_age: float, ready_timeout: float
+        self,
+        batch_size: int,
+        prefetch: int,
+        flush_age: float,
+        ready_timeout: float,
+        depth: int = 1,
     ) -> None:
         self.batch_size = batch_size
+        self.depth = depth  # pipeline transactions that may run at once
+        self.in_flight = 0  # pipeline transactions running now
+        self.claims_in_flight = 0  # the items their claims may bring
+        self.renewing = False  # a lease renewal waits for (or runs): no new transaction
         self.prefetch = prefetch
         self.flush_age = flush_age
         self.ready_timeout = ready_timeout
@@ -131,13 +152,35 @@ class Pipeline:
         self.forget(item.id for item in items)
         return items
 
+    # -- transactions in flight ----------------------------------------------------------
+
+    def launch(self, step: Step) -> None:
+        """A pipeline transaction starts (the driver runs it elsewhere)."""
+        self.in_flight += 1
+        self.claims_in_flight += step.claim
+
+    def landed(self, step: Step) -> None:
+        """A pipeline transaction ended (its results, if any, already taken in)."""
+        self.in_flight -= 1
+        self.claims_in_flight -= step.claim
+
+    def hold_claims(self) -> None:
+        """A claim came back short (the queue ran dry): claim nothing more until
+        :meth:`claim_at` is set from the next due time (or a NOTIFY resets it)."""
+        self.claim_at = math.inf
+
+    def quiet(self) -> bool:
+        """True when no pipeline transaction runs (a lease renewal may start)."""
+        return self.in_flight == 0
+
     # -- the flush rules -----------------------------------------------------------------
 
     def claim_size(self, now: float, stopping: bool) -> int:
         """How many items to claim now (0: none)."""
         if stopping or not self.claiming or self.starved or now < self.claim_at:
             return 0
-        return self.batch_size if len(self._ready) <= self.prefetch else 0
+        coming = len(self._ready) + self.claims_in_flight
+        return self.batch_size if coming <= self.prefetch else 0
 
     def next_step(
         self, now: float, stopping: bool, deadline: float | None
@@ -145,23 +188,37 @@ class Pipeline:
         """The next transaction, a :class:`Wait` verdict, or seconds to wait (None: until
         something changes)."""
         idle = not self._ready and not self._running
-        if (stopping or not self.claiming) and idle and not self._finished:
+        if (stopping or not self.claiming) and idle and not self._finished and not self.in_flight:
             return Wait.DONE
+        if stopping and self._ready:  # a claim running at shutdown brought them
+            return GiveBack(self.take_unstarted(), "unstarted")
         if now < self.pause_until:
             return self.pause_until - now
         if not stopping and (overdue := self.take_overdue(now)):
             return GiveBack(overdue)
+        if self.in_flight >= self.depth or self.renewing:  # no room: wait for one to land
+            if stopping and deadline is not None and now >= deadline and not self.in_flight:
+                return Wait.ABANDON
+            return self._until_overdue(now, _until(deadline, now))
         wait = self._wait(now, stopping, deadline)
-        if self._ready and not isinstance(wait, Step | Wait):
-            until_overdue = self._ready[0][1] + self.ready_timeout - now
-            return until_overdue if wait is None else min(wait, until_overdue)
-        return wait
+        if isinstance(wait, Step | Wait):
+            return wait
+        return self._until_overdue(now, wait)
+
+    def _until_overdue(self, now: float, wait: float | None) -> float | None:
+        """``wait``, or less if the oldest ready item comes due for a give-back sooner."""
+        if not self._ready:
+            return wait
+        until_overdue = self._ready[0][1] + self.ready_timeout - now
+        return until_overdue if wait is None else min(wait, until_overdue)
 
     def _wait(
         self, now: float, stopping: bool, deadline: float | None
     ) -> Step | Wait | float | None:
         idle = not self._ready and not self._running
         claim = self.claim_size(now, stopping)
+        if claim and self.claims_in_flight and not self._finished:
+            claim = 0  # a claim alone waits for the one in flight to say if there is more
         if self._finished:
             oldest = self._finished[0].finished_at
             if (
@@ -177,11 +234,11 @@ class Pipeline:
         if claim:
             return Step([], claim)
         if stopping or not self.claiming:
-            if deadline is not None and now >= deadline:
+            if deadline is not None and now >= deadline and not self.in_flight:
                 return Wait.ABANDON
-            return None if deadline is None else deadline - now
+            return _until(deadline, now)
         if self.claim_at > now and len(self._ready) <= self.prefetch:
-            return self.claim_at - now
+            return None if math.isinf(self.claim_at) else self.claim_at - now
         return None
 
     def empty(self) -> bool:
@@ -207,3 +264,9 @@ class Pipeline:
         new = [item for item in items if item.id not in self._lost]
         self._lost.update(item.id for item in new)
         return new
+
+
+def _until(deadline: float | None, now: float) -> float | None:
+    """Seconds until ``deadline``; None (until something changes) without one or past it
+    (a transaction still in flight: its landing wakes the driver)."""
+    return None if deadline is None or deadline <= now else deadline - now

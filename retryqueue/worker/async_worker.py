@@ -113,8 +113,11 @@ class AsyncWorker(WorkerBase):
         self._changed = asyncio.Event()  # the driver waits on it
         self._wakeup = _Wakeup(self._changed)
         self._has_work = asyncio.Event()  # idle handler tasks wait on it
-        self._db_lock = asyncio.Lock()  # serialises the pipeline's writes and heartbeats
-        self._solo: AsyncConnection | None = None  # see _solo_connection
+        self._db_lock = asyncio.Lock()  # one lease renewal or release at a time
+        self._landed = asyncio.Event()  # a pipeline transaction ended (renewals wait on it)
+        self._failures = 0  # pipeline transactions failed in a row
+        self._crash: BaseException | None = None  # a driver's unexpected error
+        self._deadline: float | None = None  # the shutdown grace's end, once stopping
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -151,7 +154,7 @@ class AsyncWorker(WorkerBase):
         claimed = await self._in_transaction("acquire", self._claim)
         if not claimed:
             return RunReport()
-        pipe = self._pipeline()
+        pipe = self._pipeline(self._dialect())
         pipe.claiming = False
         pipe.add(claimed)
         return await self._drive(pipe) + RunReport(acquired=len(claimed))
@@ -192,7 +195,7 @@ class AsyncWorker(WorkerBase):
             self._loop = loop
             self._stopping, self._changed = asyncio.Event(), asyncio.Event()
             self._wakeup, self._has_work = _Wakeup(self._changed), asyncio.Event()
-            self._db_lock = asyncio.Lock()
+            self._db_lock, self._landed = asyncio.Lock(), asyncio.Event()
         if self._stop_requested.is_set():
             self._stopping.set()
 
@@ -206,7 +209,7 @@ class AsyncWorker(WorkerBase):
         await self._registry_round(self._registry_due())  # listed at once
         listener = await self._start_listener()
         try:
-            total = await self._drive(self._pipeline())
+            total = await self._drive(self._pipeline(self._dialect()))
         finally:
             if listener is not None:
                 await listener.close()
@@ -236,38 +239,70 @@ class AsyncWorker(WorkerBase):
     # -- the pipeline ------------------------------------------------------------------
 
     async def _drive(self, pipe: Pipeline) -> RunReport:
-        """Run the pipeline until it is done: handler and heartbeat tasks for its life."""
+        """Run the pipeline until it is done: handler and heartbeat tasks for its life, and
+        ``pipe.depth`` drivers, each running one pipeline transaction at a time on its own
+        connection."""
         tally: dict[str, int] = {}
         beat = asyncio.create_task(self._heartbeat_loop(pipe), name="retryqueue-heartbeat")
         runners = [
             asyncio.create_task(self._handler_loop(pipe), name=f"retryqueue-handler-{n}")
             for n in range(self.concurrency)
         ]
+        self._deadline = None
+        drivers = [
+            asyncio.create_task(self._supervise(pipe, tally), name=f"retryqueue-driver-{n}")
+            for n in range(1, pipe.depth)
+        ]
         try:
-            await self._supervise(pipe, tally)
+            await self._supervise(pipe, tally, primary=True)
+        except BaseException:
+            for task in drivers:
+                task.cancel()  # cancelled (abandoned at once), or crashed
+            raise
         finally:
+            # Normally they end with this one (the drive is done for all, or a crash).
+            await asyncio.gather(*drivers, return_exceptions=True)
             pipe.closed = True
             beat.cancel()
             for task in runners:
                 task.cancel()  # idle ones, and abandoned ones still running a handler
             await asyncio.gather(beat, *runners, return_exceptions=True)
-            await self._drop_solo()
+            crash, self._crash = self._crash, None
+        if crash is not None:
+            raise crash
         return RunReport(**tally)
 
-    async def _supervise(self, pipe: Pipeline, tally: dict[str, int]) -> None:
-        deadline: float | None = None
-        failures = 0
-        while True:
+    async def _supervise(
+        self, pipe: Pipeline, tally: dict[str, int], primary: bool = False
+    ) -> None:
+        """A driver: take the pipeline's next step and run it, until the drive is done. An
+        unexpected error ends every driver; :meth:`run` raises it."""
+        lane = _Lane()
+        try:
+            await self._steps(pipe, tally, lane)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self._crash = self._crash or exc
+            if primary:
+                raise
+        finally:
+            await self._drop_solo(lane)
+            self._changed.set()  # the other drivers see the end too
+            self._landed.set()
+
+    async def _steps(self, pipe: Pipeline, tally: dict[str, int], lane: _Lane) -> None:
+        while self._crash is None:
             now = time.monotonic()
             stopping = self._stopping.is_set()
-            if stopping and deadline is None:
-                deadline = now + self.shutdown_grace
+            if stopping and self._deadline is None:
+                self._deadline = now + self.shutdown_grace
                 await self._release_unstarted(pipe, tally)
                 continue
             if self._wakeup.is_set():
                 pipe.claim_at = 0.0
             self._changed.clear()
-            step = pipe.next_step(now, stopping, deadline)
+            step = pipe.next_step(now, stopping, self._deadline)
             if step is Wait.DONE:
                 return
             if step is Wait.ABANDON:
@@ -275,47 +310,56 @@ class AsyncWorker(WorkerBase):
                     self._report_abandoned(pipe.abandon_running(), tally)
                 return
             if isinstance(step, GiveBack):
-                await self._release_unstarted(pipe, tally, step.items)
+                await self._release_unstarted(pipe, tally, step.items, step.why)
             elif isinstance(step, Step):
-                failures = await self._run_step(pipe, step, failures, tally)
+                pipe.launch(step)
+                if step.claim:
+                    self._wakeup.clear()  # a NOTIFY from now on ends the idle wait
+                try:
+                    await self._run_step(pipe, step, lane, tally)
+                finally:
+                    pipe.landed(step)
+                    self._changed.set()
+                    self._landed.set()
             else:
                 await _wait(self._changed, step)
 
     async def _run_step(
-        self, pipe: Pipeline, step: Step, failures: int, tally: dict[str, int]
-    ) -> int:
-        """One pipeline transaction; returns the count of failed transactions in a row."""
+        self, pipe: Pipeline, step: Step, lane: _Lane, tally: dict[str, int]
+    ) -> None:
+        """One pipeline transaction on this driver's connection."""
         plans = self._plans(step.outcomes)
-        if step.claim:
-            self._wakeup.clear()  # a NOTIFY from now on ends the idle wait that may follow
         operation = "record outcomes" if step.outcomes else "acquire"
-        engine = self.sessions.kw.get("bind")
-        dialect = engine.dialect.name if isinstance(engine, AsyncEngine) else ""
-        single = self._single_statement(step, plans, dialect)
-        run = self._autocommitted if single else self._in_transaction
-        async with self._db_lock:
-            try:
-                outcomes, claimed = await run(
+        single = self._single_statement(step, plans, self._dialect())
+        try:
+            if single:
+                outcomes, claimed = await self._autocommitted(
+                    operation, lane, self._flush, step.outcomes, plans, step.claim, single
+                )
+            else:
+                outcomes, claimed = await self._in_transaction(
                     operation, self._flush, step.outcomes, plans, step.claim, single
                 )
-            except DatabaseError as exc:
-                given_up: list[Finished] | None = self._flush_failed(pipe, step, failures + 1, exc)
-            else:
-                given_up = None
-                pipe.forget(done.item.id for done in step.outcomes)
-                pipe.add(claimed)
-                if claimed:
-                    self._has_work.set()
-        if given_up is not None:
+        except DatabaseError as exc:
+            self._failures += 1
+            given_up = self._flush_failed(pipe, step, self._failures, exc)
             lost = {done.item.id: "lost" for done in given_up}
             self._report_all(given_up, self._plans(given_up), lost, tally)
-            return failures + 1
+            return
+        self._failures = 0
+        pipe.forget(done.item.id for done in step.outcomes)
+        pipe.add(claimed)
         if claimed:
+            self._has_work.set()
             tally["acquired"] = tally.get("acquired", 0) + len(claimed)
         if len(claimed) < step.claim:  # the queue ran dry: wait until due or NOTIFY
+            pipe.hold_claims()  # no other driver claims before the idle wait is known
             self._after_claim(pipe, step.claim, len(claimed), await self._idle_wait())
         self._report_all(step.outcomes, plans, outcomes, tally)
-        return 0
+
+    def _dialect(self) -> str:
+        engine = self.sessions.kw.get("bind")
+        return engine.dialect.name if isinstance(engine, AsyncEngine) else ""
 
     async def _handler_loop(self, pipe: Pipeline) -> None:
         """A handler task: run ready items until the pipeline closes."""
@@ -361,45 +405,55 @@ class AsyncWorker(WorkerBase):
         except SQLAlchemyError as exc:  # commit/rollback errors are not wrapped by the queue
             raise database_error(operation, exc) from exc
 
-    async def _autocommitted(self, operation: str, step: Callable[..., T], *args: Any) -> T:
-        """Run a single-statement body on an autocommitted connection (no BEGIN/COMMIT)."""
+    async def _autocommitted(
+        self, operation: str, lane: _Lane, step: Callable[..., T], *args: Any
+    ) -> T:
+        """Run a single-statement body on the driver's (``lane``) autocommitted connection
+        (no BEGIN/COMMIT)."""
         engine = self.sessions.kw.get("bind")
         if not isinstance(engine, AsyncEngine):
             return await self._in_transaction(operation, step, *args)
         try:
             try:
-                async with self.sessions(bind=await self._solo_connection(engine)) as session:
+                solo = await self._solo_connection(lane, engine)
+                async with self.sessions(bind=solo) as session:
                     return await session.run_sync(step, *args)
             except (SQLAlchemyError, DatabaseError):
-                await self._drop_solo()  # it may be broken: the next flush connects afresh
+                await self._drop_solo(lane)  # it may be broken: the next flush connects afresh
                 raise
         except SQLAlchemyError as exc:  # commit/rollback errors are not wrapped by the queue
             raise database_error(operation, exc) from exc
 
-    async def _solo_connection(self, engine: AsyncEngine) -> AsyncConnection:
-        """The autocommitted connection the driver keeps for its single-statement flushes
-        (checked out once, not once per batch; returned when the drive ends). Used under
-        ``_db_lock`` only."""
-        if self._solo is None:
+    @staticmethod
+    async def _solo_connection(lane: _Lane, engine: AsyncEngine) -> AsyncConnection:
+        """The autocommitted connection a driver keeps for its single-statement flushes
+        (checked out once, not once per batch; returned when the drive ends)."""
+        if lane.solo is None:
             connection = await engine.connect()
             try:
-                self._solo = await connection.execution_options(isolation_level="AUTOCOMMIT")
+                lane.solo = await connection.execution_options(isolation_level="AUTOCOMMIT")
             except BaseException:
                 await connection.close()
                 raise
-        return self._solo
+        return lane.solo
 
-    async def _drop_solo(self) -> None:
-        solo, self._solo = self._solo, None
+    @staticmethod
+    async def _drop_solo(lane: _Lane) -> None:
+        solo, lane.solo = lane.solo, None
         if solo is not None:
             with contextlib.suppress(SQLAlchemyError):
                 await solo.close()
 
     async def _release_unstarted(
-        self, pipe: Pipeline, tally: dict[str, int], overdue: list[ClaimedItem] | None = None
+        self,
+        pipe: Pipeline,
+        tally: dict[str, int],
+        given: list[ClaimedItem] | None = None,
+        why: str = "unstarted",
     ) -> None:
-        """Give back the items no handler started: all at shutdown, or the ``overdue``."""
-        unstarted = pipe.take_unstarted() if overdue is None else overdue
+        """Give back the items no handler started: all at shutdown, or those ``given``
+        (overdue, or brought by a claim that was running at shutdown)."""
+        unstarted = pipe.take_unstarted() if given is None else given
         if not unstarted:
             return
         ids = [item.id for item in unstarted]
@@ -410,7 +464,7 @@ class AsyncWorker(WorkerBase):
                 released = await self._in_transaction("release", self._release, unstarted)
             except DatabaseError as exc:
                 released = exc
-        self._report_released(ids, released, tally, "unstarted" if overdue is None else "overdue")
+        self._report_released(ids, released, tally, why)
 
     # -- leases --------------------------------------------------------------------------
 
@@ -437,13 +491,23 @@ class AsyncWorker(WorkerBase):
         raise RuntimeError("on the event loop, await job.extend_lease_async() instead")
 
     async def _renew_held(self, pipe: Pipeline, only: list[int] | None) -> set[int]:
-        async with self._db_lock:
-            held = pipe.held_items(only)
-            if not held:
-                return set()
-            kept = await self._in_transaction("heartbeat", self._renew, held)
-            self._note_renewal(pipe, held, kept)
-            return kept
+        """Renew leases once no pipeline transaction runs, keeping new ones out meanwhile
+        (see :mod:`retryqueue.worker._pipeline`)."""
+        async with self._db_lock:  # one renewal or release at a time
+            pipe.renewing = True
+            try:
+                while not pipe.quiet() and self._crash is None:
+                    self._landed.clear()
+                    await self._landed.wait()
+                held = pipe.held_items(only)
+                if not held:
+                    return set()
+                kept = await self._in_transaction("heartbeat", self._renew, held)
+                self._note_renewal(pipe, held, kept)
+                return kept
+            finally:
+                pipe.renewing = False
+                self._changed.set()
 
     # -- waiting -------------------------------------------------------------------------
 
@@ -461,6 +525,16 @@ class AsyncWorker(WorkerBase):
         except DatabaseError as exc:
             self._log_due_unknown(exc)
             return self.poll_interval
+
+
+class _Lane:
+    """What one driver keeps between its transactions: its autocommitted connection (None
+    until its first single-statement flush)."""
+
+    __slots__ = ("solo",)
+
+    def __init__(self) -> None:
+        self.solo: AsyncConnection | None = None
 
 
 async def _invoke(handler: Handler, job: Job) -> None:

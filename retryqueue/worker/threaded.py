@@ -99,12 +99,15 @@ class Worker(WorkerBase):
         self._lock = threading.Lock()  # guards the pipeline's queues
         self._changed = threading.Condition(self._lock)  # the driver waits on it
         self._has_work = threading.Condition(self._lock)  # idle handler threads wait on it
-        self._db_lock = threading.Lock()  # serialises the pipeline's writes and heartbeats
+        self._db_lock = threading.Lock()  # one lease renewal or release at a time
         self._wakeup = _Wakeup(self._changed)
         self._previous_handlers: dict[int, Any] = {}
         bind = sessions.kw.get("bind")
         self._engine = bind if isinstance(bind, Engine) else None
-        self._solo: Connection | None = None  # see _solo_connection
+        self._report_lock = threading.Lock()  # the run's tally and the observers' calls
+        self._failures = 0  # pipeline transactions failed in a row
+        self._crash: BaseException | None = None  # a driver's unexpected error
+        self._deadline: float | None = None  # the shutdown grace's end, once stopping
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -116,7 +119,7 @@ class Worker(WorkerBase):
         self._registry_round(self._registry_due())  # listed at once, not after a heartbeat
         listener = self._start_listener()
         try:
-            total = self._drive(self._pipeline())
+            total = self._drive(self._pipeline(self._dialect()))
         finally:
             if listener is not None:
                 listener.close()
@@ -139,7 +142,7 @@ class Worker(WorkerBase):
             claimed = self._claim(session)
         if not claimed:
             return RunReport()
-        pipe = self._pipeline()
+        pipe = self._pipeline(self._dialect())
         pipe.claiming = False
         pipe.add(claimed)
         return self._drive(pipe) + RunReport(acquired=len(claimed))
@@ -179,7 +182,9 @@ class Worker(WorkerBase):
     # -- the pipeline ------------------------------------------------------------------
 
     def _drive(self, pipe: Pipeline) -> RunReport:
-        """Run the pipeline until it is done: handler and heartbeat threads for its life."""
+        """Run the pipeline until it is done: handler and heartbeat threads for its life,
+        and ``pipe.depth`` drivers (this thread and depth - 1 more), each running one
+        pipeline transaction at a time on its own connection."""
         tally: dict[str, int] = {}
         beat_stop = threading.Event()
         beat = threading.Thread(
@@ -196,80 +201,130 @@ class Worker(WorkerBase):
                 name=f"retryqueue-handler-{number}",
                 daemon=True,
             ).start()
+        self._deadline = None
+        drivers = [
+            threading.Thread(
+                target=self._supervise,
+                args=(pipe, tally),
+                name=f"retryqueue-driver-{number}",
+                daemon=True,
+            )
+            for number in range(1, pipe.depth)
+        ]
+        for driver in drivers:
+            driver.start()
         try:
-            self._supervise(pipe, tally)
+            self._supervise(pipe, tally, primary=True)
         finally:
+            for driver in drivers:
+                driver.join()
             beat_stop.set()
             with self._lock:
                 pipe.closed = True
                 self._has_work.notify_all()
+                crash, self._crash = self._crash, None
             beat.join()
-            with self._db_lock:
-                self._drop_solo()
+        if crash is not None:
+            raise crash
         return RunReport(**tally)
 
-    def _supervise(self, pipe: Pipeline, tally: dict[str, int]) -> None:
-        deadline: float | None = None
-        failures = 0
+    def _supervise(self, pipe: Pipeline, tally: dict[str, int], primary: bool = False) -> None:
+        """A driver: take the pipeline's next step and run it, until the drive is done. An
+        unexpected error ends every driver; :meth:`run` raises it."""
+        lane = _Lane()
+        try:
+            self._steps(pipe, tally, lane)
+        except BaseException as exc:
+            with self._lock:
+                self._crash = self._crash or exc
+            if primary:
+                raise
+        finally:
+            self._drop_solo(lane)
+            with self._lock:
+                self._changed.notify_all()  # the other drivers see the end too
+
+    def _steps(self, pipe: Pipeline, tally: dict[str, int], lane: _Lane) -> None:
         while True:
+            first_stop = False
             with self._lock:
                 while True:
+                    if self._crash is not None:
+                        return
                     now = time.monotonic()
                     stopping = self._stopping.is_set()
-                    if stopping and deadline is None:
+                    if stopping and self._deadline is None:
+                        self._deadline = now + self.shutdown_grace
+                        first_stop = True
                         break
                     if self._wakeup.is_set():
                         pipe.claim_at = 0.0
-                    step = pipe.next_step(now, stopping, deadline)
-                    if isinstance(step, Step | GiveBack | Wait):
+                    step = pipe.next_step(now, stopping, self._deadline)
+                    if isinstance(step, Step):
+                        pipe.launch(step)
+                        if step.claim:
+                            self._wakeup.clear()  # a NOTIFY from now on ends the idle wait
+                        break
+                    if isinstance(step, GiveBack | Wait):
                         break
                     self._changed.wait(step)
-            if stopping and deadline is None:
-                deadline = now + self.shutdown_grace
+            if first_stop:
                 self._release_unstarted(pipe, tally)
             elif step is Wait.DONE:
                 return
             elif step is Wait.ABANDON:
                 with self._db_lock, self._lock:
-                    self._report_abandoned(pipe.abandon_running(), tally)
+                    abandoned = pipe.abandon_running()
+                with self._report_lock:
+                    self._report_abandoned(abandoned, tally)
                 return
             elif isinstance(step, GiveBack):
-                self._release_unstarted(pipe, tally, step.items)
+                self._release_unstarted(pipe, tally, step.items, step.why)
             elif isinstance(step, Step):
-                failures = self._run_step(pipe, step, failures, tally)
+                self._run_step(pipe, step, lane, tally)
 
-    def _run_step(self, pipe: Pipeline, step: Step, failures: int, tally: dict[str, int]) -> int:
-        """One pipeline transaction; returns the count of failed transactions in a row."""
-        plans = self._plans(step.outcomes)
-        if step.claim:
-            self._wakeup.clear()  # a NOTIFY from now on ends the idle wait that may follow
-        operation = "record outcomes" if step.outcomes else "acquire"
-        dialect = "" if self._engine is None else self._engine.dialect.name
-        single = self._single_statement(step, plans, dialect)
+    def _run_step(self, pipe: Pipeline, step: Step, lane: _Lane, tally: dict[str, int]) -> None:
+        """One pipeline transaction on this driver's connection; lands the step when done,
+        whatever happens."""
         try:
-            with self._db_lock:
-                with self._transaction(operation, autocommit=single) as session:
-                    outcomes, claimed = self._flush(
-                        session, step.outcomes, plans, step.claim, single
-                    )
-                pipe.forget(done.item.id for done in step.outcomes)
-                with self._lock:
-                    pipe.add(claimed)
-                    self._has_work.notify(len(claimed))
+            self._record_and_claim(pipe, step, lane, tally)
+        finally:
+            with self._lock:
+                pipe.landed(step)
+                self._changed.notify_all()
+
+    def _record_and_claim(
+        self, pipe: Pipeline, step: Step, lane: _Lane, tally: dict[str, int]
+    ) -> None:
+        plans = self._plans(step.outcomes)
+        operation = "record outcomes" if step.outcomes else "acquire"
+        single = self._single_statement(step, plans, self._dialect())
+        try:
+            with self._transaction(operation, autocommit=single, lane=lane) as session:
+                outcomes, claimed = self._flush(session, step.outcomes, plans, step.claim, single)
         except DatabaseError as exc:
-            with self._db_lock, self._lock:
-                given_up = self._flush_failed(pipe, step, failures + 1, exc)
+            with self._lock:
+                self._failures += 1
+                given_up = self._flush_failed(pipe, step, self._failures, exc)
             lost = {done.item.id: "lost" for done in given_up}
-            self._report_all(given_up, self._plans(given_up), lost, tally)
-            return failures + 1
-        if claimed:
-            tally["acquired"] = tally.get("acquired", 0) + len(claimed)
+            with self._report_lock:
+                self._report_all(given_up, self._plans(given_up), lost, tally)
+            return
+        with self._lock:
+            self._failures = 0
+            pipe.forget(done.item.id for done in step.outcomes)
+            pipe.add(claimed)
+            self._has_work.notify(len(claimed))
+            if len(claimed) < step.claim:
+                pipe.hold_claims()  # no other driver claims before the idle wait is known
         if len(claimed) < step.claim:  # the queue ran dry: wait until due or NOTIFY
             idle_for = self._idle_wait()
             with self._lock:
                 self._after_claim(pipe, step.claim, len(claimed), idle_for)
-        self._report_all(step.outcomes, plans, outcomes, tally)
-        return 0
+        with self._report_lock:
+            if claimed:
+                tally["acquired"] = tally.get("acquired", 0) + len(claimed)
+            self._report_all(step.outcomes, plans, outcomes, tally)
 
     def _handler_loop(self, pipe: Pipeline) -> None:
         """A handler thread: run ready items until the pipeline closes."""
@@ -282,7 +337,7 @@ class Worker(WorkerBase):
             done = self._attempt(pipe, item)
             with self._lock:
                 pipe.finish(done)
-                self._changed.notify()
+                self._changed.notify_all()  # the driver, and a renewal waiting its turn
 
     def _attempt(self, pipe: Pipeline, item: ClaimedItem) -> Finished:
         """The one place a handler attempt runs; its exception, if any, is the outcome."""
@@ -315,17 +370,22 @@ class Worker(WorkerBase):
         else:
             self._registry_done(step, None)
 
+    def _dialect(self) -> str:
+        return "" if self._engine is None else self._engine.dialect.name
+
     @contextmanager
-    def _transaction(self, operation: str, *, autocommit: bool = False) -> Iterator[Session]:
-        """A session in a transaction; ``autocommit``: on the driver's autocommitted
-        connection instead, for a step that is a single statement (driver thread only)."""
+    def _transaction(
+        self, operation: str, *, autocommit: bool = False, lane: _Lane | None = None
+    ) -> Iterator[Session]:
+        """A session in a transaction; ``autocommit``: on the flusher's (``lane``)
+        autocommitted connection instead, for a step that is a single statement."""
         try:
-            if autocommit and self._engine is not None:
+            if autocommit and lane is not None and self._engine is not None:
                 try:
-                    with self.sessions(bind=self._solo_connection(self._engine)) as session:
+                    with self.sessions(bind=self._solo_connection(lane, self._engine)) as session:
                         yield session
                 except (SQLAlchemyError, DatabaseError):
-                    self._drop_solo()  # it may be broken: the next flush connects afresh
+                    self._drop_solo(lane)  # it may be broken: the next flush connects afresh
                     raise
             else:
                 with self.sessions.begin() as session:
@@ -333,45 +393,54 @@ class Worker(WorkerBase):
         except SQLAlchemyError as exc:  # commit/rollback errors are not wrapped by the queue
             raise database_error(operation, exc) from exc
 
-    def _solo_connection(self, engine: Engine) -> Connection:
-        """The autocommitted connection the driver keeps for its single-statement flushes
+    @staticmethod
+    def _solo_connection(lane: _Lane, engine: Engine) -> Connection:
+        """The autocommitted connection a flusher keeps for its single-statement flushes
         (checked out once, not once per batch; returned when the drive ends)."""
-        if self._solo is None:
+        if lane.solo is None:
             connection = engine.connect()
             try:
-                self._solo = connection.execution_options(isolation_level="AUTOCOMMIT")
+                lane.solo = connection.execution_options(isolation_level="AUTOCOMMIT")
             except BaseException:
                 connection.close()
                 raise
-        return self._solo
+        return lane.solo
 
-    def _drop_solo(self) -> None:
-        solo, self._solo = self._solo, None
+    @staticmethod
+    def _drop_solo(lane: _Lane) -> None:
+        solo, lane.solo = lane.solo, None
         if solo is not None:
             with suppress(SQLAlchemyError):
                 solo.close()
 
     def _release_unstarted(
-        self, pipe: Pipeline, tally: dict[str, int], overdue: list[ClaimedItem] | None = None
+        self,
+        pipe: Pipeline,
+        tally: dict[str, int],
+        given: list[ClaimedItem] | None = None,
+        why: str = "unstarted",
     ) -> None:
-        """Give back the items no handler started: all at shutdown, or the ``overdue``."""
-        if overdue is None:
+        """Give back the items no handler started: all at shutdown, or those ``given``
+        (overdue, or brought by a claim that was running at shutdown)."""
+        if given is None:
             with self._lock:
                 unstarted = pipe.take_unstarted()
         else:
-            unstarted = overdue
+            unstarted = given
         if not unstarted:
             return
         ids = [item.id for item in unstarted]
         released: int | DatabaseError
         with self._db_lock:
-            pipe.forget(ids)
+            with self._lock:
+                pipe.forget(ids)
             try:
                 with self._transaction("release") as session:
                     released = self._release(session, unstarted)
             except DatabaseError as exc:
                 released = exc
-        self._report_released(ids, released, tally, "unstarted" if overdue is None else "overdue")
+        with self._report_lock:
+            self._report_released(ids, released, tally, why)
 
     # -- leases --------------------------------------------------------------------------
 
@@ -389,14 +458,35 @@ class Worker(WorkerBase):
         return item_id in self._renew_held(pipe, [item_id])
 
     def _renew_held(self, pipe: Pipeline, only: list[int] | None) -> set[int]:
-        with self._db_lock:
-            held = pipe.held_items(only)
-            if not held:
-                return set()
-            with self._transaction("heartbeat") as session:
-                kept = self._renew(session, held)
-            self._note_renewal(pipe, held, kept)
-            return kept
+        """Renew leases once no pipeline transaction runs, keeping new ones out meanwhile
+        (see :mod:`retryqueue.worker._pipeline`)."""
+        with self._db_lock:  # one renewal or release at a time
+            with self._lock:
+                pipe.renewing = True
+                try:
+                    while not pipe.quiet() and self._crash is None:
+                        self._changed.wait()
+                    held = pipe.held_items(only)
+                except BaseException:
+                    self._end_renewal(pipe)
+                    raise
+            try:
+                if not held:
+                    return set()
+                with self._transaction("heartbeat") as session:
+                    kept = self._renew(session, held)
+                with self._lock:
+                    self._note_renewal(pipe, held, kept)
+                return kept
+            finally:
+                with self._lock:
+                    self._end_renewal(pipe)
+
+    def _end_renewal(self, pipe: Pipeline) -> None:
+        """The renewal is over: pipeline transactions may start again (caller holds the
+        pipeline's lock)."""
+        pipe.renewing = False
+        self._changed.notify_all()
 
     # -- waiting -------------------------------------------------------------------------
 
@@ -416,6 +506,16 @@ class Worker(WorkerBase):
         except DatabaseError as exc:
             self._log_due_unknown(exc)
             return self.poll_interval
+
+
+class _Lane:
+    """What one flusher thread keeps between its transactions: its autocommitted
+    connection (None until its first single-statement flush)."""
+
+    __slots__ = ("solo",)
+
+    def __init__(self) -> None:
+        self.solo: Connection | None = None
 
 
 class _Wakeup(threading.Event):

@@ -129,7 +129,7 @@ class TestHandlerSpecs:
         ok = seed.item(RetryStatus.PENDING, event_type="anything.at.all")
         result = cli(
             "worker", "tests.cli.handlers:plain", "--once", "--no-listen", "--json",
-            "--prefetch", "0", "--flush-age", "0.01", "--ready-timeout", "5",
+            "--prefetch", "0", "--flush-age", "0.01", "--ready-timeout", "5", "--in-flight", "3",
         )  # fmt: skip
         assert _json(result)["completed"] == 1
         assert seed.statuses()[ok] == "completed"
@@ -139,4 +139,11 @@ class TestHandlerSpecs:
         result = cli("worker", "tests.cli.handlers:plain", "--once", "--ready-timeout", "-1")
         assert result.exit_code != 0
         assert "ready_timeout" in result.output and "Traceback" not in result.output
+        assert seed.statuses()[item] == "pending"
+
+    def test_in_flight_out_of_range_is_one_clear_error(self, cli: Invoke, seed: Seeder) -> None:
+        item = seed.item(RetryStatus.PENDING, event_type="anything.at.all")
+        result = cli("worker", "tests.cli.handlers:plain", "--once", "--in-flight", "0")
+        assert result.exit_code != 0
+        assert "in_flight" in result.output and "Traceback" not in result.output
         assert seed.statuses()[item] == "pending"

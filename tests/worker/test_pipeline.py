@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections import Counter
 from datetime import datetime
 from typing import Any
 
 import pytest
+from sqlalchemy import Engine, event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from retryqueue import RetryQueue, RetryStatus
 from retryqueue.errors import InvalidArgument
+from retryqueue.models import RetryHistory
 from retryqueue.worker import Job, RunReport, Worker
+from tests.support.logs import LogRecorder
 from tests.worker.conftest import (
     count_status,
     enqueue,
@@ -205,3 +210,145 @@ class TestPrefetch:
                 handle.stop()
         finally:
             gate.open.set()
+
+
+class _Overlaps:
+    """Counts the pipeline's one-statement flushes (PostgreSQL) and lease renewals running
+    at once, on every engine (the asyncio worker's too)."""
+
+    def __init__(self) -> None:
+        self.active: Counter[str] = Counter()
+        self.peak_flushes = 0
+        self.renewals = 0
+        self.overlaps = 0
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def kind(statement: str) -> str | None:
+        if statement.startswith("WITH done AS"):
+            return "flush"
+        if statement.startswith("UPDATE daz_retry_queue SET locked_at="):
+            return "renewal"
+        return None
+
+    def before(self, conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
+        if (kind := self.kind(statement)) is None:
+            return
+        with self._lock:
+            self.active[kind] += 1
+            self.renewals += kind == "renewal"
+            self.overlaps += bool(self.active["flush"] and self.active["renewal"])
+            self.peak_flushes = max(self.peak_flushes, self.active["flush"])
+
+    def after(self, conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
+        if (kind := self.kind(statement)) is not None:
+            with self._lock:
+                self.active[kind] -= 1
+
+    def __enter__(self) -> _Overlaps:
+        event.listen(Engine, "before_cursor_execute", self.before)
+        event.listen(Engine, "after_cursor_execute", self.after)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        event.remove(Engine, "before_cursor_execute", self.before)
+        event.remove(Engine, "after_cursor_execute", self.after)
+
+
+def _stopped_midway(
+    sessions: sessionmaker[Session], queue: RetryQueue, event_type: str
+) -> RunReport:
+    """Drain 60 items; the 12th handler run calls stop(). The run's report."""
+    enqueue(sessions, queue, event_type, 60)
+    seen: list[int] = []
+    holder: list[Any] = []
+
+    def handler(job: Job) -> None:
+        seen.append(job.id)
+        if len(seen) == 12:
+            holder[0].stop()
+
+    worker = make_worker(queue, sessions, {event_type: handler}, batch_size=4, prefetch=4)
+    holder.append(worker)
+    with running(worker) as handle:
+        wait_until(lambda: worker.stopping, what="a handler stopped the worker")
+        return handle.stop()
+
+
+class TestInFlight:
+    """Pipeline transactions run several at once (``in_flight``: two on PostgreSQL by
+    default), never more, and never beside a lease renewal."""
+
+    def test_renewals_never_overlap_pipeline_transactions(
+        self,
+        backend: str,
+        sessions: sessionmaker[Session],
+        server_clock_queue: RetryQueue,
+        worker_logs: LogRecorder,
+    ) -> None:
+        queue = server_clock_queue
+        total = 300
+        enqueue(sessions, queue, "fast.job", total)
+        # A renewal every few ms while batches of 5 are recorded and claimed back to back:
+        # a renewal beside a flush would renew items being completed, find them gone, and
+        # call their leases lost (or deadlock with it on the rows both write).
+        worker = make_worker(
+            queue, sessions, {"fast.job": lambda job: None}, batch_size=5, heartbeat_interval=0.003
+        )
+        with _Overlaps() as seen, running(worker) as handle:
+            wait_until(
+                lambda: count_status(sessions, RetryStatus.COMPLETED) == total,
+                what="every item completed",
+            )
+            report = handle.stop()
+        assert report.completed == total and report.lost == 0
+        assert worker_logs.matching("lease lost", logging.WARNING) == []
+        assert worker_logs.matching("heartbeat failed", logging.WARNING) == []
+        with sessions() as session:
+            attempts = session.scalars(
+                select(func.count()).select_from(RetryHistory).group_by(RetryHistory.retry_queue_id)
+            ).all()
+        assert sorted(set(attempts)) == [1]  # each item recorded exactly once
+        assert seen.overlaps == 0
+        if backend == "postgresql":
+            assert seen.renewals > 0  # the check above saw renewals during the drain
+            assert seen.peak_flushes <= 2  # the default in_flight on PostgreSQL
+
+    @pytest.mark.parametrize("backend", ["postgresql"])  # the flush counted is PostgreSQL's
+    @pytest.mark.parametrize("in_flight", [1, 3])
+    def test_never_more_transactions_than_in_flight(
+        self,
+        in_flight: int,
+        sessions: sessionmaker[Session],
+        server_clock_queue: RetryQueue,
+    ) -> None:
+        queue = server_clock_queue
+        total = 400
+        enqueue(sessions, queue, "fast.job", total)
+        worker = make_worker(
+            queue, sessions, {"fast.job": lambda job: None}, batch_size=5, in_flight=in_flight
+        )
+        with _Overlaps() as seen, running(worker) as handle:
+            wait_until(
+                lambda: count_status(sessions, RetryStatus.COMPLETED) == total,
+                what="every item completed",
+            )
+            report = handle.stop()
+        assert report.completed == total
+        assert 1 <= seen.peak_flushes <= in_flight
+
+    def test_nothing_is_held_after_run_returns(
+        self, sessions: sessionmaker[Session], server_clock_queue: RetryQueue
+    ) -> None:
+        """stop() from inside a handler, with claims in flight: whatever they bring after
+        shutdown began is given back, not left locked until lock_timeout."""
+        for _ in range(4):  # (items released in a round are claimed again in the next)
+            report = _stopped_midway(sessions, server_clock_queue, "midway.job")
+            assert count_status(sessions, RetryStatus.PROCESSING) == 0, report
+            assert report.acquired == report.completed + report.released
+
+    def test_in_flight_is_validated(
+        self, sessions: sessionmaker[Session], server_clock_queue: RetryQueue
+    ) -> None:
+        with pytest.raises(InvalidArgument, match="in_flight"):
+            make_worker(server_clock_queue, sessions, {}, in_flight=0)
