@@ -198,7 +198,7 @@ class _Outcomes(_Claims):
         )
         rows = _core(session).execute(stmt, params).all()
         completed = {item.id for item in items}.difference(rows[0].lost_ids or ())
-        claimed = [claimed_item(row) for row in rows if row.id is not None]
+        claimed = [claimed_item(row, 1) for row in rows if row[1] is not None]  # 0: lost_ids
         claimed.sort(key=lambda item: (-item.priority, item.next_retry_at, item.id))
         if any(isinstance(item.event_data, encryption.Undecryptable) for item in claimed):
             with _atomic(session):  # rare: a worker's flush may run autocommitted

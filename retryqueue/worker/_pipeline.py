@@ -119,11 +119,26 @@ class Pipeline:
         self._running[item.id] = item
         return item
 
-    def finish(self, done: Finished) -> None:
-        """Note a handler run that ended; its outcome waits in the buffer."""
+    def claim_opened(self) -> bool:
+        """After :meth:`next_item`: True when taking that item is what allows the next
+        claim (the items ready or coming just fell to ``prefetch``): wake a driver."""
+        return len(self._ready) + self.claims_in_flight == self.prefetch
+
+    def finish(self, done: Finished) -> bool:
+        """Note a handler run that ended; its outcome waits in the buffer. True when a
+        driver may act on it now (the first outcome buffered, a batch's worth, nothing
+        left to run, or the end of a give-back's pause): only then is a driver woken, not
+        after every item."""
         self._running.pop(done.item.id, None)
         self._finished.append(done)
-        self.starved = False
+        starved, self.starved = self.starved, False
+        buffered = len(self._finished)
+        return (
+            starved
+            or buffered == 1
+            or buffered >= self.batch_size
+            or not (self._ready or self._running)
+        )
 
     def requeue_outcomes(self, finished: list[Finished]) -> None:
         """Put back outcomes whose transaction failed (first in line for the next flush)."""

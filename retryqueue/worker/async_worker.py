@@ -369,8 +369,10 @@ class AsyncWorker(WorkerBase):
                 self._has_work.clear()
                 await self._has_work.wait()
                 continue
-            pipe.finish(await self._attempt(pipe, item))
-            self._changed.set()
+            if pipe.claim_opened():
+                self._changed.set()
+            if pipe.finish(await self._attempt(pipe, item)):
+                self._changed.set()
 
     async def _attempt(self, pipe: Pipeline, item: ClaimedItem) -> Finished:
         """The one place a handler attempt runs; its exception, if any, is the outcome."""

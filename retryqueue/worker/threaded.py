@@ -334,10 +334,12 @@ class Worker(WorkerBase):
                     if pipe.closed:
                         return
                     self._has_work.wait()
+                if pipe.claim_opened():
+                    self._changed.notify_all()
             done = self._attempt(pipe, item)
             with self._lock:
-                pipe.finish(done)
-                self._changed.notify_all()  # the driver, and a renewal waiting its turn
+                if pipe.finish(done):
+                    self._changed.notify_all()
 
     def _attempt(self, pipe: Pipeline, item: ClaimedItem) -> Finished:
         """The one place a handler attempt runs; its exception, if any, is the outcome."""

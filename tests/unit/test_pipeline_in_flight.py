@@ -149,3 +149,15 @@ class TestShutdown:
         assert pipe.next_step(late, stopping=True, deadline=NOW + 30) is None
         pipe.landed(second)
         assert pipe.next_step(late, stopping=True, deadline=NOW + 30) is Wait.ABANDON
+
+
+class TestClaimedRows:
+    def test_claim_columns_are_the_claimed_items_fields_in_order(self) -> None:
+        """claimed_item() reads a claim's row by position: the statement's RETURNING
+        columns and ClaimedItem's fields must stay in the same order."""
+        from dataclasses import fields
+
+        from retryqueue.statements.claims import CLAIM_COLUMNS
+
+        names = [column.key for column in CLAIM_COLUMNS]
+        assert names == [field.name for field in fields(ClaimedItem)]
