@@ -53,7 +53,20 @@ STEPS = (
     BuildStep("Core execution", "9c88d80", "hot statements on the connection, not the ORM"),
     BuildStep("one statement", "46d790d", "complete + history + next claim in one statement"),
     BuildStep("COPY enqueue", "394fac2", "enqueue_many by COPY into a staging table"),
-    BuildStep("final", "HEAD", "autocommitted steady flush; everything merged since"),
+    BuildStep("autocommit", "acc483c", "autocommitted steady flush; everything merged since"),
+    BuildStep(
+        "arrays",
+        "5b2d26a",
+        "outcomes as array parameters (one statement text), only lost ids returned, "
+        "completions driven by the leases, the driver's connection kept",
+    ),
+    BuildStep("two in flight", "c2a4bec", "two pipeline transactions in flight on PostgreSQL"),
+    BuildStep(
+        "positional rows",
+        "0b4ce68",
+        "claimed rows read by position; handlers wake a driver only when it can act",
+    ),
+    BuildStep("final", "HEAD", "the second transaction in flight only while it pays (adaptive)"),
 )
 
 

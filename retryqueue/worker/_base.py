@@ -478,13 +478,18 @@ class WorkerBase:
 
     def _pipeline(self, dialect: str) -> Pipeline:
         """A fresh pipeline with this worker's batch size, prefetch, flush age, ready
-        timeout and transactions in flight (``in_flight``; by default two on PostgreSQL,
-        where each runs on its own connection, one elsewhere: SQLite has one writer, and
-        MySQL's gap locks make concurrent claims of one worker more likely to deadlock)."""
+        timeout and transactions in flight (``in_flight``; by default up to two on
+        PostgreSQL, where each runs on its own connection, the second only while it pays
+        (see :class:`~retryqueue.worker._pipeline.Governor`); one elsewhere: SQLite has one
+        writer, and MySQL's gap locks make concurrent claims of one worker more likely to
+        deadlock)."""
         depth = self.in_flight
+        adaptive = depth is None  # the default adapts (see Governor); a number is fixed
         if depth is None:
             depth = 2 if dialect == "postgresql" else 1
-        return Pipeline(self.batch_size, self.prefetch, self.flush_age, self.ready_timeout, depth)
+        return Pipeline(
+            self.batch_size, self.prefetch, self.flush_age, self.ready_timeout, depth, adaptive
+        )
 
     def _single_statement(self, step: Step, plans: list[FailurePlan | None], dialect: str) -> bool:
         """True when ``step`` is the steady state that PostgreSQL records and claims in one

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from retryqueue.results import ClaimedItem
 from retryqueue.worker._batch import Finished
 
-__all__ = ["GiveBack", "Pipeline", "Step", "Wait"]
+__all__ = ["GiveBack", "Governor", "Pipeline", "Step", "Wait"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +71,59 @@ class Wait(enum.Enum):
     ABANDON = "abandon"  # the shutdown grace ran out with handlers still running
 
 
+class Governor:
+    """How many pipeline transactions may run at once right now, between 1 and ``depth``:
+    the second is worth it only while the database answers it about as fast as a lone one.
+
+    A second transaction in flight lets the worker turn one's results into work while the
+    other is at the server; on a database that is already busy (many workers, few cores)
+    it only queues behind the first and adds lock contention. So the governor keeps
+    smoothed round-trip times of transactions that ran alone and of those that overlapped
+    another, and every :attr:`WINDOW` landings allows ``depth`` only while the overlapped
+    ones take under :attr:`WORTH` times the lone ones. Each window starts with a few
+    transactions run the other way (:attr:`PROBES`), so both figures stay current.
+    """
+
+    WINDOW = 64
+    PROBES = 6
+    WORTH = 1.6
+    SMOOTHING = 0.2
+
+    def __init__(self, depth: int) -> None:
+        self.depth = depth
+        self.chosen = depth  # the decision of the last window
+        self.alone: float | None = None  # smoothed seconds, lone transactions
+        self.overlapped: float | None = None  # smoothed seconds, overlapping ones
+        self._landings = 0
+
+    def allowed(self) -> int:
+        """Transactions that may run at once now (a probe runs the other way)."""
+        if self.depth == 1 or self._landings % self.WINDOW >= self.PROBES:
+            return self.chosen
+        return 1 if self.chosen > 1 else self.depth
+
+    def note(self, seconds: float, overlapped: bool) -> None:
+        """A transaction landed after ``seconds``; ``overlapped``: another ran meanwhile."""
+        if overlapped:
+            self.overlapped = _smooth(self.overlapped, seconds, self.SMOOTHING)
+        else:
+            self.alone = _smooth(self.alone, seconds, self.SMOOTHING)
+        self._landings += 1
+        if self._landings % self.WINDOW == 0 and self.alone and self.overlapped:
+            worth = self.overlapped < self.WORTH * self.alone
+            self.chosen = self.depth if worth else 1
+
+
+def _smooth(average: float | None, value: float, weight: float) -> float:
+    return value if average is None else average + weight * (value - average)
+
+
+@dataclass(slots=True)
+class _Flight:
+    started: float
+    overlapped: bool = False
+
+
 class Pipeline:
     """The items a worker holds and the outcomes it has not recorded; see the module docs."""
 
@@ -81,9 +134,13 @@ class Pipeline:
         flush_age: float,
         ready_timeout: float,
         depth: int = 1,
+        adaptive: bool = False,
     ) -> None:
         self.batch_size = batch_size
-        self.depth = depth  # pipeline transactions that may run at once
+        self.depth = depth  # pipeline transactions that may run at once (at most)
+        # adaptive: fewer while a second one does not pay (see Governor)
+        self.governor = Governor(depth) if adaptive and depth > 1 else None
+        self._flights: dict[int, _Flight] = {}
         self.in_flight = 0  # pipeline transactions running now
         self.claims_in_flight = 0  # the items their claims may bring
         self.renewing = False  # a lease renewal waits for (or runs): no new transaction
@@ -173,11 +230,23 @@ class Pipeline:
         """A pipeline transaction starts (the driver runs it elsewhere)."""
         self.in_flight += 1
         self.claims_in_flight += step.claim
+        if self.governor is not None:
+            flight = _Flight(time.monotonic(), overlapped=bool(self._flights))
+            for other in self._flights.values():
+                other.overlapped = True
+            self._flights[id(step)] = flight
 
     def landed(self, step: Step) -> None:
         """A pipeline transaction ended (its results, if any, already taken in)."""
         self.in_flight -= 1
         self.claims_in_flight -= step.claim
+        flight = self._flights.pop(id(step), None)
+        if self.governor is not None and flight is not None:
+            self.governor.note(time.monotonic() - flight.started, flight.overlapped)
+
+    def room(self) -> int:
+        """Transactions that may run at once now: ``depth``, or fewer (see Governor)."""
+        return self.depth if self.governor is None else self.governor.allowed()
 
     def hold_claims(self) -> None:
         """A claim came back short (the queue ran dry): claim nothing more until
@@ -211,7 +280,7 @@ class Pipeline:
             return self.pause_until - now
         if not stopping and (overdue := self.take_overdue(now)):
             return GiveBack(overdue)
-        if self.in_flight >= self.depth or self.renewing:  # no room: wait for one to land
+        if self.in_flight >= self.room() or self.renewing:  # no room: wait for one to land
             if stopping and deadline is not None and now >= deadline and not self.in_flight:
                 return Wait.ABANDON
             return self._until_overdue(now, _until(deadline, now))

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 from retryqueue.results import ClaimedItem
 from retryqueue.worker._batch import Finished
-from retryqueue.worker._pipeline import GiveBack, Pipeline, Step, Wait
+from retryqueue.worker._pipeline import GiveBack, Governor, Pipeline, Step, Wait
 
 NOW = 1000.0
 
@@ -161,3 +161,43 @@ class TestClaimedRows:
 
         names = [column.key for column in CLAIM_COLUMNS]
         assert names == [field.name for field in fields(ClaimedItem)]
+
+
+class TestGovernor:
+    """The default in_flight adapts: a second transaction only while it pays."""
+
+    def run_windows(self, governor: Governor, alone: float, overlapped: float, n: int) -> None:
+        for _ in range(n * Governor.WINDOW):
+            lone = governor.allowed() == 1
+            governor.note(alone if lone else overlapped, overlapped=not lone)
+
+    def test_keeps_two_while_the_database_answers_both_about_as_fast(self) -> None:
+        governor = Governor(2)
+        self.run_windows(governor, alone=0.0012, overlapped=0.0015, n=3)
+        assert governor.chosen == 2
+
+    def test_drops_to_one_when_a_second_only_queues_behind_the_first(self) -> None:
+        governor = Governor(2)
+        self.run_windows(governor, alone=0.0012, overlapped=0.0026, n=3)
+        assert governor.chosen == 1
+        assert governor.allowed() == 2  # still probing two as each window starts
+
+    def test_comes_back_to_two_when_the_database_has_room_again(self) -> None:
+        governor = Governor(2)
+        self.run_windows(governor, alone=0.0012, overlapped=0.0030, n=3)
+        assert governor.chosen == 1
+        self.run_windows(governor, alone=0.0012, overlapped=0.0013, n=6)
+        assert governor.chosen == 2
+
+    def test_probes_are_a_small_share_of_each_window(self) -> None:
+        governor = Governor(2)
+        shares = []
+        for _ in range(Governor.WINDOW):
+            shares.append(governor.allowed())
+            governor.note(0.001, overlapped=governor.allowed() == 2)
+        assert shares.count(1) == Governor.PROBES
+
+    def test_the_pipeline_uses_it_only_when_asked(self) -> None:
+        assert Pipeline(10, 10, 0.005, 30, depth=2).governor is None
+        assert Pipeline(10, 10, 0.005, 30, depth=1, adaptive=True).governor is None
+        assert Pipeline(10, 10, 0.005, 30, depth=2, adaptive=True).governor is not None
