@@ -125,3 +125,31 @@ class TestCompletionPlan:
             plan = "\n".join(line for (line,) in explained)
         assert "daz_retry_queue_pkey" in plan, plan
         assert "idx_retry_queue_lock_expires" not in plan, plan
+
+    def test_the_steady_flush_is_planned_once_not_per_batch(
+        self, engine: Engine, sessions: sessionmaker[Session]
+    ) -> None:
+        """psycopg prepares the flush after a few runs; PostgreSQL then uses one generic
+        plan instead of planning each batch anew (a third of the statement's time). It
+        does so only if the generic plan is as good as a custom one: with the claim's LIMIT
+        a parameter it guessed 10% of the table and chose a sequential scan, and kept
+        re-planning forever."""
+        queue = RetryQueue()
+        with sessions.begin() as session:
+            queue.enqueue_many(session, [NewItem("ok", {"n": n}) for n in range(20_000)])
+        with engine.connect() as connection:
+            solo = connection.execution_options(isolation_level="AUTOCOMMIT")
+            solo.exec_driver_sql("ANALYZE daz_retry_queue")  # the planner knows the size
+            with Session(bind=solo) as session:
+                held = queue.acquire(session, "w", batch_size=10)
+            for _ in range(20):
+                with Session(bind=solo) as session:
+                    _, held = queue.complete_and_acquire(
+                        session, held, "w", 10, reclaim_stale=False
+                    )
+            plans = solo.exec_driver_sql(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+                " WHERE statement LIKE 'WITH done AS%%'"
+            ).one()
+        generic, custom = plans
+        assert generic >= 10 and custom <= 5, plans
