@@ -417,31 +417,34 @@ class AsyncWorker(WorkerBase):
             return await self._in_transaction(operation, step, *args)
         try:
             try:
-                solo = await self._solo_connection(lane, engine)
-                async with self.sessions(bind=solo) as session:
+                session = await self._solo_session(lane, engine)
+                try:
                     return await session.run_sync(step, *args)
+                finally:
+                    await session.close()  # its identity map and transaction; not the connection
             except (SQLAlchemyError, DatabaseError):
                 await self._drop_solo(lane)  # it may be broken: the next flush connects afresh
                 raise
         except SQLAlchemyError as exc:  # commit/rollback errors are not wrapped by the queue
             raise database_error(operation, exc) from exc
 
-    @staticmethod
-    async def _solo_connection(lane: _Lane, engine: AsyncEngine) -> AsyncConnection:
-        """The autocommitted connection a driver keeps for its single-statement flushes
-        (checked out once, not once per batch; returned when the drive ends)."""
-        if lane.solo is None:
+    async def _solo_session(self, lane: _Lane, engine: AsyncEngine) -> AsyncSession:
+        """The session on the autocommitted connection a driver keeps for its
+        single-statement flushes (both made once, not once per batch; the connection is
+        returned when the drive ends)."""
+        if lane.solo is None or lane.session is None:
             connection = await engine.connect()
             try:
                 lane.solo = await connection.execution_options(isolation_level="AUTOCOMMIT")
             except BaseException:
                 await connection.close()
                 raise
-        return lane.solo
+            lane.session = self.sessions(bind=lane.solo)
+        return lane.session
 
     @staticmethod
     async def _drop_solo(lane: _Lane) -> None:
-        solo, lane.solo = lane.solo, None
+        solo, lane.solo, lane.session = lane.solo, None, None
         if solo is not None:
             with contextlib.suppress(SQLAlchemyError):
                 await solo.close()
@@ -530,13 +533,14 @@ class AsyncWorker(WorkerBase):
 
 
 class _Lane:
-    """What one driver keeps between its transactions: its autocommitted connection (None
-    until its first single-statement flush)."""
+    """What one driver keeps between its transactions: its autocommitted connection and a
+    session on it (None until its first single-statement flush)."""
 
-    __slots__ = ("solo",)
+    __slots__ = ("session", "solo")
 
     def __init__(self) -> None:
         self.solo: AsyncConnection | None = None
+        self.session: AsyncSession | None = None  # bound to solo
 
 
 async def _invoke(handler: Handler, job: Job) -> None:

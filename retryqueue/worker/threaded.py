@@ -384,8 +384,11 @@ class Worker(WorkerBase):
         try:
             if autocommit and lane is not None and self._engine is not None:
                 try:
-                    with self.sessions(bind=self._solo_connection(lane, self._engine)) as session:
+                    session = self._solo_session(lane, self._engine)
+                    try:
                         yield session
+                    finally:
+                        session.close()  # its identity map and transaction; not the connection
                 except (SQLAlchemyError, DatabaseError):
                     self._drop_solo(lane)  # it may be broken: the next flush connects afresh
                     raise
@@ -395,22 +398,23 @@ class Worker(WorkerBase):
         except SQLAlchemyError as exc:  # commit/rollback errors are not wrapped by the queue
             raise database_error(operation, exc) from exc
 
-    @staticmethod
-    def _solo_connection(lane: _Lane, engine: Engine) -> Connection:
-        """The autocommitted connection a flusher keeps for its single-statement flushes
-        (checked out once, not once per batch; returned when the drive ends)."""
-        if lane.solo is None:
+    def _solo_session(self, lane: _Lane, engine: Engine) -> Session:
+        """The session on the autocommitted connection a driver keeps for its
+        single-statement flushes (both made once, not once per batch; the connection is
+        returned when the drive ends)."""
+        if lane.solo is None or lane.session is None:
             connection = engine.connect()
             try:
                 lane.solo = connection.execution_options(isolation_level="AUTOCOMMIT")
             except BaseException:
                 connection.close()
                 raise
-        return lane.solo
+            lane.session = self.sessions(bind=lane.solo)
+        return lane.session
 
     @staticmethod
     def _drop_solo(lane: _Lane) -> None:
-        solo, lane.solo = lane.solo, None
+        solo, lane.solo, lane.session = lane.solo, None, None
         if solo is not None:
             with suppress(SQLAlchemyError):
                 solo.close()
@@ -511,13 +515,14 @@ class Worker(WorkerBase):
 
 
 class _Lane:
-    """What one flusher thread keeps between its transactions: its autocommitted
-    connection (None until its first single-statement flush)."""
+    """What one driver keeps between its transactions: its autocommitted connection and a
+    session on it (None until its first single-statement flush)."""
 
-    __slots__ = ("solo",)
+    __slots__ = ("session", "solo")
 
     def __init__(self) -> None:
         self.solo: Connection | None = None
+        self.session: Session | None = None  # bound to solo
 
 
 class _Wakeup(threading.Event):

@@ -121,11 +121,14 @@ class Fleet:
                 argv.append(flag)
             elif value is not None and value is not False:
                 argv += [flag, str(value)]
+        url = self.url
+        if url.get_backend_name() == "postgresql":  # its sessions show up under its name
+            url = url.update_query_dict({"application_name": name[:63]})
         environment = {
             **os.environ,
             **(env or {}),
             "PYTHONPATH": str(REPO),
-            URL_VARIABLE: self.url.render_as_string(hide_password=False),
+            URL_VARIABLE: url.render_as_string(hide_password=False),
         }
         with open(self.directory / f"{name}.stderr", "ab") as stderr:
             process = subprocess.Popen(

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, text
 from sqlalchemy.engine import URL
 
 from retryqueue import RetryStatus
@@ -56,6 +56,14 @@ def lock_holders(engine: Engine) -> Counter[str]:
     stmt = select(RetryItem.locked_by).where(RetryItem.status == RetryStatus.PROCESSING)
     with engine.connect() as connection:
         return Counter(connection.scalars(stmt))
+
+
+def sessions_of(engine: Engine, worker: str) -> int:
+    """Server sessions still open for a worker process (its application_name, see the
+    fleet)."""
+    stmt = text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :name")
+    with engine.connect() as connection:
+        return int(connection.scalar(stmt, {"name": worker}) or 0)
 
 
 class TestCrashes:
@@ -113,7 +121,15 @@ class TestCrashes:
             victim = next(w for w in slots if w.name == chosen)
             victim.kill()
             killed.append(victim)
-            # Its rows stay locked by it until reclaimed: what it held when it died.
+            # A statement it had sent still runs to its end on the server (an autocommitted
+            # flush completes and claims even though nobody reads its answer): wait until
+            # its sessions are gone. Its rows then stay locked by it until reclaimed: what
+            # it held when it died.
+            wait_until(
+                lambda name=victim.name: not sessions_of(engine, name),
+                timeout=30,
+                what="the killed worker's sessions to end",
+            )
             held_when_killed[victim.name] = lock_holders(engine)[victim.name]
             slots[slots.index(victim)] = spawn()
             feed()
