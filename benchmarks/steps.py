@@ -66,7 +66,13 @@ STEPS = (
         "0b4ce68",
         "claimed rows read by position; handlers wake a driver only when it can act",
     ),
-    BuildStep("final", "HEAD", "the second transaction in flight only while it pays (adaptive)"),
+    BuildStep("adaptive", "7fe9c4d", "the second transaction in flight only while it pays"),
+    BuildStep(
+        "generic plan",
+        "e79f6ff",
+        "the claim's LIMIT written in: one generic plan, no re-planning per batch",
+    ),
+    BuildStep("final", "HEAD", "each driver keeps one session on its connection"),
 )
 
 
