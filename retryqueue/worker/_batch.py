@@ -9,12 +9,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from retryqueue.results import ClaimedItem
 from retryqueue.worker.routing import Route
 
-__all__ = ["Finished", "by_token"]
+__all__ = ["Finished", "Lane", "by_token"]
 
 
 @dataclass(slots=True)
@@ -39,3 +39,16 @@ def by_token(items: Iterable[ClaimedItem]) -> dict[Any, list[int]]:
     for item in items:
         groups.setdefault(item.lease_token, []).append(item.id)
     return groups
+
+
+C = TypeVar("C")
+S = TypeVar("S")
+
+
+@dataclass(slots=True)
+class Lane(Generic[C, S]):
+    """What one driver keeps between its transactions: its autocommitted connection and a
+    session on it (None until its first single-statement flush)."""
+
+    solo: C | None = None
+    session: S | None = None  # bound to solo

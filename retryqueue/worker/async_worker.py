@@ -43,12 +43,14 @@ from retryqueue.errors import DatabaseError, database_error
 from retryqueue.queue import RetryQueue
 from retryqueue.results import ClaimedItem
 from retryqueue.worker._base import Job, RunReport, WorkerBase, WorkerOptions, job_for
-from retryqueue.worker._batch import Finished
+from retryqueue.worker._batch import Finished, Lane
 from retryqueue.worker._pipeline import GiveBack, Pipeline, Step, Wait
 from retryqueue.worker.async_listener import AsyncNotifyListener, supports_async_listen
 from retryqueue.worker.routing import Handler, Route, Router
 
 __all__ = ["AsyncWorker"]
+
+_Lane = Lane[AsyncConnection, AsyncSession]  # see Lane
 
 T = TypeVar("T")
 
@@ -530,17 +532,6 @@ class AsyncWorker(WorkerBase):
         except DatabaseError as exc:
             self._log_due_unknown(exc)
             return self.poll_interval
-
-
-class _Lane:
-    """What one driver keeps between its transactions: its autocommitted connection and a
-    session on it (None until its first single-statement flush)."""
-
-    __slots__ = ("session", "solo")
-
-    def __init__(self) -> None:
-        self.solo: AsyncConnection | None = None
-        self.session: AsyncSession | None = None  # bound to solo
 
 
 async def _invoke(handler: Handler, job: Job) -> None:

@@ -43,7 +43,7 @@ from retryqueue.worker._base import (
     WorkerOptions,
     job_for,
 )
-from retryqueue.worker._batch import Finished
+from retryqueue.worker._batch import Finished, Lane
 from retryqueue.worker._pipeline import GiveBack, Pipeline, Step, Wait
 from retryqueue.worker.listener import NotifyListener, supports_listen
 from retryqueue.worker.routing import (
@@ -66,6 +66,8 @@ __all__ = [
     "job_for",
     "load_router",
 ]
+
+_Lane = Lane[Connection, Session]  # see Lane
 
 
 class Worker(WorkerBase):
@@ -512,17 +514,6 @@ class Worker(WorkerBase):
         except DatabaseError as exc:
             self._log_due_unknown(exc)
             return self.poll_interval
-
-
-class _Lane:
-    """What one driver keeps between its transactions: its autocommitted connection and a
-    session on it (None until its first single-statement flush)."""
-
-    __slots__ = ("session", "solo")
-
-    def __init__(self) -> None:
-        self.solo: Connection | None = None
-        self.session: Session | None = None  # bound to solo
 
 
 class _Wakeup(threading.Event):

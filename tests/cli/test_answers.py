@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from retryqueue import RetryStatus
 from tests.cli.conftest import Invoke, Seeder
 
@@ -134,16 +136,15 @@ class TestHandlerSpecs:
         assert _json(result)["completed"] == 1
         assert seed.statuses()[ok] == "completed"
 
-    def test_bad_pipeline_setting_is_one_clear_error(self, cli: Invoke, seed: Seeder) -> None:
+    @pytest.mark.parametrize(
+        ("option", "value", "named"),
+        [("--ready-timeout", "-1", "ready_timeout"), ("--in-flight", "0", "in_flight")],
+    )
+    def test_bad_pipeline_setting_is_one_clear_error(
+        self, cli: Invoke, seed: Seeder, option: str, value: str, named: str
+    ) -> None:
         item = seed.item(RetryStatus.PENDING, event_type="anything.at.all")
-        result = cli("worker", "tests.cli.handlers:plain", "--once", "--ready-timeout", "-1")
+        result = cli("worker", "tests.cli.handlers:plain", "--once", option, value)
         assert result.exit_code != 0
-        assert "ready_timeout" in result.output and "Traceback" not in result.output
-        assert seed.statuses()[item] == "pending"
-
-    def test_in_flight_out_of_range_is_one_clear_error(self, cli: Invoke, seed: Seeder) -> None:
-        item = seed.item(RetryStatus.PENDING, event_type="anything.at.all")
-        result = cli("worker", "tests.cli.handlers:plain", "--once", "--in-flight", "0")
-        assert result.exit_code != 0
-        assert "in_flight" in result.output and "Traceback" not in result.output
+        assert named in result.output and "Traceback" not in result.output
         assert seed.statuses()[item] == "pending"

@@ -8,39 +8,12 @@ transaction is in flight, and items a claim brings after shutdown began are give
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
-
 from retryqueue.results import ClaimedItem
 from retryqueue.worker._batch import Finished
 from retryqueue.worker._pipeline import GiveBack, Governor, Pipeline, Step, Wait
+from tests.support.items import claimed
 
 NOW = 1000.0
-
-
-def claimed(item_id: int) -> ClaimedItem:
-    at = datetime(2026, 1, 1, tzinfo=UTC)
-    return ClaimedItem(
-        id=item_id,
-        event_id=uuid.uuid4(),
-        event_type="t",
-        channel_name=None,
-        plugin_name=None,
-        event_data={},
-        event_metadata=None,
-        retry_count=0,
-        max_retries=3,
-        retry_delay_seconds=1,
-        backoff_multiplier=2.0,
-        priority=0,
-        correlation_id=None,
-        tags=(),
-        created_at=at,
-        next_retry_at=at,
-        locked_by="w",
-        locked_at=at,
-        lease_token=uuid.uuid4(),
-    )
 
 
 def pipeline(depth: int = 2) -> Pipeline:
@@ -72,27 +45,27 @@ class TestDepth:
     def test_claims_in_flight_count_against_the_prefetch_bound(self) -> None:
         pipe = pipeline()
         first = launch(pipe)
-        pipe.add(claimed(n) for n in range(10))
+        pipe.add(claimed(item_id=n) for n in range(10))
         pipe.landed(first)
         run_all(pipe)  # ten outcomes to record
         second = launch(pipe)
         assert (len(second.outcomes), second.claim) == (10, 10)
         run_all(pipe)
-        pipe.add(claimed(n) for n in range(10, 20))  # ... while the second claim is out
+        pipe.add(claimed(item_id=n) for n in range(10, 20))  # ... while the second claim is out
         assert pipe.claim_size(NOW, stopping=False) == 0  # 10 ready + 10 coming > prefetch
 
     def test_no_more_than_depth_transactions_at_once(self) -> None:
         pipe = pipeline(depth=2)
         first = launch(pipe)
-        pipe.add(claimed(n) for n in range(10))
+        pipe.add(claimed(item_id=n) for n in range(10))
         pipe.landed(first)
         run_all(pipe)
         launch(pipe)
-        pipe.add(claimed(n) for n in range(10, 15))  # (as if) more came in meanwhile
+        pipe.add(claimed(item_id=n) for n in range(10, 15))  # (as if) more came in meanwhile
         run_all(pipe)
         third = launch(pipe)  # depth 2: the second of two in flight
         assert pipe.in_flight == 2
-        pipe.add(claimed(n) for n in range(15, 20))
+        pipe.add(claimed(item_id=n) for n in range(15, 20))
         run_all(pipe)
         assert pipe.next_step(NOW, stopping=False, deadline=None) is None  # no room
         pipe.landed(third)
@@ -101,7 +74,7 @@ class TestDepth:
     def test_depth_one_runs_one_transaction_at_a_time(self) -> None:
         pipe = pipeline(depth=1)
         first = launch(pipe)
-        pipe.add(claimed(n) for n in range(10))
+        pipe.add(claimed(item_id=n) for n in range(10))
         run_all(pipe)  # outcomes wait while the first transaction is still out
         assert pipe.next_step(NOW, stopping=False, deadline=None) is None
         pipe.landed(first)
@@ -110,7 +83,7 @@ class TestDepth:
     def test_no_transaction_starts_while_a_renewal_waits_or_runs(self) -> None:
         pipe = pipeline()
         first = launch(pipe)
-        pipe.add(claimed(n) for n in range(10))
+        pipe.add(claimed(item_id=n) for n in range(10))
         pipe.landed(first)
         run_all(pipe)
         pipe.renewing = True
@@ -131,7 +104,7 @@ class TestShutdown:
     def test_items_a_claim_brings_after_shutdown_began_are_given_back(self) -> None:
         pipe = pipeline()
         first = launch(pipe)
-        pipe.add(claimed(n) for n in range(3))  # the claim lands after stop()
+        pipe.add(claimed(item_id=n) for n in range(3))  # the claim lands after stop()
         pipe.landed(first)
         step = pipe.next_step(NOW, stopping=True, deadline=NOW + 30)
         assert isinstance(step, GiveBack)
@@ -141,7 +114,7 @@ class TestShutdown:
     def test_abandoning_waits_for_transactions_in_flight(self) -> None:
         pipe = pipeline()
         first = launch(pipe)
-        pipe.add([claimed(1)])
+        pipe.add([claimed(item_id=1)])
         pipe.landed(first)
         assert pipe.next_item(stopping=False) is not None  # a handler runs, and runs
         second = launch(pipe)  # (a claim: the running handler is not idle)

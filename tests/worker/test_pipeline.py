@@ -255,6 +255,21 @@ class _Overlaps:
         event.remove(Engine, "after_cursor_execute", self.after)
 
 
+def _drain_watched(
+    sessions: sessionmaker[Session], queue: RetryQueue, total: int, **settings: Any
+) -> tuple[RunReport, _Overlaps]:
+    """Drain ``total`` no-op items with a worker of these settings, counting what ran at
+    once; the run's report and the counts."""
+    enqueue(sessions, queue, "fast.job", total)
+    worker = make_worker(queue, sessions, {"fast.job": lambda job: None}, **settings)
+    with _Overlaps() as seen, running(worker) as handle:
+        wait_until(
+            lambda: count_status(sessions, RetryStatus.COMPLETED) == total,
+            what="every item completed",
+        )
+        return handle.stop(), seen
+
+
 def _stopped_midway(
     sessions: sessionmaker[Session], queue: RetryQueue, event_type: str
 ) -> RunReport:
@@ -286,21 +301,13 @@ class TestInFlight:
         server_clock_queue: RetryQueue,
         worker_logs: LogRecorder,
     ) -> None:
-        queue = server_clock_queue
         total = 300
-        enqueue(sessions, queue, "fast.job", total)
         # A renewal every few ms while batches of 5 are recorded and claimed back to back:
         # a renewal beside a flush would renew items being completed, find them gone, and
         # call their leases lost (or deadlock with it on the rows both write).
-        worker = make_worker(
-            queue, sessions, {"fast.job": lambda job: None}, batch_size=5, heartbeat_interval=0.003
+        report, seen = _drain_watched(
+            sessions, server_clock_queue, total, batch_size=5, heartbeat_interval=0.003
         )
-        with _Overlaps() as seen, running(worker) as handle:
-            wait_until(
-                lambda: count_status(sessions, RetryStatus.COMPLETED) == total,
-                what="every item completed",
-            )
-            report = handle.stop()
         assert report.completed == total and report.lost == 0
         assert worker_logs.matching("lease lost", logging.WARNING) == []
         assert worker_logs.matching("heartbeat failed", logging.WARNING) == []
@@ -322,18 +329,10 @@ class TestInFlight:
         sessions: sessionmaker[Session],
         server_clock_queue: RetryQueue,
     ) -> None:
-        queue = server_clock_queue
         total = 400
-        enqueue(sessions, queue, "fast.job", total)
-        worker = make_worker(
-            queue, sessions, {"fast.job": lambda job: None}, batch_size=5, in_flight=in_flight
+        report, seen = _drain_watched(
+            sessions, server_clock_queue, total, batch_size=5, in_flight=in_flight
         )
-        with _Overlaps() as seen, running(worker) as handle:
-            wait_until(
-                lambda: count_status(sessions, RetryStatus.COMPLETED) == total,
-                what="every item completed",
-            )
-            report = handle.stop()
         assert report.completed == total
         assert 1 <= seen.peak_flushes <= in_flight
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +11,9 @@ import pytest
 
 from retryqueue import InvalidArgument, RetryPolicy
 from retryqueue.policy import Outcome
-from retryqueue.results import ClaimedItem
 from retryqueue.worker import PermanentError, RetryLater, Router, load_router
 from retryqueue.worker.routing import NO_HANDLER, RoutePolicy, plan_failure
+from tests.support.items import claimed
 
 
 def handler_a(job: Any) -> None:
@@ -22,37 +22,6 @@ def handler_a(job: Any) -> None:
 
 def handler_b(job: Any) -> None:
     """Another handler."""
-
-
-def claimed(
-    event_type: str = "payment.capture",
-    *,
-    retry_count: int = 0,
-    max_retries: int = 3,
-    plugin_name: str | None = None,
-) -> ClaimedItem:
-    now = datetime(2026, 1, 5, tzinfo=UTC)
-    return ClaimedItem(
-        id=1,
-        event_id=uuid.uuid4(),
-        event_type=event_type,
-        channel_name=None,
-        plugin_name=plugin_name,
-        event_data={},
-        event_metadata=None,
-        retry_count=retry_count,
-        max_retries=max_retries,
-        retry_delay_seconds=60,
-        backoff_multiplier=2.0,
-        priority=5,
-        correlation_id=None,
-        tags=(),
-        created_at=now,
-        next_retry_at=now,
-        locked_by="w",
-        locked_at=now,
-        lease_token=uuid.uuid4(),
-    )
 
 
 class TestRouter:
