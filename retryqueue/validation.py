@@ -254,36 +254,50 @@ def json_document(
         if nullable:
             return None
         raise InvalidArgument(field, "is required (got None)")
-    _check_json(field, value, depth=0)
-    encoded = json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
-    if len(encoded) > max_bytes:
-        raise InvalidArgument(
-            field, f"is {len(encoded)} bytes as JSON, larger than the limit of {max_bytes}"
-        )
+    # The walk bounds the encoded size from above; only a document that might exceed the
+    # limit is encoded to measure it (the common small one is encoded once, when stored).
+    if _check_json(field, value, depth=0) > max_bytes:
+        encoded = json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        if len(encoded) > max_bytes:
+            raise InvalidArgument(
+                field, f"is {len(encoded)} bytes as JSON, larger than the limit of {max_bytes}"
+            )
     return value
 
 
-def _check_json(field: str, value: object, *, depth: int) -> None:
+_MAX_INT_BITS = 13_000  # ~3,900 digits: under Python's limit for int-to-text conversion
+_ESCAPED = 6  # the most UTF-8 bytes one character takes in JSON text (a \u00XX escape)
+
+
+def _check_json(field: str, value: object, *, depth: int) -> int:
+    """Check one JSON value; an upper bound of its UTF-8 size as ``json.dumps`` writes it."""
     if depth > MAX_JSON_DEPTH:
         raise InvalidArgument(field, f"is nested deeper than {MAX_JSON_DEPTH} levels")
-    if value is None or isinstance(value, bool | int):
-        return
+    if value is None or isinstance(value, bool):
+        return 5
+    if isinstance(value, int):
+        bits = value.bit_length()
+        if bits > _MAX_INT_BITS:  # Python will not even write it out as digits
+            raise InvalidArgument(field, "contains an integer too large for JSON")
+        return bits * 10 // 33 + 2  # digits <= bits * log10(2) + 1, and a sign
     if isinstance(value, float):
         if not math.isfinite(value):
             raise InvalidArgument(field, f"contains {value}, which JSON cannot represent")
-        return
+        return len(repr(value))
     if isinstance(value, str):
         _storable(field, value)
-        return
+        return _ESCAPED * len(value) + 2
     if isinstance(value, Mapping):
+        size = 2
         for key, item in value.items():
             if not isinstance(key, str):
                 raise InvalidArgument(field, f"has a non-string key {key!r}")
             _storable(field, key)
-            _check_json(field, item, depth=depth + 1)
-        return
+            size += _ESCAPED * len(key) + 6 + _check_json(field, item, depth=depth + 1)
+        return size
     if isinstance(value, list | tuple):
+        size = 2
         for item in value:
-            _check_json(field, item, depth=depth + 1)
-        return
+            size += 2 + _check_json(field, item, depth=depth + 1)
+        return size
     raise InvalidArgument(field, f"contains a {type(value).__name__}, which is not JSON")

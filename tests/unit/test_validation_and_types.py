@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import random
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -105,3 +107,47 @@ class TestDatabaseErrors:
 
         error = database_error("acquire", Wrapped("SELECT ... params"))
         assert str(error) == "acquire failed: connection refused"
+
+
+class TestJsonSize:
+    """json_document encodes a document only when a cheap upper bound says it might be
+    over the limit: the bound must never be under the real size, or an oversized payload
+    would get through."""
+
+    @staticmethod
+    def document(rng: random.Random, depth: int = 0) -> object:
+        chars = [34, 92, 65, 233, 0x1F600, 0x2028, 127, 9]
+        if depth > 4 or rng.random() < 0.3:
+            return rng.choice(
+                [
+                    None,
+                    True,
+                    False,
+                    rng.randint(-(10**30), 10**30),
+                    rng.random() * 1e300,
+                    -0.0,
+                    "".join(chr(rng.choice(chars)) for _ in range(rng.randint(0, 20))),
+                ]
+            )
+        if rng.random() < 0.5:
+            return {
+                "".join(chr(rng.choice(chars)) for _ in range(rng.randint(0, 5))): (
+                    TestJsonSize.document(rng, depth + 1)
+                )
+                for _ in range(rng.randint(0, 5))
+            }
+        return [TestJsonSize.document(rng, depth + 1) for _ in range(rng.randint(0, 5))]
+
+    def test_the_exact_limit_holds_for_random_documents(self) -> None:
+        rng = random.Random(15)
+        for _ in range(3000):
+            doc = {"d": self.document(rng)}  # (a top-level None means "missing")
+            size = len(json.dumps(doc, ensure_ascii=False, allow_nan=False).encode("utf-8"))
+            assert check.json_document("f", doc, max_bytes=size) is doc  # at the limit: ok
+            if size > 1:
+                with pytest.raises(InvalidArgument, match="bytes as JSON"):
+                    check.json_document("f", doc, max_bytes=size - 1)
+
+    def test_an_integer_too_large_to_write_is_a_clear_error(self) -> None:
+        with pytest.raises(InvalidArgument, match="integer too large"):
+            check.json_document("event_data", {"n": 10**5000})
