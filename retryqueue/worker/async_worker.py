@@ -4,7 +4,8 @@ The same pipeline (:mod:`retryqueue.worker._pipeline`: prefetch buffer, outcome 
 flush rules), the same transactions, statements and outcome rules (they live in
 :mod:`retryqueue.worker._base` and run on the :class:`~sqlalchemy.ext.asyncio.AsyncSession`
 through ``run_sync``): ``concurrency`` handler tasks and one heartbeat task live as long as
-the run, the run's task drives the database. ``async def`` handlers run
+the run, the run's task (and on PostgreSQL one more: ``in_flight``) drives the database,
+each on its own connection. ``async def`` handlers run
 on the event loop; plain handlers run in threads (at most ``concurrency`` at once), so a
 blocking handler never stalls the loop. Heartbeats are a task; on PostgreSQL a LISTEN task
 (asyncpg or psycopg) wakes an idle worker on NOTIFY.

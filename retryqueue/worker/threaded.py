@@ -1,13 +1,15 @@
 """The worker: takes due items, runs their handlers, records the outcomes.
 
 A pipeline (:mod:`retryqueue.worker._pipeline`): ``concurrency`` handler threads and one
-heartbeat thread live as long as :meth:`Worker.run`; the run's own thread drives the
-database. It keeps up to ``batch_size + prefetch`` claimed items ready so that handlers never
-wait for a claim, buffers finished outcomes and records them in one transaction (each with
-its history row; completions in a single statement via :meth:`RetryQueue.complete_many`)
-together with the next claim. The heartbeat extends the locks of every item held
-(prefetched, running, or waiting to be recorded), so a slow handler is never reclaimed; a
-worker that lost a lease anyway (it stalled past lock_timeout) sees its outcome refused.
+heartbeat thread live as long as :meth:`Worker.run`; the run's own thread and, on
+PostgreSQL, one more drive the database (``in_flight``: up to two transactions at once,
+each on its own connection). It keeps up to ``batch_size + prefetch`` claimed items ready
+so that handlers never wait for a claim, buffers finished outcomes and records them in one
+transaction (each with its history row; completions in a single statement via
+:meth:`RetryQueue.complete_many`) together with the next claim. The heartbeat extends the
+locks of every item held (prefetched, running, or waiting to be recorded), so a slow
+handler is never reclaimed; a worker that lost a lease anyway (it stalled past
+lock_timeout) sees its outcome refused.
 
 ``stop()`` (or SIGTERM/SIGINT after :meth:`Worker.install_signal_handlers`) stops
 acquiring, gives unstarted items back to pending at once, lets running handlers finish
@@ -381,7 +383,7 @@ class Worker(WorkerBase):
     def _transaction(
         self, operation: str, *, autocommit: bool = False, lane: _Lane | None = None
     ) -> Iterator[Session]:
-        """A session in a transaction; ``autocommit``: on the flusher's (``lane``)
+        """A session in a transaction; ``autocommit``: on the driver's (``lane``)
         autocommitted connection instead, for a step that is a single statement."""
         try:
             if autocommit and lane is not None and self._engine is not None:
