@@ -353,7 +353,8 @@ class WorkerOptions(TypedDict, total=False):
     batch-mates before it is recorded [0.005]; ``ready_timeout`` seconds a claimed item may
     wait for a free handler before it is given back to the queue for other workers
     [min(lock_timeout / 2, 30)]; ``in_flight`` pipeline transactions (record outcomes,
-    claim more) that may run at once, each on its own connection [2 on PostgreSQL, else 1].
+    claim more) that may run at once, each on its own connection [up to 2 on PostgreSQL,
+    the second only while it pays; else 1].
     """
 
     worker_id: str | None

@@ -120,7 +120,11 @@ def _smooth(average: float | None, value: float, weight: float) -> float:
 
 @dataclass(slots=True)
 class _Flight:
+    """A pipeline transaction in flight: when it started, the items its claim may bring,
+    and whether another ran beside it."""
+
     started: float
+    claim: int
     overlapped: bool = False
 
 
@@ -140,9 +144,7 @@ class Pipeline:
         self.depth = depth  # pipeline transactions that may run at once (at most)
         # adaptive: fewer while a second one does not pay (see Governor)
         self.governor = Governor(depth) if adaptive and depth > 1 else None
-        self._flights: dict[int, _Flight] = {}
-        self.in_flight = 0  # pipeline transactions running now
-        self.claims_in_flight = 0  # the items their claims may bring
+        self._flights: dict[int, _Flight] = {}  # by id() of the step, while it runs
         self.renewing = False  # a lease renewal waits for (or runs): no new transaction
         self.prefetch = prefetch
         self.flush_age = flush_age
@@ -226,22 +228,27 @@ class Pipeline:
 
     # -- transactions in flight ----------------------------------------------------------
 
+    @property
+    def in_flight(self) -> int:
+        """Pipeline transactions running now."""
+        return len(self._flights)
+
+    @property
+    def claims_in_flight(self) -> int:
+        """The items the claims of the transactions running now may bring."""
+        return sum(flight.claim for flight in self._flights.values())
+
     def launch(self, step: Step) -> None:
         """A pipeline transaction starts (the driver runs it elsewhere)."""
-        self.in_flight += 1
-        self.claims_in_flight += step.claim
-        if self.governor is not None:
-            flight = _Flight(time.monotonic(), overlapped=bool(self._flights))
-            for other in self._flights.values():
-                other.overlapped = True
-            self._flights[id(step)] = flight
+        for other in self._flights.values():
+            other.overlapped = True
+        flight = _Flight(time.monotonic(), step.claim, overlapped=bool(self._flights))
+        self._flights[id(step)] = flight
 
     def landed(self, step: Step) -> None:
         """A pipeline transaction ended (its results, if any, already taken in)."""
-        self.in_flight -= 1
-        self.claims_in_flight -= step.claim
-        flight = self._flights.pop(id(step), None)
-        if self.governor is not None and flight is not None:
+        flight = self._flights.pop(id(step))
+        if self.governor is not None:
             self.governor.note(time.monotonic() - flight.started, flight.overlapped)
 
     def room(self) -> int:
