@@ -127,6 +127,13 @@ def a_day_of_history(sessions: sessionmaker[Session]) -> None:
         attempt(sessions, item, "completed", NOW - timedelta(hours=back))
 
 
+def rolling_up_app(sessions: sessionmaker[Session]) -> Starlette:
+    """A day of history, and a dashboard app that rolls up hourly in its lifespan."""
+    a_day_of_history(sessions)
+    queue = RetryQueue(clock=ManualClock(NOW))
+    return create_app(sessions, queue=queue, roll_up_every=3600.0)
+
+
 class TestDashboardReadsTheRollUp:
     """A page rolls up at most PER_VIEW hours, shows the rest as not counted yet, and still
     answers when it cannot roll up."""
@@ -203,9 +210,7 @@ class TestBackgroundRollUp:
         self, sessions: sessionmaker[Session]
     ) -> None:
         """A request never pays for an hour when the background does the rolling up."""
-        a_day_of_history(sessions)
-        queue = RetryQueue(clock=ManualClock(NOW))
-        app = create_app(sessions, queue=queue, roll_up_every=3600.0)
+        app = rolling_up_app(sessions)
         client = TestClient(app)  # no `with`: the lifespan (the background) does not run
         page = client.get("/").text
         assert markers(sessions) == []
@@ -215,9 +220,7 @@ class TestBackgroundRollUp:
         self, sessions: sessionmaker[Session]
     ) -> None:
         """What ``retryqueue dashboard`` serves: uvicorn runs the lifespan."""
-        a_day_of_history(sessions)
-        queue = RetryQueue(clock=ManualClock(NOW))
-        app = create_app(sessions, queue=queue, roll_up_every=3600.0)
+        app = rolling_up_app(sessions)
         server = uvicorn.Server(
             uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning")
         )
