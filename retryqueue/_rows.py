@@ -84,6 +84,8 @@ def item_row(
     )
     _check_schedule(run_at, delay, expires_at, ttl, at)
     deadline, retry_for = _check_deadline(item, run_at, delay, expires_at, ttl, at)
+    max_retries, retry_delay_seconds, backoff_multiplier, priority = _settings(item)
+    event_data = item.event_data
     row: dict[str, Any] = {
         "event_id": uuid.uuid4()
         if item.event_id is None
@@ -92,18 +94,15 @@ def item_row(
         "channel_name": check.optional_text("channel_name", item.channel_name),
         "plugin_name": check.optional_text("plugin_name", item.plugin_name),
         "event_data": check.not_reserved(
-            "event_data",
-            check.json_document("event_data", item.event_data, max_bytes=max_payload_bytes),
+            "event_data", check.json_document("event_data", event_data, max_bytes=max_payload_bytes)
         ),
         "event_metadata": _metadata(item.event_metadata, max_payload_bytes),
         "retry_count": 0,
-        "max_retries": check.bounded_int("max_retries", item.max_retries, low=0, high=1000),
-        "retry_delay_seconds": check.bounded_int(
-            "retry_delay_seconds", item.retry_delay_seconds, low=0
-        ),
-        "backoff_multiplier": check.multiplier("backoff_multiplier", item.backoff_multiplier),
+        "max_retries": max_retries,
+        "retry_delay_seconds": retry_delay_seconds,
+        "backoff_multiplier": backoff_multiplier,
         "status": RetryStatus.PENDING,
-        "priority": check.bounded_int("priority", item.priority, low=1, high=10),
+        "priority": priority,
         "correlation_id": check.optional_text("correlation_id", item.correlation_id),
         "tags": check.tag_list("tags", item.tags),
     }
@@ -120,6 +119,34 @@ def item_row(
             else at + timedelta(seconds=retry_for)
         )
     return row
+
+
+# Validated (max_retries, retry_delay_seconds, backoff_multiplier, priority), by the values
+# as given and their types (2 and 2.0 and True hash alike): a bulk enqueue repeats a few
+# combinations, and the multiplier's exact-decimal check is the costly one.
+_SETTINGS: dict[tuple[Any, ...], tuple[int, int, float, int]] = {}
+_SETTINGS_KEPT = 256
+
+
+def _settings(item: NewItem) -> tuple[int, int, float, int]:
+    """The item's validated retry settings and priority (``InvalidArgument`` if bad)."""
+    given = (item.max_retries, item.retry_delay_seconds, item.backoff_multiplier, item.priority)
+    key = (*given, *map(type, given))
+    try:
+        return _SETTINGS[key]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable value: validated (and refused) below
+        key = ()
+    settings = (
+        check.bounded_int("max_retries", item.max_retries, low=0, high=1000),
+        check.bounded_int("retry_delay_seconds", item.retry_delay_seconds, low=0),
+        check.multiplier("backoff_multiplier", item.backoff_multiplier),
+        check.bounded_int("priority", item.priority, low=1, high=10),
+    )
+    if key and len(_SETTINGS) < _SETTINGS_KEPT:
+        _SETTINGS[key] = settings
+    return settings
 
 
 def _check_deadline(
@@ -178,6 +205,14 @@ def _check_schedule(
     On the database clock (``at`` None) the host clock stands in for "now": the check is
     about schedules days apart, not about the seconds of skew between the two.
     """
+    if run_at is None and expires_at is None:  # the common case: no clock needed
+        if delay >= ttl:
+            raise InvalidArgument(
+                "delay",
+                f"{delay:g}s is not shorter than the ttl of {ttl:g}s: the item would expire "
+                "before it is due; give a longer ttl or expires_at",
+            )
+        return
     now = at if at is not None else datetime.now(UTC)
     due = run_at if run_at is not None else now + timedelta(seconds=delay)
     if expires_at is not None:
@@ -191,18 +226,11 @@ def _check_schedule(
                 f"{expires_at.isoformat()} is not after the first due time (delay {delay:g}s): "
                 "the item could never run",
             )
-    elif run_at is not None:
-        if run_at >= now + timedelta(seconds=ttl):
-            raise InvalidArgument(
-                "run_at",
-                f"{run_at.isoformat()} is not before the item expires (ttl {ttl:g}s after "
-                "now): the item could never run; give a longer ttl or expires_at",
-            )
-    elif delay >= ttl:
+    elif run_at is not None and run_at >= now + timedelta(seconds=ttl):
         raise InvalidArgument(
-            "delay",
-            f"{delay:g}s is not shorter than the ttl of {ttl:g}s: the item would expire before "
-            "it is due; give a longer ttl or expires_at",
+            "run_at",
+            f"{run_at.isoformat()} is not before the item expires (ttl {ttl:g}s after "
+            "now): the item could never run; give a longer ttl or expires_at",
         )
 
 

@@ -22,8 +22,8 @@ from retryqueue.results import EnqueuedItem
 # How often enqueue re-inserts an event_id whose holder vanished before its id was read.
 _VANISHED_RETRIES = 3
 
-# COPY costs four round trips (create the staging table if missing, COPY, INSERT,
-# TRUNCATE): worth it for a bulk, not for a few rows (a single enqueue keeps one).
+# COPY costs three round trips (create the staging table if missing, COPY, INSERT):
+# worth it for a bulk, not for a few rows (a single enqueue keeps one).
 _COPY_FROM_ROWS = 50
 
 
@@ -83,8 +83,26 @@ class _Enqueue(_QueueBase):
     def _insert_rows(
         self, session: Session, at: datetime | None, rows: list[dict[str, Any]]
     ) -> list[EnqueuedItem]:
-        dialect = session.get_bind().dialect.name
         inserted = self._insert(session, at, rows, targeted=False)
+        if len(inserted) == len(rows):  # every row is new (so no event_id repeats)
+            results = [
+                EnqueuedItem(inserted[row["event_id"]], row["event_id"], True) for row in rows
+            ]
+        else:
+            results = self._resolve(session, at, rows, inserted)
+        if inserted and self.notify and session.get_bind().dialect.name == "postgresql":
+            session.execute(sql.notify())
+        return results
+
+    def _resolve(
+        self,
+        session: Session,
+        at: datetime | None,
+        rows: list[dict[str, Any]],
+        inserted: dict[uuid.UUID, int],
+    ) -> list[EnqueuedItem]:
+        """The results when some rows were skipped as taken: their holders' ids, read (and
+        inserted again if the holder vanished meanwhile). ``inserted`` grows in place."""
         ids = {**self._existing(session, rows, inserted), **inserted}
         for _ in range(_VANISHED_RETRIES):
             # Skipped as taken, yet no row holds it: the holder was purged or cleaned up
@@ -104,8 +122,6 @@ class _Enqueue(_QueueBase):
         else:
             missing = next(row["event_id"] for row in rows if row["event_id"] not in ids)
             raise EnqueueRaceError(missing, _VANISHED_RETRIES)
-        if inserted and self.notify and dialect == "postgresql":
-            session.execute(sql.notify())
         results, reported = [], set()
         for row in rows:
             event_id = row["event_id"]
@@ -205,7 +221,7 @@ def _insert_by_copy(
 
     connection = _core(session)
     dialect = connection.dialect
-    create, copy_rows, clear = sql.staging_statements(server_clock, dialect)
+    create, copy_rows = sql.staging_statements(server_clock, dialect)
     connection.exec_driver_sql(create)
     try:
         with raw.cursor() as cursor, cursor.copy(copy_rows) as copy:
@@ -213,9 +229,7 @@ def _insert_by_copy(
                 copy.write_row(values)
     except psycopg.Error as exc:
         raise database_error("enqueue_many", exc) from exc
-    inserted = {
+    return {
         event_id: item_id
         for item_id, event_id in connection.execute(sql.insert_items_staged(server_clock))
     }
-    connection.exec_driver_sql(clear)
-    return inserted

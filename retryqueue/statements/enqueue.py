@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import operator
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -233,11 +234,10 @@ def _insert_from(
 
 
 @functools.cache
-def staging_statements(server_clock: bool, dialect: Dialect) -> tuple[str, str, str]:
-    """PostgreSQL/psycopg 3: (CREATE the staging table if missing, its COPY ... FROM STDIN,
-    TRUNCATE it) for :func:`insert_items_staged`. A temporary table, so it is private to
-    the connection; ``ON COMMIT DELETE ROWS`` and the TRUNCATE after each use keep it
-    empty between calls."""
+def staging_statements(server_clock: bool, dialect: Dialect) -> tuple[str, str]:
+    """PostgreSQL/psycopg 3: (CREATE the staging table if missing, its COPY ... FROM STDIN)
+    for :func:`insert_items_staged`. A temporary table, so it is private to the
+    connection; the INSERT takes the rows out (and ``ON COMMIT DELETE ROWS`` would)."""
     name = _STAGING[server_clock]
     fields = _record_fields(server_clock)
     columns = ", ".join(f"{field.name} {field.type.compile(dialect=dialect)}" for field in fields)
@@ -246,16 +246,18 @@ def staging_statements(server_clock: bool, dialect: Dialect) -> tuple[str, str, 
         "ON COMMIT DELETE ROWS"
     )
     names = ", ".join(field.name for field in fields)
-    return create, f"COPY {name} (ord, {names}) FROM STDIN", f"TRUNCATE {name}"
+    return create, f"COPY {name} (ord, {names}) FROM STDIN"
 
 
 @functools.cache
 def insert_items_staged(server_clock: bool) -> Insert:
-    """PostgreSQL: the queue INSERT from the COPY staging table, in input order, skipping
-    existing event_ids (``ON CONFLICT DO NOTHING``, or the partitioned table's trigger);
-    RETURNING id, event_id."""
+    """PostgreSQL: the queue INSERT of the rows it DELETEs from the COPY staging table (one
+    statement: the table is empty again for the next call in the same transaction), in
+    input order, skipping existing event_ids (``ON CONFLICT DO NOTHING``, or the
+    partitioned table's trigger); RETURNING id, event_id."""
     staging = table(_STAGING[server_clock], column("ord", Integer()), *_record_fields(server_clock))
-    return _insert_from(staging, server_clock, order_by=staging.c.ord)
+    staged = staging.delete().returning(*staging.c).cte("staged")
+    return _insert_from(staged, server_clock, order_by=staged.c.ord).add_cte(staged)
 
 
 def staged_rows(
@@ -263,17 +265,17 @@ def staged_rows(
 ) -> Iterator[tuple[Any, ...]]:
     """The COPY rows of :func:`staging_statements`: ``ord`` then the record columns, with
     event_data sealed (encryption at rest) and the JSON columns as JSON text."""
-    sealed = SealedJSON()
+    seal = functools.partial(SealedJSON().process_bind_param, dialect=dialect)
     names = [field.name for field in _record_fields(server_clock)]
+    values_of = operator.itemgetter(*names)
+    data_at = 1 + names.index("event_data")  # ord comes first
+    metadata_at = 1 + names.index("event_metadata")
+    dumps = json.dumps
     for number, row in enumerate(rows):
-        values: list[Any] = [number]
-        for name in names:
-            value = row.get(name)
-            if name == "event_data":
-                value = json.dumps(sealed.process_bind_param(value, dialect))
-            elif name == "event_metadata" and value is not None:
-                value = json.dumps(value)
-            values.append(value)
+        values = [number, *values_of(row)]
+        values[data_at] = dumps(seal(values[data_at]))
+        if values[metadata_at] is not None:
+            values[metadata_at] = dumps(values[metadata_at])
         yield tuple(values)
 
 
