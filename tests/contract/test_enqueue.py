@@ -220,6 +220,33 @@ class TestBadInput:
         assert field.split("[")[0] in str(caught.value)
         assert count_items(sessions) == 0
 
+    @pytest.mark.parametrize(
+        ("field", "accepted", "refused"),
+        [
+            ("priority", 1, True),  # True == 1 and hashes alike
+            ("max_retries", 1, True),
+            ("retry_delay_seconds", 0, False),
+            ("backoff_multiplier", 2, [2]),  # unhashable
+            ("max_retries", 3, 3.0),  # 3.0 == 3, but it is not an integer
+        ],
+    )
+    def test_a_setting_refused_stays_refused_after_an_equal_one_passed(
+        self,
+        sessions: sessionmaker[Session],
+        queue: RetryQueue,
+        field: str,
+        accepted: object,
+        refused: object,
+    ) -> None:
+        """Validated settings are remembered by value and type: an equal value of another
+        type (a bool for an int, a float for an int) is still checked and refused."""
+        with sessions.begin() as session:
+            queue.enqueue(session, "ok.event", {}, **{field: accepted})
+        with sessions.begin() as session, pytest.raises(InvalidArgument) as caught:
+            queue.enqueue(session, "ok.event", {}, **{field: refused})
+        assert caught.value.field == field
+        assert count_items(sessions) == 1
+
     def test_oversized_payload_is_rejected(self, sessions: sessionmaker[Session]) -> None:
         small = RetryQueue(max_payload_bytes=1000)
         with sessions.begin() as session, pytest.raises(InvalidArgument, match="larger than"):
