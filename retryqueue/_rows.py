@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from retryqueue import encryption
 from retryqueue import statements as sql
 from retryqueue import validation as check
 from retryqueue.errors import InvalidArgument
@@ -368,9 +369,14 @@ def failure_forensics(
     }
 
 
-def claimed_item(row: Any, first: int = 0) -> ClaimedItem:
+def claimed_item(row: Any, first: int = 0, *, driver_values: bool = False) -> ClaimedItem:
     """A :class:`ClaimedItem` from a row whose columns from ``first`` on are
-    ``statements.CLAIM_COLUMNS``, in order (the hot path: positional, no lookups by name)."""
+    ``statements.CLAIM_COLUMNS``, in order (the hot path: positional, no lookups by name).
+
+    ``driver_values``: the columns are as psycopg returns them, without SQLAlchemy's
+    result processing (the PostgreSQL flush reads them so): event_data is decrypted here,
+    and the times are read in UTC.
+    """
     (
         item_id,
         event_id,
@@ -392,6 +398,11 @@ def claimed_item(row: Any, first: int = 0) -> ClaimedItem:
         locked_at,
         lease_token,
     ) = row[first:] if first else row
+    if driver_values:
+        event_data = encryption.open_json(event_data)
+        created_at = created_at.astimezone(UTC)
+        next_retry_at = next_retry_at.astimezone(UTC)
+        locked_at = locked_at.astimezone(UTC)
     return ClaimedItem(
         item_id,
         event_id,

@@ -198,7 +198,9 @@ class _Outcomes(_Claims):
         )
         rows = _core(session).execute(stmt, params).all()
         completed = {item.id for item in items}.difference(rows[0].lost_ids or ())
-        claimed = [claimed_item(row, 1) for row in rows if row[1] is not None]  # 0: lost_ids
+        claimed = [  # 0: lost_ids; then the claimed columns, as the driver returns them
+            claimed_item(row, 1, driver_values=True) for row in rows if row[1] is not None
+        ]
         claimed.sort(key=lambda item: (-item.priority, item.next_retry_at, item.id))
         if any(isinstance(item.event_data, encryption.Undecryptable) for item in claimed):
             with _atomic(session):  # rare: a worker's flush may run autocommitted

@@ -192,6 +192,9 @@ class Route:
         return (self.plugin_name is not None, exact, len(self.pattern))
 
 
+_RESOLUTIONS_KEPT = 4096
+
+
 class Router:
     """Handlers by event type (exact or ``prefix.*``) and optionally by plugin name.
 
@@ -202,6 +205,9 @@ class Router:
 
     def __init__(self, handlers: Mapping[str, Handler] | None = None) -> None:
         self._routes: list[Route] = []
+        # Resolutions by (event type, plugin), forgotten when a route is added; bounded, as
+        # event types come from the queue's rows.
+        self._resolved: dict[tuple[str, str | None], Route | None] = {}
         for pattern, handler in (handlers or {}).items():
             self.add(pattern, handler)
 
@@ -239,6 +245,7 @@ class Router:
             retry_for=_optional_retry_for(retry_for),
         )
         self._routes.append(route)
+        self._resolved = {}
         return route
 
     def route(
@@ -254,8 +261,18 @@ class Router:
 
     def resolve(self, event_type: str, plugin_name: str | None = None) -> Route | None:
         """The most specific route for an item, or None."""
+        key = (event_type, plugin_name)
+        resolved = self._resolved
+        try:
+            return resolved[key]
+        except KeyError:
+            pass
         candidates = [r for r in self._routes if r.matches(event_type, plugin_name)]
-        return max(candidates, key=Route._rank, default=None)
+        route = max(candidates, key=Route._rank, default=None)
+        if len(resolved) >= _RESOLUTIONS_KEPT:
+            resolved.clear()
+        resolved[key] = route
+        return route
 
     def __iter__(self) -> Iterator[Route]:
         return iter(list(self._routes))

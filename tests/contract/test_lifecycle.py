@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from retryqueue import (
@@ -18,6 +19,7 @@ from retryqueue import (
     RetryPolicy,
     RetryQueue,
     RetryStatus,
+    encryption,
 )
 from retryqueue.models import RetryHistory, RetryItem
 from tests.contract.conftest import on_front
@@ -346,6 +348,51 @@ class TestOutcomes:
         ]
         # The refused outcome left no history row: only the reclaim's.
         assert [h.status for h in history(sessions, lost.id)] == ["lock_expired"]
+
+    def test_complete_and_acquire_claims_items_as_acquire_reads_them(
+        self, sessions: sessionmaker[Session], server_clock_queue: RetryQueue
+    ) -> None:
+        """The combined flush reads its claimed rows its own way on PostgreSQL (as the
+        driver returns them): every field must come out as acquire gives it, typed the
+        same, the payload decrypted and the times in UTC."""
+        queue = server_clock_queue
+        fields: dict[str, Any] = {
+            "channel_name": "chan",
+            "plugin_name": "plug",
+            "event_metadata": {"m": [1, {"n": None}]},
+            "backoff_multiplier": 1.25,
+            "priority": 7,
+            "correlation_id": "corr",
+            "tags": ["a", "b"],
+        }
+        encryption.configure([encryption.generate_key()])
+        try:
+            with sessions.begin() as session:
+                queue.enqueue_many(
+                    session, [NewItem("e", {"secret": [n, "x"]}, **fields) for n in range(2)]
+                )
+            (first,) = acquire(sessions, queue, batch_size=1)
+            with sessions.begin() as session:
+                if session.get_bind().dialect.name == "postgresql":  # psycopg: times come
+                    session.execute(text("SET LOCAL TIME ZONE 'Asia/Kolkata'"))  # in this zone
+                done, (second,) = queue.complete_and_acquire(
+                    session, [first], "w1", 1, reclaim_stale=False
+                )
+        finally:
+            encryption.configure(None)
+        assert done == {first.id}
+        assert second.event_data == {"secret": (1, "x")}  # frozen, as acquire gives it
+        assert first.event_data == {"secret": (0, "x")}
+        skip = {"id", "event_id", "event_data", "created_at", "next_retry_at", "locked_at"}
+        skip.add("lease_token")
+        for name in ClaimedItem.__dataclass_fields__:
+            ours, theirs = getattr(second, name), getattr(first, name)
+            assert type(ours) is type(theirs), name
+            if name not in skip:
+                assert ours == theirs, name
+        for moment in (second.created_at, second.next_retry_at, second.locked_at):
+            assert moment is not None and moment.utcoffset() == timedelta(0)
+        assert second.lease_token != first.lease_token
 
 
 class TestFencing:
