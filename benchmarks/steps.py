@@ -1,5 +1,5 @@
-"""``python -m benchmarks.steps [--quick] [--database-url URL] [--out FILE]``: what each step
-of the worker's rebuild (issue #15) bought, measured in one run.
+"""``python -m benchmarks.steps [--quick] [--database-url URL] [--out FILE] [--since LABEL]``:
+what each step of the worker's rebuild (issue #15) bought, measured in one run.
 
 Each step is a commit of this repository. The script unpacks it (``git archive``) into a
 temporary directory and runs *that commit's own* ``python -m benchmarks --only
@@ -72,7 +72,19 @@ STEPS = (
         "e79f6ff",
         "the claim's LIMIT written in: one generic plan, no re-planning per batch",
     ),
-    BuildStep("final", "HEAD", "each driver keeps one session on its connection"),
+    BuildStep("one session", "f8b7c4b", "each driver keeps one session on its connection"),
+    BuildStep(
+        "lean enqueue",
+        "d4b5e96",
+        "enqueue_many: staging rows leave in the INSERT (no TRUNCATE round trip), "
+        "settings validated once per combination",
+    ),
+    BuildStep(
+        "driver values",
+        "HEAD",
+        "outcome arrays as one text parameter each; claimed rows read as the driver "
+        "returns them; routes resolved once per event type",
+    ),
 )
 
 
@@ -141,12 +153,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--database-url")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/steps.json")
+    parser.add_argument("--since", metavar="LABEL", help="run only this step and the ones after it")
     args = parser.parse_args()
+    labels = [step.label for step in STEPS]
+    if args.since is not None and args.since not in labels:
+        parser.error(f"--since: no step {args.since!r}; the steps are {', '.join(labels)}")
+    chosen = STEPS[labels.index(args.since) :] if args.since else STEPS
     url = args.database_url or os.environ.get("RETRYQUEUE_BENCH_POSTGRES_URL")
     started = datetime.now(UTC).isoformat(timespec="seconds")
     results: dict[str, list[dict[str, Any]]] = {}
     with bench_server(url) as server, tempfile.TemporaryDirectory() as work:
-        for step in STEPS:
+        for step in chosen:
             admin = server.admin_url.render_as_string(hide_password=False)
             results[step.label] = _run_step(step, admin, args.quick, Path(work))
     table = summarise(results)
