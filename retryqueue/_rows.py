@@ -86,7 +86,6 @@ def item_row(
     _check_schedule(run_at, delay, expires_at, ttl, at)
     deadline, retry_for = _check_deadline(item, run_at, delay, expires_at, ttl, at)
     max_retries, retry_delay_seconds, backoff_multiplier, priority = _settings(item)
-    event_data = item.event_data
     row: dict[str, Any] = {
         "event_id": uuid.uuid4()
         if item.event_id is None
@@ -95,7 +94,8 @@ def item_row(
         "channel_name": check.optional_text("channel_name", item.channel_name),
         "plugin_name": check.optional_text("plugin_name", item.plugin_name),
         "event_data": check.not_reserved(
-            "event_data", check.json_document("event_data", event_data, max_bytes=max_payload_bytes)
+            "event_data",
+            check.json_document("event_data", item.event_data, max_bytes=max_payload_bytes),
         ),
         "event_metadata": _metadata(item.event_metadata, max_payload_bytes),
         "retry_count": 0,
