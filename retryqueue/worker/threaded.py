@@ -108,6 +108,7 @@ class Worker(WorkerBase):
         self._previous_handlers: dict[int, Any] = {}
         bind = sessions.kw.get("bind")
         self._engine = bind if isinstance(bind, Engine) else None
+        self._dialect = "" if self._engine is None else self._engine.dialect.name
         self._report_lock = threading.Lock()  # the run's tally and the observers' calls
         self._failures = 0  # pipeline transactions failed in a row
         self._crash: BaseException | None = None  # a driver's unexpected error
@@ -123,7 +124,7 @@ class Worker(WorkerBase):
         self._registry_round(self._registry_due())  # listed at once, not after a heartbeat
         listener = self._start_listener()
         try:
-            total = self._drive(self._pipeline(self._dialect()))
+            total = self._drive(self._pipeline(self._dialect))
         finally:
             if listener is not None:
                 listener.close()
@@ -146,7 +147,7 @@ class Worker(WorkerBase):
             claimed = self._claim(session)
         if not claimed:
             return RunReport()
-        pipe = self._pipeline(self._dialect())
+        pipe = self._pipeline(self._dialect)
         pipe.claiming = False
         pipe.add(claimed)
         return self._drive(pipe) + RunReport(acquired=len(claimed))
@@ -302,7 +303,7 @@ class Worker(WorkerBase):
     ) -> None:
         plans = self._plans(step.outcomes)
         operation = "record outcomes" if step.outcomes else "acquire"
-        single = self._single_statement(step, plans, self._dialect())
+        single = self._single_statement(step, plans, self._dialect)
         try:
             with self._transaction(operation, autocommit=single, lane=lane) as session:
                 outcomes, claimed = self._flush(session, step.outcomes, plans, step.claim, single)
@@ -375,9 +376,6 @@ class Worker(WorkerBase):
             self._registry_done(step, exc)
         else:
             self._registry_done(step, None)
-
-    def _dialect(self) -> str:
-        return "" if self._engine is None else self._engine.dialect.name
 
     @contextmanager
     def _transaction(
