@@ -142,7 +142,8 @@ def worker(
         int | None,
         typer.Option(
             help="Pipeline transactions (record outcomes, claim more) running at once, each "
-            "on its own connection. Default: 2 on PostgreSQL, else 1."
+            "on its own connection. Default: up to 2 on PostgreSQL, the second only while "
+            "it pays; else 1. A number fixes it."
         ),
     ] = None,
     listen: Annotated[
