@@ -42,6 +42,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from retryqueue import limits
 from retryqueue import statements as sql
 from retryqueue import validation as check
 from retryqueue.breaker_policy import CircuitCounters, CircuitRules, CircuitStatus, Step
@@ -155,16 +156,19 @@ class CircuitBreaker:
         across all workers: the row is locked with SKIP LOCKED and changed by a
         compare-and-set on its version. ``owner`` (default host:pid) is recorded as the
         probe's holder. A probe starts only for a key that has an item to claim now: a
-        circuit whose items are not due yet stays open (no transition, no audit row) until
-        one is.
+        circuit whose items are not due yet, or whose key is paused (see
+        :mod:`retryqueue.limits`), stays open (no transition, no audit row) until one is.
         """
         at = self.now(session)
         rows = fetch_all(session, sql.circuits_not_closed(at), "circuit gate")
         if not rows:
             return Gate(per_event_type=self.per_event_type)
         due = [row.circuit_key for row in rows if self.rules.probe_due(_counters(row), row.now)]
-        if due:
-            claimable = sql.claimable_keys(at, due, per_event_type=self.per_event_type)
+        if due:  # a paused key's items are skipped by the probe's claim too: no probe yet
+            paused, _ = limits.paused_keys(session, at)
+            claimable = sql.claimable_keys(
+                at, due, per_event_type=self.per_event_type, limit_filter=paused
+            )
             with_items = set(session.scalars(claimable))
             due = [key for key in due if key in with_items]
         probes: list[str] = []

@@ -299,7 +299,9 @@ class _Claims(_QueueBase):
         if first_resume is not None:  # paused keys' items count from their pause's end
             waits.append(first_resume)
         if blocked and keys:
-            by_key = sql.next_claimable_due_by_key(at, keys, per_event_type=per_event_type)
+            by_key = sql.next_claimable_due_by_key(
+                at, keys, per_event_type=per_event_type, limit_filter=paused
+            )
             for held in session.execute(by_key):
                 due = (held.next_due - held.now).total_seconds()
                 waits.append(max(due, blocked[held.circuit_key]))

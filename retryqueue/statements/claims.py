@@ -54,7 +54,7 @@ from retryqueue.statements._base import (
     stamp_after,
     stamp_expr,
 )
-from retryqueue.statements.limits import KeyFilter, key_filter
+from retryqueue.statements.limits import KeyFilter, key_filter, skipped_keys
 from retryqueue.types import UTCDateTime, utc_now
 
 CLAIM_COLUMNS = (
@@ -176,10 +176,15 @@ def _circuit_filter(per_event_type: bool, only: Any = None, skip: Any = None) ->
 
 
 def claimable_keys(
-    at: datetime | None, keys: Sequence[str], *, per_event_type: bool = False
+    at: datetime | None,
+    keys: Sequence[str],
+    *,
+    per_event_type: bool = False,
+    limit_filter: KeyFilter | None = None,
 ) -> Select[str | None]:
     """The circuit keys among ``keys`` that have an item :func:`claim` could take now
-    (a half-open probe is only worth starting for those)."""
+    (a half-open probe is only worth starting for those): not counting the items
+    ``limit_filter`` skips (paused keys), which the probe's claim would skip too."""
     now = now_expr(at)
     key = circuit_key_of_item(per_event_type)
     return (
@@ -190,6 +195,7 @@ def claimable_keys(
             RetryItem.locked_by.is_(None),
             RetryItem.expires_at > now,
             key.in_(list(keys)),
+            *skipped_keys(limit_filter),
         )
         .distinct()
     )

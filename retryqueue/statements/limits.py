@@ -101,6 +101,17 @@ def key_filter(
     return clauses
 
 
+def skipped_keys(limit_filter: KeyFilter | None) -> list[ColumnElement[bool]]:
+    """The predicate leaving out the items ``limit_filter`` skips (paused keys), with
+    values, not bind parameters; no predicate without a filter."""
+    if limit_filter is None:
+        return []
+    return key_filter(
+        skip_plugins=list(limit_filter.skip_plugins) or None,
+        skip_pairs=list(limit_filter.skip_pairs) or None,
+    )
+
+
 def _in_force(at: datetime | None) -> ColumnElement[bool]:
     """A row that limits something now: a rate limit, or a pause not yet ended."""
     return or_(RetryLimit.rate_per_second.is_not(None), RetryLimit.paused_until > now_expr(at))

@@ -32,7 +32,7 @@ from retryqueue.statements._base import (
 )
 from retryqueue.statements.admin import _filter_clauses
 from retryqueue.statements.claims import _circuit_filter, circuit_key_of_item
-from retryqueue.statements.limits import KeyFilter, key_filter
+from retryqueue.statements.limits import KeyFilter, skipped_keys
 
 SNAPSHOT_COLUMNS = (
     RetryItem.id,
@@ -289,26 +289,25 @@ def next_claimable_due(
     circuits in ``skip_keys`` and those ``limit_filter`` skips (paused keys).
     """
     now = now_expr(at)
-    paused = []
-    if limit_filter is not None:
-        paused = key_filter(
-            skip_plugins=list(limit_filter.skip_plugins) or None,
-            skip_pairs=list(limit_filter.skip_pairs) or None,
-        )
     return select(func.min(RetryItem.next_retry_at).label("next_due"), now.label("now")).where(
         _status_is(RetryStatus.PENDING),
         RetryItem.locked_by.is_(None),
         RetryItem.expires_at > now,
         *_circuit_filter(per_event_type, skip=list(skip_keys) or None),
-        *paused,
+        *skipped_keys(limit_filter),
     )
 
 
 def next_claimable_due_by_key(
-    at: datetime | None, keys: Sequence[str], *, per_event_type: bool = False
+    at: datetime | None,
+    keys: Sequence[str],
+    *,
+    per_event_type: bool = False,
+    limit_filter: KeyFilter | None = None,
 ) -> AnySelect:
     """Per circuit key in ``keys``: the earliest next_retry_at of its claimable items, and
-    now (keys without such items are absent)."""
+    now (keys without such items are absent; so are the items ``limit_filter`` skips:
+    a paused key's items wait for the pause, not for their circuit's probe)."""
     now = now_expr(at)
     key = circuit_key_of_item(per_event_type)
     return (
@@ -322,6 +321,7 @@ def next_claimable_due_by_key(
             RetryItem.locked_by.is_(None),
             RetryItem.expires_at > now,
             key.in_(list(keys)),
+            *skipped_keys(limit_filter),
         )
         .group_by(key)
     )

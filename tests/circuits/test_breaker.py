@@ -318,6 +318,57 @@ class TestProbesNeedWork:
             assert breaker.gate(session, owner="w").probes == ("pay",)
         assert [row[2] for row in trail(sessions)] == ["open", "half_open"]
 
+    def test_no_probe_while_the_key_is_paused(
+        self,
+        breaker: CircuitBreaker,
+        sessions: sessionmaker[Session],
+        queue: RetryQueue,
+        clock: ManualClock,
+    ) -> None:
+        """A paused key's items are skipped by every claim, the probe's too: its open
+        circuit starts no probe (no half-open turn, no audit row, nothing to give back)
+        until the pause ends, and an idle worker waits for the pause's end, not for the
+        probe."""
+        paused_at = clock.now()
+        with sessions.begin() as session:
+            queue.enqueue(session, "capture", {}, plugin_name="pay")
+            queue.pause_key(session, "pay", seconds=60, reason="429 from the provider")
+        open_and_cool_down(breaker, sessions, clock)  # 30 s: "pay" stays paused 30 s more
+        for _ in range(3):  # gates at 30, 40 and 50 s
+            with sessions.begin() as session:
+                gate = breaker.gate(session, owner="w")
+                waiting = queue.seconds_until_claimable(
+                    session, blocked=breaker.probes_due_in(session)
+                )
+            assert gate.probes == () and gate.blocked == {"pay"} and gate.transitions == ()
+            elapsed = (clock.now() - paused_at).total_seconds()
+            assert waiting == pytest.approx(60 - elapsed)
+            clock.advance(10)
+        assert [row[2] for row in trail(sessions)] == ["open"]
+        assert state_of(sessions, "pay").status is OPEN
+        clock.advance(0.5)  # 60.5 s: the pause is over
+        with sessions.begin() as session:
+            assert breaker.gate(session, owner="w").probes == ("pay",)
+        assert [row[2] for row in trail(sessions)] == ["open", "half_open"]
+
+    def test_a_pause_holds_back_only_its_own_keys_probe(
+        self,
+        breaker: CircuitBreaker,
+        sessions: sessionmaker[Session],
+        queue: RetryQueue,
+        clock: ManualClock,
+    ) -> None:
+        with sessions.begin() as session:
+            queue.enqueue(session, "capture", {}, plugin_name="pay")
+            queue.enqueue(session, "send", {}, plugin_name="mail")
+            breaker.record(session, failures(3) + failures(3, plugin="mail", event_type="send"))
+            queue.pause_key(session, "pay", seconds=60)
+        clock.advance(30)
+        with sessions.begin() as session:
+            gate = breaker.gate(session, owner="w")
+        assert gate.probes == ("mail",) and gate.blocked == {"pay", "mail"}
+        assert [t.key for t in gate.transitions] == ["mail"]
+
     def test_next_due_waits_for_the_circuit(
         self,
         breaker: CircuitBreaker,
