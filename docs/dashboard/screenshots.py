@@ -78,6 +78,8 @@ def seed(sessions: sessionmaker) -> None:  # type: ignore[type-arg]
     clock.set(datetime.now(UTC))
     with sessions.begin() as session:
         CircuitBreaker(clock=clock).open(session, "crm", cooldown=600, actor="ops")
+        queue.pause_key(session, "billing", seconds=900, reason="429 Retry-After: 900")
+        queue.set_limit(session, "mail", 20, burst=40)
         for n, kind in enumerate(("threaded", "threaded", "asyncio")):
             register_worker(
                 session, f"worker-{n}", kind=kind, concurrency=4 * (n + 1), batch_size=20,

@@ -119,13 +119,16 @@ def dead_letters_page(request: Request) -> Response:
 
 
 def circuits_page(request: Request) -> Response:
-    """Every circuit's state and the newest transitions of the audit trail."""
-    with settings_of(request).reading() as session:
+    """Every circuit's state, the keys paused or rate-limited now (a pause stops a key like
+    an open circuit: both in one place, as ``retryqueue circuits`` shows them) and the
+    newest transitions of the audit trail."""
+    settings = settings_of(request)
+    with settings.reading() as session:
         states = circuit_states(session)
+        held = settings.queue.key_limits(session)
         events = circuit_events(session, limit=100)
-    return render(
-        request, "circuits.html", {"page": "circuits", "states": states, "events": events}
-    )
+    context = {"page": "circuits", "states": states, "limits": held, "events": events}
+    return render(request, "circuits.html", context)
 
 
 def audit_page(request: Request) -> Response:

@@ -147,6 +147,29 @@ class TestReadOnly:
             expect(page.locator("header")).to_contain_text("read-only")
 
 
+class TestPausesOnTheCircuitsPage:
+    """What holds a key back, in one place: a pause and a rate limit beside the circuits."""
+
+    def test_pause_and_limit_shown(
+        self, page: Page, seeded_db: tuple[str, Seeded], tmp_path: Path
+    ) -> None:
+        url, seeded = seeded_db
+        with seeded.sessions.begin() as session:
+            seeded.queue.pause_key(session, "billing", seconds=900, reason="429 <Retry-After>")
+            seeded.queue.set_limit(session, "mail", 20, burst=40)
+        with serve_dashboard(url, extra=("--read-only",)) as base:
+            page.goto(f"{base}/")
+            page.click("nav >> text=Circuits")
+            rows = page.locator("tr.key-limit")
+            expect(rows).to_have_count(2)
+            expect(rows.filter(has_text="billing")).to_contain_text("429 <Retry-After>")
+            expect(rows.filter(has_text="billing").locator(".pill")).to_have_count(1)
+            expect(rows.filter(has_text="mail").locator("td.num")).to_have_text(
+                ["20", "40", "40.0", "0"]
+            )
+            shoot(page, tmp_path, "circuits")
+
+
 def shown_ids(page: Page) -> list[str]:
     """The item ids the list shows, in order."""
     return page.locator("input.select").evaluate_all("boxes => boxes.map(box => box.value)")

@@ -259,9 +259,30 @@ class TestOtherPages:
 
     def test_render(self, client: TestClient, seeded: Seeded) -> None:
         seeded.add("dead", 2, dead="boom", plugin_name="billing")
-        assert "no circuit has tripped yet" in client.get("/circuits").text
+        circuits = client.get("/circuits").text
+        assert "no circuit has tripped yet" in circuits
+        assert "no key is paused or rate-limited" in circuits
         throughput = client.get("/throughput").text
         assert "billing" in throughput and '<td class="num">2</td>' in throughput
         assert "nothing yet" in client.get("/audit").text
         assert client.get("/static/dashboard.css").status_code == 200
         assert client.get("/static/dashboard.js").status_code == 200
+
+    def test_circuits_page_lists_pauses_and_limits(
+        self, client: TestClient, seeded: Seeded
+    ) -> None:
+        """A key held back by a pause or a rate limit is on the circuits page, where an
+        operator looks for what stops a key; the pause's reason (the handler's or an
+        operator's text) is shown escaped."""
+        with seeded.sessions.begin() as session:
+            seeded.queue.pause_key(session, "mail", seconds=600, reason="<b>429</b> & co")
+            seeded.queue.set_limit(session, "billing:invoice.sent", 2.5, burst=4)
+        page = client.get("/circuits").text
+        chunks = [chunk.split("</tr>")[0] for chunk in page.split('<tr class="key-limit">')[1:]]
+        rows = {row.split("<td>")[1].split("</td>")[0]: row for row in chunks}
+        assert set(rows) == {"billing:invoice.sent", "mail"}
+        assert "&lt;b&gt;429&lt;/b&gt; &amp; co" in rows["mail"] and "<b>429" not in page
+        limited = rows["billing:invoice.sent"]
+        assert '<td class="num">2.5</td>' in limited and '<td class="num">4</td>' in limited
+        assert '<td class="num">4.0</td>' in limited  # a new bucket is full
+        assert "no key is paused or rate-limited" not in page
