@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -46,6 +47,34 @@ def open_and_cool_down(
     with sessions.begin() as session:
         breaker.record(session, failures(3))
     clock.advance(30)
+
+
+def held_then_probed(
+    breaker: CircuitBreaker,
+    sessions: sessionmaker[Session],
+    clock: ManualClock,
+    *,
+    gates: int,
+    every: float,
+    then: float,
+    each: Callable[[Session], None] | None = None,
+) -> None:
+    """``gates`` gates, ``every`` seconds apart, start no probe for the open key "pay" (no
+    transition, no audit row; ``each`` checks more in each gate's session); ``then``
+    seconds after the last one, the next gate does."""
+    for _ in range(gates):
+        with sessions.begin() as session:
+            gate = breaker.gate(session, owner="w")
+            if each is not None:
+                each(session)
+        assert gate.probes == () and gate.blocked == {"pay"} and gate.transitions == ()
+        clock.advance(every)
+    assert [row[2] for row in trail(sessions)] == ["open"]
+    assert state_of(sessions, "pay").status is OPEN
+    clock.advance(then)
+    with sessions.begin() as session:
+        assert breaker.gate(session, owner="w").probes == ("pay",)
+    assert [row[2] for row in trail(sessions)] == ["open", "half_open"]
 
 
 class TestOpening:
@@ -306,17 +335,8 @@ class TestProbesNeedWork:
         with sessions.begin() as session:
             queue.enqueue(session, "capture", {}, plugin_name="pay", delay=60)
         open_and_cool_down(breaker, sessions, clock)
-        for _ in range(5):  # gates at 30, 35, 40, 45 and 50 s
-            with sessions.begin() as session:
-                gate = breaker.gate(session, owner="w")
-            assert gate.probes == () and gate.blocked == {"pay"} and gate.transitions == ()
-            clock.advance(5)
-        assert [row[2] for row in trail(sessions)] == ["open"]
-        assert state_of(sessions, "pay").status is OPEN
-        clock.advance(5)  # 60 s: the item is due
-        with sessions.begin() as session:
-            assert breaker.gate(session, owner="w").probes == ("pay",)
-        assert [row[2] for row in trail(sessions)] == ["open", "half_open"]
+        # gates at 30, 35, 40, 45 and 50 s; at 60 s the item is due
+        held_then_probed(breaker, sessions, clock, gates=5, every=5, then=5)
 
     def test_no_probe_while_the_key_is_paused(
         self,
@@ -334,22 +354,16 @@ class TestProbesNeedWork:
             queue.enqueue(session, "capture", {}, plugin_name="pay")
             queue.pause_key(session, "pay", seconds=60, reason="429 from the provider")
         open_and_cool_down(breaker, sessions, clock)  # 30 s: "pay" stays paused 30 s more
-        for _ in range(3):  # gates at 30, 40 and 50 s
-            with sessions.begin() as session:
-                gate = breaker.gate(session, owner="w")
-                waiting = queue.seconds_until_claimable(
-                    session, blocked=breaker.probes_due_in(session)
-                )
-            assert gate.probes == () and gate.blocked == {"pay"} and gate.transitions == ()
+
+        def waits_for_the_pause(session: Session) -> None:
+            waiting = queue.seconds_until_claimable(session, blocked=breaker.probes_due_in(session))
             elapsed = (clock.now() - paused_at).total_seconds()
             assert waiting == pytest.approx(60 - elapsed)
-            clock.advance(10)
-        assert [row[2] for row in trail(sessions)] == ["open"]
-        assert state_of(sessions, "pay").status is OPEN
-        clock.advance(0.5)  # 60.5 s: the pause is over
-        with sessions.begin() as session:
-            assert breaker.gate(session, owner="w").probes == ("pay",)
-        assert [row[2] for row in trail(sessions)] == ["open", "half_open"]
+
+        # gates at 30, 40 and 50 s; at 60.5 s the pause is over
+        held_then_probed(
+            breaker, sessions, clock, gates=3, every=10, then=0.5, each=waits_for_the_pause
+        )
 
     def test_a_pause_holds_back_only_its_own_keys_probe(
         self,
