@@ -174,3 +174,11 @@ class AsyncRetryQueue:
         return _iterate(
             session, lambda sync: self.sync.iter_rotate_keys(sync, batch_size=batch_size)
         )
+
+    def iter_refingerprint(
+        self, session: AsyncSession, *, batch_size: int = 500
+    ) -> AsyncIterator[tuple[int, int]]:
+        """See :meth:`RetryQueue.iter_refingerprint`; ``async for`` over it."""
+        return _iterate(
+            session, lambda sync: self.sync.iter_refingerprint(sync, batch_size=batch_size)
+        )

@@ -13,7 +13,18 @@ from typing import Annotated
 
 import typer
 
-from retryqueue.cli import admin, circuits, dashboard, db, items, limits, monitor, run, workers
+from retryqueue.cli import (
+    admin,
+    circuits,
+    dashboard,
+    db,
+    fingerprints,
+    items,
+    limits,
+    monitor,
+    run,
+    workers,
+)
 from retryqueue.cli._context import (
     DATABASE_URL_ENV,
     DEFAULT_DATABASE_URL,
@@ -68,6 +79,7 @@ app.add_typer(limits.app, name="limits")
 admin.register(app)
 items.register(app)
 monitor.register(app)
+fingerprints.register(app)
 run.register(app)
 dashboard.register(app)
 workers.register(app)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import re
 import sys
 import threading
@@ -59,6 +60,7 @@ __all__ = [  # the output helpers are re-exported: commands import everything fr
     "chunks",
     "console",
     "hoist_global_options",
+    "import_from_cwd",
     "jsonable",
     "new_table",
     "parse_duration",
@@ -201,6 +203,13 @@ def state(ctx: typer.Context) -> State:
     if found is None:  # pragma: no cover - the root callback always sets it
         raise CliError("internal error: no CLI state")
     return found
+
+
+def import_from_cwd() -> None:
+    """Let the application's modules be imported from the current folder, as ``python -m``
+    would (console scripts don't)."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
 
 
 def requested_by() -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import os
 import shutil
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from retryqueue.cli._context import (
     CliError,
     _first_line,
     console,
+    import_from_cwd,
     print_json,
     print_table,
     state,
@@ -190,8 +190,7 @@ def worker(
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if os.getcwd() not in sys.path:  # console scripts don't import from the current folder
-        sys.path.insert(0, os.getcwd())
+    import_from_cwd()
     current = state(ctx)
     current.require_existing_database()
     router = load_router(handlers)

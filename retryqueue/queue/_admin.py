@@ -16,6 +16,7 @@ from retryqueue import statements as sql
 from retryqueue import validation as check
 from retryqueue._rows import history_row
 from retryqueue.errors import InvalidArgument, database_error
+from retryqueue.fingerprint import fingerprint
 from retryqueue.models import TERMINAL_STATUSES, WORKER_DEAD_AFTER_SECONDS, RetryStatus
 from retryqueue.policy import MAX_DELAY_SECONDS
 from retryqueue.queue._claims import _Claims
@@ -227,6 +228,41 @@ class _Admin(_Claims):
                 yield len(rows)
         except SQLAlchemyError as exc:
             raise database_error("rotate_keys", exc) from exc
+
+    def iter_refingerprint(
+        self, session: Session, *, batch_size: int = 500
+    ) -> Iterator[tuple[int, int]]:
+        """Recompute the error fingerprint of every item that carries an error, with the
+        normalisation rules in force in this process (see
+        :func:`retryqueue.fingerprint.add_rule`): after a rule change, the dead letters
+        of one failure fall into one group again instead of the old and the new.
+
+        Works in batches of ``batch_size`` items by id and yields ``(items read,
+        fingerprints changed)`` per batch; commit between batches (a batch's rows stay
+        locked until then, so a concurrent failure's new message and fingerprint are not
+        overwritten). An item another transaction holds meanwhile is skipped (SKIP LOCKED)
+        and keeps its fingerprint until the next run; so does one whose message cannot be
+        decrypted here. History rows keep the fingerprint they were written with (an audit
+        trail, which the runtime role cannot update).
+        """
+        batch_size = check.bounded_int("batch_size", batch_size, low=1, high=100_000)
+        last = 0
+        try:
+            while ids := list(session.scalars(sql.failed_ids_after(last, batch_size))):
+                rows = session.execute(sql.lock_failed_rows(ids)).all()
+                changed = [
+                    {"id": row.id, "error_fingerprint": group}
+                    for row in rows
+                    if not isinstance(row.error_message, encryption.Undecryptable)
+                    and (group := fingerprint(row.last_error_code, row.error_message))
+                    != row.error_fingerprint
+                ]
+                if changed:
+                    session.execute(sql.set_fingerprint(), changed)
+                last = ids[-1]
+                yield len(rows), len(changed)
+        except SQLAlchemyError as exc:
+            raise database_error("refingerprint", exc) from exc
 
     @staticmethod
     def _rewrite_queue_rows(session: Session, rows: Sequence[Any]) -> None:

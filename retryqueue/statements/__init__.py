@@ -93,7 +93,14 @@ from retryqueue.statements.enqueue import (
     staging_statements,
 )
 from retryqueue.statements.expiry import dead_letter_expired, expired_ids, lock_expired
-from retryqueue.statements.groups import error_samples, error_tally, fingerprints_starting
+from retryqueue.statements.groups import (
+    error_samples,
+    error_tally,
+    failed_ids_after,
+    fingerprints_starting,
+    lock_failed_rows,
+    set_fingerprint,
+)
 from retryqueue.statements.limits import (
     LIMIT_COLUMNS,
     KeyFilter,
@@ -179,6 +186,7 @@ __all__ = [
     "existing_by_event_ids",
     "expired_batch",
     "expired_ids",
+    "failed_ids_after",
     "filtered_ids",
     "fingerprints_starting",
     "finished_batch_ids",
@@ -200,6 +208,7 @@ __all__ = [
     "limits_in_force",
     "listen",
     "lock_expired",
+    "lock_failed_rows",
     "lock_owned",
     "next_claimable_due",
     "next_claimable_due_by_key",
@@ -226,6 +235,7 @@ __all__ = [
     "select_stale",
     "server_deadline_params",
     "server_time_params",
+    "set_fingerprint",
     "set_metadata",
     "staged_rows",
     "staging_statements",

@@ -8,12 +8,29 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import ColumnElement, Text, func, select, type_coerce
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    Text,
+    Update,
+    func,
+    or_,
+    select,
+    type_coerce,
+    update,
+)
 
 from retryqueue.models import RetryItem, RetryStatus
-from retryqueue.statements._base import AnySelect, _status_in, _status_is
+from retryqueue.statements._base import _SYNC_OFF, AnySelect, _status_in, _status_is
 
-__all__ = ["error_samples", "error_tally", "fingerprints_starting"]
+__all__ = [
+    "error_samples",
+    "error_tally",
+    "failed_ids_after",
+    "fingerprints_starting",
+    "lock_failed_rows",
+    "set_fingerprint",
+]
 
 _SEEN = func.coalesce(RetryItem.last_attempted_at, RetryItem.created_at)
 
@@ -66,3 +83,40 @@ def fingerprints_starting(prefix: str, statuses: Sequence[RetryStatus], limit: i
         .order_by(RetryItem.error_fingerprint)
         .limit(limit)
     )
+
+
+def failed_ids_after(last_id: int, limit: int) -> Select[int]:
+    """The ids of the next ``limit`` items after id ``last_id`` that carry an error (code
+    or message), by id; a plain read (no lock: on MariaDB a locking scan would take
+    next-key locks across the claims' rows)."""
+    return (
+        select(RetryItem.id)
+        .where(
+            RetryItem.id > last_id,
+            or_(RetryItem.last_error_code.is_not(None), RetryItem.error_message.is_not(None)),
+        )
+        .order_by(RetryItem.id)
+        .limit(limit)
+    )
+
+
+def lock_failed_rows(item_ids: Sequence[int]) -> AnySelect:
+    """What the fingerprints of these items are made of, each row locked by primary key
+    until the transaction ends (SKIP LOCKED: one another transaction holds is left out)."""
+    return (
+        select(
+            RetryItem.id,
+            RetryItem.last_error_code,
+            RetryItem.error_message,
+            RetryItem.error_fingerprint,
+        )
+        .where(RetryItem.id.in_(list(item_ids)))
+        .order_by(RetryItem.id)
+        .with_for_update(skip_locked=True)
+    )
+
+
+def set_fingerprint() -> Update:
+    """Bulk UPDATE by primary key of items' fingerprints (executemany: ``{"id",
+    "error_fingerprint"}`` per row)."""
+    return update(RetryItem).execution_options(**_SYNC_OFF)

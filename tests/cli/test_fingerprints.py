@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import Engine, select
 
-from retryqueue import RetryStatus
+from retryqueue import RetryQueue, RetryStatus
 from retryqueue.cli import CliDeps
-from retryqueue.fingerprint import fingerprint
+from retryqueue.fingerprint import add_rule, fingerprint, reset_rules
+from retryqueue.models import RetryHistory, RetryItem
 from tests.cli.conftest import Invoke, Seeder
 from tests.cli.test_admin import FakeTime
 
@@ -204,6 +210,117 @@ class TestActOnAGroup:
         assert seed.count() == 2
         full = fingerprint("E", first + " #1")
         assert _json(cli("purge", "--fingerprint", str(full), "--yes", "--json"))["purged"]
+
+
+REJECTED = "tenant {name} rejected the invoice"
+RULES = """
+from retryqueue.fingerprint import add_rule
+
+def setup():
+    add_rule(r"tenant [a-z]+", "tenant <tenant>")
+"""
+
+
+@pytest.fixture
+def rules_module(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """An application module in the current folder whose ``setup()`` adds one rule (a
+    tenant's name is a value); the process's rules and import path are restored after."""
+    name = f"app_rules_{uuid.uuid4().hex}"
+    (tmp_path / f"{name}.py").write_text(RULES)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    try:
+        yield name
+    finally:
+        reset_rules()
+
+
+def _stored(seed: Seeder) -> tuple[dict[int, str | None], list[str | None]]:
+    """The items' fingerprints by id, and every history row's."""
+    with seed.sessions() as session:
+        rows = session.execute(select(RetryItem.id, RetryItem.error_fingerprint)).all()
+        history = list(session.scalars(select(RetryHistory.error_fingerprint)))
+    return {row.id: row.error_fingerprint for row in rows}, history
+
+
+class TestRefingerprint:
+    """After a rule change, ``refingerprint`` regroups the stored failures."""
+
+    def test_one_failure_is_one_group_again(
+        self, cli: Invoke, seed: Seeder, rules_module: str
+    ) -> None:
+        tenants = [
+            seed.item(RetryStatus.DEAD_LETTER, error_code="Rejected", error=REJECTED.format(name=n))
+            for n in ("acme", "globex")
+        ]
+        http = seed.item(RetryStatus.FAILED, error_code="HTTPError", error=_http(5))
+        done = seed.item(RetryStatus.COMPLETED)
+        before, history_before = _stored(seed)
+        assert before[tenants[0]] != before[tenants[1]]  # the built-in rules keep the names
+
+        result = _json(cli("refingerprint", "--rules", f"{rules_module}:setup", "--json"))
+
+        assert result == {"items": 3, "changed": 2}  # the HTTP failure's group did not move
+        after, history_after = _stored(seed)
+        assert (
+            after[tenants[0]]
+            == after[tenants[1]]
+            == fingerprint("Rejected", REJECTED.format(name="initech") + " #1")
+        )
+        assert after[http] == before[http] and after[done] is None
+        assert history_after == history_before  # the audit trail keeps what was written
+        groups = _groups(cli)
+        assert groups[str(after[tenants[0]])]["count"] == 2
+        again = _json(cli("refingerprint", "--rules", f"{rules_module}:setup", "--json"))
+        assert again == {"items": 3, "changed": 0}
+
+    @pytest.mark.parametrize(
+        ("spec", "problem"),
+        [
+            ("no_such_module_here", "cannot import 'no_such_module_here'"),
+            ("{module}:missing", "has no function 'missing'"),
+            ("{module}:", "expected 'package.module' or 'package.module:function'"),
+            ("broken_{module}", "cannot import 'broken_{module}': settings missing"),
+            ("broken_setup_{module}:setup", "setup() failed: no tenants"),
+        ],
+    )
+    def test_bad_rules_are_one_line_and_change_nothing(
+        self, cli: Invoke, seed: Seeder, rules_module: str, spec: str, problem: str
+    ) -> None:
+        Path(f"broken_{rules_module}.py").write_text("raise RuntimeError('settings missing')\n")
+        Path(f"broken_setup_{rules_module}.py").write_text(
+            "def setup():\n    raise ValueError('no tenants')\n"
+        )
+        seed.item(RetryStatus.DEAD_LETTER, error_code="Rejected", error=REJECTED.format(name="a"))
+        before = _stored(seed)
+        result = cli("refingerprint", "--rules", spec.format(module=rules_module))
+        assert result.exit_code == 1 and result.stdout == ""
+        (line,) = result.stderr.splitlines()
+        assert problem.format(module=rules_module) in line and "Traceback" not in result.stderr
+        assert _stored(seed) == before
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mysql"], indirect=True)
+def test_an_item_held_elsewhere_is_left_for_the_next_run(
+    seed: Seeder, engine: Engine, rules_module: str
+) -> None:
+    """A row another transaction holds (a worker recording a failure) is skipped, not
+    waited for nor overwritten; the next run regroups it. (SQLite has one writer at a time.)"""
+    first, held = (
+        seed.item(RetryStatus.DEAD_LETTER, error_code="Rejected", error=REJECTED.format(name=n))
+        for n in ("acme", "globex")
+    )
+    add_rule(r"tenant [a-z]+", "tenant <tenant>")
+    queue = RetryQueue()
+    with engine.connect() as other:
+        other.execute(select(RetryItem.id).where(RetryItem.id == held).with_for_update())
+        with seed.sessions.begin() as session:
+            assert list(queue.iter_refingerprint(session)) == [(1, 1)]
+        other.rollback()
+    with seed.sessions.begin() as session:
+        assert list(queue.iter_refingerprint(session)) == [(2, 1)]
+    after, _ = _stored(seed)
+    assert after[first] == after[held]
 
 
 def _two_messages_sharing_a_prefix() -> tuple[str, str]:

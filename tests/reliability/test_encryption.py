@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from retryqueue import ManualClock, RetryQueue, RetryStatus, encryption, migrations
 from retryqueue.cli import app
 from retryqueue.encryption import EncryptionError, Undecryptable
+from retryqueue.fingerprint import add_rule, fingerprint, reset_rules
 from retryqueue.testing import drain
 
 pytestmark = pytest.mark.reliability
@@ -175,3 +176,29 @@ def test_rotate_keys_command(
     assert done.exit_code == 0, done.output
     assert "re-encrypted 2 stored value(s)" in done.output
     assert "Joel" not in " ".join(raw(engine, "SELECT error_message FROM daz_retry_history"))
+
+
+def test_refingerprint_reads_sealed_messages_and_skips_undecryptable_ones(
+    sessions: sessionmaker[Session], queue: RetryQueue, keys: list[str]
+) -> None:
+    """Fingerprints are of the plaintext: a sealed message is read with its key and
+    regrouped under the rules in force; one no configured key opens is left as it is
+    (never regrouped from its ciphertext)."""
+    encryption.configure(keys[:1])
+    readable = fail_once(sessions, queue)
+    encryption.configure(keys[1:])  # the first key is gone: that message cannot be read
+    sealed_elsewhere = fail_once(sessions, queue)
+    stored = {readable: "", sealed_elsewhere: ""}
+    with sessions() as session:
+        for item_id in stored:
+            stored[item_id] = str(queue.get(session, item_id).error_fingerprint)
+    add_rule(r"Joel Robinson", "<name>")
+    try:
+        with sessions.begin() as session:
+            assert list(queue.iter_refingerprint(session)) == [(2, 1)]
+        regrouped = fingerprint("DECLINED", "declined for <name>")
+        with sessions() as session:
+            assert queue.get(session, sealed_elsewhere).error_fingerprint == regrouped
+            assert queue.get(session, readable).error_fingerprint == stored[readable]
+    finally:
+        reset_rules()
