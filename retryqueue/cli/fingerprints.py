@@ -8,7 +8,14 @@ from typing import Annotated
 
 import typer
 
-from retryqueue.cli._context import CliError, Progress, import_from_cwd, print_json, state
+from retryqueue.cli._context import (
+    CliError,
+    Progress,
+    _first_line,
+    import_from_cwd,
+    print_json,
+    state,
+)
 from retryqueue.cli.monitor import JsonOption
 
 __all__ = ["load_rules", "refingerprint", "register"]
@@ -30,7 +37,8 @@ def load_rules(spec: str) -> None:
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # an application module may fail in any way at import
-        raise CliError(f"--rules {spec!r}: cannot import {module_name!r}: {exc}") from None
+        problem = _first_line(exc)
+        raise CliError(f"--rules {spec!r}: cannot import {module_name!r}: {problem}") from None
     if not attribute:
         return
     function = getattr(module, attribute, None)
@@ -39,7 +47,7 @@ def load_rules(spec: str) -> None:
     try:
         function()
     except Exception as exc:  # the application's own code: its failure is reported, not raised
-        raise CliError(f"--rules {spec!r}: {attribute}() failed: {exc}") from None
+        raise CliError(f"--rules {spec!r}: {attribute}() failed: {_first_line(exc)}") from None
 
 
 def refingerprint(

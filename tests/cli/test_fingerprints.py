@@ -289,7 +289,7 @@ class TestRefingerprint:
     ) -> None:
         Path(f"broken_{rules_module}.py").write_text("raise RuntimeError('settings missing')\n")
         Path(f"broken_setup_{rules_module}.py").write_text(
-            "def setup():\n    raise ValueError('no tenants')\n"
+            "def setup():\n    raise ValueError('no tenants\\nsee the settings')\n"
         )
         seed.item(RetryStatus.DEAD_LETTER, error_code="Rejected", error=REJECTED.format(name="a"))
         before = _stored(seed)
