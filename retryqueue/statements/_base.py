@@ -199,3 +199,14 @@ def has_returning(dialect_name: str) -> bool:
     """Whether the queue's UPDATE/DELETE ... RETURNING statements run as they are (not on
     MySQL/MariaDB: see :mod:`retryqueue.statements.mysql`)."""
     return dialect_name not in _MYSQL_FAMILY
+
+
+def claimable_now(now: Any) -> list[ColumnElement[bool]]:
+    """What a claim may take, before its circuit and limit filters: pending, due (at
+    ``now``), unlocked and not expired. In this order: the claim's SQL text is cached."""
+    return [
+        _status_is(RetryStatus.PENDING),
+        RetryItem.next_retry_at <= now,
+        RetryItem.locked_by.is_(None),
+        RetryItem.expires_at > now,
+    ]

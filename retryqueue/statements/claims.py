@@ -50,6 +50,7 @@ from retryqueue.statements._base import (
     _status_in,
     _status_is,
     after,
+    claimable_now,
     now_expr,
     stamp_after,
     stamp_expr,
@@ -190,10 +191,7 @@ def claimable_keys(
     return (
         select(key)
         .where(
-            _status_is(RetryStatus.PENDING),
-            RetryItem.next_retry_at <= now,
-            RetryItem.locked_by.is_(None),
-            RetryItem.expires_at > now,
+            *claimable_now(now),
             key.in_(list(keys)),
             *skipped_keys(limit_filter),
         )
@@ -207,10 +205,7 @@ def _claimable(now: Any, limit: Any, circuit: list[Any]) -> Select[int]:
     return (
         select(RetryItem.id)
         .where(
-            _status_is(RetryStatus.PENDING),
-            RetryItem.next_retry_at <= now,
-            RetryItem.locked_by.is_(None),
-            RetryItem.expires_at > now,
+            *claimable_now(now),
             *circuit,
         )
         .order_by(RetryItem.priority.desc(), RetryItem.next_retry_at, RetryItem.id)

@@ -22,8 +22,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
-from retryqueue.models import RetryItem, RetryLimit, RetryStatus
-from retryqueue.statements._base import _SYNC_OFF, AnySelect, _status_is, now_expr, stamp_expr
+from retryqueue.models import RetryItem, RetryLimit
+from retryqueue.statements._base import (
+    _SYNC_OFF,
+    AnySelect,
+    claimable_now,
+    now_expr,
+    stamp_expr,
+)
 
 LIMIT_COLUMNS = (
     RetryLimit.limit_key,
@@ -187,10 +193,7 @@ def waiting_keys(at: datetime | None, plugins: Sequence[str], pairs: Sequence[st
     return (
         select(RetryItem.plugin_name, item_pair().label("pair"))
         .where(
-            _status_is(RetryStatus.PENDING),
-            RetryItem.next_retry_at <= now,
-            RetryItem.locked_by.is_(None),
-            RetryItem.expires_at > now,
+            *claimable_now(now),
             or_(*matches),
         )
         .distinct()
