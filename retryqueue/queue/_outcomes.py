@@ -17,7 +17,14 @@ from retryqueue._rows import claimed_item, history_row, lease_of, required_token
 from retryqueue.errors import InvalidArgument
 from retryqueue.policy import Outcome
 from retryqueue.queue._claims import _Claims
-from retryqueue.queue._support import _atomic, _core, _database_errors, _guard, _returning_rows
+from retryqueue.queue._support import (
+    _atomic,
+    _core,
+    _database_errors,
+    _guard,
+    _hot_rows,
+    _returning_rows,
+)
 from retryqueue.results import ClaimedItem
 
 
@@ -196,8 +203,8 @@ class _Outcomes(_Claims):
             batch_size,
             lock_timeout=lock_timeout,
         )
-        rows = _core(session).execute(stmt, params).all()
-        completed = {item.id for item in items}.difference(rows[0].lost_ids or ())
+        rows = _hot_rows(session, stmt, params)
+        completed = {item.id for item in items}.difference(rows[0][0] or ())  # 0: lost_ids
         claimed = [  # 0: lost_ids; then the claimed columns, as the driver returns them
             claimed_item(row, 1, driver_values=True) for row in rows if row[1] is not None
         ]

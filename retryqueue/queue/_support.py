@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import Connection
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from retryqueue import statements as sql
@@ -141,6 +141,65 @@ def _core(session: Session) -> Connection:
     if session.autoflush and (session.new or session.dirty or session.deleted):
         session.flush()
     return session.connection()
+
+
+def _hot_rows(session: Session, stmt: Any, params: Mapping[str, Any]) -> Sequence[Sequence[Any]]:
+    """The rows of a hot statement (a worker's flush), as the driver returns them.
+
+    On psycopg (sync, or async under ``run_sync``) the statement's driver form
+    (``statements.driver_form``: compiled once) runs on the session's own DB-API
+    connection, in its transaction: SQLAlchemy's per-call execution and result wrapping
+    cost more than the driver's work here. Wherever SQLAlchemy is watched (cursor or error
+    events: tracing, statement counters; echo), or on any other driver, the statement goes
+    through SQLAlchemy as usual; its columns must then be typed so that both give the same
+    values (``type_coerce(..., NullType())``).
+    """
+    connection = _core(session)
+    dialect = connection.dialect
+    if dialect.driver != "psycopg" or _watched(connection):
+        return connection.execute(stmt, params).all()
+    text, values = sql.driver_form(stmt, dialect, params)
+    pooled = connection.connection
+    driver: Any = pooled.driver_connection
+    try:
+        if dialect.is_async:  # inside run_sync's greenlet: wait for the coroutine there
+            from sqlalchemy.util import await_only  # needs greenlet (the async extra)
+
+            return await_only(_fetch_async(driver, text, values))
+        with driver.cursor() as cursor:
+            cursor.execute(text, values)
+            rows: list[Sequence[Any]] = cursor.fetchall()
+            return rows
+    except dialect.loaded_dbapi.Error as exc:  # as SQLAlchemy would raise it
+        gone = dialect.is_disconnect(exc, pooled.dbapi_connection, None)
+        if gone:  # and a dead connection is not handed out again
+            connection.invalidate(exc)
+        raise DBAPIError.instance(
+            text,
+            values,
+            exc,
+            dialect.loaded_dbapi.Error,
+            connection_invalidated=gone,
+            dialect=dialect,
+        ) from exc
+
+
+async def _fetch_async(driver: Any, text: str, values: Mapping[str, Any]) -> list[Any]:
+    async with driver.cursor() as cursor:
+        await cursor.execute(text, values)
+        rows: list[Any] = await cursor.fetchall()
+        return rows
+
+
+def _watched(connection: Connection) -> bool:
+    """True when something observes SQLAlchemy's execution on ``connection``."""
+    events = connection.dispatch
+    return bool(
+        events.before_cursor_execute
+        or events.after_cursor_execute
+        or connection.dialect.dispatch.handle_error
+        or connection.engine.echo
+    )
 
 
 @contextmanager

@@ -76,6 +76,7 @@ from retryqueue.statements.claims import (
     select_stale,
     stale_ids,
 )
+from retryqueue.statements.driver import DriverForm, driver_form
 from retryqueue.statements.enqueue import (
     NOTIFY_CHANNEL,
     enqueued_by_event_ids,
@@ -147,6 +148,7 @@ __all__ = [
     "NOTIFY_CHANNEL",
     "SNAPSHOT_COLUMNS",
     "Bound",
+    "DriverForm",
     "Emulation",
     "KeyFilter",
     "after",
@@ -178,6 +180,7 @@ __all__ = [
     "delete_history_by_ids",
     "delete_hourly",
     "delete_silent_workers",
+    "driver_form",
     "emulate_returning",
     "enqueued_by_event_ids",
     "error_groups",

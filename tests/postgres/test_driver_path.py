@@ -1,0 +1,196 @@
+"""The steady flush on psycopg runs its compiled text on the session's DB-API connection.
+
+What must hold: the text and parameters are exactly what SQLAlchemy would send; the items
+come back the same either way; a driver error is a DatabaseError, as through SQLAlchemy,
+and a dead connection is dropped; anyone watching SQLAlchemy (events) gets the ordinary path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, event
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
+
+from retryqueue import NewItem, RetryQueue, create_async_engine
+from retryqueue import statements as sql
+from retryqueue.aio import AsyncRetryQueue
+from retryqueue.errors import DatabaseError
+from retryqueue.results import ClaimedItem
+from tests.support.async_worker import async_url
+
+pytestmark = pytest.mark.parametrize("backend", ["postgresql"])
+
+
+@pytest.fixture
+def driver_forms(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The texts the fast path sent (a spy around the real ``driver_form``)."""
+    sent: list[str] = []
+    real = sql.driver_form
+
+    def spy(*args: Any) -> tuple[str, dict[str, Any]]:
+        text, values = real(*args)
+        sent.append(text)
+        return text, values
+
+    monkeypatch.setattr(sql, "driver_form", spy)
+    return sent
+
+
+@pytest.fixture
+def watched(engine: Engine) -> Iterator[list[tuple[str, Any]]]:
+    """Statements SQLAlchemy sends while a cursor event listens (the ordinary path)."""
+    seen: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, *rest: Any) -> None:
+        seen.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", capture)
+    yield seen
+    event.remove(engine, "before_cursor_execute", capture)
+
+
+def _seed(queue: RetryQueue, sessions: sessionmaker[Session], count: int) -> list[ClaimedItem]:
+    with sessions.begin() as session:
+        queue.enqueue_many(
+            session,
+            [
+                NewItem("ok", {"n": n, "nested": [n, {"k": "v"}]}, tags=["a", "b"])
+                for n in range(count)
+            ],
+        )
+    with sessions.begin() as session:
+        return queue.acquire(session, "w", batch_size=5)
+
+
+class TestDriverForm:
+    """The compiled text and parameters are SQLAlchemy's own."""
+
+    @pytest.mark.parametrize("at", [None, datetime(2026, 1, 5, 9, 0, tzinfo=UTC)])
+    def test_text_and_parameters_match_what_sqlalchemy_sends(
+        self, engine: Engine, watched: list[tuple[str, Any]], at: datetime | None
+    ) -> None:
+        leases = [(1, uuid.uuid4()), (2, uuid.uuid4())]
+        stmt, params = sql.complete_record_and_claim(
+            at, "w", leases, [3, None], uuid.uuid4(), 7, lock_timeout=30
+        )
+        with engine.connect() as connection:
+            connection.execute(stmt, params).all()
+            connection.rollback()
+            text, values = sql.driver_form(stmt, connection.dialect, params)
+        [(statement, parameters)] = watched
+        assert text == statement
+        assert values == parameters
+        assert "LIMIT 7" in text  # the rendered LIMIT: one prepared text per batch size
+
+    def test_each_batch_size_has_its_own_text(self, engine: Engine) -> None:
+        texts = set()
+        for size in (1, 10, 1, 10):
+            stmt, params = sql.complete_record_and_claim(
+                None, "w", [(1, uuid.uuid4())], [None], uuid.uuid4(), size, lock_timeout=30
+            )
+            texts.add(sql.driver_form(stmt, engine.dialect, params)[0])
+        assert len(texts) == 2
+
+
+class TestFastPath:
+    """complete_and_acquire through the DB-API connection and through SQLAlchemy agree."""
+
+    def test_unwatched_flush_takes_the_fast_path_and_builds_the_same_items(
+        self,
+        engine: Engine,
+        sessions: sessionmaker[Session],
+        driver_forms: list[str],
+    ) -> None:
+        queue = RetryQueue()
+        held = _seed(queue, sessions, 20)
+        with sessions.begin() as session:
+            completed, fast = queue.complete_and_acquire(session, held, "w", 5, reclaim_stale=False)
+        assert len(driver_forms) == 1  # the fast path ran
+        assert completed == {item.id for item in held}
+        with sessions.begin() as session:  # and again, watched: SQLAlchemy's own path
+            seen: list[str] = []
+            listener = lambda *args: seen.append(args[2])  # noqa: E731
+            event.listen(engine, "before_cursor_execute", listener)
+            try:
+                completed, slow = queue.complete_and_acquire(
+                    session, fast, "w", 5, reclaim_stale=False
+                )
+            finally:
+                event.remove(engine, "before_cursor_execute", listener)
+        assert len(driver_forms) == 1 and any(s.startswith("WITH done AS") for s in seen)
+        assert completed == {item.id for item in fast}
+        assert len(fast) == len(slow) == 5
+        for one, other in zip(fast, slow, strict=True):
+            for name in ClaimedItem.__dataclass_fields__:
+                mine, theirs = getattr(one, name), getattr(other, name)
+                assert type(mine) is type(theirs), name
+                if isinstance(mine, datetime):
+                    assert mine.tzinfo == UTC, name
+            assert one.event_data["nested"][1]["k"] == "v"
+            assert one.tags == ("a", "b")
+        assert {item.event_data["n"] for item in fast} == set(range(5, 10))
+        assert {item.event_data["n"] for item in slow} == set(range(10, 15))
+
+    def test_a_lost_lease_is_refused_on_the_fast_path(
+        self, sessions: sessionmaker[Session], driver_forms: list[str]
+    ) -> None:
+        queue = RetryQueue()
+        held = _seed(queue, sessions, 5)
+        with sessions.begin() as session:  # the operator requeues one: its lease is gone
+            queue.release(session, "w", [held[0].id], lease_token=held[0].lease_token)
+        with sessions.begin() as session:
+            completed, _ = queue.complete_and_acquire(session, held, "w", 5, reclaim_stale=False)
+        assert driver_forms
+        assert completed == {item.id for item in held[1:]}
+
+    def test_a_dead_connection_is_a_database_error_and_is_dropped(
+        self, engine: Engine, sessions: sessionmaker[Session], driver_forms: list[str]
+    ) -> None:
+        queue = RetryQueue()
+        held = _seed(queue, sessions, 10)
+        with sessions() as session:
+            connection = session.connection()
+            pid = connection.exec_driver_sql("select pg_backend_pid()").scalar_one()
+            with engine.connect() as other:
+                other.exec_driver_sql(f"select pg_terminate_backend({int(pid)})")
+            with pytest.raises(DatabaseError) as raised:
+                queue.complete_and_acquire(session, held, "w", 5, reclaim_stale=False)
+            assert connection.invalidated
+            assert "complete" in str(raised.value)
+        assert driver_forms
+        with sessions.begin() as session:  # the pool hands out a live connection again
+            completed, _ = queue.complete_and_acquire(session, held, "w", 5, reclaim_stale=False)
+        assert completed == {item.id for item in held}
+
+
+class TestAsyncFastPath:
+    """Under psycopg's async mode (AsyncSession, run_sync) the flush takes the same path."""
+
+    def test_async_flush_takes_the_fast_path(
+        self, engine: Engine, sessions: sessionmaker[Session], driver_forms: list[str]
+    ) -> None:
+        queue = RetryQueue()
+        held = _seed(queue, sessions, 10)
+
+        async def flush() -> tuple[set[int], list[ClaimedItem]]:
+            made = create_async_engine(async_url(engine))
+            try:
+                async with async_sessionmaker(made)() as session, session.begin():
+                    return await AsyncRetryQueue.wrapping(queue).complete_and_acquire(
+                        session, held, "w", 5, reclaim_stale=False
+                    )
+            finally:
+                await made.dispose()
+
+        completed, claimed = asyncio.run(flush())
+        assert len(driver_forms) == 1
+        assert completed == {item.id for item in held}
+        assert {item.event_data["n"] for item in claimed} == set(range(5, 10))
+        assert all(type(item.event_id) is uuid.UUID for item in claimed)
