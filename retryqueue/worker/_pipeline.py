@@ -145,6 +145,7 @@ class Pipeline:
         # adaptive: fewer while a second one does not pay (see Governor)
         self.governor = Governor(depth) if adaptive and depth > 1 else None
         self._flights: dict[int, _Flight] = {}  # by id() of the step, while it runs
+        self._coming = 0  # the sum of the flights' claims (asked for every item taken)
         self.renewing = False  # a lease renewal waits for (or runs): no new transaction
         self.prefetch = prefetch
         self.flush_age = flush_age
@@ -236,7 +237,7 @@ class Pipeline:
     @property
     def claims_in_flight(self) -> int:
         """The items the claims of the transactions running now may bring."""
-        return sum(flight.claim for flight in self._flights.values())
+        return self._coming
 
     def launch(self, step: Step) -> None:
         """A pipeline transaction starts (the driver runs it elsewhere)."""
@@ -244,10 +245,12 @@ class Pipeline:
             other.overlapped = True
         flight = _Flight(time.monotonic(), step.claim, overlapped=bool(self._flights))
         self._flights[id(step)] = flight
+        self._coming += step.claim
 
     def landed(self, step: Step) -> None:
         """A pipeline transaction ended (its results, if any, already taken in)."""
         flight = self._flights.pop(id(step))
+        self._coming -= flight.claim
         if self.governor is not None:
             self.governor.note(time.monotonic() - flight.started, flight.overlapped)
 
