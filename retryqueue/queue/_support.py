@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import Connection
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError, StatementError
 from sqlalchemy.orm import Session
 
 from retryqueue import statements as sql
@@ -146,45 +146,77 @@ def _core(session: Session) -> Connection:
 def _hot_rows(session: Session, stmt: Any, params: Mapping[str, Any]) -> Sequence[Sequence[Any]]:
     """The rows of a hot statement (a worker's flush), as the driver returns them.
 
-    On psycopg (sync, or async under ``run_sync``) the statement's driver form
-    (``statements.driver_form``: compiled once) runs on the session's own DB-API
+    On psycopg (sync, or async under ``run_sync``) and on asyncpg the statement's driver
+    form (``statements.driver_form``: compiled once) runs on the session's own DB-API
     connection, in its transaction: SQLAlchemy's per-call execution and result wrapping
     cost more than the driver's work here. Wherever SQLAlchemy is watched (cursor or error
-    events: tracing, statement counters; echo), or on any other driver, the statement goes
-    through SQLAlchemy as usual; its columns must then be typed so that both give the same
-    values (``type_coerce(..., NullType())``).
+    events: tracing, statement counters; echo), on any other driver, and on asyncpg inside
+    a transaction SQLAlchemy has not begun on the server yet, the statement goes through
+    SQLAlchemy as usual; its columns must then be typed so that both give the same values
+    (``type_coerce(..., NullType())``).
     """
     connection = _core(session)
     dialect = connection.dialect
-    if dialect.driver != "psycopg" or _watched(connection):
+    if dialect.driver not in _DRIVERS or _watched(connection):
         return connection.execute(stmt, params).all()
-    text, values = sql.driver_form(stmt, dialect, params)
     pooled = connection.connection
     driver: Any = pooled.driver_connection
+    if dialect.driver == "asyncpg" and not (
+        getattr(pooled.dbapi_connection, "autocommit", False) or driver.is_in_transaction()
+    ):  # SQLAlchemy's adapter opens the transaction on its first statement: let it
+        return connection.execute(stmt, params).all()
+    text, values = sql.driver_form(stmt, dialect, params)
     try:
         if dialect.is_async:  # inside run_sync's greenlet: wait for the coroutine there
             from sqlalchemy.util import await_only  # needs greenlet (the async extra)
 
+            if dialect.driver == "asyncpg":
+                rows: list[Sequence[Any]] = await_only(driver.fetch(text, *values))
+                return rows
             return await_only(_fetch_async(driver, text, values))
         with driver.cursor() as cursor:
             cursor.execute(text, values)
-            rows: list[Sequence[Any]] = cursor.fetchall()
+            rows = cursor.fetchall()
             return rows
-    except dialect.loaded_dbapi.Error as exc:  # as SQLAlchemy would raise it
+    except Exception as exc:  # the driver's errors as SQLAlchemy would raise them
+        if not _from_driver(dialect.driver, dialect.loaded_dbapi.Error, exc):
+            raise
+        raise _driver_error(connection, pooled, text, values, exc) from exc
+
+
+_DRIVERS = frozenset({"psycopg", "asyncpg"})
+
+
+def _from_driver(driver: str, dbapi_error: type[Exception], exc: Exception) -> bool:
+    """True when ``exc`` is the database's or the connection's (not a bug of ours)."""
+    if isinstance(exc, dbapi_error):
+        return True
+    return driver == "asyncpg" and (
+        type(exc).__module__.partition(".")[0] == "asyncpg"
+        or isinstance(exc, OSError | TimeoutError)
+    )
+
+
+def _driver_error(
+    connection: Connection, pooled: Any, text: str, values: Any, exc: Exception
+) -> StatementError:
+    """``exc`` from the driver as SQLAlchemy raises it; a dead connection is invalidated
+    (never handed out again). asyncpg's own errors are not DB-API errors: any of them
+    drops the connection (the worker's flush connects afresh after a failure anyway)."""
+    dialect = connection.dialect
+    dbapi_error: type[Exception] = dialect.loaded_dbapi.Error
+    if isinstance(exc, dialect.loaded_dbapi.Error):
         gone = dialect.is_disconnect(exc, pooled.dbapi_connection, None)
-        if gone:  # and a dead connection is not handed out again
-            connection.invalidate(exc)
-        raise DBAPIError.instance(
-            text,
-            values,
-            exc,
-            dialect.loaded_dbapi.Error,
-            connection_invalidated=gone,
-            dialect=dialect,
-        ) from exc
+    else:
+        gone, dbapi_error = True, Exception
+    if gone:
+        connection.invalidate(exc)
+    return DBAPIError.instance(
+        text, values, exc, dbapi_error, connection_invalidated=gone, dialect=dialect
+    )
 
 
-async def _fetch_async(driver: Any, text: str, values: Mapping[str, Any]) -> list[Any]:
+async def _fetch_async(driver: Any, text: str, values: Any) -> list[Any]:
     async with driver.cursor() as cursor:
         await cursor.execute(text, values)
         rows: list[Any] = await cursor.fetchall()

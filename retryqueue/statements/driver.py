@@ -3,10 +3,10 @@ their parameters as the DB-API driver takes them.
 
 SQLAlchemy's execution of a cached statement still costs, per call, a cache lookup, the
 parameters' processing, an execution context and a result wrapper built from the cursor's
-description: about 100 µs on psycopg for a flush of ten items, a tenth of the worker's CPU
+description: about 100 µs on psycopg for a flush of ten items, a sixth of the worker's CPU
 time per batch. The worker's steady-state flush sends the very same text through the
-session's own DB-API connection instead (see ``queue._support._hot_rows``); everything
-else goes through SQLAlchemy.
+session's own DB-API connection instead (psycopg, sync or async, and asyncpg; see
+``queue._support._hot_rows``); everything else goes through SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -34,21 +34,25 @@ class DriverForm:
     constants: Mapping[str, Any]
     processors: Mapping[str, Callable[[Any], Any]]
     rendered: frozenset[str]
+    order: tuple[str, ...] | None  # a positional paramstyle's order of the names ($1, $2…)
 
-    def parameters(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """The driver's parameters for ``params`` (the statement's named values)."""
+    def parameters(self, params: Mapping[str, Any]) -> dict[str, Any] | tuple[Any, ...]:
+        """The driver's parameters for ``params`` (the statement's named values): by name,
+        or in order for a positional paramstyle (asyncpg's ``$1``)."""
         values = dict(self.constants)
         for name, value in params.items():
             if name in self.rendered:
                 continue
             process = self.processors.get(name)
             values[name] = value if process is None else process(value)
-        return values
+        if self.order is None:
+            return values
+        return tuple(values[name] for name in self.order)
 
 
 def driver_form(
     stmt: ClauseElement, dialect: Dialect, params: Mapping[str, Any]
-) -> tuple[str, dict[str, Any]]:
+) -> tuple[str, dict[str, Any] | tuple[Any, ...]]:
     """The SQL text and driver parameters of ``stmt`` with ``params`` on ``dialect``: what
     SQLAlchemy would send, compiled once per statement, dialect and rendered values.
 
@@ -99,4 +103,5 @@ def _form(compiled: SQLCompiler, params: Mapping[str, Any], rendered: frozenset[
         for name, value in expanded.parameters.items()
         if name not in params
     }
-    return DriverForm(expanded.statement, constants, processors, rendered)
+    order = tuple(expanded.positiontup) if expanded.positiontup is not None else None
+    return DriverForm(expanded.statement, constants, processors, rendered, order)

@@ -14,16 +14,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, func, select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
-from retryqueue import NewItem, RetryQueue, create_async_engine
+from retryqueue import NewItem, RetryQueue, RetryStatus, create_async_engine
 from retryqueue import statements as sql
 from retryqueue.aio import AsyncRetryQueue
 from retryqueue.errors import DatabaseError
+from retryqueue.models import RetryHistory, RetryItem
 from retryqueue.results import ClaimedItem
-from tests.support.async_worker import async_url
+from retryqueue.worker import Job, RunReport
+from retryqueue.worker.async_worker import AsyncWorker
 
 pytestmark = pytest.mark.parametrize("backend", ["postgresql"])
 
@@ -171,18 +173,25 @@ class TestFastPath:
 
 
 class TestAsyncFastPath:
-    """Under psycopg's async mode (AsyncSession, run_sync) the flush takes the same path."""
+    """Under asyncio (AsyncSession, run_sync) the flush takes the same path, on psycopg's
+    async mode and on asyncpg, and stays inside the caller's transaction."""
 
-    def test_async_flush_takes_the_fast_path(
-        self, engine: Engine, sessions: sessionmaker[Session], driver_forms: list[str]
+    @pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
+    def test_autocommitted_async_flush_takes_the_fast_path(
+        self,
+        engine: Engine,
+        sessions: sessionmaker[Session],
+        driver_forms: list[str],
+        driver: str,
     ) -> None:
         queue = RetryQueue()
         held = _seed(queue, sessions, 10)
 
         async def flush() -> tuple[set[int], list[ClaimedItem]]:
-            made = create_async_engine(async_url(engine))
+            made = create_async_engine(engine.url.set(drivername=f"postgresql+{driver}"))
             try:
-                async with async_sessionmaker(made)() as session, session.begin():
+                autocommit = made.execution_options(isolation_level="AUTOCOMMIT")
+                async with async_sessionmaker(autocommit)() as session:
                     return await AsyncRetryQueue.wrapping(queue).complete_and_acquire(
                         session, held, "w", 5, reclaim_stale=False
                     )
@@ -193,4 +202,110 @@ class TestAsyncFastPath:
         assert len(driver_forms) == 1
         assert completed == {item.id for item in held}
         assert {item.event_data["n"] for item in claimed} == set(range(5, 10))
-        assert all(type(item.event_id) is uuid.UUID for item in claimed)
+        assert all(item.tags == ("a", "b") for item in claimed)
+
+    @pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
+    def test_a_dead_connection_is_a_database_error(
+        self, engine: Engine, sessions: sessionmaker[Session], driver_forms: list[str], driver: str
+    ) -> None:
+        queue = RetryQueue()
+        held = _seed(queue, sessions, 10)
+
+        async def flush_on_a_killed_connection() -> None:
+            made = create_async_engine(engine.url.set(drivername=f"postgresql+{driver}"))
+            try:
+                autocommit = made.execution_options(isolation_level="AUTOCOMMIT")
+                async with async_sessionmaker(autocommit)() as session:
+                    pid = (await session.execute(select(func.pg_backend_pid()))).scalar_one()
+                    with engine.connect() as other:
+                        other.exec_driver_sql(f"select pg_terminate_backend({int(pid)})")
+                    with pytest.raises(DatabaseError):
+                        await AsyncRetryQueue.wrapping(queue).complete_and_acquire(
+                            session, held, "w", 5, reclaim_stale=False
+                        )
+                async with async_sessionmaker(autocommit)() as session:  # a live one again
+                    completed, _ = await AsyncRetryQueue.wrapping(queue).complete_and_acquire(
+                        session, held, "w", 5, reclaim_stale=False
+                    )
+                    assert completed == {item.id for item in held}
+            finally:
+                await made.dispose()
+
+        asyncio.run(flush_on_a_killed_connection())
+        assert len(driver_forms) == 2
+
+    @pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
+    def test_the_flush_is_part_of_the_callers_transaction(
+        self, engine: Engine, sessions: sessionmaker[Session], driver: str
+    ) -> None:
+        queue = RetryQueue()
+        held = _seed(queue, sessions, 10)
+
+        async def flush_then_roll_back() -> list[ClaimedItem]:
+            made = create_async_engine(engine.url.set(drivername=f"postgresql+{driver}"))
+            try:
+                async with async_sessionmaker(made)() as session:
+                    await session.begin()
+                    _, claimed = await AsyncRetryQueue.wrapping(queue).complete_and_acquire(
+                        session, held, "w", 5, reclaim_stale=False
+                    )
+                    await session.rollback()
+                    return claimed
+            finally:
+                await made.dispose()
+
+        assert len(asyncio.run(flush_then_roll_back())) == 5
+        with sessions() as session:  # rolled back: nothing completed, nothing claimed
+            statuses = session.execute(
+                select(RetryItem.status, func.count()).group_by(RetryItem.status)
+            ).all()
+            assert dict(statuses) == {RetryStatus.PROCESSING: 5, RetryStatus.PENDING: 5}
+            assert session.scalar(select(func.count()).select_from(RetryHistory)) == 0
+
+
+class TestAsyncpgWorker:
+    """The asyncio worker on asyncpg drains through the fast path, each item once."""
+
+    def test_drain_on_asyncpg_completes_every_item_once(
+        self, engine: Engine, sessions: sessionmaker[Session], driver_forms: list[str]
+    ) -> None:
+        queue, total = RetryQueue(), 60
+        with sessions.begin() as session:
+            queue.enqueue_many(session, [NewItem("ok", {"n": n}) for n in range(total)])
+        ran: list[int] = []
+
+        async def drain() -> RunReport:
+            made = create_async_engine(engine.url.set(drivername="postgresql+asyncpg"))
+            done = asyncio.Event()
+
+            async def handler(job: Job) -> None:
+                ran.append(job.event_data["n"])
+                if len(ran) == total:
+                    done.set()
+
+            worker = AsyncWorker(
+                queue, async_sessionmaker(made), {"ok": handler}, batch_size=5, listen=False
+            )
+            try:
+                running = asyncio.create_task(worker.run())
+                await asyncio.wait_for(done.wait(), 60)
+                worker.stop()
+                return await asyncio.wait_for(running, 60)
+            finally:
+                await made.dispose()
+
+        report = asyncio.run(drain())
+        assert sorted(ran) == list(range(total))
+        assert report.completed == total
+        assert driver_forms  # the steady flushes went the driver's way
+        with sessions() as session:
+            history = session.execute(
+                select(RetryHistory.retry_queue_id, func.count())
+                .where(RetryHistory.status == "completed")
+                .group_by(RetryHistory.retry_queue_id)
+            ).all()
+            left = session.scalar(
+                select(func.count()).where(RetryItem.status != RetryStatus.COMPLETED)
+            )
+        assert len(history) == total and all(count == 1 for _, count in history)
+        assert left == 0
