@@ -81,9 +81,15 @@ STEPS = (
     ),
     BuildStep(
         "driver values",
-        "HEAD",
+        "d608cbd",
         "outcome arrays as one text parameter each; claimed rows read as the driver "
-        "returns them; routes resolved once per event type",
+        "returns them; routes resolved once per event type (and everything merged since)",
+    ),
+    BuildStep(
+        "DB-API flush",
+        "HEAD",
+        "the steady flush's compiled text run on the session's DB-API connection "
+        "(psycopg, psycopg async, asyncpg), not through SQLAlchemy's execution",
     ),
 )
 
