@@ -5,7 +5,9 @@ One room, several modules:
 - :mod:`~retryqueue.worker.threaded` — :class:`Worker`, handlers in threads;
 - :mod:`~retryqueue.worker.async_worker` — :class:`AsyncWorker`, handlers as asyncio tasks
   (imported lazily: it needs SQLAlchemy's asyncio extra);
-- :mod:`~retryqueue.worker._base` — the transaction bodies and outcome rules both share;
+- :mod:`~retryqueue.worker._base` — the transaction bodies both share;
+  :mod:`~retryqueue.worker._attempts` — what a handler receives, the outcome guards;
+  :mod:`~retryqueue.worker._reporting` — the tally, outcome logs and observers;
 - :mod:`~retryqueue.worker._pipeline` — the pipeline both workers drive: the prefetch
   buffer, the outcome buffer and its flush rules (:mod:`~retryqueue.worker._batch`: a
   finished run, leases by token);

@@ -1,5 +1,6 @@
 """What the thread worker and the asyncio worker share: settings, the steps of a round
-inside a transaction, and how outcomes are reported.
+inside a transaction, and how outcomes are reported (what a handler receives and the
+per-item outcome guards: :mod:`retryqueue.worker._attempts`).
 
 Every database step is a plain function of a Session (``_claim``, ``_write_outcomes``,
 ``_release``, ``_renew``, ``_due``): :class:`~retryqueue.worker.Worker` runs it inside
@@ -16,325 +17,48 @@ import os
 import secrets
 import socket
 import time
-import uuid
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterable, Mapping
 from functools import partial
-from types import MappingProxyType
-from typing import Any, TypedDict
+from typing import TypedDict
 
 from sqlalchemy.orm import Session
 
 from retryqueue import validation as check
 from retryqueue.circuits import CircuitBreaker
 from retryqueue.errors import DatabaseError, InvalidArgument
-from retryqueue.policy import RetryPolicy
 from retryqueue.queue import RetryQueue
 from retryqueue.registry import deregister_worker, register_worker, worker_heartbeat
 from retryqueue.results import ClaimedItem
+from retryqueue.worker._attempts import (
+    Observer,
+    health_of,
+    pause_safely,
+    plan_outcome_safely,
+    record_failure_safely,
+)
 from retryqueue.worker._batch import Finished, by_token
 from retryqueue.worker._pipeline import Pipeline, Step
+from retryqueue.worker._reporting import Reporting
 from retryqueue.worker.listener import reconnect_delay
 from retryqueue.worker.routing import (
     FailurePlan,
     Handler,
     Router,
     as_router,
-    describe,
-    plan_failure,
 )
 
-__all__ = [
-    "AttemptResult",
-    "Job",
-    "Observer",
-    "RunReport",
-    "WorkerBase",
-    "WorkerOptions",
-    "job_for",
-    "pause_safely",
-    "plan_outcome_safely",
-    "record_failure_safely",
-]
+__all__ = ["WorkerBase", "WorkerOptions", "default_worker_id"]
 
 logger = logging.getLogger("retryqueue.worker")
 
 MAX_BACKOFF = 30.0
 _RECHECK_SOON = 0.25  # idle wait when something looked due but could not be taken
 _RECLAIM_EVERY = 15.0  # upper bound between two looks for stale locks
-OUTCOME_ERROR = "OUTCOME_ERROR"
-"""The error code of an attempt whose outcome could not be planned or recorded as given
-(e.g. a handler exception whose ``__str__`` raises): it is recorded as a retryable failure."""
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    """What a handler receives: one item's data, read-only, and a way to extend its lease.
-
-    ``attempt`` is 1 for the first run. ``event_data`` and ``metadata`` are read-only views
-    (mappings and tuples); copy them to modify. Under the asyncio worker an ``async def``
-    handler awaits :meth:`extend_lease_async`; a plain handler (run in a thread) calls
-    :meth:`extend_lease` under either worker.
-    """
-
-    id: int
-    event_id: uuid.UUID
-    event_type: str
-    event_data: Any
-    metadata: Mapping[str, Any]
-    channel_name: str | None
-    plugin_name: str | None
-    correlation_id: str | None
-    tags: tuple[str, ...]
-    attempt: int
-    max_retries: int
-    priority: int
-    _extend: Callable[[], bool] = field(repr=False, compare=False)
-    _extend_async: Callable[[], Any] | None = field(default=None, repr=False, compare=False)
-
-    def extend_lease(self) -> bool:
-        """Heartbeat this item now; False if the lease was already lost (stop working on it).
-
-        Raises :class:`~retryqueue.errors.DatabaseError` if the database cannot be reached.
-        """
-        return self._extend()
-
-    async def extend_lease_async(self) -> bool:
-        """:meth:`extend_lease` for ``async def`` handlers of the asyncio worker."""
-        if self._extend_async is None:
-            return self._extend()
-        return bool(await self._extend_async())
-
-
-@dataclass(frozen=True, slots=True)
-class RunReport:
-    """What a round (or a whole run) did, counted per outcome.
-
-    ``lost``: outcomes refused because the lease had been taken over. ``released``: items
-    given back unstarted at shutdown. ``abandoned``: handlers still running when the
-    shutdown grace ran out (their items return after lock_timeout). ``paused``: attempts
-    that paused their key (``RetryLater(..., pause_key=True)``), not counted.
-    """
-
-    acquired: int = 0
-    completed: int = 0
-    retried: int = 0
-    dead_lettered: int = 0
-    failed: int = 0
-    lost: int = 0
-    released: int = 0
-    abandoned: int = 0
-    paused: int = 0
-
-    def __add__(self, other: RunReport) -> RunReport:
-        return RunReport(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
-
-
-@dataclass(frozen=True, slots=True)
-class AttemptResult:
-    """One attempt, as passed to every observer once its outcome is recorded.
-
-    ``outcome`` is ``completed``, ``retry_scheduled``, ``dead_lettered``, ``failed``,
-    ``paused`` (the key was paused; the attempt not counted) or ``lost``.
-    """
-
-    item_id: int
-    event_type: str
-    plugin_name: str | None
-    attempt: int
-    outcome: str
-    duration_seconds: float
-    error_code: str | None
-
-
-Observer = Callable[[AttemptResult], object]
-
-_REPORT_FIELD = {
-    "completed": "completed",
-    "retry_scheduled": "retried",
-    "dead_lettered": "dead_lettered",
-    "failed": "failed",
-    "lost": "lost",
-    "paused": "paused",
-}
-_LOG_LEVEL = {
-    "completed": logging.INFO,
-    "retry_scheduled": logging.WARNING,
-    "dead_lettered": logging.ERROR,
-    "failed": logging.ERROR,
-    "lost": logging.WARNING,
-    "paused": logging.WARNING,
-}
-
-
-def job_for(
-    item: ClaimedItem,
-    extend_lease: Callable[[], bool],
-    extend_lease_async: Callable[[], Any] | None = None,
-) -> Job:
-    """The :class:`Job` a handler receives for a claimed item.
-
-    ``extend_lease`` renews the item's lock and says whether it is still held.
-    """
-    return Job(
-        id=item.id,
-        event_id=item.event_id,
-        event_type=item.event_type,
-        event_data=item.event_data,
-        metadata=item.event_metadata or MappingProxyType({}),
-        channel_name=item.channel_name,
-        plugin_name=item.plugin_name,
-        correlation_id=item.correlation_id,
-        tags=item.tags,
-        attempt=item.attempt,
-        max_retries=item.max_retries,
-        priority=item.priority,
-        _extend=extend_lease,
-        _extend_async=extend_lease_async,
-    )
-
-
-def _contained(item: ClaimedItem, message: str, base: RetryPolicy) -> FailurePlan:
-    """A retryable failure with backoff, for an outcome that could not be planned as given."""
-    decision = base.decide(
-        retry_count=item.retry_count,
-        max_retries=item.max_retries,
-        retry_delay_seconds=item.retry_delay_seconds,
-        backoff_multiplier=item.backoff_multiplier,
-    )
-    return FailurePlan(message[:8000], OUTCOME_ERROR, True, None, None, decision)
-
-
-def plan_outcome_safely(done: Finished, base: RetryPolicy) -> FailurePlan | None:
-    """The per-item guard of outcome planning: what to record for one finished run.
-
-    :func:`~retryqueue.worker.routing.plan_failure`, except that nothing the item or its
-    handler did can make it raise: if planning fails (an exception whose ``__str__`` or
-    ``code`` raises, a RetryLater with an impossible delay, ...), the attempt becomes a
-    retryable failure with error code ``OUTCOME_ERROR`` and a message saying why, and the
-    problem is logged. Siblings in the batch are unaffected.
-    """
-    try:
-        return plan_failure(done.item, done.route, done.error, base)
-    except Exception as exc:
-        logger.error(
-            "item %s: its outcome could not be planned; recorded as a failure",
-            done.item.id,
-            exc_info=True,
-            extra={"item_id": done.item.id, "error_code": OUTCOME_ERROR},
-        )
-        what = "none" if done.error is None else type(done.error).__name__
-        return _contained(
-            done.item,
-            f"the outcome of this attempt (error {what}) could not be planned: "
-            f"{type(exc).__name__}: {describe(exc)}",
-            base,
-        )
-
-
-def record_failure_safely(
-    queue: RetryQueue, session: Session, done: Finished, plan: FailurePlan
-) -> str:
-    """Record one failed attempt as planned; the outcome name (``lost``: lease lost).
-
-    Database errors propagate (the worker retries the whole group). Any other error
-    (a value the queue refuses) is contained to this item: it is recorded instead as a
-    retryable failure with error code ``OUTCOME_ERROR`` whose message names the problem.
-    """
-    settings: dict[str, Any] = {
-        "error_message": plan.message,
-        "error_code": plan.code,
-        "retryable": plan.retryable,
-        "retry_after": plan.retry_after,
-        "policy": plan.policy,
-        "exception_type": plan.exception_type,
-        "error_traceback": plan.error_traceback,
-    }
-    try:
-        outcome = queue.record_failure(session, done.item, duration_ms=done.duration_ms, **settings)
-    except DatabaseError:
-        raise
-    except Exception as exc:
-        logger.error(
-            "item %s: its outcome could not be recorded as planned; recorded as a failure",
-            done.item.id,
-            exc_info=True,
-            extra={"item_id": done.item.id, "error_code": OUTCOME_ERROR},
-        )
-        message = (
-            f"the outcome of this attempt could not be recorded ({type(exc).__name__}: "
-            f"{describe(exc)}); handler error: {plan.message}"
-        )
-        outcome = queue.record_failure(
-            session,
-            done.item,
-            error_message=message[:8000],
-            error_code=OUTCOME_ERROR,
-            duration_ms=done.duration_ms,
-        )
-    return "lost" if outcome is None else outcome.value
 
 
 def default_worker_id() -> str:
     """Host name, process id and a random suffix (a restarted process is a new worker)."""
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"[-255:]
-
-
-def _health(
-    finished: list[Finished], plans: list[FailurePlan | None], outcomes: dict[int, str]
-) -> list[tuple[str | None, str | None, bool]]:
-    """What a circuit breaker learns from recorded attempts: successes, and the failures
-    that say the downstream is unhealthy (retryable ones; not PermanentError, not a
-    missing handler). Refused outcomes (lost leases) say nothing."""
-    return [
-        (done.item.plugin_name, done.item.event_type, plan is None)
-        for done, plan in zip(finished, plans, strict=True)
-        if outcomes[done.item.id] not in ("lost", "paused") and (plan is None or plan.retryable)
-    ]
-
-
-def pause_safely(
-    queue: RetryQueue, session: Session, done: Finished, plan: FailurePlan, key: str
-) -> str:
-    """Pause ``key`` for the plan's delay and put the item back uncounted; the outcome name
-    (``paused``, or ``lost``: lease lost). A key or value the queue refuses is contained:
-    the attempt is recorded as an ordinary failure instead (see
-    :func:`record_failure_safely`)."""
-    assert plan.retry_after is not None
-    try:
-        paused = queue.pause_item_key(
-            session,
-            done.item,
-            key,
-            plan.retry_after,
-            error_message=plan.message,
-            error_code=plan.code,
-            duration_ms=done.duration_ms,
-        )
-    except DatabaseError:
-        raise
-    except Exception:
-        logger.error(
-            "item %s: key %r could not be paused; recorded as a failure",
-            done.item.id,
-            key,
-            exc_info=True,
-            extra={"item_id": done.item.id, "limit_key": key},
-        )
-        return record_failure_safely(queue, session, done, plan)
-    return "paused" if paused else "lost"
-
-
-def fields_of(item: ClaimedItem, worker_id: str, **more: Any) -> dict[str, Any]:
-    """The structured logging fields of one item."""
-    return {
-        "item_id": item.id,
-        "event_type": item.event_type,
-        "attempt": item.attempt,
-        "plugin_name": item.plugin_name,
-        "worker_id": worker_id,
-        **more,
-    }
 
 
 class WorkerOptions(TypedDict, total=False):
@@ -373,7 +97,7 @@ class WorkerOptions(TypedDict, total=False):
     in_flight: int | None
 
 
-class WorkerBase:
+class WorkerBase(Reporting):
     """Settings and the transaction bodies of a worker round; see the module docstring."""
 
     def __init__(
@@ -622,7 +346,7 @@ class WorkerBase:
                 else pause_safely(self.queue, session, done, plan, key)
             )
         if self.breaker is not None:
-            self.breaker.record(session, _health(finished, plans, outcomes), actor=self.worker_id)
+            self.breaker.record(session, health_of(finished, plans, outcomes), actor=self.worker_id)
         return outcomes
 
     def _pause_key(self, item: ClaimedItem, plan: FailurePlan) -> str | None:
@@ -726,162 +450,3 @@ class WorkerBase:
         if due <= 0:
             return min(self.poll_interval, _RECHECK_SOON)
         return min(self.poll_interval, due + 0.01)
-
-    def _log_idle(self, seconds: float) -> None:
-        logger.debug(
-            "idle for up to %.2fs", seconds, extra={"worker_id": self.worker_id, "wait_s": seconds}
-        )
-
-    # -- reporting -----------------------------------------------------------------------
-
-    def _report_all(
-        self,
-        finished: list[Finished],
-        plans: list[FailurePlan | None],
-        outcomes: dict[int, str],
-        tally: dict[str, int],
-    ) -> None:
-        for done, plan in zip(finished, plans, strict=True):
-            self._report(
-                done,
-                outcomes[done.item.id],
-                plan.code if plan else None,
-                tally,
-                message=plan.message if plan else None,
-            )
-
-    def _report(
-        self,
-        done: Finished,
-        outcome: str,
-        code: str | None,
-        tally: dict[str, int],
-        *,
-        message: str | None = None,
-    ) -> None:
-        key = _REPORT_FIELD[outcome]
-        tally[key] = tally.get(key, 0) + 1
-        item = done.item
-        if logger.isEnabledFor(_LOG_LEVEL[outcome]):  # else skip building the log record
-            self._log_outcome(done, outcome, code, message)
-        if not self.observers:
-            return
-        result = AttemptResult(
-            item.id,
-            item.event_type,
-            item.plugin_name,
-            item.attempt,
-            outcome,
-            done.duration_seconds,
-            code,
-        )
-        for observer in self.observers:
-            try:
-                observer(result)
-            except Exception:
-                logger.warning(
-                    "observer %r failed",
-                    observer,
-                    exc_info=True,
-                    extra={"worker_id": self.worker_id},
-                )
-
-    def _log_outcome(
-        self, done: Finished, outcome: str, code: str | None, message: str | None
-    ) -> None:
-        item = done.item
-        extra = fields_of(
-            item,
-            self.worker_id,
-            outcome=outcome,
-            duration_ms=done.duration_ms,
-            error_code=code,
-            error_message=message,
-        )
-        if outcome == "lost":
-            logger.warning(
-                "item %s: lease lost, outcome refused (another worker owns it)",
-                item.id,
-                extra=extra,
-            )
-        else:
-            logger.log(
-                _LOG_LEVEL[outcome],
-                "item %s (%s) attempt %d: %s in %d ms%s%s",
-                item.id,
-                item.event_type,
-                item.attempt,
-                outcome,
-                done.duration_ms,
-                f" [{code}]" if code else "",
-                f": {message[:200]}" if message else "",
-                extra=extra,
-            )
-
-    def _report_abandoned(self, items: list[ClaimedItem], tally: dict[str, int]) -> None:
-        for item in items:
-            logger.warning(
-                "shutdown grace ran out; item %s left to expire",
-                item.id,
-                extra=fields_of(item, self.worker_id, outcome="abandoned"),
-            )
-            tally["abandoned"] = tally.get("abandoned", 0) + 1
-
-    def _report_released(
-        self,
-        ids: list[int],
-        released: int | DatabaseError,
-        tally: dict[str, int],
-        why: str = "unstarted",
-    ) -> None:
-        if isinstance(released, DatabaseError):
-            logger.warning(
-                "could not release %d unstarted items; they return after lock_timeout: %s",
-                len(ids),
-                released,
-                extra={"worker_id": self.worker_id},
-            )
-            return
-        tally["released"] = tally.get("released", 0) + released
-        logger.info(
-            "released %d %s items",
-            released,
-            why,
-            extra={"worker_id": self.worker_id, "item_ids": ids},
-        )
-
-    def _note_renewal(self, pipe: Pipeline, held: list[ClaimedItem], kept: set[int]) -> None:
-        """After a heartbeat: note the time, log leases lost while their handler runs."""
-        pipe.renewed_at = time.monotonic()
-        for item in pipe.mark_lost(item for item in held if item.id not in kept):
-            logger.warning(
-                "item %s: lease lost while its handler runs",
-                item.id,
-                extra=fields_of(item, self.worker_id, outcome="lost"),
-            )
-
-    def _log_started(self) -> None:
-        """One line when a worker starts, so that an idle worker is not silent."""
-        logger.info(
-            "worker %s started: routes %s, batch_size %d, concurrency %d, lock_timeout %gs",
-            self.worker_id,
-            self.router,
-            self.batch_size,
-            self.concurrency,
-            self.lock_timeout,
-            extra={"worker_id": self.worker_id},
-        )
-
-    def _log_stopped(self) -> None:
-        logger.info("worker stopped", extra={"worker_id": self.worker_id})
-
-    def _log_signal(self, name: str) -> None:
-        logger.info(
-            "%s received, shutting down", name, extra={"worker_id": self.worker_id, "signal": name}
-        )
-
-    def _log_heartbeat_failed(self, exc: DatabaseError) -> None:
-        logger.warning("heartbeat failed: %s", exc, extra={"worker_id": self.worker_id})
-
-    def _log_due_unknown(self, exc: DatabaseError) -> None:
-        logger.debug("could not read the next due time: %s", exc)

@@ -43,7 +43,8 @@ from retryqueue.aio import AsyncRetryQueue
 from retryqueue.errors import DatabaseError, database_error
 from retryqueue.queue import RetryQueue
 from retryqueue.results import ClaimedItem
-from retryqueue.worker._base import Job, RunReport, WorkerBase, WorkerOptions, job_for
+from retryqueue.worker._attempts import Job, RunReport, job_for
+from retryqueue.worker._base import WorkerBase, WorkerOptions
 from retryqueue.worker._batch import Finished, Lane
 from retryqueue.worker._pipeline import GiveBack, Pipeline, Step, Wait
 from retryqueue.worker.async_listener import AsyncNotifyListener, supports_async_listen

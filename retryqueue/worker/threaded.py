@@ -37,14 +37,8 @@ from retryqueue import hooks
 from retryqueue.errors import DatabaseError, database_error
 from retryqueue.queue import RetryQueue
 from retryqueue.results import ClaimedItem
-from retryqueue.worker._base import (
-    AttemptResult,
-    Job,
-    RunReport,
-    WorkerBase,
-    WorkerOptions,
-    job_for,
-)
+from retryqueue.worker._attempts import AttemptResult, Job, RunReport, job_for
+from retryqueue.worker._base import WorkerBase, WorkerOptions
 from retryqueue.worker._batch import Finished, Lane
 from retryqueue.worker._pipeline import GiveBack, Pipeline, Step, Wait
 from retryqueue.worker.listener import NotifyListener, supports_listen

@@ -33,7 +33,7 @@ from retryqueue.encryption import MARKER, TEXT_PREFIX
 from retryqueue.models import RetryHistory, RetryItem
 from retryqueue.validation import MAX_JSON_DEPTH
 from retryqueue.worker import PermanentError, RetryLater, Router, Worker
-from retryqueue.worker._base import record_failure_safely
+from retryqueue.worker._attempts import record_failure_safely
 from retryqueue.worker._batch import Finished
 from retryqueue.worker.routing import FailurePlan
 from tests.support.async_worker import BlockingAsyncWorker
