@@ -8,11 +8,12 @@ Acquisition uses ``FOR UPDATE SKIP LOCKED`` (PostgreSQL, MySQL); SQLite ignores 
 serialised by its single writer instead (see :mod:`retryqueue.engine`).
 
 One room, several shelves: :mod:`.enqueue` (the bulk INSERT, NOTIFY/LISTEN),
-:mod:`.claims` (acquire and outcomes), :mod:`.mysql` (the three-step forms for dialects
-without ``UPDATE … RETURNING``), :mod:`.admin` (filters, requeue, cleanup, key rotation),
-:mod:`.reading` (monitoring), :mod:`.circuits` (the circuit breaker's rows),
-:mod:`.limits` (rate limits and pauses); shared expressions in :mod:`._base`. Import
-from this package, not from the shelves.
+:mod:`.claims` (acquire, stale locks), :mod:`.outcomes` (complete, fail, heartbeat,
+release), :mod:`.mysql` (the three-step forms for dialects without ``UPDATE …
+RETURNING``), :mod:`.admin` (filters, requeue, cleanup, key rotation), :mod:`.reading`
+(monitoring), :mod:`.circuits` (the circuit breaker's rows), :mod:`.limits` (rate limits
+and pauses), :mod:`.driver` (hot statements in the driver's own terms); shared
+expressions in :mod:`._base`. Import from this package, not from the shelves.
 """
 
 from __future__ import annotations
@@ -57,22 +58,10 @@ from retryqueue.statements.circuits import (
 from retryqueue.statements.claims import (
     CLAIM_COLUMNS,
     Bound,
-    apply_failure,
     circuit_key_of_item,
     claim,
     claimable_keys,
-    complete_and_record,
-    complete_many,
-    complete_owned,
-    complete_record_and_claim,
-    heartbeat,
-    insert_history,
-    lock_owned,
-    operator_guard,
-    owned_guard,
     reclaim_stale,
-    release,
-    release_forced,
     select_stale,
     stale_ids,
 )
@@ -121,6 +110,20 @@ from retryqueue.statements.mysql import (
     emulate_returning,
     finished_batch_ids,
     history_batch_ids,
+)
+from retryqueue.statements.outcomes import (
+    apply_failure,
+    complete_and_record,
+    complete_many,
+    complete_owned,
+    complete_record_and_claim,
+    heartbeat,
+    insert_history,
+    lock_owned,
+    operator_guard,
+    owned_guard,
+    release,
+    release_forced,
 )
 from retryqueue.statements.reading import (
     DEAD_LETTER_GROUPS,
