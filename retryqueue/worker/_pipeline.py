@@ -294,7 +294,7 @@ class Pipeline:
             if stopping and deadline is not None and now >= deadline and not self.in_flight:
                 return Wait.ABANDON
             return self._until_overdue(now, _until(deadline, now))
-        wait = self._wait(now, stopping, deadline)
+        wait = self._wait(now, stopping, deadline, idle)
         if isinstance(wait, Step | Wait):
             return wait
         return self._until_overdue(now, wait)
@@ -307,9 +307,8 @@ class Pipeline:
         return until_overdue if wait is None else min(wait, until_overdue)
 
     def _wait(
-        self, now: float, stopping: bool, deadline: float | None
+        self, now: float, stopping: bool, deadline: float | None, idle: bool
     ) -> Step | Wait | float | None:
-        idle = not self._ready and not self._running
         claim = self.claim_size(now, stopping)
         if claim and self.claims_in_flight and not self._finished:
             claim = 0  # a claim alone waits for the one in flight to say if there is more
