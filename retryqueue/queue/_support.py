@@ -150,7 +150,8 @@ def _hot_rows(session: Session, stmt: Any, params: Mapping[str, Any]) -> Sequenc
     form (``statements.driver_form``: compiled once) runs on the session's own DB-API
     connection, in its transaction: SQLAlchemy's per-call execution and result wrapping
     cost more than the driver's work here. Wherever SQLAlchemy is watched (cursor or error
-    events: tracing, statement counters; echo), on any other driver, and on asyncpg inside
+    events: tracing, statement counters; echo) or rewrites the SQL as it runs (a
+    ``schema_translate_map``), on any other driver, and on asyncpg inside
     a transaction SQLAlchemy has not begun on the server yet, the statement goes through
     SQLAlchemy as usual; its columns must then be typed so that both give the same values
     (``type_coerce(..., NullType())``).
@@ -224,13 +225,15 @@ async def _fetch_async(driver: Any, text: str, values: Any) -> list[Any]:
 
 
 def _watched(connection: Connection) -> bool:
-    """True when something observes SQLAlchemy's execution on ``connection``."""
+    """True when something observes SQLAlchemy's execution on ``connection``, or changes
+    the SQL at execution (a ``schema_translate_map``): then only SQLAlchemy may run it."""
     events = connection.dispatch
     return bool(
         events.before_cursor_execute
         or events.after_cursor_execute
         or connection.dialect.dispatch.handle_error
         or connection.engine.echo
+        or connection.get_execution_options().get("schema_translate_map")
     )
 
 

@@ -309,3 +309,21 @@ class TestAsyncpgWorker:
             )
         assert len(history) == total and all(count == 1 for _, count in history)
         assert left == 0
+
+
+class TestSchemaTranslation:
+    """A schema_translate_map rewrites SQL at execution: only SQLAlchemy may run it."""
+
+    def test_a_translated_engine_keeps_sqlalchemys_path(
+        self, engine: Engine, driver_forms: list[str]
+    ) -> None:
+        translated = engine.execution_options(schema_translate_map={None: "public"})
+        sessions = sessionmaker(translated, expire_on_commit=False)
+        queue = RetryQueue()
+        held = _seed(queue, sessions, 10)
+        with sessions.begin() as session:
+            completed, claimed = queue.complete_and_acquire(
+                session, held, "w", 5, reclaim_stale=False
+            )
+        assert driver_forms == []
+        assert completed == {item.id for item in held} and len(claimed) == 5
