@@ -12,6 +12,7 @@ session's own DB-API connection instead (psycopg, sync or async, and asyncpg; se
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -64,13 +65,16 @@ def driver_form(
     key = (stmt, dialect, rendered, frozenset(params))
     form = _FORMS.get(key)
     if form is None:
-        form = _FORMS[key] = _form(compiled, params, frozenset(name for name, _ in rendered))
-        if len(_FORMS) > _MAX_FORMS:  # a bound, not an eviction policy: forms are few
-            _FORMS.pop(next(iter(_FORMS)))
+        form = _form(compiled, params, frozenset(name for name, _ in rendered))
+        with _FORMS_LOCK:  # a worker's drivers are threads
+            _FORMS[key] = form
+            if len(_FORMS) > _MAX_FORMS:  # a bound, not an eviction policy: forms are few
+                del _FORMS[next(iter(_FORMS))]
     return form.text, form.parameters(params)
 
 
 _MAX_FORMS = 256
+_FORMS_LOCK = threading.Lock()
 _FORMS: dict[tuple[ClauseElement, Dialect, tuple[tuple[str, Any], ...], frozenset[str]], DriverForm]
 _FORMS = {}
 
