@@ -156,18 +156,7 @@ def _attempt(
             duration_ms=duration_ms,
         )
         return
-    queue.fail(
-        session,
-        item,
-        error_message=plan.message,
-        error_code=plan.code,
-        retryable=plan.retryable,
-        retry_after=plan.retry_after,
-        policy=plan.policy,
-        duration_ms=duration_ms,
-        exception_type=plan.exception_type,
-        error_traceback=plan.error_traceback,
-    )
+    queue.fail(session, item, duration_ms=duration_ms, **plan.failure_arguments())
 
 
 def _final_states(

@@ -185,6 +185,17 @@ def _contained(item: ClaimedItem, message: str, base: RetryPolicy) -> FailurePla
     return FailurePlan(message[:8000], OUTCOME_ERROR, True, None, None, decision)
 
 
+def _log_contained(done: Finished, what: str) -> None:
+    """Log (with the traceback) an outcome recorded as an ``OUTCOME_ERROR`` failure."""
+    logger.error(
+        "item %s: its outcome %s; recorded as a failure",
+        done.item.id,
+        what,
+        exc_info=True,
+        extra={"item_id": done.item.id, "error_code": OUTCOME_ERROR},
+    )
+
+
 def plan_outcome_safely(done: Finished, base: RetryPolicy) -> FailurePlan | None:
     """The per-item guard of outcome planning: what to record for one finished run.
 
@@ -197,12 +208,7 @@ def plan_outcome_safely(done: Finished, base: RetryPolicy) -> FailurePlan | None
     try:
         return plan_failure(done.item, done.route, done.error, base)
     except Exception as exc:
-        logger.error(
-            "item %s: its outcome could not be planned; recorded as a failure",
-            done.item.id,
-            exc_info=True,
-            extra={"item_id": done.item.id, "error_code": OUTCOME_ERROR},
-        )
+        _log_contained(done, "could not be planned")
         what = "none" if done.error is None else type(done.error).__name__
         return _contained(
             done.item,
@@ -221,26 +227,13 @@ def record_failure_safely(
     (a value the queue refuses) is contained to this item: it is recorded instead as a
     retryable failure with error code ``OUTCOME_ERROR`` whose message names the problem.
     """
-    settings: dict[str, Any] = {
-        "error_message": plan.message,
-        "error_code": plan.code,
-        "retryable": plan.retryable,
-        "retry_after": plan.retry_after,
-        "policy": plan.policy,
-        "exception_type": plan.exception_type,
-        "error_traceback": plan.error_traceback,
-    }
+    settings = plan.failure_arguments()
     try:
         outcome = queue.record_failure(session, done.item, duration_ms=done.duration_ms, **settings)
     except DatabaseError:
         raise
     except Exception as exc:
-        logger.error(
-            "item %s: its outcome could not be recorded as planned; recorded as a failure",
-            done.item.id,
-            exc_info=True,
-            extra={"item_id": done.item.id, "error_code": OUTCOME_ERROR},
-        )
+        _log_contained(done, "could not be recorded as planned")
         message = (
             f"the outcome of this attempt could not be recorded ({type(exc).__name__}: "
             f"{describe(exc)}); handler error: {plan.message}"

@@ -431,6 +431,18 @@ class FailurePlan:
     """From ``RetryLater(..., pause_key=...)``: pause the key for ``retry_after`` instead of
     counting the attempt."""
 
+    def failure_arguments(self) -> dict[str, Any]:
+        """The keyword arguments of ``RetryQueue.fail``/``record_failure`` for this plan."""
+        return {
+            "error_message": self.message,
+            "error_code": self.code,
+            "retryable": self.retryable,
+            "retry_after": self.retry_after,
+            "policy": self.policy,
+            "exception_type": self.exception_type,
+            "error_traceback": self.error_traceback,
+        }
+
 
 def exception_forensics(error: BaseException) -> tuple[str, str]:
     """The qualified type name and the formatted traceback of a handler's exception."""
