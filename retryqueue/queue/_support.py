@@ -183,6 +183,9 @@ def _hot_rows(session: Session, stmt: Any, params: Mapping[str, Any]) -> Sequenc
         if not _from_driver(dialect.driver, dialect.loaded_dbapi.Error, exc):
             raise
         raise _driver_error(connection, pooled, text, values, exc) from exc
+    except BaseException as exc:  # cancelled or interrupted mid-statement, as SQLAlchemy
+        connection.invalidate(exc)  # does: the connection's state is unknown, drop it
+        raise
 
 
 _DRIVERS = frozenset({"psycopg", "asyncpg"})

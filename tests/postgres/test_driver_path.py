@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event, func, select
+from sqlalchemy import Engine, event, func, select, text
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -69,6 +69,21 @@ def _seed(queue: RetryQueue, sessions: sessionmaker[Session], count: int) -> lis
         )
     with sessions.begin() as session:
         return queue.acquire(session, "w", batch_size=5)
+
+
+async def _until_waiting_on_a_lock(engine: Engine, pids: list[int]) -> None:
+    """Until the backend in ``pids`` waits for a row lock (polled, at most 30 s)."""
+    for _ in range(3000):
+        if pids:
+            with engine.connect() as watcher:
+                waiting = watcher.scalar(
+                    text("select count(*) from pg_locks where pid = :pid and not granted"),
+                    {"pid": pids[0]},
+                )
+            if waiting:
+                return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the flush never waited for the lock")
 
 
 class TestDriverForm:
@@ -232,6 +247,53 @@ class TestAsyncFastPath:
                 await made.dispose()
 
         asyncio.run(flush_on_a_killed_connection())
+        assert len(driver_forms) == 2
+
+    @pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
+    def test_a_flush_cancelled_mid_statement_drops_its_connection(
+        self, engine: Engine, sessions: sessionmaker[Session], driver_forms: list[str], driver: str
+    ) -> None:
+        """A task cancelled while its flush waits at the server (here on a row lock) must
+        not hand its connection, mid-statement, to the next user of the pool."""
+        queue = RetryQueue()
+        held = _seed(queue, sessions, 10)
+
+        async def cancel_then_flush_again() -> set[int]:
+            made = create_async_engine(
+                engine.url.set(drivername=f"postgresql+{driver}"), pool_size=1, max_overflow=0
+            )
+            autocommit = made.execution_options(isolation_level="AUTOCOMMIT")
+            front = AsyncRetryQueue.wrapping(queue)
+            try:
+                with engine.connect() as blocker:  # holds one held item's row lock
+                    blocker.execute(
+                        select(RetryItem.id).where(RetryItem.id == held[0].id).with_for_update()
+                    )
+                    pids: list[int] = []
+
+                    async def flush() -> None:
+                        async with async_sessionmaker(autocommit)() as session:
+                            pid = await session.scalar(select(func.pg_backend_pid()))
+                            pids.append(int(pid or 0))
+                            await front.complete_and_acquire(
+                                session, held, "w", 5, reclaim_stale=False
+                            )
+
+                    task = asyncio.create_task(flush())
+                    await _until_waiting_on_a_lock(engine, pids)
+                    task.cancel()
+                    with pytest.raises(asyncio.CancelledError):
+                        await task
+                    blocker.rollback()
+                async with async_sessionmaker(autocommit)() as session:  # the pool's only slot
+                    completed, _ = await front.complete_and_acquire(
+                        session, held, "w", 5, reclaim_stale=False
+                    )
+                    return completed
+            finally:
+                await made.dispose()
+
+        assert asyncio.run(cancel_then_flush_again()) == {item.id for item in held}
         assert len(driver_forms) == 2
 
     @pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
