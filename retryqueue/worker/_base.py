@@ -1,6 +1,7 @@
-"""What the thread worker and the asyncio worker share: settings, the steps of a round
-inside a transaction, and how outcomes are reported (what a handler receives and the
-per-item outcome guards: :mod:`retryqueue.worker._attempts`).
+"""What the thread worker and the asyncio worker share: settings and the steps of a round
+inside a transaction. What a handler receives and the per-item outcome guards are in
+:mod:`retryqueue.worker._attempts`; how outcomes are reported (tally, logs, observers), in
+:mod:`retryqueue.worker._reporting`.
 
 Every database step is a plain function of a Session (``_claim``, ``_write_outcomes``,
 ``_release``, ``_renew``, ``_due``): :class:`~retryqueue.worker.Worker` runs it inside
