@@ -68,8 +68,10 @@ class WorkerOptions(TypedDict, total=False):
     ``worker_id`` [host-pid-random]; ``batch_size`` items per acquisition [10];
     ``lock_timeout`` seconds before an unrenewed lock may be reclaimed [300];
     ``poll_interval`` longest idle wait in seconds [1.0]; ``concurrency`` handlers
-    running at once [1]; ``heartbeat_interval`` seconds between lock renewals
-    [lock_timeout / 3]; ``shutdown_grace`` seconds running handlers get at shutdown [30];
+    running at once [1] (the thread worker with 1 and ``in_flight`` 2 or more runs them on
+    its driver threads, taking turns, not on a handler thread of their own);
+    ``heartbeat_interval`` seconds between lock renewals [lock_timeout / 3];
+    ``shutdown_grace`` seconds running handlers get at shutdown [30];
     ``listen`` wake on PostgreSQL NOTIFY [True]; ``observers`` callables receiving an
     :class:`AttemptResult` after each attempt; ``breaker`` a
     :class:`~retryqueue.circuits.CircuitBreaker` whose open circuits' items are skipped

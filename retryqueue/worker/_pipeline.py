@@ -147,6 +147,10 @@ class Pipeline:
         self._flights: dict[int, _Flight] = {}  # by id() of the step, while it runs
         self._coming = 0  # the sum of the flights' claims (asked for every item taken)
         self.renewing = False  # a lease renewal waits for (or runs): no new transaction
+        # claims side by side: a claim alone may go out while another is in flight (the
+        # thread worker's drivers taking turns at the handlers: each claims the batch of
+        # its next turn while the other's transaction is at the server)
+        self.side_by_side = False
         self.prefetch = prefetch
         self.flush_age = flush_age
         self.ready_timeout = ready_timeout
@@ -178,6 +182,10 @@ class Pipeline:
         item, _ = self._ready.popleft()
         self._running[item.id] = item
         return item
+
+    def has_ready(self) -> bool:
+        """True when an item is ready for a handler."""
+        return bool(self._ready)
 
     def claim_opened(self) -> bool:
         """After :meth:`next_item`: True when taking that item is what allows the next
@@ -310,7 +318,7 @@ class Pipeline:
         self, now: float, stopping: bool, deadline: float | None, idle: bool
     ) -> Step | Wait | float | None:
         claim = self.claim_size(now, stopping)
-        if claim and self.claims_in_flight and not self._finished:
+        if claim and self.claims_in_flight and not self._finished and not self.side_by_side:
             claim = 0  # a claim alone waits for the one in flight to say if there is more
         if self._finished:
             oldest = self._finished[0].finished_at

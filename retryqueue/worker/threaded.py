@@ -97,6 +97,7 @@ class Worker(WorkerBase):
         self._lock = threading.Lock()  # guards the pipeline's queues
         self._changed = threading.Condition(self._lock)  # the driver waits on it
         self._has_work = threading.Condition(self._lock)  # idle handler threads wait on it
+        self._ended = threading.Condition(self._lock)  # run's thread waits for drivers on it
         self._db_lock = threading.Lock()  # one lease renewal or release at a time
         self._wakeup = _Wakeup(self._changed)
         self._previous_handlers: dict[int, Any] = {}
@@ -107,6 +108,8 @@ class Worker(WorkerBase):
         self._failures = 0  # pipeline transactions failed in a row
         self._crash: BaseException | None = None  # a driver's unexpected error
         self._deadline: float | None = None  # the shutdown grace's end, once stopping
+        self._turn = False  # inline: a driver is running handlers now
+        self._drivers = 0  # driver threads still running (not counting run's own thread)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -181,9 +184,12 @@ class Worker(WorkerBase):
     # -- the pipeline ------------------------------------------------------------------
 
     def _drive(self, pipe: Pipeline) -> RunReport:
-        """Run the pipeline until it is done: handler and heartbeat threads for its life,
-        and ``pipe.depth`` drivers (this thread and depth - 1 more), each running one
-        pipeline transaction at a time on its own connection."""
+        """Run the pipeline until it is done: a heartbeat thread for its life and
+        ``pipe.depth`` drivers, each running one pipeline transaction at a time on its own
+        connection. With one handler at a time (``concurrency=1``) and room for two
+        transactions, the drivers run the handlers themselves, taking turns (see
+        :meth:`_inline`); otherwise ``concurrency`` handler threads do, and this thread is
+        one of the drivers."""
         tally: dict[str, int] = {}
         beat_stop = threading.Event()
         beat = threading.Thread(
@@ -193,7 +199,8 @@ class Worker(WorkerBase):
             daemon=True,
         )
         beat.start()
-        for number in range(self.concurrency):
+        inline = pipe.side_by_side = self._inline(pipe)
+        for number in range(0 if inline else self.concurrency):
             threading.Thread(
                 target=self._handler_loop,
                 args=(pipe,),
@@ -201,22 +208,28 @@ class Worker(WorkerBase):
                 daemon=True,
             ).start()
         self._deadline = None
+        self._turn = False
         drivers = [
             threading.Thread(
                 target=self._supervise,
-                args=(pipe, tally),
+                args=(pipe, tally, inline),
                 name=f"retryqueue-driver-{number}",
                 daemon=True,
             )
-            for number in range(1, pipe.depth)
+            for number in range(0 if inline else 1, pipe.depth)
         ]
+        self._drivers = len(drivers)
         for driver in drivers:
             driver.start()
         try:
-            self._supervise(pipe, tally, primary=True)
+            if inline:
+                self._await_drivers(pipe)
+            else:
+                self._supervise(pipe, tally, False, primary=True)
         finally:
-            for driver in drivers:
-                driver.join()
+            if not inline:
+                for driver in drivers:
+                    driver.join()
             beat_stop.set()
             with self._lock:
                 pipe.closed = True
@@ -227,12 +240,37 @@ class Worker(WorkerBase):
             raise crash
         return RunReport(**tally)
 
-    def _supervise(self, pipe: Pipeline, tally: dict[str, int], primary: bool = False) -> None:
-        """A driver: take the pipeline's next step and run it, until the drive is done. An
-        unexpected error ends every driver; :meth:`run` raises it."""
+    def _inline(self, pipe: Pipeline) -> bool:
+        """True when the drivers run the handlers themselves: one handler at a time
+        (``concurrency=1``) and room for two pipeline transactions. A driver that finds
+        items ready and no handler running takes a turn: it runs up to a batch of them,
+        then goes back to recording and claiming while the other driver takes the next
+        turn. Each batch then passes from claim to handler to record in one thread, with
+        no hand-off to a handler thread and back, and the database works on one driver's
+        transaction while the other runs handlers."""
+        return self.concurrency == 1 and pipe.depth > 1
+
+    def _await_drivers(self, pipe: Pipeline) -> None:
+        """With inline turns: wait until every driver is done, or until the shutdown
+        grace ran out (or a driver crashed) and the only driver left is stuck in a
+        handler (its item was abandoned; a handler that returns after that records
+        nothing)."""
+        with self._lock:
+            while self._drivers:
+                over = pipe.closed or self._crash is not None
+                if over and self._drivers <= int(self._turn):
+                    return
+                self._ended.wait()
+
+    def _supervise(
+        self, pipe: Pipeline, tally: dict[str, int], inline: bool, primary: bool = False
+    ) -> None:
+        """A driver: take the pipeline's next step and run it (and, ``inline``, turns of
+        handler runs), until the drive is done. An unexpected error ends every driver;
+        :meth:`run` raises it."""
         lane = _Lane()
         try:
-            self._steps(pipe, tally, lane)
+            self._steps(pipe, tally, lane, inline)
         except BaseException as exc:
             with self._lock:
                 self._crash = self._crash or exc
@@ -241,20 +279,28 @@ class Worker(WorkerBase):
         finally:
             self._drop_solo(lane)
             with self._lock:
+                if not primary:
+                    self._drivers -= 1
+                    self._ended.notify_all()
                 self._changed.notify_all()  # the other drivers see the end too
 
-    def _steps(self, pipe: Pipeline, tally: dict[str, int], lane: _Lane) -> None:
+    def _steps(self, pipe: Pipeline, tally: dict[str, int], lane: _Lane, inline: bool) -> None:
+        turned = False  # inline: this driver just ran a turn; it records before another
         while True:
-            first_stop = False
+            first_stop = turn = False
             with self._lock:
                 while True:
-                    if self._crash is not None:
+                    if self._crash is not None or pipe.closed:
                         return
                     now = time.monotonic()
                     stopping = self._stopping.is_set()
                     if stopping and self._deadline is None:
                         self._deadline = now + self.shutdown_grace
                         first_stop = True
+                        break
+                    free = inline and not self._turn and not stopping and pipe.has_ready()
+                    if free and not turned:
+                        self._turn = turn = True  # no handler runs: this driver runs them
                         break
                     if self._wakeup.is_set():
                         pipe.claim_at = 0.0
@@ -266,14 +312,22 @@ class Worker(WorkerBase):
                         break
                     if isinstance(step, GiveBack | Wait):
                         break
+                    if free:  # nothing to record or claim: run the ready items after all
+                        self._turn = turn = True
+                        break
+                    turned = False
                     self._changed.wait(step)
-            if first_stop:
+            turned = turn
+            if turn:
+                self._take_turn(pipe)
+            elif first_stop:
                 self._release_unstarted(pipe, tally)
             elif step is Wait.DONE:
                 return
             elif step is Wait.ABANDON:
                 with self._db_lock, self._lock:
                     abandoned = pipe.abandon_running()
+                    pipe.closed = True  # a handler that returns now records nothing
                 with self._report_lock:
                     self._report_abandoned(abandoned, tally)
                 return
@@ -327,18 +381,51 @@ class Worker(WorkerBase):
 
     def _handler_loop(self, pipe: Pipeline) -> None:
         """A handler thread: run ready items until the pipeline closes."""
+        done: Finished | None = None
         while True:
             with self._lock:
-                while (item := pipe.next_item(self._stopping.is_set())) is None:
+                item = self._handed_over(pipe, done)
+                while item is None:
                     if pipe.closed:
                         return
                     self._has_work.wait()
-                if pipe.claim_opened():
-                    self._changed.notify_all()
+                    item = self._handed_over(pipe, None)
             done = self._attempt(pipe, item)
+
+    def _take_turn(self, pipe: Pipeline) -> None:
+        """A driver's turn at the handlers (inline): run up to a batch of ready items,
+        then give the turn back. The other driver is woken once, at the end: while the
+        turn runs it could rarely get the GIL to act on a wake-up anyway, and each one
+        costs both threads a switch."""
+        done: Finished | None = None
+        try:
+            for _ in range(self.batch_size):
+                with self._lock:
+                    if pipe.closed:  # abandoned while its handler ran: not recorded
+                        return
+                    if done is not None:
+                        pipe.finish(done)
+                        done = None
+                    item = pipe.next_item(self._stopping.is_set())
+                    if item is None:
+                        return
+                done = self._attempt(pipe, item)
             with self._lock:
-                if pipe.finish(done):
-                    self._changed.notify_all()
+                if done is not None and not pipe.closed:
+                    pipe.finish(done)
+        finally:
+            with self._lock:
+                self._turn = False
+                self._changed.notify_all()
+
+    def _handed_over(self, pipe: Pipeline, done: Finished | None) -> ClaimedItem | None:
+        """Buffer the run that ended (``done``) and take the next ready item, if any,
+        waking a driver when it may act on either. The caller holds the lock."""
+        wake = done is not None and pipe.finish(done)
+        item = pipe.next_item(self._stopping.is_set())
+        if wake or (item is not None and pipe.claim_opened()):
+            self._changed.notify_all()
+        return item
 
     def _attempt(self, pipe: Pipeline, item: ClaimedItem) -> Finished:
         """The one place a handler attempt runs; its exception, if any, is the outcome."""

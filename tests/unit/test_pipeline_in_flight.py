@@ -42,6 +42,29 @@ class TestDepth:
         # round trips of an idle queue.
         assert pipe.next_step(NOW, stopping=False, deadline=None) is None
 
+    def test_side_by_side_a_claim_alone_goes_out_beside_the_one_in_flight(self) -> None:
+        """The thread worker's drivers taking turns at the handlers each claim the batch of
+        their next turn while the other's transaction is out: still within the prefetch
+        bound, and never a third beside two."""
+        pipe = pipeline()
+        pipe.side_by_side = True
+        launch(pipe)
+        second = launch(pipe)
+        assert second == Step([], 10)  # 0 ready + 10 coming: within prefetch 10
+        assert pipe.claims_in_flight == 20
+        assert pipe.next_step(NOW, stopping=False, deadline=None) is None  # depth 2: no room
+
+    def test_side_by_side_claims_keep_the_prefetch_bound(self) -> None:
+        pipe = pipeline(depth=3)
+        pipe.side_by_side = True
+        first = launch(pipe)
+        pipe.add(claimed(item_id=n) for n in range(10))
+        pipe.landed(first)
+        assert launch(pipe) == Step([], 10)  # 10 ready + 0 coming
+        # 10 ready + 10 coming: over the bound, however many may be in flight (a wait,
+        # until the oldest ready item would be given back).
+        assert not isinstance(pipe.next_step(NOW, stopping=False, deadline=None), Step)
+
     def test_claims_in_flight_count_against_the_prefetch_bound(self) -> None:
         pipe = pipeline()
         first = launch(pipe)

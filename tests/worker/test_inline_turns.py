@@ -1,0 +1,144 @@
+"""The thread worker's inline turns: with one handler at a time (``concurrency=1``) and room
+for two pipeline transactions (PostgreSQL), the drivers run the handlers themselves, taking
+turns, instead of handing every batch to a handler thread and back.
+
+What must hold: never two handlers at once, every item recorded exactly once, both drivers
+taking turns, handler threads where the turns do not apply, and an abandoned handler that
+returns after ``run()`` records nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from retryqueue import RetryQueue, RetryStatus
+from retryqueue.models import RetryHistory
+from retryqueue.worker import Job, RunReport, Worker
+from tests.worker.conftest import count_status, enqueue, history, running, statuses, wait_until
+
+
+class _Watch:
+    """A no-op handler that notes the threads it ran on and the most runs at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.active = 0
+        self.peak = 0
+        self.threads: set[str] = set()
+
+    def __call__(self, job: Job) -> None:
+        with self._lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+            self.threads.add(threading.current_thread().name)
+        # Give another thread the chance to run a handler beside this one, were it allowed.
+        threading.Event().wait(0.0001)
+        with self._lock:
+            self.active -= 1
+
+
+def _drain(
+    sessions: sessionmaker[Session], queue: RetryQueue, total: int, **settings: object
+) -> tuple[RunReport, _Watch]:
+    enqueue(sessions, queue, "fast.job", total)
+    watch = _Watch()
+    worker = Worker(
+        queue, sessions, {"fast.job": watch}, listen=False, worker_id="turns", **settings
+    )  # type: ignore[arg-type]
+    with running(worker) as handle:
+        wait_until(
+            lambda: count_status(sessions, RetryStatus.COMPLETED) == total,
+            what="every item completed",
+        )
+        return handle.stop(), watch
+
+
+def _attempts_per_item(sessions: sessionmaker[Session]) -> set[int]:
+    with sessions() as session:
+        return set(
+            session.scalars(
+                select(func.count()).select_from(RetryHistory).group_by(RetryHistory.retry_queue_id)
+            ).all()
+        )
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+class TestTurnsOnPostgreSQL:
+    def test_drivers_take_turns_and_never_run_two_handlers_at_once(
+        self, sessions: sessionmaker[Session], server_clock_queue: RetryQueue
+    ) -> None:
+        total = 400
+        report, watch = _drain(sessions, server_clock_queue, total, batch_size=5)
+        assert report.completed == total and report.lost == 0
+        assert watch.peak == 1  # concurrency=1 holds across both drivers
+        # The handlers ran on the drivers, both of them, and on no handler thread.
+        assert watch.threads == {"retryqueue-driver-0", "retryqueue-driver-1"}
+        assert _attempts_per_item(sessions) == {1}
+
+    @pytest.mark.parametrize("settings", [{"concurrency": 2}, {"in_flight": 1}])
+    def test_handler_threads_where_turns_do_not_apply(
+        self,
+        sessions: sessionmaker[Session],
+        server_clock_queue: RetryQueue,
+        settings: dict[str, int],
+    ) -> None:
+        report, watch = _drain(sessions, server_clock_queue, 60, batch_size=5, **settings)
+        assert report.completed == 60
+        assert watch.threads <= {"retryqueue-handler-0", "retryqueue-handler-1"}
+        assert watch.peak <= settings.get("concurrency", 1)
+
+    def test_abandoned_handler_returning_late_records_nothing(
+        self, sessions: sessionmaker[Session], server_clock_queue: RetryQueue
+    ) -> None:
+        """The grace runs out while a driver's turn is stuck in a handler: run() returns
+        (the item abandoned to lock expiry), and when the handler does return, its
+        outcome is not recorded: run() already reported the item as abandoned."""
+        started, release, returned = threading.Event(), threading.Event(), threading.Event()
+
+        def stuck(job: Job) -> None:
+            started.set()
+            try:
+                assert release.wait(30), "test never released the handler"
+            finally:
+                returned.set()
+
+        [item_id] = enqueue(sessions, server_clock_queue, "stuck.job")
+        worker = Worker(
+            server_clock_queue,
+            sessions,
+            {"stuck.job": stuck},
+            listen=False,
+            shutdown_grace=0.2,
+            worker_id="turns",
+        )
+        try:
+            with running(worker) as handle:
+                wait_until(started.is_set, what="the handler running on a driver")
+                report = handle.stop()
+            assert report == RunReport(acquired=1, abandoned=1)
+        finally:
+            release.set()
+        wait_until(returned.is_set, what="the abandoned handler to return")
+        wait_until(
+            lambda: (
+                not any(thread.name.startswith("retryqueue-") for thread in threading.enumerate())
+            ),
+            what="the worker's threads to end",
+        )
+        assert statuses(sessions)[item_id] is RetryStatus.PROCESSING
+        assert history(sessions, item_id) == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_one_transaction_at_a_time_keeps_a_handler_thread(
+    sessions: sessionmaker[Session], server_clock_queue: RetryQueue
+) -> None:
+    """SQLite runs one pipeline transaction at a time: a driver running handlers would
+    leave nothing to claim ahead, so a handler thread runs them."""
+    report, watch = _drain(sessions, server_clock_queue, 30, batch_size=5)
+    assert report.completed == 30
+    assert watch.threads == {"retryqueue-handler-0"}
