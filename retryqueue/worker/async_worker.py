@@ -70,9 +70,11 @@ class _Wakeup(asyncio.Event):
 
 
 async def _wait(event: asyncio.Event, timeout: float | None) -> None:
-    """Until ``event`` is set or ``timeout`` seconds pass."""
+    """Until ``event`` is set or ``timeout`` seconds pass (``asyncio.timeout``: no task of
+    its own per wait, as ``wait_for`` makes)."""
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await event.wait()
 
 
 def _is_async(handler: Handler) -> bool:
@@ -420,15 +422,17 @@ class AsyncWorker(WorkerBase):
         if not isinstance(engine, AsyncEngine):
             return await self._in_transaction(operation, step, *args)
         try:
+            session = await self._solo_session(lane, engine)
             try:
-                session = await self._solo_session(lane, engine)
-                try:
-                    return await session.run_sync(step, *args)
-                finally:
-                    await session.close()  # its identity map and transaction; not the connection
-            except (SQLAlchemyError, DatabaseError):
+                result = await session.run_sync(step, *args)
+            except BaseException:
                 await self._drop_solo(lane)  # it may be broken: the next flush connects afresh
                 raise
+            # Kept open for the lane's next flush, as in the thread worker: on an
+            # autocommitted connection its transaction is SQLAlchemy's bookkeeping only.
+            if session.sync_session.identity_map:  # a quarantine loaded rows
+                session.expunge_all()
+            return result
         except SQLAlchemyError as exc:  # commit/rollback errors are not wrapped by the queue
             raise database_error(operation, exc) from exc
 
@@ -448,7 +452,11 @@ class AsyncWorker(WorkerBase):
 
     @staticmethod
     async def _drop_solo(lane: _Lane) -> None:
-        solo, lane.solo, lane.session = lane.solo, None, None
+        solo, session = lane.solo, lane.session
+        lane.solo = lane.session = None
+        if session is not None:
+            with contextlib.suppress(SQLAlchemyError):
+                await session.close()
         if solo is not None:
             with contextlib.suppress(SQLAlchemyError):
                 await solo.close()
