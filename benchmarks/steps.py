@@ -87,9 +87,21 @@ STEPS = (
     ),
     BuildStep(
         "DB-API flush",
-        "HEAD",
+        "602b736",
         "the steady flush's compiled text run on the session's DB-API connection "
         "(psycopg, psycopg async, asyncpg), not through SQLAlchemy's execution",
+    ),
+    BuildStep(
+        "turns",
+        "5f04760",
+        "concurrency=1 with two flushes in flight: the drivers run the handlers in turns "
+        "(no handler thread); a driver claims its next batch beside the other's flush",
+    ),
+    BuildStep(
+        "kept sessions",
+        "HEAD",
+        "each driver's autocommitted flush session stays open between flushes "
+        "(both workers); the asyncio worker waits without a task per wait",
     ),
 )
 
