@@ -149,8 +149,11 @@ class Pipeline:
         self.renewing = False  # a lease renewal waits for (or runs): no new transaction
         # claims side by side: a claim alone may go out while another is in flight (the
         # thread worker's drivers taking turns at the handlers: each claims the batch of
-        # its next turn while the other's transaction is at the server)
+        # its next turn while the other's transaction is at the server), while claims
+        # flow: after a full one, not after a short one (an idle queue, woken by a NOTIFY,
+        # costs one claim, not one per driver)
         self.side_by_side = False
+        self.flowing = False
         self.prefetch = prefetch
         self.flush_age = flush_age
         self.ready_timeout = ready_timeout
@@ -268,8 +271,10 @@ class Pipeline:
 
     def hold_claims(self) -> None:
         """A claim came back short (the queue ran dry): claim nothing more until
-        :meth:`claim_at` is set from the next due time (or a NOTIFY resets it)."""
+        :meth:`claim_at` is set from the next due time (or a NOTIFY resets it); claims go
+        out one at a time until one comes back full (``flowing``)."""
         self.claim_at = math.inf
+        self.flowing = False
 
     def quiet(self) -> bool:
         """True when no pipeline transaction runs (a lease renewal may start)."""
@@ -318,7 +323,8 @@ class Pipeline:
         self, now: float, stopping: bool, deadline: float | None, idle: bool
     ) -> Step | Wait | float | None:
         claim = self.claim_size(now, stopping)
-        if claim and self.claims_in_flight and not self._finished and not self.side_by_side:
+        side_by_side = self.side_by_side and self.flowing
+        if claim and self.claims_in_flight and not self._finished and not side_by_side:
             claim = 0  # a claim alone waits for the one in flight to say if there is more
         if self._finished:
             oldest = self._finished[0].finished_at

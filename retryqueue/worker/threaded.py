@@ -370,6 +370,10 @@ class Worker(WorkerBase):
             self._has_work.notify(len(claimed))
             if len(claimed) < step.claim:
                 pipe.hold_claims()  # no other driver claims before the idle wait is known
+                if claimed:  # (inline) another driver runs them while this one asks below
+                    self._changed.notify_all()
+            elif step.claim:
+                pipe.flowing = True
         if len(claimed) < step.claim:  # the queue ran dry: wait until due or NOTIFY
             idle_for = self._idle_wait()
             with self._lock:

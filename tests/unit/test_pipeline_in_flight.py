@@ -47,16 +47,28 @@ class TestDepth:
         their next turn while the other's transaction is out: still within the prefetch
         bound, and never a third beside two."""
         pipe = pipeline()
-        pipe.side_by_side = True
+        pipe.side_by_side = pipe.flowing = True
         launch(pipe)
         second = launch(pipe)
         assert second == Step([], 10)  # 0 ready + 10 coming: within prefetch 10
         assert pipe.claims_in_flight == 20
         assert pipe.next_step(NOW, stopping=False, deadline=None) is None  # depth 2: no room
 
+    def test_side_by_side_claims_wait_for_a_full_claim_after_a_short_one(self) -> None:
+        """An idle queue woken by a NOTIFY costs one claim, not one per driver: after a
+        claim came back short, a claim alone waits for the one in flight again."""
+        pipe = pipeline()
+        pipe.side_by_side = pipe.flowing = True
+        pipe.hold_claims()  # a claim came back short
+        pipe.claim_at = 0.0  # ... and a NOTIFY woke the worker
+        launch(pipe)
+        assert pipe.next_step(NOW, stopping=False, deadline=None) is None
+        pipe.flowing = True  # a claim came back full
+        assert pipe.next_step(NOW, stopping=False, deadline=None) == Step([], 10)
+
     def test_side_by_side_claims_keep_the_prefetch_bound(self) -> None:
         pipe = pipeline(depth=3)
-        pipe.side_by_side = True
+        pipe.side_by_side = pipe.flowing = True
         first = launch(pipe)
         pipe.add(claimed(item_id=n) for n in range(10))
         pipe.landed(first)

@@ -142,3 +142,41 @@ def test_one_transaction_at_a_time_keeps_a_handler_thread(
     report, watch = _drain(sessions, server_clock_queue, 30, batch_size=5)
     assert report.completed == 30
     assert watch.threads == {"retryqueue-handler-0"}
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_items_of_a_short_claim_run_while_the_claimer_asks_when_the_next_is_due(
+    sessions: sessionmaker[Session], server_clock_queue: RetryQueue
+) -> None:
+    """A claim that comes back short (the queue ran dry) is followed by a query for the
+    next due time on the claiming driver: the other driver must run the claimed items
+    meanwhile, not after it (an idle queue's enqueue-to-start latency)."""
+    asking, may_answer = threading.Event(), threading.Event()
+    started = threading.Event()
+
+    class SlowToAnswer(Worker):
+        def _idle_wait(self) -> float:
+            asking.set()
+            assert may_answer.wait(30), "test never let the idle wait answer"
+            return super()._idle_wait()
+
+    [item_id] = enqueue(sessions, server_clock_queue, "one.job")
+    worker = SlowToAnswer(
+        server_clock_queue,
+        sessions,
+        {"one.job": lambda job: started.set()},
+        listen=False,
+        worker_id="turns",
+    )
+    try:
+        with running(worker) as handle:
+            wait_until(asking.is_set, what="the claimer asking when the next item is due")
+            wait_until(started.is_set, what="the claimed item running meanwhile")
+            may_answer.set()
+            wait_until(
+                lambda: statuses(sessions)[item_id] is RetryStatus.COMPLETED,
+                what="the item recorded",
+            )
+            assert handle.stop().completed == 1
+    finally:
+        may_answer.set()
