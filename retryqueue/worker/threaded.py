@@ -3,13 +3,16 @@
 A pipeline (:mod:`retryqueue.worker._pipeline`): ``concurrency`` handler threads and one
 heartbeat thread live as long as :meth:`Worker.run`; the run's own thread and, on
 PostgreSQL, one more drive the database (``in_flight``: up to two transactions at once,
-each on its own connection). It keeps up to ``batch_size + prefetch`` claimed items ready
+each on its own connection). With ``concurrency=1`` and two transactions in flight there
+is no handler thread: the drivers run the handlers themselves, taking turns (see
+:meth:`Worker._inline`). It keeps up to ``batch_size + prefetch`` claimed items ready
 so that handlers never wait for a claim, buffers finished outcomes and records them in one
 transaction (each with its history row; completions in a single statement via
 :meth:`RetryQueue.complete_many`) together with the next claim. The heartbeat extends the
 locks of every item held (prefetched, running, or waiting to be recorded), so a slow
 handler is never reclaimed; a worker that lost a lease anyway (it stalled past
-lock_timeout) sees its outcome refused.
+lock_timeout) sees its outcome refused. Its transactions outside the flushes, leases and
+idle wait are in :mod:`retryqueue.worker._threaded_io`.
 
 ``stop()`` (or SIGTERM/SIGINT after :meth:`Worker.install_signal_handlers`) stops
 acquiring, gives unstarted items back to pending at once, lets running handlers finish
@@ -23,25 +26,23 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import Mapping
 from functools import partial
 from types import FrameType
 from typing import Any, Unpack
 
-from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from retryqueue import hooks
-from retryqueue.errors import DatabaseError, database_error
+from retryqueue.errors import DatabaseError
 from retryqueue.queue import RetryQueue
 from retryqueue.results import ClaimedItem
 from retryqueue.worker._attempts import AttemptResult, Job, RunReport, job_for
-from retryqueue.worker._base import WorkerBase, WorkerOptions
-from retryqueue.worker._batch import Finished, Lane
+from retryqueue.worker._base import WorkerOptions
+from retryqueue.worker._batch import Finished
 from retryqueue.worker._pipeline import GiveBack, Pipeline, Step, Wait
-from retryqueue.worker.listener import NotifyListener, supports_listen
+from retryqueue.worker._threaded_io import ThreadedIO, Wakeup, WorkerLane
 from retryqueue.worker.routing import (
     Handler,
     PermanentError,
@@ -63,10 +64,8 @@ __all__ = [
     "load_router",
 ]
 
-_Lane = Lane[Connection, Session]  # see Lane
 
-
-class Worker(WorkerBase):
+class Worker(ThreadedIO):
     """Runs handlers for queued items in threads; see the module docstring for a round.
 
     :param sessions: the application's sessionmaker; the worker commits its own
@@ -99,7 +98,7 @@ class Worker(WorkerBase):
         self._has_work = threading.Condition(self._lock)  # idle handler threads wait on it
         self._ended = threading.Condition(self._lock)  # run's thread waits for drivers on it
         self._db_lock = threading.Lock()  # one lease renewal or release at a time
-        self._wakeup = _Wakeup(self._changed)
+        self._wakeup = Wakeup(self._changed)
         self._previous_handlers: dict[int, Any] = {}
         bind = sessions.kw.get("bind")
         self._engine = bind if isinstance(bind, Engine) else None
@@ -268,7 +267,7 @@ class Worker(WorkerBase):
         """A driver: take the pipeline's next step and run it (and, ``inline``, turns of
         handler runs), until the drive is done. An unexpected error ends every driver;
         :meth:`run` raises it."""
-        lane = _Lane()
+        lane = WorkerLane()
         try:
             self._steps(pipe, tally, lane, inline)
         except BaseException as exc:
@@ -284,7 +283,7 @@ class Worker(WorkerBase):
                     self._ended.notify_all()
                 self._changed.notify_all()  # the other drivers see the end too
 
-    def _steps(self, pipe: Pipeline, tally: dict[str, int], lane: _Lane, inline: bool) -> None:
+    def _steps(self, pipe: Pipeline, tally: dict[str, int], lane: WorkerLane, inline: bool) -> None:
         turned = False  # inline: this driver just ran a turn; it records before another
         while True:
             first_stop = turn = False
@@ -336,7 +335,9 @@ class Worker(WorkerBase):
             elif isinstance(step, Step):
                 self._run_step(pipe, step, lane, tally)
 
-    def _run_step(self, pipe: Pipeline, step: Step, lane: _Lane, tally: dict[str, int]) -> None:
+    def _run_step(
+        self, pipe: Pipeline, step: Step, lane: WorkerLane, tally: dict[str, int]
+    ) -> None:
         """One pipeline transaction on this driver's connection; lands the step when done,
         whatever happens."""
         try:
@@ -347,7 +348,7 @@ class Worker(WorkerBase):
                 self._changed.notify_all()
 
     def _record_and_claim(
-        self, pipe: Pipeline, step: Step, lane: _Lane, tally: dict[str, int]
+        self, pipe: Pipeline, step: Step, lane: WorkerLane, tally: dict[str, int]
     ) -> None:
         plans = self._plans(step.outcomes)
         operation = "record outcomes" if step.outcomes else "acquire"
@@ -447,174 +448,3 @@ class Worker(WorkerBase):
             except BaseException as exc:  # a handler must never kill its thread
                 error = exc
         return Finished(item, route, error, time.monotonic() - started)
-
-    # -- writes ---------------------------------------------------------------------------
-
-    def _registry_round(self, step: str | None) -> None:
-        """Register, heartbeat or leave the worker registry (one transaction)."""
-        if step is None:
-            return
-        try:
-            with self._transaction("worker registry") as session:
-                self._registry_step(session, step)
-        except DatabaseError as exc:
-            self._registry_done(step, exc)
-        else:
-            self._registry_done(step, None)
-
-    @contextmanager
-    def _transaction(
-        self, operation: str, *, autocommit: bool = False, lane: _Lane | None = None
-    ) -> Iterator[Session]:
-        """A session in a transaction; ``autocommit``: on the driver's (``lane``)
-        autocommitted connection instead, for a step that is a single statement."""
-        try:
-            if autocommit and lane is not None and self._engine is not None:
-                session = self._solo_session(lane, self._engine)
-                try:
-                    yield session
-                except BaseException:
-                    self._drop_solo(lane)  # it may be broken: the next flush connects afresh
-                    raise
-                # Kept open for the lane's next flush: on an autocommitted connection its
-                # transaction is SQLAlchemy's bookkeeping only (no BEGIN was sent), and
-                # closing and beginning it again cost about a tenth of a flush's CPU.
-                if session.identity_map:  # a quarantine loaded rows: none carried over
-                    session.expunge_all()
-            else:
-                with self.sessions.begin() as session:
-                    yield session
-        except SQLAlchemyError as exc:  # commit/rollback errors are not wrapped by the queue
-            raise database_error(operation, exc) from exc
-
-    def _solo_session(self, lane: _Lane, engine: Engine) -> Session:
-        """The session on the autocommitted connection a driver keeps for its
-        single-statement flushes (both made once, not once per batch; the connection is
-        returned when the drive ends)."""
-        if lane.solo is None or lane.session is None:
-            connection = engine.connect()
-            try:
-                lane.solo = connection.execution_options(isolation_level="AUTOCOMMIT")
-            except BaseException:
-                connection.close()
-                raise
-            lane.session = self.sessions(bind=lane.solo)
-        return lane.session
-
-    @staticmethod
-    def _drop_solo(lane: _Lane) -> None:
-        solo, session = lane.solo, lane.session
-        lane.solo = lane.session = None
-        if session is not None:
-            with suppress(SQLAlchemyError):
-                session.close()
-        if solo is not None:
-            with suppress(SQLAlchemyError):
-                solo.close()
-
-    def _release_unstarted(
-        self,
-        pipe: Pipeline,
-        tally: dict[str, int],
-        given: list[ClaimedItem] | None = None,
-        why: str = "unstarted",
-    ) -> None:
-        """Give back the items no handler started: all at shutdown, or those ``given``
-        (overdue, or brought by a claim that was running at shutdown)."""
-        if given is None:
-            with self._lock:
-                unstarted = pipe.take_unstarted()
-        else:
-            unstarted = given
-        if not unstarted:
-            return
-        ids = [item.id for item in unstarted]
-        released: int | DatabaseError
-        with self._db_lock:
-            with self._lock:
-                pipe.forget(ids)
-            try:
-                with self._transaction("release") as session:
-                    released = self._release(session, unstarted)
-            except DatabaseError as exc:
-                released = exc
-        with self._report_lock:
-            self._report_released(ids, released, tally, why)
-
-    # -- leases --------------------------------------------------------------------------
-
-    def _heartbeat_loop(self, pipe: Pipeline, stop: threading.Event) -> None:
-        """The one periodic heartbeat of a running worker: renew every lease held, and keep
-        the worker's row in the registry alive (also while idle)."""
-        while not stop.wait(self.heartbeat_interval):
-            try:
-                self._renew_held(pipe, None)
-            except DatabaseError as exc:
-                self._log_heartbeat_failed(exc)
-            self._registry_round(self._registry_due())
-
-    def _extend_one(self, pipe: Pipeline, item_id: int) -> bool:
-        return item_id in self._renew_held(pipe, [item_id])
-
-    def _renew_held(self, pipe: Pipeline, only: list[int] | None) -> set[int]:
-        """Renew leases once no pipeline transaction runs, keeping new ones out meanwhile
-        (see :mod:`retryqueue.worker._pipeline`)."""
-        with self._db_lock:  # one renewal or release at a time
-            with self._lock:
-                pipe.renewing = True
-                try:
-                    while not pipe.quiet() and self._crash is None:
-                        self._changed.wait()
-                    held = pipe.held_items(only)
-                except BaseException:
-                    self._end_renewal(pipe)
-                    raise
-            try:
-                if not held:
-                    return set()
-                with self._transaction("heartbeat") as session:
-                    kept = self._renew(session, held)
-                with self._lock:
-                    self._note_renewal(pipe, held, kept)
-                return kept
-            finally:
-                with self._lock:
-                    self._end_renewal(pipe)
-
-    def _end_renewal(self, pipe: Pipeline) -> None:
-        """The renewal is over: pipeline transactions may start again (caller holds the
-        pipeline's lock)."""
-        pipe.renewing = False
-        self._changed.notify_all()
-
-    # -- waiting -------------------------------------------------------------------------
-
-    def _start_listener(self) -> NotifyListener | None:
-        bind = self.listen_engine or self.sessions.kw.get("bind")
-        if not self.listen or not isinstance(bind, Engine) or not supports_listen(bind):
-            return None
-        listener = NotifyListener(bind, self._wakeup)
-        listener.start()
-        return listener
-
-    def _idle_wait(self) -> float:
-        """Seconds to sleep: until the next item is due, at most poll_interval."""
-        try:
-            with self._transaction("seconds_until_claimable") as session:
-                return self._idle_for(self._due(session))
-        except DatabaseError as exc:
-            self._log_due_unknown(exc)
-            return self.poll_interval
-
-
-class _Wakeup(threading.Event):
-    """The idle wake-up (NOTIFY, stop): an event that also wakes the pipeline's driver."""
-
-    def __init__(self, changed: threading.Condition) -> None:
-        super().__init__()
-        self._changed = changed
-
-    def set(self) -> None:
-        super().set()
-        with self._changed:
-            self._changed.notify_all()
