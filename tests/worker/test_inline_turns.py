@@ -107,6 +107,7 @@ class TestTurnsOnPostgreSQL:
                 returned.set()
 
         [item_id] = enqueue(sessions, server_clock_queue, "stuck.job")
+        before = set(threading.enumerate())  # threads other tests may have left behind
         worker = Worker(
             server_clock_queue,
             sessions,
@@ -125,7 +126,10 @@ class TestTurnsOnPostgreSQL:
         wait_until(returned.is_set, what="the abandoned handler to return")
         wait_until(
             lambda: (
-                not any(thread.name.startswith("retryqueue-") for thread in threading.enumerate())
+                not any(
+                    thread.name.startswith("retryqueue-")
+                    for thread in set(threading.enumerate()) - before
+                )
             ),
             what="the worker's threads to end",
         )
