@@ -269,12 +269,18 @@ class Pipeline:
         """Transactions that may run at once now: ``depth``, or fewer (see Governor)."""
         return self.depth if self.governor is None else self.governor.allowed()
 
-    def hold_claims(self) -> None:
-        """A claim came back short (the queue ran dry): claim nothing more until
-        :meth:`claim_at` is set from the next due time (or a NOTIFY resets it); claims go
-        out one at a time until one comes back full (``flowing``)."""
-        self.claim_at = math.inf
-        self.flowing = False
+    def claim_landed(self, asked: int, got: int) -> bool:
+        """A claim of ``asked`` items brought ``got``. True when it came back short (the
+        queue ran dry): claim nothing more until :meth:`claim_at` is set from the next due
+        time (or a NOTIFY resets it), and claims go out one at a time until one comes back
+        full again (``flowing``)."""
+        if got < asked:
+            self.claim_at = math.inf
+            self.flowing = False
+            return True
+        if asked:
+            self.flowing = True
+        return False
 
     def quiet(self) -> bool:
         """True when no pipeline transaction runs (a lease renewal may start)."""

@@ -358,8 +358,9 @@ class AsyncWorker(WorkerBase):
         if claimed:
             self._has_work.set()
             tally["acquired"] = tally.get("acquired", 0) + len(claimed)
-        if len(claimed) < step.claim:  # the queue ran dry: wait until due or NOTIFY
-            pipe.hold_claims()  # no other driver claims before the idle wait is known
+        # short (the queue ran dry): no other driver claims before the idle wait is known;
+        # wait until due or NOTIFY
+        if pipe.claim_landed(step.claim, len(claimed)):
             self._after_claim(pipe, step.claim, len(claimed), await self._idle_wait())
         self._report_all(step.outcomes, plans, outcomes, tally)
 

@@ -369,13 +369,11 @@ class Worker(ThreadedIO):
             pipe.forget(done.item.id for done in step.outcomes)
             pipe.add(claimed)
             self._has_work.notify(len(claimed))
-            if len(claimed) < step.claim:
-                pipe.hold_claims()  # no other driver claims before the idle wait is known
-                if claimed:  # (inline) another driver runs them while this one asks below
-                    self._changed.notify_all()
-            elif step.claim:
-                pipe.flowing = True
-        if len(claimed) < step.claim:  # the queue ran dry: wait until due or NOTIFY
+            # short: no other driver claims before the idle wait is known
+            dry = pipe.claim_landed(step.claim, len(claimed))
+            if dry and claimed:  # (inline) another driver runs them while this one asks
+                self._changed.notify_all()
+        if dry:  # the queue ran dry: wait until due or NOTIFY
             idle_for = self._idle_wait()
             with self._lock:
                 self._after_claim(pipe, step.claim, len(claimed), idle_for)

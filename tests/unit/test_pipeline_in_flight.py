@@ -59,11 +59,11 @@ class TestDepth:
         claim came back short, a claim alone waits for the one in flight again."""
         pipe = pipeline()
         pipe.side_by_side = pipe.flowing = True
-        pipe.hold_claims()  # a claim came back short
+        assert pipe.claim_landed(10, 3)  # a claim came back short
         pipe.claim_at = 0.0  # ... and a NOTIFY woke the worker
         launch(pipe)
         assert pipe.next_step(NOW, stopping=False, deadline=None) is None
-        pipe.flowing = True  # a claim came back full
+        assert not pipe.claim_landed(10, 10)  # a claim came back full
         assert pipe.next_step(NOW, stopping=False, deadline=None) == Step([], 10)
 
     def test_side_by_side_claims_keep_the_prefetch_bound(self) -> None:
