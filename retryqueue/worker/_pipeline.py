@@ -73,59 +73,76 @@ class Wait(enum.Enum):
 
 class Governor:
     """How many pipeline transactions may run at once right now, between 1 and ``depth``:
-    the second is worth it only while the database answers it about as fast as a lone one.
+    more than one only while the worker gets through its work faster that way.
 
     A second transaction in flight lets the worker turn one's results into work while the
     other is at the server; on a database that is already busy (many workers, few cores)
-    it only queues behind the first and adds lock contention. So the governor keeps
-    smoothed round-trip times of transactions that ran alone and of those that overlapped
-    another, and every :attr:`WINDOW` landings allows ``depth`` only while the overlapped
-    ones take under :attr:`WORTH` times the lone ones. Each window starts with a few
-    transactions run the other way (:attr:`PROBES`), so both figures stay current.
+    it only queues behind the first and adds lock contention. So the governor measures
+    what each setting delivers: how fast transactions land, while claims come back full
+    (a queue that runs dry measures its producers, not the worker). Every :attr:`WINDOW`
+    landings it allows ``depth`` unless one at a time landed more than :attr:`MARGIN`
+    times as fast. A window starts with a few transactions run the other way
+    (:attr:`PROBES`), so both rates stay current: every window while the two are close,
+    every :attr:`CLEAR_EVERY` windows while one is ahead by more than :attr:`CLEAR` (a
+    probe of the slower setting costs throughput). The first landing of each phase starts
+    its clock (it was launched under the other setting).
+
+    An earlier governor compared the round trip of a lone transaction with that of one
+    overlapping another. That misjudged a worker whose driver threads take turns at the
+    handlers: an overlapped round trip also waits for the other thread's Python, so it
+    looked slow while two at once drained about a third faster.
     """
 
     WINDOW = 64
-    PROBES = 6
-    WORTH = 1.6
-    SMOOTHING = 0.2
+    PROBES = 8
+    MARGIN = 1.1
+    CLEAR = 1.3
+    CLEAR_EVERY = 4
+    SMOOTHING = 0.3
 
     def __init__(self, depth: int) -> None:
         self.depth = depth
         self.chosen = depth  # the decision of the last window
-        self.alone: float | None = None  # smoothed seconds, lone transactions
-        self.overlapped: float | None = None  # smoothed seconds, overlapping ones
+        self.rates: dict[int, float] = {}  # smoothed landings per second, by setting
+        self.every = 1  # probe at the start of every how many windows
         self._landings = 0
+        self._phase_first: float | None = None  # when this phase's first landing came
+        self._phase_landings = 0
+        self._phase_flowing = True  # every claim of this phase came back full
 
     def allowed(self) -> int:
         """Transactions that may run at once now (a probe runs the other way)."""
-        if self.depth == 1 or self._landings % self.WINDOW >= self.PROBES:
+        window, position = divmod(self._landings, self.WINDOW)
+        if self.depth == 1 or position >= self.PROBES or window % self.every:
             return self.chosen
         return 1 if self.chosen > 1 else self.depth
 
-    def note(self, seconds: float, overlapped: bool) -> None:
-        """A transaction landed after ``seconds``; ``overlapped``: another ran meanwhile."""
-        if overlapped:
-            self.overlapped = _smooth(self.overlapped, seconds, self.SMOOTHING)
-        else:
-            self.alone = _smooth(self.alone, seconds, self.SMOOTHING)
+    def note(self, now: float, flowing: bool) -> None:
+        """A transaction landed at ``now`` (monotonic seconds); ``flowing``: claims come
+        back full (the worker has more work than it gets through)."""
+        setting = self.allowed()
         self._landings += 1
-        if self._landings % self.WINDOW == 0 and self.alone and self.overlapped:
-            worth = self.overlapped < self.WORTH * self.alone
-            self.chosen = self.depth if worth else 1
+        if self._phase_first is None:
+            self._phase_first = now
+        else:
+            self._phase_landings += 1
+        self._phase_flowing = self._phase_flowing and flowing
+        position = self._landings % self.WINDOW
+        if position not in (0, self.PROBES):
+            return
+        elapsed = now - self._phase_first
+        if self._phase_flowing and self._phase_landings and elapsed > 0:
+            rate = self._phase_landings / elapsed
+            self.rates[setting] = _smooth(self.rates.get(setting), rate, self.SMOOTHING)
+        self._phase_first, self._phase_landings, self._phase_flowing = None, 0, True
+        one, many = self.rates.get(1), self.rates.get(self.depth)
+        if position == 0 and one is not None and many is not None:
+            self.chosen = 1 if one > self.MARGIN * many else self.depth
+            self.every = self.CLEAR_EVERY if max(one, many) > self.CLEAR * min(one, many) else 1
 
 
 def _smooth(average: float | None, value: float, weight: float) -> float:
     return value if average is None else average + weight * (value - average)
-
-
-@dataclass(slots=True)
-class _Flight:
-    """A pipeline transaction in flight: when it started, the items its claim may bring,
-    and whether another ran beside it."""
-
-    started: float
-    claim: int
-    overlapped: bool = False
 
 
 class Pipeline:
@@ -144,7 +161,7 @@ class Pipeline:
         self.depth = depth  # pipeline transactions that may run at once (at most)
         # adaptive: fewer while a second one does not pay (see Governor)
         self.governor = Governor(depth) if adaptive and depth > 1 else None
-        self._flights: dict[int, _Flight] = {}  # by id() of the step, while it runs
+        self._flights: dict[int, int] = {}  # its claim, by id() of the step, while it runs
         self._coming = 0  # the sum of the flights' claims (asked for every item taken)
         self.renewing = False  # a lease renewal waits for (or runs): no new transaction
         # claims side by side: a claim alone may go out while another is in flight (the
@@ -252,18 +269,14 @@ class Pipeline:
 
     def launch(self, step: Step) -> None:
         """A pipeline transaction starts (the driver runs it elsewhere)."""
-        for other in self._flights.values():
-            other.overlapped = True
-        flight = _Flight(time.monotonic(), step.claim, overlapped=bool(self._flights))
-        self._flights[id(step)] = flight
+        self._flights[id(step)] = step.claim
         self._coming += step.claim
 
     def landed(self, step: Step) -> None:
         """A pipeline transaction ended (its results, if any, already taken in)."""
-        flight = self._flights.pop(id(step))
-        self._coming -= flight.claim
+        self._coming -= self._flights.pop(id(step))
         if self.governor is not None:
-            self.governor.note(time.monotonic() - flight.started, flight.overlapped)
+            self.governor.note(time.monotonic(), self.flowing)
 
     def room(self) -> int:
         """Transactions that may run at once now: ``depth``, or fewer (see Governor)."""

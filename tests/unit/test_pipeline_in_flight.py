@@ -8,6 +8,8 @@ transaction is in flight, and items a claim brings after shutdown began are give
 
 from __future__ import annotations
 
+import pytest
+
 from retryqueue.results import ClaimedItem
 from retryqueue.worker._batch import Finished
 from retryqueue.worker._pipeline import GiveBack, Governor, Pipeline, Step, Wait
@@ -172,38 +174,90 @@ class TestClaimedRows:
 
 
 class TestGovernor:
-    """The default in_flight adapts: a second transaction only while it pays."""
+    """The default in_flight adapts: a second transaction only while the worker gets
+    through its work faster with it."""
 
-    def run_windows(self, governor: Governor, alone: float, overlapped: float, n: int) -> None:
+    def run_windows(
+        self,
+        governor: Governor,
+        one: float,
+        two: float,
+        n: int,
+        *,
+        flowing: bool = True,
+        clock: list[float] | None = None,
+    ) -> list[float]:
+        """Land ``n`` windows of transactions, ``one`` or ``two`` per second by setting."""
+        now = clock or [100.0]
         for _ in range(n * Governor.WINDOW):
-            lone = governor.allowed() == 1
-            governor.note(alone if lone else overlapped, overlapped=not lone)
+            now[0] += 1 / (one if governor.allowed() == 1 else two)
+            governor.note(now[0], flowing)
+        return now
 
-    def test_keeps_two_while_the_database_answers_both_about_as_fast(self) -> None:
+    def test_keeps_two_while_two_land_faster(self) -> None:
         governor = Governor(2)
-        self.run_windows(governor, alone=0.0012, overlapped=0.0015, n=3)
+        self.run_windows(governor, one=800, two=1100, n=3)
         assert governor.chosen == 2
+        assert governor.rates[2] == pytest.approx(1100)
+        assert governor.rates[1] == pytest.approx(800)
 
-    def test_drops_to_one_when_a_second_only_queues_behind_the_first(self) -> None:
+    def test_drops_to_one_when_a_second_only_slows_the_worker_down(self) -> None:
         governor = Governor(2)
-        self.run_windows(governor, alone=0.0012, overlapped=0.0026, n=3)
+        self.run_windows(governor, one=1000, two=850, n=3)
         assert governor.chosen == 1
         assert governor.allowed() == 2  # still probing two as each window starts
 
-    def test_comes_back_to_two_when_the_database_has_room_again(self) -> None:
+    def test_a_small_edge_for_one_is_not_enough(self) -> None:
         governor = Governor(2)
-        self.run_windows(governor, alone=0.0012, overlapped=0.0030, n=3)
-        assert governor.chosen == 1
-        self.run_windows(governor, alone=0.0012, overlapped=0.0013, n=6)
+        self.run_windows(governor, one=1050, two=1000, n=3)
         assert governor.chosen == 2
+
+    def test_comes_back_to_two_when_it_pays_again(self) -> None:
+        governor = Governor(2)
+        clock = self.run_windows(governor, one=1000, two=600, n=3)
+        assert governor.chosen == 1
+        self.run_windows(governor, one=1000, two=1500, n=12, clock=clock)
+        assert governor.chosen == 2
+
+    def test_a_queue_running_dry_decides_nothing(self) -> None:
+        """Short claims: the landings measure the producers, not the worker."""
+        governor = Governor(2)
+        self.run_windows(governor, one=1000, two=300, n=4, flowing=False)
+        assert governor.chosen == 2
+        assert governor.rates == {}
+
+    def test_the_first_landing_of_a_phase_starts_its_clock(self) -> None:
+        """It was launched under the other setting: a long gap before it says nothing."""
+        governor = Governor(2)
+        now = 100.0
+        for number in range(Governor.WINDOW):
+            now += 5.0 if number in (0, Governor.PROBES) else 0.001
+            governor.note(now, True)
+        assert governor.rates[1] == pytest.approx(1000)
+        assert governor.rates[2] == pytest.approx(1000)
 
     def test_probes_are_a_small_share_of_each_window(self) -> None:
         governor = Governor(2)
         shares = []
+        now = 0.0
         for _ in range(Governor.WINDOW):
             shares.append(governor.allowed())
-            governor.note(0.001, overlapped=governor.allowed() == 2)
+            now += 0.001
+            governor.note(now, True)
         assert shares.count(1) == Governor.PROBES
+
+    def test_probes_less_often_while_one_setting_is_clearly_ahead(self) -> None:
+        governor = Governor(2)
+        clock = self.run_windows(governor, one=600, two=1000, n=2)
+        assert governor.every == Governor.CLEAR_EVERY
+        shares = []
+        for _ in range(Governor.CLEAR_EVERY * Governor.WINDOW):
+            shares.append(governor.allowed())
+            clock[0] += 0.001
+            governor.note(clock[0], True)
+        assert shares.count(1) == Governor.PROBES  # one window of CLEAR_EVERY probes
+        self.run_windows(governor, one=950, two=1000, n=4, clock=clock)
+        assert governor.every == 1  # close again (after its next probe): every window
 
     def test_the_pipeline_uses_it_only_when_asked(self) -> None:
         assert Pipeline(10, 10, 0.005, 30, depth=2).governor is None
