@@ -1,6 +1,7 @@
 """``python -m benchmarks.cpu_split [--database-url URL] [--items N] [--rounds R]``: where
 the CPU of a one-process drain goes, database side and consumer side, for retryqueue's
-thread worker, the hand-written SQL loop and pgqueuer (asyncpg, 4 dequeuers), batch 10.
+thread worker, the hand-written SQL loop and pgqueuer (asyncpg, as its own benchmark runs
+it: 5 dequeuers on uvloop), batch 10.
 
 Each drain runs the benchmark's own seeding and consumer process. Around the drain (the
 seeding excluded) it reads the CPU time of every PostgreSQL process on this machine, the

@@ -57,7 +57,10 @@ def pgqueuer_seed(dsn: str, count: int) -> None:
     asyncio.run(_pgqueuer_seed(dsn, count))
 
 
-DEQUEUERS = 4  # pgqueuer's own benchmark runs several QueueManagers in one process
+# pgqueuer's own benchmark (tools/benchmark.py) runs 5 dequeue tasks, each with its own
+# connection, in one process, batch 10, on uvloop (a dependency of pgqueuer; its CLI runs
+# workers on it too). Until 2026-11-30 this ran 4 on asyncio's default loop.
+DEQUEUERS = 5
 
 
 async def _pgqueuer_consume(signals: Signals, dsn: str, driver: str, batch_size: int) -> None:
@@ -92,8 +95,11 @@ async def _pgqueuer_consume(signals: Signals, dsn: str, driver: str, batch_size:
 
 def pgqueuer_consume(signals: Signals, dsn: str, driver: str, batch_size: int) -> None:
     """A pgqueuer consumer process as pgqueuer's own benchmark runs it: DEQUEUERS
-    QueueManagers (each with its connection) in one event loop, asyncpg or psycopg driver."""
-    asyncio.run(_pgqueuer_consume(signals, dsn, driver, batch_size))
+    QueueManagers (each with its connection) in one uvloop event loop, asyncpg or psycopg
+    driver."""
+    import uvloop  # installed with pgqueuer
+
+    uvloop.run(_pgqueuer_consume(signals, dsn, driver, batch_size))
 
 
 # ---------------------------------------------------------------------------------------
