@@ -31,7 +31,8 @@ from retryqueue.models import RetryStatus
 from retryqueue.queue import RetryQueue
 from retryqueue.results import ClaimedItem, ItemFilter, ItemSnapshot
 from retryqueue.worker import job_for
-from retryqueue.worker.routing import Handler, Router, as_router, plan_failure
+from retryqueue.worker.failures import plan_failure
+from retryqueue.worker.routing import Handler, Router, as_router
 
 __all__ = [
     "DrainReport",

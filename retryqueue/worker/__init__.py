@@ -13,7 +13,8 @@ One room, several modules:
   finished run, leases by token);
 - :mod:`~retryqueue.worker.listener` / :mod:`~retryqueue.worker.async_listener` — LISTEN
   wake-ups on PostgreSQL;
-- :mod:`~retryqueue.worker.routing` — :class:`Router`, handler errors and failure plans.
+- :mod:`~retryqueue.worker.routing` — :class:`Router` and the handler errors.
+- :mod:`~retryqueue.worker.failures` — what a failed attempt records (failure plans).
 
 The public names stay importable from here, as before the package existed::
 

@@ -22,7 +22,7 @@ from retryqueue.policy import RetryPolicy
 from retryqueue.queue import RetryQueue
 from retryqueue.results import ClaimedItem
 from retryqueue.worker._batch import Finished
-from retryqueue.worker.routing import FailurePlan, describe, plan_failure
+from retryqueue.worker.failures import FailurePlan, describe, plan_failure
 
 __all__ = [
     "LOG_LEVEL",
@@ -199,7 +199,7 @@ def _log_contained(done: Finished, what: str) -> None:
 def plan_outcome_safely(done: Finished, base: RetryPolicy) -> FailurePlan | None:
     """The per-item guard of outcome planning: what to record for one finished run.
 
-    :func:`~retryqueue.worker.routing.plan_failure`, except that nothing the item or its
+    :func:`~retryqueue.worker.failures.plan_failure`, except that nothing the item or its
     handler did can make it raise: if planning fails (an exception whose ``__str__`` or
     ``code`` raises, a RetryLater with an impossible delay, ...), the attempt becomes a
     retryable failure with error code ``OUTCOME_ERROR`` and a message saying why, and the

@@ -6,7 +6,7 @@ inside a transaction. What a handler receives and the per-item outcome guards ar
 Every database step is a plain function of a Session (``_claim``, ``_write_outcomes``,
 ``_release``, ``_renew``, ``_due``): :class:`~retryqueue.worker.Worker` runs it inside
 ``sessionmaker.begin()``, :class:`~retryqueue.worker.async_worker.AsyncWorker` through
-``AsyncSession.run_sync``. The outcome rules (:func:`~retryqueue.worker.routing.plan_failure`,
+``AsyncSession.run_sync``. The outcome rules (:func:`~retryqueue.worker.failures.plan_failure`,
 the queue's decisions), the waits, the logging and the observers therefore exist once.
 Private; the public names are re-exported by :mod:`retryqueue.worker`.
 """
@@ -40,13 +40,9 @@ from retryqueue.worker._attempts import (
 from retryqueue.worker._batch import Finished, by_token
 from retryqueue.worker._pipeline import Pipeline, Step
 from retryqueue.worker._reporting import Reporting
+from retryqueue.worker.failures import FailurePlan
 from retryqueue.worker.listener import reconnect_delay
-from retryqueue.worker.routing import (
-    FailurePlan,
-    Handler,
-    Router,
-    as_router,
-)
+from retryqueue.worker.routing import Handler, Router, as_router
 
 __all__ = ["WorkerBase", "WorkerOptions", "default_worker_id"]
 

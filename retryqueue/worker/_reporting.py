@@ -20,7 +20,8 @@ from retryqueue.worker._attempts import (
 )
 from retryqueue.worker._batch import Finished
 from retryqueue.worker._pipeline import Pipeline
-from retryqueue.worker.routing import FailurePlan, Router
+from retryqueue.worker.failures import FailurePlan
+from retryqueue.worker.routing import Router
 
 __all__ = ["Reporting"]
 

@@ -8,7 +8,8 @@ the run, the run's task (and on PostgreSQL one more: ``in_flight``) drives the d
 each on its own connection. ``async def`` handlers run
 on the event loop; plain handlers run in threads (at most ``concurrency`` at once), so a
 blocking handler never stalls the loop. Heartbeats are a task; on PostgreSQL a LISTEN task
-(asyncpg or psycopg) wakes an idle worker on NOTIFY.
+(asyncpg or psycopg) wakes an idle worker on NOTIFY. Its transactions outside the flushes,
+leases and idle wait are in :mod:`retryqueue.worker._async_io`.
 
 Stopping: :meth:`AsyncWorker.stop` (any thread), SIGTERM/SIGINT with
 ``run(install_signals=True)``, or cancelling the task running :meth:`AsyncWorker.run`.
@@ -26,13 +27,11 @@ import inspect
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from functools import partial
-from typing import Any, TypeVar, Unpack
+from typing import Unpack
 
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
-    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -40,41 +39,17 @@ from sqlalchemy.ext.asyncio import (
 
 from retryqueue import hooks
 from retryqueue.aio import AsyncRetryQueue
-from retryqueue.errors import DatabaseError, database_error
+from retryqueue.errors import DatabaseError
 from retryqueue.queue import RetryQueue
 from retryqueue.results import ClaimedItem
+from retryqueue.worker._async_io import AsyncIO, AsyncLane, AsyncWakeup, wait_for_event
 from retryqueue.worker._attempts import Job, RunReport, job_for
-from retryqueue.worker._base import WorkerBase, WorkerOptions
-from retryqueue.worker._batch import Finished, Lane
+from retryqueue.worker._base import WorkerOptions
+from retryqueue.worker._batch import Finished
 from retryqueue.worker._pipeline import GiveBack, Pipeline, Step, Wait
-from retryqueue.worker.async_listener import AsyncNotifyListener, supports_async_listen
 from retryqueue.worker.routing import Handler, Route, Router
 
 __all__ = ["AsyncWorker"]
-
-_Lane = Lane[AsyncConnection, AsyncSession]  # see Lane
-
-T = TypeVar("T")
-
-
-class _Wakeup(asyncio.Event):
-    """The idle wake-up (NOTIFY, stop): an event that also wakes the pipeline's driver."""
-
-    def __init__(self, changed: asyncio.Event) -> None:
-        super().__init__()
-        self._changed = changed
-
-    def set(self) -> None:
-        super().set()
-        self._changed.set()
-
-
-async def _wait(event: asyncio.Event, timeout: float | None) -> None:
-    """Until ``event`` is set or ``timeout`` seconds pass (``asyncio.timeout``: no task of
-    its own per wait, as ``wait_for`` makes)."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(timeout):
-            await event.wait()
 
 
 def _is_async(handler: Handler) -> bool:
@@ -83,7 +58,7 @@ def _is_async(handler: Handler) -> bool:
     )
 
 
-class AsyncWorker(WorkerBase):
+class AsyncWorker(AsyncIO):
     """Runs handlers for queued items as asyncio tasks; see the module docstring.
 
     :param queue: a :class:`~retryqueue.aio.AsyncRetryQueue` (or the RetryQueue it wraps).
@@ -117,7 +92,7 @@ class AsyncWorker(WorkerBase):
         self._stop_requested = threading.Event()  # readable from any thread
         self._stopping = asyncio.Event()
         self._changed = asyncio.Event()  # the driver waits on it
-        self._wakeup = _Wakeup(self._changed)
+        self._wakeup = AsyncWakeup(self._changed)
         self._has_work = asyncio.Event()  # idle handler tasks wait on it
         self._db_lock = asyncio.Lock()  # one lease renewal or release at a time
         self._landed = asyncio.Event()  # a pipeline transaction ended (renewals wait on it)
@@ -200,7 +175,7 @@ class AsyncWorker(WorkerBase):
         if loop is not self._loop:  # asyncio events belong to one loop: new ones per loop
             self._loop = loop
             self._stopping, self._changed = asyncio.Event(), asyncio.Event()
-            self._wakeup, self._has_work = _Wakeup(self._changed), asyncio.Event()
+            self._wakeup, self._has_work = AsyncWakeup(self._changed), asyncio.Event()
             self._db_lock, self._landed = asyncio.Lock(), asyncio.Event()
         if self._stop_requested.is_set():
             self._stopping.set()
@@ -226,17 +201,6 @@ class AsyncWorker(WorkerBase):
             await self._registry_round("leave")
         self._log_stopped()
         return total
-
-    async def _registry_round(self, step: str | None) -> None:
-        """Register, heartbeat or leave the worker registry (one transaction)."""
-        if step is None:
-            return
-        try:
-            await self._in_transaction("worker registry", self._registry_step, step)
-        except DatabaseError as exc:
-            self._registry_done(step, exc)
-        else:
-            self._registry_done(step, None)
 
     def _on_signal(self, signum: int) -> None:
         self._log_signal(signal.Signals(signum).name)
@@ -283,7 +247,7 @@ class AsyncWorker(WorkerBase):
     ) -> None:
         """A driver: take the pipeline's next step and run it, until the drive is done. An
         unexpected error ends every driver; :meth:`run` raises it."""
-        lane = _Lane()
+        lane = AsyncLane()
         try:
             await self._steps(pipe, tally, lane)
         except asyncio.CancelledError:
@@ -297,7 +261,7 @@ class AsyncWorker(WorkerBase):
             self._changed.set()  # the other drivers see the end too
             self._landed.set()
 
-    async def _steps(self, pipe: Pipeline, tally: dict[str, int], lane: _Lane) -> None:
+    async def _steps(self, pipe: Pipeline, tally: dict[str, int], lane: AsyncLane) -> None:
         while self._crash is None:
             now = time.monotonic()
             stopping = self._stopping.is_set()
@@ -328,10 +292,10 @@ class AsyncWorker(WorkerBase):
                     self._changed.set()
                     self._landed.set()
             else:
-                await _wait(self._changed, step)
+                await wait_for_event(self._changed, step)
 
     async def _run_step(
-        self, pipe: Pipeline, step: Step, lane: _Lane, tally: dict[str, int]
+        self, pipe: Pipeline, step: Step, lane: AsyncLane, tally: dict[str, int]
     ) -> None:
         """One pipeline transaction on this driver's connection."""
         plans = self._plans(step.outcomes)
@@ -363,10 +327,6 @@ class AsyncWorker(WorkerBase):
         if pipe.claim_landed(step.claim, len(claimed)):
             self._after_claim(pipe, step.claim, len(claimed), await self._idle_wait())
         self._report_all(step.outcomes, plans, outcomes, tally)
-
-    def _dialect(self) -> str:
-        engine = self.sessions.kw.get("bind")
-        return engine.dialect.name if isinstance(engine, AsyncEngine) else ""
 
     async def _handler_loop(self, pipe: Pipeline) -> None:
         """A handler task: run ready items until the pipeline closes."""
@@ -403,146 +363,6 @@ class AsyncWorker(WorkerBase):
         except BaseException as exc:  # a handler must never kill the worker
             return exc
         return None
-
-    # -- writes ---------------------------------------------------------------------------
-
-    async def _in_transaction(self, operation: str, step: Callable[..., T], *args: Any) -> T:
-        """Run one of the shared transaction bodies on an AsyncSession, and commit."""
-        try:
-            async with self.sessions.begin() as session:
-                return await session.run_sync(step, *args)
-        except SQLAlchemyError as exc:  # commit/rollback errors are not wrapped by the queue
-            raise database_error(operation, exc) from exc
-
-    async def _autocommitted(
-        self, operation: str, lane: _Lane, step: Callable[..., T], *args: Any
-    ) -> T:
-        """Run a single-statement body on the driver's (``lane``) autocommitted connection
-        (no BEGIN/COMMIT)."""
-        engine = self.sessions.kw.get("bind")
-        if not isinstance(engine, AsyncEngine):
-            return await self._in_transaction(operation, step, *args)
-        try:
-            session = await self._solo_session(lane, engine)
-            try:
-                result = await session.run_sync(step, *args)
-            except BaseException:
-                await self._drop_solo(lane)  # it may be broken: the next flush connects afresh
-                raise
-            # Kept open for the lane's next flush, as in the thread worker: on an
-            # autocommitted connection its transaction is SQLAlchemy's bookkeeping only.
-            if session.sync_session.identity_map:  # a quarantine loaded rows
-                session.expunge_all()
-            return result
-        except SQLAlchemyError as exc:  # commit/rollback errors are not wrapped by the queue
-            raise database_error(operation, exc) from exc
-
-    async def _solo_session(self, lane: _Lane, engine: AsyncEngine) -> AsyncSession:
-        """The session on the autocommitted connection a driver keeps for its
-        single-statement flushes (both made once, not once per batch; the connection is
-        returned when the drive ends)."""
-        if lane.solo is None or lane.session is None:
-            connection = await engine.connect()
-            try:
-                lane.solo = await connection.execution_options(isolation_level="AUTOCOMMIT")
-            except BaseException:
-                await connection.close()
-                raise
-            lane.session = self.sessions(bind=lane.solo)
-        return lane.session
-
-    @staticmethod
-    async def _drop_solo(lane: _Lane) -> None:
-        solo, session = lane.solo, lane.session
-        lane.solo = lane.session = None
-        if session is not None:
-            with contextlib.suppress(SQLAlchemyError):
-                await session.close()
-        if solo is not None:
-            with contextlib.suppress(SQLAlchemyError):
-                await solo.close()
-
-    async def _release_unstarted(
-        self,
-        pipe: Pipeline,
-        tally: dict[str, int],
-        given: list[ClaimedItem] | None = None,
-        why: str = "unstarted",
-    ) -> None:
-        """Give back the items no handler started: all at shutdown, or those ``given``
-        (overdue, or brought by a claim that was running at shutdown)."""
-        unstarted = pipe.take_unstarted() if given is None else given
-        if not unstarted:
-            return
-        ids = [item.id for item in unstarted]
-        released: int | DatabaseError
-        async with self._db_lock:
-            pipe.forget(ids)
-            try:
-                released = await self._in_transaction("release", self._release, unstarted)
-            except DatabaseError as exc:
-                released = exc
-        self._report_released(ids, released, tally, why)
-
-    # -- leases --------------------------------------------------------------------------
-
-    async def _heartbeat_loop(self, pipe: Pipeline) -> None:
-        """The one periodic heartbeat of a running worker: renew every lease held."""
-        while True:
-            await asyncio.sleep(self.heartbeat_interval)
-            try:
-                await self._renew_held(pipe, None)
-            except DatabaseError as exc:
-                self._log_heartbeat_failed(exc)
-            await self._registry_round(self._registry_due())  # also while idle
-
-    async def _extend_one(self, pipe: Pipeline, item_id: int) -> bool:
-        return item_id in await self._renew_held(pipe, [item_id])
-
-    def _extend_from_thread(self, extend: Callable[[], Awaitable[bool]]) -> bool:
-        """extend_lease() for a plain handler, which runs in a thread of its own."""
-        assert self._loop is not None
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run_coroutine_threadsafe(_awaited(extend), self._loop).result()
-        raise RuntimeError("on the event loop, await job.extend_lease_async() instead")
-
-    async def _renew_held(self, pipe: Pipeline, only: list[int] | None) -> set[int]:
-        """Renew leases once no pipeline transaction runs, keeping new ones out meanwhile
-        (see :mod:`retryqueue.worker._pipeline`)."""
-        async with self._db_lock:  # one renewal or release at a time
-            pipe.renewing = True
-            try:
-                while not pipe.quiet() and self._crash is None:
-                    self._landed.clear()
-                    await self._landed.wait()
-                held = pipe.held_items(only)
-                if not held:
-                    return set()
-                kept = await self._in_transaction("heartbeat", self._renew, held)
-                self._note_renewal(pipe, held, kept)
-                return kept
-            finally:
-                pipe.renewing = False
-                self._changed.set()
-
-    # -- waiting -------------------------------------------------------------------------
-
-    async def _start_listener(self) -> AsyncNotifyListener | None:
-        bind = self.listen_engine or self.sessions.kw.get("bind")
-        if not self.listen or not isinstance(bind, AsyncEngine) or not supports_async_listen(bind):
-            return None
-        listener = AsyncNotifyListener(bind, self._wakeup)
-        await listener.start()
-        return listener
-
-    async def _idle_wait(self) -> float:
-        try:
-            return self._idle_for(await self._in_transaction("seconds_until_claimable", self._due))
-        except DatabaseError as exc:
-            self._log_due_unknown(exc)
-            return self.poll_interval
 
 
 async def _invoke(handler: Handler, job: Job) -> None:
@@ -583,7 +403,3 @@ async def _in_daemon_thread(handler: Handler, job: Job) -> None:
 
     threading.Thread(target=target, name="retryqueue-handler", daemon=True).start()
     await done
-
-
-async def _awaited(make: Callable[[], Awaitable[T]]) -> T:
-    return await make()

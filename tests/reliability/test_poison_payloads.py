@@ -35,7 +35,7 @@ from retryqueue.validation import MAX_JSON_DEPTH
 from retryqueue.worker import PermanentError, RetryLater, Router, Worker
 from retryqueue.worker._attempts import record_failure_safely
 from retryqueue.worker._batch import Finished
-from retryqueue.worker.routing import FailurePlan
+from retryqueue.worker.failures import FailurePlan
 from tests.support.async_worker import BlockingAsyncWorker
 from tests.support.poison import add_undecryptable_item
 from tests.support.waiting import wait_until

@@ -12,7 +12,8 @@ import pytest
 from retryqueue import InvalidArgument, RetryPolicy
 from retryqueue.policy import Outcome
 from retryqueue.worker import PermanentError, RetryLater, Router, load_router
-from retryqueue.worker.routing import NO_HANDLER, RoutePolicy, plan_failure
+from retryqueue.worker.failures import NO_HANDLER, plan_failure
+from retryqueue.worker.routing import RoutePolicy
 from tests.support.items import claimed
 
 
