@@ -10,11 +10,17 @@ dashboard (server time of each dashboard page with 1M items + 1M history rows; q
 limits (acquire latency with rate limits bypassed, idle, on an unrelated key, on the claimed key).
 Without a URL (or $RETRYQUEUE_BENCH_POSTGRES_URL) the run starts its own embedded
 PostgreSQL and stops it at the end. A group that fails is reported as skipped.
+
+The groups that are compared with each other (enqueue, drain, asyncio, ceiling, pgqueuer)
+run ``--rounds`` times (full: 3, quick: 1), interleaved: each round runs all of them once.
+Each of their figures is the median round (the details keep every round's figure), so a
+burst of load on this shared machine moves one round of every system, not one system.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import subprocess
@@ -44,6 +50,7 @@ from benchmarks import partitions as partition_bench
 from benchmarks.harness import Figure, run_consumers
 from benchmarks.server import BenchServer, bench_server, describe, libpq_dsn
 
+REPEATED = ("enqueue", "drain", "asyncio", "ceiling", "pgqueuer")  # rounds, interleaved
 GROUPS = (
     "enqueue",
     "drain",
@@ -81,6 +88,7 @@ class Plan:
     load_rate: float
     load_seconds: float
     big: bool  # the 1M-row scenarios and the 200k memory run
+    rounds: int  # of the REPEATED groups, interleaved
 
     @classmethod
     def quick(cls) -> Plan:
@@ -98,6 +106,7 @@ class Plan:
             load_rate=200,
             load_seconds=2,
             big=False,
+            rounds=1,
         )
 
     @classmethod
@@ -116,6 +125,7 @@ class Plan:
             load_rate=400,
             load_seconds=10,
             big=True,
+            rounds=3,
         )
 
 
@@ -155,9 +165,11 @@ class Run:
                 flush=True,
             )
 
-    def guarded(self, group: str, system: str, body: Callable[[], None]) -> None:
+    def guarded(
+        self, group: str, system: str, body: Callable[[], None], label: str | None = None
+    ) -> None:
         """Run a group; on any error record it as skipped with the reason."""
-        print(f"[{group}]", flush=True)
+        print(f"[{label or group}]", flush=True)
         try:
             body()
         except Exception as exc:
@@ -362,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--chart", type=Path, default=ROOT / "docs" / "benchmarks.png")
     parser.add_argument("--no-doc", action="store_true", help="do not touch docs/")
+    parser.add_argument(
+        "--rounds", type=int, help=f"rounds of {', '.join(REPEATED)} (full 3, quick 1)"
+    )
     args = parser.parse_args(argv)
 
     chosen = GROUPS if not args.only else tuple(g.strip() for g in args.only.split(","))
@@ -369,6 +384,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown groups: {', '.join(sorted(unknown))}")
     plan = Plan.quick() if args.quick else Plan.full()
+    if args.rounds is not None:
+        if args.rounds < 1:
+            parser.error("--rounds must be at least 1")
+        plan = dataclasses.replace(plan, rounds=args.rounds)
     started = datetime.now(UTC)
     out = args.out or ROOT / "benchmarks" / "results" / (
         f"{plan.mode}-{started:%Y%m%dT%H%M%S}.json"
@@ -383,11 +402,18 @@ def main(argv: list[str] | None = None) -> int:
             "load_average": os.getloadavg(),
             "postgres": describe(server),
             "groups": list(chosen),
+            "rounds": plan.rounds,
         }
         print(f"PostgreSQL: {meta['postgres']['version']} ({server.origin})", flush=True)
         run = Run(server, plan)
+        for number in range(plan.rounds):
+            for group in REPEATED:
+                if group in chosen:
+                    label = group if plan.rounds == 1 else f"{group}, round {number + 1}"
+                    run.guarded(group, group, getattr(run, group), label)
+        run.figures = report.median_rounds(run.figures)
         for group in GROUPS:
-            if group in chosen:
+            if group in chosen and group not in REPEATED:
                 run.guarded(group, group, getattr(run, group))
     meta["seconds"] = time.perf_counter() - began
     report.write_json(out, meta, run.figures)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,6 +67,39 @@ def _number(value: float | None, unit: str) -> str:
     return f"{value:,.0f} {unit}"
 
 
+def median_rounds(figures: Sequence[Figure]) -> list[Figure]:
+    """One figure per (scenario, system, parameters): of several rounds, the median one
+    (the lower of the middle two for an even count), with every round's value in
+    ``extra["rounds"]``; a configuration skipped in every round stays skipped. The order is
+    that of each configuration's first figure."""
+    groups: dict[str, list[Figure]] = {}
+    for figure in figures:
+        key = json.dumps([figure.scenario, figure.system, figure.params], sort_keys=True)
+        groups.setdefault(key, []).append(figure)
+    merged: list[Figure] = []
+    for rounds in groups.values():
+        measured = sorted(
+            (figure for figure in rounds if figure.value is not None),
+            key=lambda figure: figure.value or 0.0,
+        )
+        if len(rounds) == 1 or not measured:
+            merged.append(rounds[0])
+            continue
+        middle = measured[(len(measured) - 1) // 2]
+        values = [round(figure.value, 1) for figure in rounds if figure.value is not None]
+        extra: dict[str, Any] = {**middle.extra, "rounds": values}
+        if len(values) < len(rounds):
+            extra["rounds_skipped"] = len(rounds) - len(values)
+        merged.append(dataclasses.replace(middle, extra=extra))
+    return merged
+
+
+def _detail(value: Any) -> str:
+    if isinstance(value, list):  # every round's figure, in the order they ran
+        return " / ".join(f"{item:,.0f}" for item in value)
+    return f"{value:.1f}" if isinstance(value, float) else str(value)
+
+
 def markdown(meta: dict[str, Any], figures: Sequence[Figure]) -> str:
     """The tables for docs/benchmarks.md."""
     lines = [
@@ -73,7 +107,13 @@ def markdown(meta: dict[str, Any], figures: Sequence[Figure]) -> str:
         f"{meta['cpu_count']} CPUs, {meta['postgres']['version'].split(' on ')[0]} "
         f"({meta['postgres']['origin']}; shared_buffers={meta['postgres']['shared_buffers']}, "
         f"synchronous_commit={meta['postgres']['synchronous_commit']}, "
-        f"fsync={meta['postgres']['fsync']}). Compare within this run only.",
+        f"fsync={meta['postgres']['fsync']}). Compare within this run only."
+        + (
+            f" Enqueue and drain figures: the median of {meta['rounds']} interleaved rounds"
+            " (every round's figure under details)."
+            if meta.get("rounds", 1) > 1
+            else ""
+        ),
         "",
         "| scenario | system | parameters | figure | details |",
         "| --- | --- | --- | ---: | --- |",
@@ -83,9 +123,9 @@ def markdown(meta: dict[str, Any], figures: Sequence[Figure]) -> str:
             detail = f"skipped: {figure.skipped}"
         else:
             detail = ", ".join(
-                f"{key}={value:.1f}" if isinstance(value, float) else f"{key}={value}"
+                f"{key}={_detail(value)}"
                 for key, value in figure.extra.items()
-                if not isinstance(value, list | dict)
+                if key == "rounds" or not isinstance(value, list | dict)
             )
         lines.append(
             f"| {figure.scenario} | {figure.system} | {_params(figure.params)} | "
