@@ -1,7 +1,7 @@
 """``python -m benchmarks.cpu_split [--database-url URL] [--items N] [--rounds R]``: where
 the CPU of a one-process drain goes, database side and consumer side, for retryqueue's
-thread worker, the hand-written SQL loop and pgqueuer (asyncpg, as its own benchmark runs
-it: 5 dequeuers on uvloop), batch 10.
+thread worker, its asyncio worker (asyncpg), the hand-written SQL loop and pgqueuer
+(asyncpg, as its own benchmark runs it: 5 dequeuers on uvloop), batch 10.
 
 Each drain runs the benchmark's own seeding and consumer process. Around the drain (the
 seeding excluded) it reads the CPU time of every PostgreSQL process on this machine, the
@@ -21,7 +21,7 @@ from typing import Any
 import psutil  # type: ignore[import-untyped]
 import psycopg
 
-from benchmarks import peers, scenarios, seed, sql_ceiling
+from benchmarks import async_drain, peers, scenarios, seed, sql_ceiling
 from benchmarks.harness import run_consumers
 from benchmarks.server import bench_server, libpq_dsn
 
@@ -94,6 +94,12 @@ def main() -> None:
                 items,
                 seed_queue,
                 lambda: drain(scenarios.consume, (rq_url, 10, None), rq_dsn, terminal),
+            )
+            measure(
+                "retryqueue-async",
+                items,
+                seed_queue,
+                lambda: drain(async_drain.consume, (rq_url, "asyncpg", 10), rq_dsn, terminal),
             )
             measure(
                 "sql-loop",
