@@ -32,23 +32,33 @@ downstream is unhealthy (timeouts, connection errors, 5xx), not permanent errors
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from retryqueue import limits
 from retryqueue import statements as sql
 from retryqueue import validation as check
+from retryqueue._circuit_rows import (
+    audit,
+    circuit_events,
+    circuit_states,
+    counters_of,
+    key_state,
+    locked_rows,
+    pristine,
+    someone_elses_probe,
+    transition_counts,
+    transition_of,
+    valid_key,
+    write_step,
+)
 from retryqueue.breaker_policy import CircuitCounters, CircuitRules, CircuitStatus, Step
 from retryqueue.clock import Clock, SystemClock
-from retryqueue.errors import InvalidArgument, database_error
-from retryqueue.models import CIRCUIT_KEY_LENGTH
+from retryqueue.errors import InvalidArgument
 from retryqueue.monitoring import fetch_all
 from retryqueue.results import CircuitEvent, CircuitState, Gate, Transition
 
@@ -63,8 +73,6 @@ __all__ = [
     "circuit_states",
     "transition_counts",
 ]
-
-logger = logging.getLogger("retryqueue.circuits")
 
 _SERVER_CLOCK_DIALECTS = frozenset({"postgresql", "mysql", "mariadb"})
 REASON_MANUAL_CLOSE = "manual_close"
@@ -163,7 +171,7 @@ class CircuitBreaker:
         rows = fetch_all(session, sql.circuits_not_closed(at), "circuit gate")
         if not rows:
             return Gate(per_event_type=self.per_event_type)
-        due = [row.circuit_key for row in rows if self.rules.probe_due(_counters(row), row.now)]
+        due = [row.circuit_key for row in rows if self.rules.probe_due(counters_of(row), row.now)]
         if due:  # a paused key's items are skipped by the probe's claim too: no probe yet
             paused, _ = limits.paused_keys(session, at)
             claimable = sql.claimable_keys(
@@ -177,14 +185,14 @@ class CircuitBreaker:
             holder = check.text("owner", owner) if owner is not None else _default_owner()
             locked = sql.circuits_by_key(at, due, lock=True, skip_locked=True)
             for row in fetch_all(session, locked, "circuit gate"):
-                counters = _counters(row)
+                counters = counters_of(row)
                 if not self.rules.probe_due(counters, row.now):
                     continue  # someone probed between our two reads
                 step = self.rules.start_probe(counters, row.now)
-                if self._write(session, at, row, step, probe_owner=holder):
+                if write_step(session, at, row, step, probe_owner=holder):
                     probes.append(row.circuit_key)
-                    transitions.append(_transition(row, step))
-            self._audit(session, at, transitions, holder)
+                    transitions.append(transition_of(row, step))
+            audit(session, at, transitions, holder)
         return Gate(
             blocked=frozenset(row.circuit_key for row in rows),
             probes=tuple(probes),
@@ -228,26 +236,26 @@ class CircuitBreaker:
                 keys += [
                     row.circuit_key
                     for row in fetch_all(session, current, "record")
-                    if not _pristine(row)
+                    if not pristine(row)
                 ]
             if not keys:
                 return []
             keys.sort()
         transitions: list[Transition] = []
-        for row in self._locked_rows(session, at, keys):
-            counters, reason = _counters(row), None
-            if _someone_elses_probe(row, actor):
+        for row in locked_rows(session, at, keys):
+            counters, reason = counters_of(row), None
+            if someone_elses_probe(row, actor):
                 continue  # late outcomes of items claimed before the circuit opened
             for succeeded in by_key[row.circuit_key]:
                 step = self.rules.observe(counters, succeeded, row.now)
                 if step.changed:
-                    transitions.append(_transition(row, step, previous=transitions))
+                    transitions.append(transition_of(row, step, previous=transitions))
                     reason = step.reason
                 counters = step.counters
-            if counters != _counters(row):
+            if counters != counters_of(row):
                 owner = row.probe_owner if counters.status is CircuitStatus.HALF_OPEN else None
-                self._write(session, at, row, Step(counters, reason), probe_owner=owner)
-        self._audit(session, at, transitions, actor)
+                write_step(session, at, row, Step(counters, reason), probe_owner=owner)
+        audit(session, at, transitions, actor)
         return transitions
 
     def probes_due_in(self, session: Session) -> dict[str, float]:
@@ -257,7 +265,7 @@ class CircuitBreaker:
         at = self.now(session)
         due_in: dict[str, float] = {}
         for row in fetch_all(session, sql.circuits_not_closed(at), "circuit outlook"):
-            counters = _counters(row)
+            counters = counters_of(row)
             until = (
                 counters.probe_deadline
                 if counters.status is CircuitStatus.HALF_OPEN
@@ -271,19 +279,19 @@ class CircuitBreaker:
 
         The next :meth:`gate` hands the probe out again; no transition is audited.
         """
-        key = _key(key)
+        key = valid_key(key)
         at = self.now(session)
-        for row in self._locked_rows(session, at, [key], create=False):
+        for row in locked_rows(session, at, [key], create=False):
             if CircuitStatus(row.state) is CircuitStatus.HALF_OPEN:
-                counters = _counters(row)
+                counters = counters_of(row)
                 reopened = CircuitCounters(
                     status=CircuitStatus.OPEN,
                     opened_at=counters.opened_at,
                     open_until=row.now,
                     cooldown_seconds=counters.cooldown_seconds,
                 )
-                self._write(session, at, row, Step(reopened, row.reason), probe_owner=None)
-        return self._state(session, at, key)
+                write_step(session, at, row, Step(reopened, row.reason), probe_owner=None)
+        return key_state(session, at, key)
 
     # -- the operator's side -------------------------------------------------------------
 
@@ -301,262 +309,35 @@ class CircuitBreaker:
         After the cool-down it probes like any open circuit; close it by hand to resume
         at once.
         """
-        key = _key(key)
+        key = valid_key(key)
         seconds = self.rules.cooldown if cooldown is None else cooldown
         seconds = check.seconds("cooldown", seconds, allow_zero=False)
         reason = check.text("reason", reason)
         at = self.now(session)
-        (row,) = self._locked_rows(session, at, [key])
-        step = Step(self.rules.trip(_counters(row), row.now, seconds), reason)
-        self._write(session, at, row, step, probe_owner=None)
-        self._audit(session, at, [_transition(row, step)], actor)
-        return self._state(session, at, key)
+        (row,) = locked_rows(session, at, [key])
+        step = Step(self.rules.trip(counters_of(row), row.now, seconds), reason)
+        write_step(session, at, row, step, probe_owner=None)
+        audit(session, at, [transition_of(row, step)], actor)
+        return key_state(session, at, key)
 
     def close(self, session: Session, key: str, *, actor: str | None = None) -> CircuitState:
         """Close ``key``'s circuit now and reset its counters (its items run again)."""
-        key = _key(key)
+        key = valid_key(key)
         at = self.now(session)
-        for row in self._locked_rows(session, at, [key], create=False):
+        for row in locked_rows(session, at, [key], create=False):
             was_closed = CircuitStatus(row.state) is CircuitStatus.CLOSED
             reason = None if was_closed else REASON_MANUAL_CLOSE
-            step = Step(self.rules.close(_counters(row)), reason)
-            if step.counters != _counters(row) or step.changed:
-                self._write(session, at, row, step, probe_owner=None)
+            step = Step(self.rules.close(counters_of(row)), reason)
+            if step.counters != counters_of(row) or step.changed:
+                write_step(session, at, row, step, probe_owner=None)
             if step.changed:
-                self._audit(session, at, [_transition(row, step)], actor)
-        return self._state(session, at, key)
+                audit(session, at, [transition_of(row, step)], actor)
+        return key_state(session, at, key)
 
     def states(self, session: Session) -> list[CircuitState]:
         """Every stored circuit, by key (keys without a row are closed)."""
         return circuit_states(session)
 
-    # -- persistence ---------------------------------------------------------------------
-
-    def _locked_rows(
-        self, session: Session, at: datetime | None, keys: Sequence[str], *, create: bool = True
-    ) -> list[Any]:
-        """The circuits of ``keys`` locked FOR UPDATE (in key order); missing ones created."""
-        rows = fetch_all(session, sql.circuits_by_key(at, keys, lock=True), "circuit update")
-        missing = sorted(set(keys) - {row.circuit_key for row in rows})
-        if missing and create:
-            dialect = session.get_bind().dialect.name
-            try:
-                session.execute(
-                    sql.insert_circuits(dialect, at), [{"circuit_key": key} for key in missing]
-                )
-            except SQLAlchemyError as exc:
-                raise database_error("circuit update", exc) from exc
-            rows += fetch_all(
-                session, sql.circuits_by_key(at, missing, lock=True), "circuit update"
-            )
-            rows.sort(key=lambda row: row.circuit_key)
-        return rows
-
-    def _write(
-        self,
-        session: Session,
-        at: datetime | None,
-        row: Any,
-        step: Step,
-        *,
-        probe_owner: str | None,
-    ) -> bool:
-        """Store ``step``'s counters if the row is unchanged since read; False if it was not."""
-        counters = step.counters
-        values = {
-            "state": counters.status.value,
-            "consecutive_failures": counters.consecutive_failures,
-            "window_started_at": counters.window_started_at,
-            "window_attempts": counters.window_attempts,
-            "window_failures": counters.window_failures,
-            "previous_attempts": counters.previous_attempts,
-            "previous_failures": counters.previous_failures,
-            "opened_at": counters.opened_at,
-            "open_until": counters.open_until,
-            "cooldown_seconds": counters.cooldown_seconds,
-            "probe_deadline": counters.probe_deadline,
-            "probe_owner": probe_owner,
-            "reason": step.reason if step.reason is not None else row.reason,
-        }
-        try:
-            result = session.execute(sql.update_circuit(at, row.circuit_key, row.version, values))
-        except SQLAlchemyError as exc:
-            raise database_error("circuit update", exc) from exc
-        return bool(result.rowcount)  # type: ignore[attr-defined]
-
-    def _audit(
-        self,
-        session: Session,
-        at: datetime | None,
-        transitions: Sequence[Transition],
-        actor: str | None,
-    ) -> None:
-        """Write the transitions to the audit trail and log them."""
-        if not transitions:
-            return
-        rows = [
-            {
-                "circuit_key": t.key,
-                "from_state": t.from_status.value,
-                "to_state": t.to_status.value,
-                "reason": t.reason[:255],
-                "cooldown_seconds": t.cooldown_seconds,
-                "actor": actor[:255] if actor else None,
-            }
-            for t in transitions
-        ]
-        try:
-            session.execute(sql.insert_circuit_events(at), rows)
-        except SQLAlchemyError as exc:
-            raise database_error("circuit audit", exc) from exc
-        for t in transitions:
-            level = logging.WARNING if t.to_status is CircuitStatus.OPEN else logging.INFO
-            logger.log(
-                level,
-                "circuit %s: %s -> %s (%s)",
-                t.key,
-                t.from_status.value,
-                t.to_status.value,
-                t.reason,
-                extra={
-                    "circuit_key": t.key,
-                    "from_state": t.from_status.value,
-                    "to_state": t.to_status.value,
-                    "reason": t.reason,
-                    "cooldown_seconds": t.cooldown_seconds,
-                    "open_until": t.open_until,
-                    "actor": actor,
-                },
-            )
-
-    def _state(self, session: Session, at: datetime | None, key: str) -> CircuitState:
-        rows = fetch_all(session, sql.circuits_by_key(at, [key], lock=False), "circuit state")
-        if rows:
-            return _state(rows[0])
-        return CircuitState(
-            key=key,
-            status=CircuitStatus.CLOSED,
-            consecutive_failures=0,
-            window_attempts=0,
-            window_failures=0,
-            opened_at=None,
-            open_until=None,
-            cooldown_seconds=0.0,
-            probe_owner=None,
-            probe_deadline=None,
-            reason=None,
-            updated_at=None,
-        )
-
-
-# -- reading ------------------------------------------------------------------------------
-
-
-def circuit_states(session: Session) -> list[CircuitState]:
-    """Every stored circuit, by key (what ``retryqueue circuits`` lists)."""
-    return [_state(row) for row in fetch_all(session, sql.all_circuits(), "circuit states")]
-
-
-def circuit_events(
-    session: Session, key: str | None = None, limit: int = 100
-) -> list[CircuitEvent]:
-    """The newest transitions from the audit trail (of one key, or all), newest first."""
-    limit = check.bounded_int("limit", limit, low=1, high=100_000)
-    stmt = sql.circuit_events(None if key is None else _key(key), limit)
-    return [
-        CircuitEvent(
-            id=row.id,
-            key=row.circuit_key,
-            from_status=CircuitStatus(row.from_state),
-            to_status=CircuitStatus(row.to_state),
-            reason=row.reason,
-            cooldown_seconds=row.cooldown_seconds,
-            actor=row.actor,
-            occurred_at=row.occurred_at,
-        )
-        for row in fetch_all(session, stmt, "circuit events")
-    ]
-
-
-def transition_counts(session: Session) -> list[tuple[str, CircuitStatus, int]]:
-    """Audited transitions counted per (key, state entered), for the metrics exporter."""
-    rows = fetch_all(session, sql.circuit_transition_counts(), "circuit transitions")
-    return [(key, CircuitStatus(to_state), int(count)) for key, to_state, count in rows]
-
-
-# -- helpers ------------------------------------------------------------------------------
-
-
-def _someone_elses_probe(row: Any, actor: str | None) -> bool:
-    """A half-open circuit is decided by its probe: other actors' outcomes don't count."""
-    return (
-        CircuitStatus(row.state) is CircuitStatus.HALF_OPEN
-        and actor is not None
-        and row.probe_owner is not None
-        and row.probe_owner != actor
-    )
-
-
-def _key(key: object) -> str:
-    return check.text("key", key, max_length=CIRCUIT_KEY_LENGTH)
-
 
 def _default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"[:255]
-
-
-def _counters(row: Any) -> CircuitCounters:
-    return CircuitCounters(
-        status=CircuitStatus(row.state),
-        consecutive_failures=row.consecutive_failures,
-        window_started_at=row.window_started_at,
-        window_attempts=row.window_attempts,
-        window_failures=row.window_failures,
-        previous_attempts=row.previous_attempts,
-        previous_failures=row.previous_failures,
-        opened_at=row.opened_at,
-        open_until=row.open_until,
-        cooldown_seconds=float(row.cooldown_seconds),
-        probe_deadline=row.probe_deadline,
-    )
-
-
-def _pristine(row: Any) -> bool:
-    """A closed circuit with no failure to forget: a success changes nothing."""
-    return CircuitStatus(row.state) is CircuitStatus.CLOSED and row.consecutive_failures == 0
-
-
-def _transition(row: Any, step: Step, previous: Iterable[Transition] = ()) -> Transition:
-    """The transition ``step`` made, from the row's status (or the last transition's)."""
-    before = CircuitStatus(row.state)
-    for earlier in previous:
-        if earlier.key == row.circuit_key:
-            before = earlier.to_status
-    counters = step.counters
-    opening = counters.status is CircuitStatus.OPEN
-    return Transition(
-        key=row.circuit_key,
-        from_status=before,
-        to_status=counters.status,
-        reason=step.reason or "",
-        at=row.now,
-        cooldown_seconds=counters.cooldown_seconds if opening else None,
-        open_until=counters.open_until if opening else None,
-    )
-
-
-def _state(row: Any) -> CircuitState:
-    return CircuitState(
-        key=row.circuit_key,
-        status=CircuitStatus(row.state),
-        consecutive_failures=row.consecutive_failures,
-        window_attempts=row.window_attempts,
-        window_failures=row.window_failures,
-        opened_at=row.opened_at,
-        open_until=row.open_until,
-        cooldown_seconds=float(row.cooldown_seconds),
-        probe_owner=row.probe_owner,
-        probe_deadline=row.probe_deadline,
-        reason=row.reason,
-        updated_at=row.updated_at,
-    )

@@ -22,8 +22,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from retryqueue.migrations._partition_months import KEYS_TABLE, QUEUE
 from retryqueue.migrations._runner import DEFAULT_VERSION_TABLE, package_path
-from retryqueue.migrations.partitioning import KEYS_TABLE, QUEUE
 from retryqueue.models import metadata
 
 __all__ = [
