@@ -14,6 +14,7 @@ from typing import Any
 from retryqueue import encryption
 from retryqueue import statements as sql
 from retryqueue import validation as check
+from retryqueue._frozen import builder
 from retryqueue.errors import InvalidArgument
 from retryqueue.fingerprint import fingerprint
 from retryqueue.models import RetryStatus
@@ -369,6 +370,9 @@ def failure_forensics(
     }
 
 
+_claimed = builder(ClaimedItem)  # ClaimedItem(...) without its per-field setattr cost
+
+
 def claimed_item(row: Any, first: int = 0, *, driver_values: bool = False) -> ClaimedItem:
     """A :class:`ClaimedItem` from a row whose columns from ``first`` on are
     ``statements.CLAIM_COLUMNS``, in order (the hot path: positional, no lookups by name).
@@ -403,7 +407,7 @@ def claimed_item(row: Any, first: int = 0, *, driver_values: bool = False) -> Cl
         created_at = created_at.astimezone(UTC)
         next_retry_at = next_retry_at.astimezone(UTC)
         locked_at = locked_at.astimezone(UTC)
-    return ClaimedItem(
+    return _claimed(
         item_id,
         event_id,
         event_type,

@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from retryqueue._frozen import builder
 from retryqueue.errors import DatabaseError
 from retryqueue.policy import RetryPolicy
 from retryqueue.queue import RetryQueue
@@ -129,6 +130,9 @@ class AttemptResult:
 
 Observer = Callable[[AttemptResult], object]
 
+_job = builder(Job)  # Job(...) without its per-field setattr cost (built once per item)
+_NO_METADATA: Mapping[str, Any] = MappingProxyType({})
+
 REPORT_FIELD = {
     "completed": "completed",
     "retry_scheduled": "retried",
@@ -156,21 +160,21 @@ def job_for(
 
     ``extend_lease`` renews the item's lock and says whether it is still held.
     """
-    return Job(
-        id=item.id,
-        event_id=item.event_id,
-        event_type=item.event_type,
-        event_data=item.event_data,
-        metadata=item.event_metadata or MappingProxyType({}),
-        channel_name=item.channel_name,
-        plugin_name=item.plugin_name,
-        correlation_id=item.correlation_id,
-        tags=item.tags,
-        attempt=item.attempt,
-        max_retries=item.max_retries,
-        priority=item.priority,
-        _extend=extend_lease,
-        _extend_async=extend_lease_async,
+    return _job(  # Job's fields, in order
+        item.id,
+        item.event_id,
+        item.event_type,
+        item.event_data,
+        item.event_metadata or _NO_METADATA,
+        item.channel_name,
+        item.plugin_name,
+        item.correlation_id,
+        item.tags,
+        item.attempt,
+        item.max_retries,
+        item.priority,
+        extend_lease,
+        extend_lease_async,
     )
 
 

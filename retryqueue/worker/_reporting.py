@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 
+from retryqueue._frozen import builder
 from retryqueue.errors import DatabaseError
 from retryqueue.results import ClaimedItem
 from retryqueue.worker._attempts import (
@@ -26,6 +27,8 @@ from retryqueue.worker.routing import Router
 __all__ = ["Reporting"]
 
 logger = logging.getLogger("retryqueue.worker")
+
+_attempt_result = builder(AttemptResult)  # built once per attempt while observed
 
 
 class Reporting:
@@ -75,7 +78,7 @@ class Reporting:
             self._log_outcome(done, outcome, code, message)
         if not self.observers:
             return
-        result = AttemptResult(
+        result = _attempt_result(  # AttemptResult's fields, in order
             item.id,
             item.event_type,
             item.plugin_name,
