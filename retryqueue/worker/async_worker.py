@@ -9,7 +9,8 @@ each on its own connection. ``async def`` handlers run
 on the event loop; plain handlers run in threads (at most ``concurrency`` at once), so a
 blocking handler never stalls the loop. Heartbeats are a task; on PostgreSQL a LISTEN task
 (asyncpg or psycopg) wakes an idle worker on NOTIFY. Its transactions outside the flushes,
-leases and idle wait are in :mod:`retryqueue.worker._async_io`.
+leases and idle wait are in :mod:`retryqueue.worker._async_io`, how it calls a handler in
+:mod:`retryqueue.worker._async_calls`.
 
 Stopping: :meth:`AsyncWorker.stop` (any thread), SIGTERM/SIGINT with
 ``run(install_signals=True)``, or cancelling the task running :meth:`AsyncWorker.run`.
@@ -22,8 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
-import inspect
 import signal
 import threading
 import time
@@ -42,20 +41,15 @@ from retryqueue.aio import AsyncRetryQueue
 from retryqueue.errors import DatabaseError
 from retryqueue.queue import RetryQueue
 from retryqueue.results import ClaimedItem
+from retryqueue.worker._async_calls import Kinds, invoke
 from retryqueue.worker._async_io import AsyncIO, AsyncLane, AsyncWakeup, wait_for_event
-from retryqueue.worker._attempts import Job, RunReport, job_for
+from retryqueue.worker._attempts import RunReport, job_for
 from retryqueue.worker._base import WorkerOptions
 from retryqueue.worker._batch import Finished
 from retryqueue.worker._pipeline import GiveBack, Pipeline, Step, Wait
 from retryqueue.worker.routing import Handler, Route, Router
 
 __all__ = ["AsyncWorker"]
-
-
-def _is_async(handler: Handler) -> bool:
-    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
-        getattr(handler, "__call__", None)  # noqa: B004 - a callable object's method
-    )
 
 
 class AsyncWorker(AsyncIO):
@@ -100,6 +94,7 @@ class AsyncWorker(AsyncIO):
         self._crash: BaseException | None = None  # a driver's unexpected error
         self._deadline: float | None = None  # the shutdown grace's end, once stopping
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._kinds = Kinds()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -354,52 +349,12 @@ class AsyncWorker(AsyncIO):
         job = job_for(item, partial(self._extend_from_thread, extend), extend)
         try:
             if (hook := hooks.active) is None:  # instrumentation seam: retryqueue.hooks
-                await _invoke(route.handler, job)
+                await invoke(route.handler, job, self._kinds)
             else:
                 with hook.attempt(item):
-                    await _invoke(route.handler, job)
+                    await invoke(route.handler, job, self._kinds)
         except asyncio.CancelledError:
             raise  # abandoned at shutdown
         except BaseException as exc:  # a handler must never kill the worker
             return exc
         return None
-
-
-async def _invoke(handler: Handler, job: Job) -> None:
-    """Await an ``async def`` handler on the loop, or run a plain one in a thread."""
-    if _is_async(handler):
-        await handler(job)  # type: ignore[misc]
-    else:
-        await _in_daemon_thread(handler, job)
-
-
-async def _in_daemon_thread(handler: Handler, job: Job) -> None:
-    """Run a plain handler in a thread of its own and await it.
-
-    A daemon thread, as in the thread worker: a handler still running when the shutdown
-    grace runs out must not keep the process from exiting (an executor's threads would).
-    """
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-    context = contextvars.copy_context()  # the handler sees the task's context (its span)
-
-    def settle(error: BaseException | None) -> None:
-        if done.done():  # the awaiting task was cancelled (abandoned at shutdown)
-            return
-        if error is None:
-            done.set_result(None)
-        else:
-            done.set_exception(error)
-
-    def target() -> None:
-        try:
-            context.run(handler, job)
-        except BaseException as exc:  # handed to the awaiting task
-            error: BaseException | None = exc
-        else:
-            error = None
-        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting
-            loop.call_soon_threadsafe(settle, error)
-
-    threading.Thread(target=target, name="retryqueue-handler", daemon=True).start()
-    await done
