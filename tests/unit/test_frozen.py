@@ -17,10 +17,13 @@ from retryqueue.worker._attempts import Job, job_for
 
 
 def _values() -> tuple[object, ...]:
-    now = datetime(2026, 11, 30, 3, 0, tzinfo=UTC)
+    """A value for every ClaimedItem field, each different from the others (a swap of two
+    fields changes the result)."""
     return (
         7, uuid.uuid4(), "order.placed", "orders", "shop", MappingProxyType({"n": 1}),
-        None, 2, 5, 60, 2.0, 3, "corr", ("a",), now, now, "w-1", now, uuid.uuid4(),
+        MappingProxyType({"m": 2}), 2, 5, 60, 2.5, 3, "corr", ("a",),
+        datetime(2026, 11, 30, 1, 0, tzinfo=UTC), datetime(2026, 11, 30, 2, 0, tzinfo=UTC),
+        "w-1", datetime(2026, 11, 30, 3, 0, tzinfo=UTC), uuid.uuid4(),
     )  # fmt: skip
 
 
@@ -31,9 +34,8 @@ def test_builds_what_init_builds() -> None:
     assert built == ClaimedItem(*values)  # type: ignore[arg-type]
     assert repr(built) == repr(ClaimedItem(*values))  # type: ignore[arg-type]
     assert built.attempt == 3  # properties of the class work
-    assert pickle.loads(pickle.dumps(dataclasses.replace(built, event_data={}))) == (
-        dataclasses.replace(built, event_data={})
-    )
+    plain = builder(ClaimedItem)(*values[:5], {"n": 1}, {"m": 2}, *values[7:])  # picklable
+    assert pickle.loads(pickle.dumps(plain)) == plain
 
 
 def test_built_instances_stay_frozen() -> None:
@@ -50,18 +52,43 @@ def test_built_instances_stay_frozen() -> None:
     assert built == made
 
 
-def test_the_hot_paths_build_frozen_items_and_jobs() -> None:
-    row = (None, *_values())
-    item = claimed_item(row, 1)
+def test_the_hot_paths_build_what_keywords_build() -> None:
+    """claimed_item and job_for pass the fields positionally: each lands in its own field
+    (the same object as one built by keyword through the frozen __init__)."""
+    values = _values()
+    names = [field.name for field in dataclasses.fields(ClaimedItem)]
+    item = claimed_item((None, *values), 1)
     assert type(item) is ClaimedItem
+    assert item == ClaimedItem(**dict(zip(names, values, strict=True)))  # type: ignore[arg-type]
     with pytest.raises(dataclasses.FrozenInstanceError):
         item.id = 8  # type: ignore[misc]
-    job = job_for(item, lambda: True)
+
+    def extend() -> bool:
+        return True
+
+    job = job_for(item, extend)
     assert type(job) is Job
-    assert (job.id, job.event_type, job.attempt, job.tags) == (7, "order.placed", 3, ("a",))
-    assert job.metadata == {} and job.extend_lease() is True
+    assert job == Job(
+        id=item.id,
+        event_id=item.event_id,
+        event_type=item.event_type,
+        event_data=item.event_data,
+        metadata=item.event_metadata or {},
+        channel_name=item.channel_name,
+        plugin_name=item.plugin_name,
+        correlation_id=item.correlation_id,
+        tags=item.tags,
+        attempt=item.attempt,
+        max_retries=item.max_retries,
+        priority=item.priority,
+        _extend=extend,
+    )
+    assert job._extend is extend and job._extend_async is None
+    assert job.extend_lease() is True
     with pytest.raises(dataclasses.FrozenInstanceError):
         job.priority = 9  # type: ignore[misc]
+    bare = job_for(dataclasses.replace(item, event_metadata=None), extend)
+    assert bare.metadata == {}
 
 
 @dataclasses.dataclass(frozen=True)
