@@ -1,4 +1,6 @@
-"""The dashboard's insight and audit functions, over :mod:`retryqueue.statements.browse`.
+"""The dashboard's insight and audit functions, over the statement shelves
+:mod:`~retryqueue.statements.browse`, :mod:`~retryqueue.statements.audit` and
+:mod:`~retryqueue.statements.registry`.
 
 Like :mod:`retryqueue.monitoring`, every function takes the caller's Session and never
 commits. Reads are bounded: counts stop at a cap, lists are keyset pages. Encrypted texts
@@ -31,7 +33,9 @@ from retryqueue.hourly import (
 from retryqueue.models import WORKER_DEAD_AFTER_SECONDS, RetryDashboardAudit, RetryStatus
 from retryqueue.monitoring import ENCRYPTED, fetch_all, queue_gauges, readable_text
 from retryqueue.results import ErrorGroup, ItemQuery
+from retryqueue.statements import audit as audit_sql
 from retryqueue.statements import browse as sql
+from retryqueue.statements import registry as registry_sql
 
 __all__ = [
     "ENCRYPTED",
@@ -319,9 +323,9 @@ def record_action(
     }
     try:
         if session.get_bind().dialect.insert_returning:
-            stmt = sql.insert_audit(at).values(**values).returning(RetryDashboardAudit.id)
+            stmt = audit_sql.insert_audit(at).values(**values).returning(RetryDashboardAudit.id)
             return int(session.execute(stmt).scalar_one())
-        result = session.execute(sql.insert_audit(at).values(**values))
+        result = session.execute(audit_sql.insert_audit(at).values(**values))
         return int(result.inserted_primary_key[0])  # type: ignore[attr-defined]
     except SQLAlchemyError as exc:
         raise database_error("audit", exc) from exc
@@ -337,14 +341,14 @@ def finish_action(
     detail: str | None = None,
 ) -> None:
     """Record the progress (``finished=False``) or the end of an audited action."""
-    stmt = sql.finish_audit(at, audit_id, affected, finished=finished, detail=detail)
+    stmt = audit_sql.finish_audit(at, audit_id, affected, finished=finished, detail=detail)
     _run(session, stmt, "audit")
 
 
 def audit_log(session: Session, limit: int = 50, before_id: int | None = None) -> list[AuditEntry]:
     """The newest audit records (older than ``before_id``), newest first."""
     try:
-        entries = session.scalars(sql.audit_entries(limit, before_id)).all()
+        entries = session.scalars(audit_sql.audit_entries(limit, before_id)).all()
     except SQLAlchemyError as exc:
         raise database_error("audit", exc) from exc
     return [
@@ -387,12 +391,14 @@ def live_workers(
     session: Session, at: datetime | None, dead_after_seconds: float = WORKER_DEAD_AFTER_SECONDS
 ) -> list[WorkerInfo]:
     """Workers that heartbeated within ``dead_after_seconds``, by host and id."""
-    rows = fetch_all(session, sql.live_workers(at, dead_after_seconds), "workers")
+    rows = fetch_all(session, registry_sql.live_workers(at, dead_after_seconds), "workers")
     if not rows:
         return []
     last_hour = {
         worker_id: (int(attempts or 0), int(failures or 0))
-        for worker_id, attempts, failures in fetch_all(session, sql.worker_attempts(at), "workers")
+        for worker_id, attempts, failures in fetch_all(
+            session, registry_sql.worker_attempts(at), "workers"
+        )
     }
     return [
         WorkerInfo(

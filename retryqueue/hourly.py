@@ -33,7 +33,7 @@ from retryqueue import statements
 from retryqueue.errors import InvalidArgument, database_error
 from retryqueue.models import HOURLY_MARKER
 from retryqueue.monitoring import fetch_all
-from retryqueue.statements import browse as sql
+from retryqueue.statements import hourly as sql
 
 __all__ = [
     "FAILURE_OUTCOMES",

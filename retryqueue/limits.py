@@ -34,17 +34,26 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from retryqueue import statements as sql
 from retryqueue import validation as check
-from retryqueue.errors import InvalidArgument, database_error
+from retryqueue._limit_rows import (
+    execute,
+    existing,
+    locked_row,
+    only,
+    paused_at,
+    refilled,
+    skipping,
+    waiting,
+)
+from retryqueue.errors import InvalidArgument
 from retryqueue.models import CIRCUIT_KEY_LENGTH
 from retryqueue.monitoring import fetch_all
 from retryqueue.statements import KeyFilter
@@ -147,96 +156,40 @@ def claim_within_limits(
     if not rows:
         return run(None, batch_size)
     now = rows[0].now
-    paused = {row.limit_key for row in rows if _paused(row, now)}
+    paused = {row.limit_key for row in rows if paused_at(row, now)}
     limited = [row.limit_key for row in rows if row.rate_per_second is not None]
     held = paused | set(limited)
     buckets: dict[str, Any] = {}
     if limited:
         locked = sql.limits_by_key(at, limited, lock=True, skip_locked=True)
         buckets = {row.limit_key: row for row in fetch_all(session, locked, "rate limits")}
-    grants = {key: math.floor(_refilled(row)) for key, row in buckets.items() if key not in paused}
+    grants = {key: math.floor(refilled(row)) for key, row in buckets.items() if key not in paused}
     claimed: list[Any] = []
     taken: dict[str, int] = {}
     for key in sorted(key for key, grant in grants.items() if grant > 0):
         room = batch_size - len(claimed)
         if room <= 0:
             break
-        got = run(_only(key, paused, held), min(grants[key], room))
+        got = run(only(key, paused, held), min(grants[key], room))
         taken[key] = len(got)
         claimed += got
     room = batch_size - len(claimed)
     if room > 0:
-        claimed += run(_skipping(held), room)
+        claimed += run(skipping(held), room)
     # A key ran out of tokens if it got all it was granted (perhaps nothing): it was
     # throttled if due items of it are still waiting.
     spent = [key for key, grant in grants.items() if taken.get(key, 0) >= grant]
-    throttled = _waiting(session, at, spent) if spent else set()
+    throttled = waiting(session, at, spent) if spent else set()
     for key, row in buckets.items():
         used = taken.get(key, 0)
         if used or key in throttled:
             values = {
-                "tokens": max(0.0, _refilled(row) - used),
+                "tokens": max(0.0, refilled(row) - used),
                 "refilled_at": max(row.now, row.refilled_at or row.now),
                 "throttled_claims": row.throttled_claims + (key in throttled),
             }
-            _execute(session, sql.update_limit(at, key, values), "rate limits")
+            execute(session, sql.update_limit(at, key, values), "rate limits")
     return claimed
-
-
-def _only(key: str, paused: set[str], held: set[str]) -> KeyFilter:
-    """The filter claiming one limited key's items: a plugin key's items except those of
-    its pairs with a limit or pause of their own; a pair key's items unless their plugin
-    is paused."""
-    if ":" in key:
-        return KeyFilter(only_pair=key, skip_plugins=tuple(sorted(_plugins(paused))))
-    return KeyFilter(only_plugin=key, skip_pairs=tuple(sorted(_pairs(held))))
-
-
-def _skipping(held: set[str]) -> KeyFilter:
-    return KeyFilter(
-        skip_plugins=tuple(sorted(_plugins(held))), skip_pairs=tuple(sorted(_pairs(held)))
-    )
-
-
-def _plugins(keys: set[str]) -> set[str]:
-    return {key for key in keys if ":" not in key}
-
-
-def _pairs(keys: set[str]) -> set[str]:
-    return {key for key in keys if ":" in key}
-
-
-def _waiting(session: Session, at: datetime | None, keys: Sequence[str]) -> set[str]:
-    """Which of ``keys`` have a due item no claim has taken."""
-    plugins, pairs = sorted(_plugins(set(keys))), sorted(_pairs(set(keys)))
-    found: set[str] = set()
-    for row in fetch_all(session, sql.waiting_keys(at, plugins, pairs), "rate limits"):
-        if row.plugin_name in plugins:
-            found.add(row.plugin_name)
-        if row.pair in pairs:
-            found.add(row.pair)
-    return found
-
-
-def _paused(row: Any, now: datetime) -> bool:
-    return row.paused_until is not None and row.paused_until > now
-
-
-def _refilled(row: Any) -> float:
-    """The bucket's tokens at ``row.now``: refilled at the rate since it was last written,
-    at most ``burst``. A new bucket (never written) is full."""
-    burst = float(row.burst)
-    if row.refilled_at is None:
-        return burst
-    elapsed = max(0.0, (row.now - row.refilled_at).total_seconds())
-    return float(min(burst, float(row.tokens) + elapsed * float(row.rate_per_second)))
-
-
-def _execute(session: Session, stmt: Any, operation: str) -> Any:
-    try:
-        return session.execute(stmt)
-    except SQLAlchemyError as exc:
-        raise database_error(operation, exc) from exc
 
 
 # -- the operator's side -----------------------------------------------------------------
@@ -253,15 +206,15 @@ def set_limit(
     burst = max(1.0, rate) if burst is None else _positive("burst", burst, MAX_BURST)
     if burst < 1:
         raise InvalidArgument("burst", f"must be >= 1 (a whole item), got {burst:g}")
-    row = _locked_row(session, at, key)
-    tokens = burst if row.rate_per_second is None else min(_refilled(row), burst)
+    row = locked_row(session, at, key)
+    tokens = burst if row.rate_per_second is None else min(refilled(row), burst)
     values = {
         "rate_per_second": rate,
         "burst": burst,
         "tokens": tokens,
         "refilled_at": row.now,
     }
-    _execute(session, sql.update_limit(at, key, values), "rate limits")
+    execute(session, sql.update_limit(at, key, values), "rate limits")
     logger.info("rate limit %s: %g/s, burst %g", key, rate, burst, extra={"limit_key": key})
     return _read(session, at, key)
 
@@ -270,15 +223,15 @@ def clear_limit(session: Session, at: datetime | None, key: str) -> KeyLimit | N
     """Remove ``key``'s rate limit; its pause, if any, stays. The key as it is now, or None
     when nothing is left. :class:`InvalidArgument` if the key has no limit."""
     key = limit_key(key)
-    row = _existing(session, at, key)
+    row = existing(session, at, key)
     if row is None or row.rate_per_second is None:
         raise InvalidArgument("key", f"{key!r} has no rate limit{_known(session, at)}")
     # The row stays (the runtime role has no DELETE; its throttled count keeps counting up
     # if the key is limited again); a row with no limit and no pause limits nothing.
     values = {"rate_per_second": None, "burst": None, "tokens": 0.0, "refilled_at": None}
-    _execute(session, sql.update_limit(at, key, values), "rate limits")
+    execute(session, sql.update_limit(at, key, values), "rate limits")
     logger.info("rate limit %s cleared", key, extra={"limit_key": key})
-    return _read(session, at, key) if _paused(row, row.now) else None
+    return _read(session, at, key) if paused_at(row, row.now) else None
 
 
 def pause_key(
@@ -309,11 +262,11 @@ def pause_key(
     else:
         wait = check.seconds("seconds", seconds, allow_zero=False, maximum=MAX_PAUSE_SECONDS)
         end = now + timedelta(seconds=wait)
-    row = _locked_row(session, at, key)  # validated: now write
+    row = locked_row(session, at, key)  # validated: now write
     if row.paused_until is not None and row.paused_until >= end:
         return _read(session, at, key)
     values = {"paused_until": end, "pause_reason": reason[:255]}
-    _execute(session, sql.update_limit(at, key, values), "rate limits")
+    execute(session, sql.update_limit(at, key, values), "rate limits")
     logger.warning(
         "key %s paused until %s (%s)",
         key,
@@ -328,12 +281,12 @@ def resume_key(session: Session, at: datetime | None, key: str) -> KeyLimit | No
     """Lift ``key``'s pause now. The key as it is now, or None when nothing is left.
     :class:`InvalidArgument` if the key is not paused."""
     key = limit_key(key)
-    row = _existing(session, at, key)
-    if row is None or not _paused(row, row.now):
+    row = existing(session, at, key)
+    if row is None or not paused_at(row, row.now):
         raise InvalidArgument("key", f"{key!r} is not paused{_known(session, at, paused=True)}")
     logger.info("key %s resumed", key, extra={"limit_key": key})
     values = {"paused_until": None, "pause_reason": None}
-    _execute(session, sql.update_limit(at, key, values), "rate limits")
+    execute(session, sql.update_limit(at, key, values), "rate limits")
     return _read(session, at, key) if row.rate_per_second is not None else None
 
 
@@ -343,19 +296,21 @@ def paused_keys(session: Session, at: datetime | None) -> tuple[KeyFilter | None
     rows = [
         row
         for row in fetch_all(session, sql.limits_in_force(at), "rate limits")
-        if _paused(row, row.now)
+        if paused_at(row, row.now)
     ]
     if not rows:
         return None, None
     keys = {row.limit_key for row in rows}
     first = min((row.paused_until - row.now).total_seconds() for row in rows)
-    return _skipping(keys), first
+    return skipping(keys), first
 
 
 def key_limits(session: Session, at: datetime | None) -> list[KeyLimit]:
     """Every key with a rate limit or a current pause, by key."""
     rows = fetch_all(session, sql.limits_in_force(at), "rate limits")
-    return [_limit(row) for row in rows if row.rate_per_second is not None or _paused(row, row.now)]
+    return [
+        _limit(row) for row in rows if row.rate_per_second is not None or paused_at(row, row.now)
+    ]
 
 
 def limit_key(key: object) -> str:
@@ -385,22 +340,6 @@ def _days(seconds: float) -> str:
     return f"{seconds / 86400:g} days"
 
 
-def _locked_row(session: Session, at: datetime | None, key: str) -> Any:
-    """``key``'s row locked FOR UPDATE, created (empty) if missing."""
-    _execute(
-        session,
-        sql.insert_limits(session.get_bind().dialect.name, at).values(limit_key=key),
-        "rate limits",
-    )
-    (row,) = fetch_all(session, sql.limits_by_key(at, [key], lock=True), "rate limits")
-    return row
-
-
-def _existing(session: Session, at: datetime | None, key: str) -> Any:
-    rows = fetch_all(session, sql.limits_by_key(at, [key], lock=True), "rate limits")
-    return rows[0] if rows else None
-
-
 def _read(session: Session, at: datetime | None, key: str) -> KeyLimit:
     (row,) = fetch_all(session, sql.limits_by_key(at, [key], lock=False), "rate limits")
     return _limit(row)
@@ -423,9 +362,9 @@ def _limit(row: Any) -> KeyLimit:
         key=row.limit_key,
         rate_per_second=float(row.rate_per_second) if limited else None,
         burst=float(row.burst) if limited else None,
-        tokens=_refilled(row) if limited else None,
-        paused_until=row.paused_until if _paused(row, row.now) else None,
-        pause_reason=row.pause_reason if _paused(row, row.now) else None,
+        tokens=refilled(row) if limited else None,
+        paused_until=row.paused_until if paused_at(row, row.now) else None,
+        pause_reason=row.pause_reason if paused_at(row, row.now) else None,
         throttled_claims=int(row.throttled_claims),
         updated_at=row.updated_at,
     )

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from retryqueue import validation as check
 from retryqueue.errors import database_error
 from retryqueue.models import WORKER_DEAD_AFTER_SECONDS
-from retryqueue.statements import browse as sql
+from retryqueue.statements import registry as sql
 
 __all__ = [
     "DEAD_AFTER_SECONDS",

@@ -1,5 +1,7 @@
-"""The dashboard's reads: keyset pages of items, capped counts, outcomes per hour, and
-the audit trail of dashboard actions (error groups: :mod:`retryqueue.statements.groups`).
+"""The dashboard's reads of items: keyset pages, capped counts, one item and its history,
+the ids an action acts on, and success per event type. Elsewhere: outcomes per hour
+(:mod:`.hourly`), the audit trail (:mod:`.audit`), the worker registry (:mod:`.registry`),
+error groups (:mod:`.groups`).
 
 Nothing here counts a whole table: counts read at most ``cap + 1`` index entries, and
 lists are keyset-paginated (never OFFSET).
@@ -14,68 +16,36 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     ColumnElement,
-    Insert,
-    Select,
     String,
     Text,
-    Update,
     and_,
     case,
     cast,
     exists,
     func,
-    insert,
     literal,
     or_,
     select,
     type_coerce,
-    update,
 )
 from sqlalchemy.dialects import postgresql
 
-from retryqueue.models import (
-    HOURLY_MARKER,
-    RetryDashboardAudit,
-    RetryHistory,
-    RetryHourlyOutcome,
-    RetryItem,
-    RetryStatus,
-    RetryWorker,
-)
+from retryqueue.models import RetryHistory, RetryItem, RetryStatus
 from retryqueue.results import ItemQuery
-from retryqueue.statements._base import (
-    AnySelect,
-    _status_in,
-    _status_is,
-    after,
-    now_expr,
-)
+from retryqueue.statements._base import AnySelect, _status_in, _status_is, now_expr
 from retryqueue.types import UTCDateTime
 
 __all__ = [
     "LIST_COLUMNS",
     "SORT_COLUMNS",
     "actionable_ids",
-    "audit_entries",
     "capped_count",
-    "finish_audit",
     "history_rows",
-    "hour_outcomes",
-    "hourly_rows",
-    "insert_audit",
-    "insert_hourly",
-    "insert_worker",
     "item_page",
     "item_row",
-    "live_workers",
     "query_clauses",
-    "rolled_up_hours",
     "status_counts",
-    "stop_worker",
     "success_by_event_type",
-    "touch_worker",
-    "update_worker",
-    "worker_attempts",
 ]
 
 SORT_COLUMNS: dict[str, Any] = {
@@ -242,72 +212,6 @@ def item_row(item_id: int) -> AnySelect:
     return select(*columns).where(RetryItem.id == item_id)
 
 
-def _attempted_between(start: datetime, end: datetime) -> ColumnElement[bool]:
-    return and_(
-        RetryHistory.attempted_at >= literal(start, UTCDateTime()),
-        RetryHistory.attempted_at < literal(end, UTCDateTime()),
-    )
-
-
-def hour_outcomes(start: datetime, end: datetime, *, plugin: bool) -> AnySelect:
-    """Attempts made in ``[start, end)`` per outcome (history status), counted in history.
-
-    With ``plugin``, per plugin too: the item's plugin, ``""`` when it has none or is no
-    longer in the queue (a LEFT JOIN by primary key).
-    """
-    window = _attempted_between(start, end)
-    if not plugin:
-        return (
-            select(literal("").label("plugin_name"), RetryHistory.status, func.count())
-            .where(window)
-            .group_by(RetryHistory.status)
-        )
-    name = func.coalesce(RetryItem.plugin_name, "")
-    return (
-        select(name.label("plugin_name"), RetryHistory.status, func.count())
-        .select_from(RetryHistory)
-        .outerjoin(RetryItem, RetryItem.id == RetryHistory.retry_queue_id)
-        .where(window)
-        .group_by(name, RetryHistory.status)
-    )
-
-
-def _hour_between(start: datetime, end: datetime) -> ColumnElement[bool]:
-    return and_(
-        RetryHourlyOutcome.hour >= literal(start, UTCDateTime()),
-        RetryHourlyOutcome.hour < literal(end, UTCDateTime()),
-    )
-
-
-def rolled_up_hours(start: datetime, end: datetime) -> Select[datetime]:
-    """The hours in ``[start, end)`` already rolled up into ``daz_retry_hourly``."""
-    return select(RetryHourlyOutcome.hour).where(
-        _hour_between(start, end), RetryHourlyOutcome.outcome == HOURLY_MARKER
-    )
-
-
-def hourly_rows(start: datetime, end: datetime, *, plugin: bool) -> AnySelect:
-    """Rolled-up attempts of the hours in ``[start, end)``: (hour, plugin, outcome, count),
-    summed over plugins (plugin ``""``) unless ``plugin``; marker rows included."""
-    hour, outcome = RetryHourlyOutcome.hour, RetryHourlyOutcome.outcome
-    if plugin:
-        return select(
-            hour, RetryHourlyOutcome.plugin_name, outcome, RetryHourlyOutcome.attempts
-        ).where(_hour_between(start, end))
-    return (
-        select(
-            hour, literal("").label("plugin_name"), outcome, func.sum(RetryHourlyOutcome.attempts)
-        )
-        .where(_hour_between(start, end))
-        .group_by(hour, outcome)
-    )
-
-
-def insert_hourly() -> Insert:
-    """INSERT of rolled-up rows (executemany: hour, plugin_name, outcome, attempts)."""
-    return insert(RetryHourlyOutcome)
-
-
 def success_by_event_type(limit: int) -> AnySelect:
     """Per event type, of the newest ``limit`` items: all, completed, gave up."""
     newest = (
@@ -327,29 +231,6 @@ def success_by_event_type(limit: int) -> AnySelect:
     )
 
 
-def insert_audit(at: datetime | None) -> Insert:
-    """INSERT of one audit record, RETURNING its id where the dialect can."""
-    return insert(RetryDashboardAudit).values(occurred_at=now_expr(at))
-
-
-def finish_audit(
-    at: datetime | None, audit_id: int, affected: int, *, finished: bool, detail: str | None
-) -> Update:
-    """Record how many items an audited action has changed, and whether it has finished."""
-    values: dict[str, Any] = {"affected": affected, "detail": detail}
-    if finished:
-        values["finished_at"] = now_expr(at)
-    return update(RetryDashboardAudit).where(RetryDashboardAudit.id == audit_id).values(**values)
-
-
-def audit_entries(limit: int, before_id: int | None) -> AnySelect:
-    """The newest audit records (older than ``before_id``), newest first."""
-    stmt = select(RetryDashboardAudit)
-    if before_id is not None:
-        stmt = stmt.where(RetryDashboardAudit.id < before_id)
-    return stmt.order_by(RetryDashboardAudit.id.desc()).limit(limit)
-
-
 def history_rows(item_id: int) -> AnySelect:
     """An item's history, oldest first, with its texts raw (sealed or not)."""
     columns = [
@@ -363,75 +244,3 @@ def history_rows(item_id: int) -> AnySelect:
         .where(RetryHistory.retry_queue_id == item_id)
         .order_by(RetryHistory.attempted_at, RetryHistory.id)
     )
-
-
-# -- the worker registry (daz_retry_workers) ------------------------------------------------
-
-
-def insert_worker(at: datetime | None) -> Insert:
-    """INSERT of one worker row, started and heartbeating now."""
-    now = now_expr(at)
-    return insert(RetryWorker).values(started_at=now, heartbeat_at=now)
-
-
-def update_worker(at: datetime | None, worker_id: str) -> Update:
-    """UPDATE of a worker's row to describe it again, started and heartbeating now
-    (registering over the row of an earlier run with the same id: no DELETE needed)."""
-    now = now_expr(at)
-    return (
-        update(RetryWorker)
-        .where(RetryWorker.worker_id == worker_id)
-        .values(started_at=now, heartbeat_at=now)
-    )
-
-
-def stop_worker(worker_id: str, stopped: datetime) -> Update:
-    """Move a leaving worker's heartbeat to ``stopped`` (long past: no listing shows it)."""
-    return (
-        update(RetryWorker)
-        .where(RetryWorker.worker_id == worker_id)
-        .values(heartbeat_at=literal(stopped, UTCDateTime()))
-    )
-
-
-def touch_worker(at: datetime | None, worker_id: str) -> Update:
-    """Move a worker's heartbeat to now."""
-    return (
-        update(RetryWorker)
-        .where(RetryWorker.worker_id == worker_id)
-        .values(heartbeat_at=now_expr(at))
-    )
-
-
-def live_workers(at: datetime | None, dead_after_seconds: float) -> AnySelect:
-    """Workers heartbeating within ``dead_after_seconds``, with how many items they hold
-    now (see :func:`worker_attempts` for their last hour)."""
-    held = (
-        select(func.count())
-        .select_from(RetryItem)
-        .where(RetryItem.locked_by == RetryWorker.worker_id, _status_is(RetryStatus.PROCESSING))
-        .scalar_subquery()
-    )
-    return (
-        select(RetryWorker, held.label("held"))
-        .where(RetryWorker.heartbeat_at > after(at, -dead_after_seconds))
-        .order_by(RetryWorker.host, RetryWorker.worker_id)
-    )
-
-
-def worker_attempts(at: datetime | None) -> AnySelect:
-    """Per worker id: attempts and failed attempts in the last hour.
-
-    One pass over the hour's history (the ``attempted_at`` index), not one per worker:
-    history has no index by worker, and adding one would tax every attempt's INSERT.
-    """
-    attempts = func.sum(case((RetryHistory.status != "requeued", 1), else_=0))
-    failures = func.sum(case((RetryHistory.status.in_(sorted(_FAILURE_STATUSES)), 1), else_=0))
-    return (
-        select(RetryHistory.worker_id, attempts.label("attempts"), failures.label("failures"))
-        .where(RetryHistory.attempted_at > after(at, -3600.0), RetryHistory.worker_id.is_not(None))
-        .group_by(RetryHistory.worker_id)
-    )
-
-
-_FAILURE_STATUSES = frozenset({"retry_scheduled", "dead_lettered", "failed", "lock_expired"})
