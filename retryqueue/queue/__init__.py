@@ -16,7 +16,8 @@ The class is composed by concern, one module each: ``_enqueue`` (writes of new i
 
 from __future__ import annotations
 
-from retryqueue._rows import TRACEBACK_LIMIT, NewItem
+from retryqueue._new_rows import NewItem
+from retryqueue._rows import TRACEBACK_LIMIT
 from retryqueue.queue._admin import _Admin
 from retryqueue.queue._enqueue import _Enqueue
 from retryqueue.queue._failures import _Failures

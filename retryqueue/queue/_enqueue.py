@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from retryqueue import hooks
 from retryqueue import statements as sql
-from retryqueue._rows import NewItem, item_row
+from retryqueue._new_rows import NewItem, item_row
 from retryqueue.errors import EnqueueRaceError, InvalidArgument, database_error
 from retryqueue.queue._base import _QueueBase
 from retryqueue.queue._support import _core, _database_errors
