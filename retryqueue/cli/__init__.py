@@ -21,6 +21,7 @@ from retryqueue.cli import (
     fingerprints,
     items,
     limits,
+    maintenance,
     monitor,
     run,
     workers,
@@ -77,6 +78,7 @@ app.add_typer(db.app, name="db")
 app.add_typer(circuits.app, name="circuits")
 app.add_typer(limits.app, name="limits")
 admin.register(app)
+maintenance.register(app)
 items.register(app)
 monitor.register(app)
 fingerprints.register(app)

@@ -1,16 +1,18 @@
-"""Commands that write: enqueue, replay (redrive), purge and cleanup."""
+"""Commands that write items: enqueue, replay (redrive) and purge.
+
+Cleanup and rotate-keys live in :mod:`retryqueue.cli.maintenance`.
+"""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
 
-from retryqueue import encryption, monitoring
 from retryqueue.cli._context import (
     CliError,
     Progress,
@@ -20,13 +22,23 @@ from retryqueue.cli._context import (
     parse_json,
     parse_when,
     print_json,
-    print_table,
     requested_by,
     state,
 )
-from retryqueue.cli.monitor import items_table
+from retryqueue.cli._selection import (
+    FingerprintOption,
+    IdOption,
+    StatusOption,
+    Text,
+    When,
+    find_candidates,
+    report_selection,
+    selection_filter,
+)
 from retryqueue.models import RetryStatus
-from retryqueue.results import CleanupResult, ItemFilter
+from retryqueue.results import ItemFilter
+
+__all__ = ["Throttle", "enqueue", "purge", "register", "replay"]
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 _UNTHROTTLED_CHUNK = 500
@@ -38,8 +50,6 @@ def register(app: typer.Typer) -> None:
     app.command()(enqueue)
     app.command()(replay)
     app.command()(purge)
-    app.command()(cleanup)
-    app.command("rotate-keys")(rotate_keys)
 
 
 def enqueue(
@@ -102,73 +112,6 @@ def enqueue(
         typer.echo(f"already queued: item {result.id} has event_id {result.event_id}")
 
 
-# -- selection shared by replay and purge ---------------------------------------------------
-
-StatusOption = Annotated[
-    list[RetryStatus] | None,
-    typer.Option("--status", help="Status to select (repeatable).", case_sensitive=False),
-]
-IdOption = Annotated[list[int] | None, typer.Option("--id", help="Item id (repeatable).")]
-Text = Annotated[str | None, typer.Option()]
-When = Annotated[str | None, typer.Option(help="ISO 8601 time, or a duration ago (24h).")]
-
-
-FingerprintOption = Annotated[
-    str | None,
-    typer.Option(
-        help="An error group: its fingerprint (dead-letters --group-by fingerprint), or the "
-        "first 4+ hex digits of it when only one group starts so; 'none': no fingerprint."
-    ),
-]
-
-
-def _candidates(
-    current: State, item_filter: ItemFilter, fingerprint: str | None
-) -> tuple[ItemFilter, list[Any]]:
-    """The filter with ``--fingerprint`` resolved, and the items it selects now.
-
-    A malformed or ambiguous fingerprint is an error; one that matches no group selects
-    nothing (reported as such, not as an error).
-    """
-    with current.session() as session:
-        if fingerprint is not None:
-            resolved = monitoring.resolve_fingerprint(session, fingerprint, item_filter.statuses)
-            if resolved is None:
-                return item_filter, []
-            item_filter = replace(item_filter, fingerprint=resolved)
-        return item_filter, current.queue().find(session, item_filter)
-
-
-def _selection(
-    statuses: list[RetryStatus] | None,
-    ids: list[int] | None,
-    event_type: str | None,
-    plugin: str | None,
-    channel: str | None,
-    error_code: str | None,
-    created_after: str | None,
-    created_before: str | None,
-    failed_after: str | None,
-    failed_before: str | None,
-    limit: int | None,
-    default: tuple[RetryStatus, ...],
-) -> ItemFilter:
-    """The filter the options give (``--fingerprint`` is resolved by :func:`_candidates`)."""
-    return ItemFilter(
-        statuses=tuple(statuses) if statuses else default,
-        ids=ids or None,
-        event_type=event_type,
-        plugin_name=plugin,
-        channel_name=channel,
-        error_code=error_code,
-        created_after=parse_when(created_after, "--created-after"),
-        created_before=parse_when(created_before, "--created-before"),
-        failed_after=parse_when(failed_after, "--failed-after"),
-        failed_before=parse_when(failed_before, "--failed-before"),
-        limit=limit,
-    )
-
-
 @dataclass
 class Throttle:
     """Spaces out a redrive: item ``n`` is released no earlier than ``n / rate`` s after start.
@@ -227,7 +170,7 @@ def replay(
     filters = [status, item_id, event_type, plugin, channel, error_code, fingerprint, limit]
     unfiltered = not any([*filters, created_after, created_before, failed_after, failed_before])
     current = state(ctx)
-    item_filter = _selection(
+    item_filter = selection_filter(
         status,
         item_id,
         event_type,
@@ -241,9 +184,9 @@ def replay(
         limit,
         default=(RetryStatus.DEAD_LETTER, RetryStatus.FAILED),
     )
-    item_filter, candidates = _candidates(current, item_filter, fingerprint)
+    item_filter, candidates = find_candidates(current, item_filter, fingerprint)
     if dry_run or not candidates:
-        _report_selection(candidates, as_json, "would be replayed", dry_run=dry_run)
+        report_selection(candidates, as_json, "would be replayed", dry_run=dry_run)
         return
     if unfiltered and not yes:
         typer.confirm(
@@ -314,7 +257,7 @@ def purge(
     dead-letters --group-by fingerprint).
     """
     current = state(ctx)
-    item_filter = _selection(
+    item_filter = selection_filter(
         status,
         item_id,
         event_type,
@@ -328,9 +271,9 @@ def purge(
         limit,
         default=(RetryStatus.DEAD_LETTER, RetryStatus.FAILED),
     )
-    item_filter, candidates = _candidates(current, item_filter, fingerprint)
+    item_filter, candidates = find_candidates(current, item_filter, fingerprint)
     if dry_run or not candidates:
-        _report_selection(candidates, as_json, "would be purged", dry_run=dry_run)
+        report_selection(candidates, as_json, "would be purged", dry_run=dry_run)
         return
     statuses = ", ".join(RetryStatus(s).value for s in item_filter.statuses)
     if not yes:
@@ -347,95 +290,3 @@ def purge(
         print_json({"purged": deleted})
     else:
         typer.echo(f"purged {len(deleted)} item(s)")
-
-
-def _report_selection(candidates: list[Any], as_json: bool, what: str, *, dry_run: bool) -> None:
-    if as_json:
-        print_json({"dry_run": dry_run, "count": len(candidates), "items": candidates})
-        return
-    if not candidates:
-        typer.echo(
-            "no item matches the selection: nothing " + ("would change" if dry_run else "changed")
-        )
-        return
-    print_table(items_table(candidates, f"{len(candidates)} item(s) {what}"))
-    typer.echo(f"{len(candidates)} item(s) {what}")
-
-
-def cleanup(
-    ctx: typer.Context,
-    retention_days: Annotated[
-        float, typer.Option(help="Keep finished items this many days.", show_default=True)
-    ] = 7,
-    batch_size: Annotated[int, typer.Option(help="Rows per batch.", show_default=True)] = 1000,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Count, then roll back: nothing changes.")
-    ] = False,
-    as_json: JsonOption = False,
-) -> None:
-    """Delete finished items past the retention, in batches.
-
-    First moves pending items past their expiry to dead_letter (code EXPIRED), so that
-    nothing abandoned unrun is deleted unseen. Also deletes history older than twice the
-    retention. Batches are committed one by one (so live workers are never blocked for
-    long); --dry-run runs them in one transaction that is rolled back.
-    """
-    current = state(ctx)
-    queue = current.queue()
-    total = CleanupResult()
-    with current.session() as session:
-        backlog = (
-            None
-            if as_json
-            else monitoring.cleanup_backlog(session, queue.now(session), retention_days)
-        )
-        session.rollback()
-    with current.session() as session, Progress("cleaning up", backlog, quiet=as_json) as advance:
-        for part in queue.iter_cleanup(session, retention_days, batch_size=batch_size):
-            if not dry_run:
-                session.commit()
-            total = total + part
-            advance(part.deleted_count + part.history_deleted_count + part.expired_count)
-        session.rollback()
-    if as_json:
-        print_json({"dry_run": dry_run, **_cleanup_dict(total)})
-        return
-    verb = "would delete" if dry_run else "deleted"
-    dropped = f", {total.partitions_dropped} month partition(s)" if total.partitions_dropped else ""
-    typer.echo(
-        f"{verb} {total.deleted_count} item(s){dropped}, {total.history_deleted_count} "
-        f"history row(s) and {total.circuit_events_deleted} circuit audit row(s); "
-        f"{total.expired_count} expired item(s) moved to dead_letter"
-    )
-
-
-def _cleanup_dict(total: CleanupResult) -> dict[str, int]:
-    return {name: getattr(total, name) for name in CleanupResult.__dataclass_fields__}
-
-
-def rotate_keys(
-    ctx: typer.Context,
-    batch_size: Annotated[int, typer.Option(help="Rows per transaction.", show_default=True)] = 500,
-    as_json: JsonOption = False,
-) -> None:
-    """Re-encrypt event data and error messages under the newest key, in batches.
-
-    Keys come from RETRYQUEUE_ENCRYPTION_KEYS (comma-separated, newest first); every key
-    listed can still decrypt. Drop the old key once this has run.
-    """
-    if encryption.active() is None:
-        raise CliError(f"no encryption keys configured: set {encryption.KEYS_ENV} (newest first)")
-    current = state(ctx)
-    total = 0
-    with current.session() as session:
-        rows = sum(monitoring.table_sizes(session))
-        session.rollback()
-        with Progress("re-encrypting", rows, quiet=as_json) as advance:
-            for rewritten in current.queue().iter_rotate_keys(session, batch_size=batch_size):
-                session.commit()
-                total += rewritten
-                advance(rewritten)
-    if as_json:
-        print_json({"rewritten": total})
-    else:
-        typer.echo(f"re-encrypted {total} stored value(s) under the newest key")
