@@ -2,10 +2,13 @@
 
 One room, several modules:
 
-- :mod:`~retryqueue.worker.threaded` — :class:`Worker`, handlers in threads;
+- :mod:`~retryqueue.worker.threaded` — :class:`Worker`, handlers in threads
+  (:mod:`~retryqueue.worker._threaded_calls`: how it runs them, inline turns included;
+  :mod:`~retryqueue.worker._threaded_io`: its database side outside the flushes);
 - :mod:`~retryqueue.worker.async_worker` — :class:`AsyncWorker`, handlers as asyncio tasks
   (imported lazily: it needs SQLAlchemy's asyncio extra);
-- :mod:`~retryqueue.worker._base` — the transaction bodies both share;
+- :mod:`~retryqueue.worker._base` — the transaction bodies both share
+  (:mod:`~retryqueue.worker._settings`: their settings, checked);
   :mod:`~retryqueue.worker._attempts` — what a handler receives, the outcome guards;
   :mod:`~retryqueue.worker._reporting` — the tally, outcome logs and observers;
 - :mod:`~retryqueue.worker._pipeline` — the pipeline both workers drive: the prefetch

@@ -1,7 +1,8 @@
-"""What the thread worker and the asyncio worker share: settings and the steps of a round
-inside a transaction. What a handler receives and the per-item outcome guards are in
-:mod:`retryqueue.worker._attempts`; how outcomes are reported (tally, logs, observers), in
-:mod:`retryqueue.worker._reporting`.
+"""What the thread worker and the asyncio worker share: the steps of a round inside a
+transaction, and the decisions around them (backoff, idle waits). Their settings are
+checked in :mod:`retryqueue.worker._settings`; what a handler receives and the per-item
+outcome guards are in :mod:`retryqueue.worker._attempts`; how outcomes are reported (tally,
+logs, observers), in :mod:`retryqueue.worker._reporting`.
 
 Every database step is a plain function of a Session (``_claim``, ``_write_outcomes``,
 ``_release``, ``_renew``, ``_due``): :class:`~retryqueue.worker.Worker` runs it inside
@@ -14,24 +15,15 @@ Private; the public names are re-exported by :mod:`retryqueue.worker`.
 from __future__ import annotations
 
 import logging
-import os
-import secrets
-import socket
 import time
-from collections.abc import Iterable, Mapping
 from functools import partial
-from typing import TypedDict
 
 from sqlalchemy.orm import Session
 
-from retryqueue import validation as check
-from retryqueue.circuits import CircuitBreaker
-from retryqueue.errors import DatabaseError, InvalidArgument
-from retryqueue.queue import RetryQueue
+from retryqueue.errors import DatabaseError
 from retryqueue.registry import deregister_worker, register_worker, worker_heartbeat
 from retryqueue.results import ClaimedItem
 from retryqueue.worker._attempts import (
-    Observer,
     health_of,
     pause_safely,
     plan_outcome_safely,
@@ -40,11 +32,11 @@ from retryqueue.worker._attempts import (
 from retryqueue.worker._batch import Finished, by_token
 from retryqueue.worker._pipeline import Pipeline, Step
 from retryqueue.worker._reporting import Reporting
+from retryqueue.worker._settings import WorkerSettings
 from retryqueue.worker.failures import FailurePlan
 from retryqueue.worker.listener import reconnect_delay
-from retryqueue.worker.routing import Handler, Router, as_router
 
-__all__ = ["WorkerBase", "WorkerOptions", "default_worker_id"]
+__all__ = ["WorkerBase"]
 
 logger = logging.getLogger("retryqueue.worker")
 
@@ -53,104 +45,8 @@ _RECHECK_SOON = 0.25  # idle wait when something looked due but could not be tak
 _RECLAIM_EVERY = 15.0  # upper bound between two looks for stale locks
 
 
-def default_worker_id() -> str:
-    """Host name, process id and a random suffix (a restarted process is a new worker)."""
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"[-255:]
-
-
-class WorkerOptions(TypedDict, total=False):
-    """The settings both workers take, as keyword arguments (defaults in brackets).
-
-    ``worker_id`` [host-pid-random]; ``batch_size`` items per acquisition [10];
-    ``lock_timeout`` seconds before an unrenewed lock may be reclaimed [300];
-    ``poll_interval`` longest idle wait in seconds [1.0]; ``concurrency`` handlers
-    running at once [1] (the thread worker with 1 and ``in_flight`` 2 or more runs them on
-    its driver threads, taking turns, not on a handler thread of their own);
-    ``heartbeat_interval`` seconds between lock renewals [lock_timeout / 3];
-    ``shutdown_grace`` seconds running handlers get at shutdown [30];
-    ``listen`` wake on PostgreSQL NOTIFY [True]; ``observers`` callables receiving an
-    :class:`AttemptResult` after each attempt; ``breaker`` a
-    :class:`~retryqueue.circuits.CircuitBreaker` whose open circuits' items are skipped
-    [None]; ``prefetch`` claimed items kept ready beyond a batch, so that handlers never
-    wait for a claim [batch_size]; ``flush_age`` seconds a finished outcome may wait for
-    batch-mates before it is recorded [0.005]; ``ready_timeout`` seconds a claimed item may
-    wait for a free handler before it is given back to the queue for other workers
-    [min(lock_timeout / 2, 30)]; ``in_flight`` pipeline transactions (record outcomes,
-    claim more) that may run at once, each on its own connection [up to 2 on PostgreSQL,
-    the second only while it pays; else 1].
-    """
-
-    worker_id: str | None
-    batch_size: int
-    lock_timeout: float
-    poll_interval: float
-    concurrency: int
-    heartbeat_interval: float | None
-    shutdown_grace: float
-    listen: bool
-    observers: Iterable[Observer]
-    breaker: CircuitBreaker | None
-    prefetch: int | None
-    flush_age: float
-    ready_timeout: float | None
-    in_flight: int | None
-
-
-class WorkerBase(Reporting):
-    """Settings and the transaction bodies of a worker round; see the module docstring."""
-
-    def __init__(
-        self,
-        queue: RetryQueue,
-        handlers: Router | Mapping[str, Handler],
-        *,
-        worker_id: str | None = None,
-        batch_size: int = 10,
-        lock_timeout: float = 300,
-        poll_interval: float = 1.0,
-        concurrency: int = 1,
-        heartbeat_interval: float | None = None,
-        shutdown_grace: float = 30.0,
-        listen: bool = True,
-        observers: Iterable[Observer] = (),
-        breaker: CircuitBreaker | None = None,
-        prefetch: int | None = None,
-        flush_age: float = 0.005,
-        ready_timeout: float | None = None,
-        in_flight: int | None = None,
-    ) -> None:
-        self.queue = queue
-        self.router = as_router(handlers)
-        self.worker_id = check.text("worker_id", worker_id or default_worker_id())
-        self.batch_size = check.bounded_int("batch_size", batch_size, low=1, high=10_000)
-        self.lock_timeout = check.seconds("lock_timeout", lock_timeout, allow_zero=False)
-        self.poll_interval = check.seconds("poll_interval", poll_interval, allow_zero=False)
-        self.concurrency = check.bounded_int("concurrency", concurrency, low=1, high=1024)
-        beat = self.lock_timeout / 3 if heartbeat_interval is None else heartbeat_interval
-        self.heartbeat_interval = check.seconds("heartbeat_interval", beat, allow_zero=False)
-        if self.heartbeat_interval >= self.lock_timeout:
-            raise InvalidArgument("heartbeat_interval", "must be shorter than lock_timeout")
-        self.shutdown_grace = check.seconds("shutdown_grace", shutdown_grace)
-        self.listen = listen
-        self.observers = tuple(observers)
-        self.breaker = breaker
-        ahead = self.batch_size if prefetch is None else prefetch
-        self.prefetch = check.bounded_int("prefetch", ahead, low=0, high=10_000)
-        self.flush_age = check.seconds("flush_age", flush_age)
-        if self.flush_age >= self.lock_timeout:  # buffered outcomes are heartbeated too
-            raise InvalidArgument("flush_age", "must be shorter than lock_timeout")
-        waits = min(self.lock_timeout / 2, 30.0) if ready_timeout is None else ready_timeout
-        self.ready_timeout = check.seconds("ready_timeout", waits, allow_zero=False)
-        self.in_flight = (
-            None if in_flight is None else check.bounded_int("in_flight", in_flight, low=1, high=8)
-        )
-        self._next_reclaim = 0.0
-        self._registry_on = True
-        self._registered = False
-        self._next_registry = 0.0
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(worker_id={self.worker_id!r}, router={self.router!r})"
+class WorkerBase(WorkerSettings, Reporting):
+    """The transaction bodies of a worker round, on its settings; see the module docstring."""
 
     # -- the worker registry (daz_retry_workers, see retryqueue.registry) -----------------
 

@@ -44,9 +44,9 @@ from retryqueue.results import ClaimedItem
 from retryqueue.worker._async_calls import Kinds, invoke
 from retryqueue.worker._async_io import AsyncIO, AsyncLane, AsyncWakeup, wait_for_event
 from retryqueue.worker._attempts import RunReport, job_for
-from retryqueue.worker._base import WorkerOptions
 from retryqueue.worker._batch import Finished
 from retryqueue.worker._pipeline import GiveBack, Pipeline, Step, Wait
+from retryqueue.worker._settings import WorkerOptions
 from retryqueue.worker.routing import Handler, Route, Router
 
 __all__ = ["AsyncWorker"]

@@ -12,7 +12,8 @@ transaction (each with its history row; completions in a single statement via
 locks of every item held (prefetched, running, or waiting to be recorded), so a slow
 handler is never reclaimed; a worker that lost a lease anyway (it stalled past
 lock_timeout) sees its outcome refused. Its transactions outside the flushes, leases and
-idle wait are in :mod:`retryqueue.worker._threaded_io`.
+idle wait are in :mod:`retryqueue.worker._threaded_io`; its handler threads, inline turns
+and attempts in :mod:`retryqueue.worker._threaded_calls`.
 
 ``stop()`` (or SIGTERM/SIGINT after :meth:`Worker.install_signal_handlers`) stops
 acquiring, gives unstarted items back to pending at once, lets running handlers finish
@@ -27,22 +28,19 @@ import signal
 import threading
 import time
 from collections.abc import Mapping
-from functools import partial
 from types import FrameType
 from typing import Any, Unpack
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from retryqueue import hooks
 from retryqueue.errors import DatabaseError
 from retryqueue.queue import RetryQueue
-from retryqueue.results import ClaimedItem
 from retryqueue.worker._attempts import AttemptResult, Job, RunReport, job_for
-from retryqueue.worker._base import WorkerOptions
-from retryqueue.worker._batch import Finished
 from retryqueue.worker._pipeline import GiveBack, Pipeline, Step, Wait
-from retryqueue.worker._threaded_io import ThreadedIO, Wakeup, WorkerLane
+from retryqueue.worker._settings import WorkerOptions
+from retryqueue.worker._threaded_calls import ThreadedCalls
+from retryqueue.worker._threaded_io import Wakeup, WorkerLane
 from retryqueue.worker.routing import (
     Handler,
     PermanentError,
@@ -65,7 +63,7 @@ __all__ = [
 ]
 
 
-class Worker(ThreadedIO):
+class Worker(ThreadedCalls):
     """Runs handlers for queued items in threads; see the module docstring for a round.
 
     :param sessions: the application's sessionmaker; the worker commits its own
@@ -239,28 +237,6 @@ class Worker(ThreadedIO):
             raise crash
         return RunReport(**tally)
 
-    def _inline(self, pipe: Pipeline) -> bool:
-        """True when the drivers run the handlers themselves: one handler at a time
-        (``concurrency=1``) and room for two pipeline transactions. A driver that finds
-        items ready and no handler running takes a turn: it runs up to a batch of them,
-        then goes back to recording and claiming while the other driver takes the next
-        turn. Each batch then passes from claim to handler to record in one thread, with
-        no hand-off to a handler thread and back, and the database works on one driver's
-        transaction while the other runs handlers."""
-        return self.concurrency == 1 and pipe.depth > 1
-
-    def _await_drivers(self, pipe: Pipeline) -> None:
-        """With inline turns: wait until every driver is done, or until the shutdown
-        grace ran out (or a driver crashed) and the only driver left is stuck in a
-        handler (its item was abandoned; a handler that returns after that records
-        nothing)."""
-        with self._lock:
-            while self._drivers:
-                over = pipe.closed or self._crash is not None
-                if over and self._drivers <= int(self._turn):
-                    return
-                self._ended.wait()
-
     def _supervise(
         self, pipe: Pipeline, tally: dict[str, int], inline: bool, primary: bool = False
     ) -> None:
@@ -381,68 +357,3 @@ class Worker(ThreadedIO):
             if claimed:
                 tally["acquired"] = tally.get("acquired", 0) + len(claimed)
             self._report_all(step.outcomes, plans, outcomes, tally)
-
-    def _handler_loop(self, pipe: Pipeline) -> None:
-        """A handler thread: run ready items until the pipeline closes."""
-        done: Finished | None = None
-        while True:
-            with self._lock:
-                item = self._handed_over(pipe, done)
-                while item is None:
-                    if pipe.closed:
-                        return
-                    self._has_work.wait()
-                    item = self._handed_over(pipe, None)
-            done = self._attempt(pipe, item)
-
-    def _take_turn(self, pipe: Pipeline) -> None:
-        """A driver's turn at the handlers (inline): run up to a batch of ready items,
-        then give the turn back. The other driver is woken once, at the end: while the
-        turn runs it could rarely get the GIL to act on a wake-up anyway, and each one
-        costs both threads a switch."""
-        done: Finished | None = None
-        try:
-            for _ in range(self.batch_size):
-                with self._lock:
-                    if pipe.closed:  # abandoned while its handler ran: not recorded
-                        return
-                    if done is not None:
-                        pipe.finish(done)
-                        done = None
-                    item = pipe.next_item(self._stopping.is_set())
-                    if item is None:
-                        return
-                done = self._attempt(pipe, item)
-            with self._lock:
-                if done is not None and not pipe.closed:
-                    pipe.finish(done)
-        finally:
-            with self._lock:
-                self._turn = False
-                self._changed.notify_all()
-
-    def _handed_over(self, pipe: Pipeline, done: Finished | None) -> ClaimedItem | None:
-        """Buffer the run that ended (``done``) and take the next ready item, if any,
-        waking a driver when it may act on either. The caller holds the lock."""
-        wake = done is not None and pipe.finish(done)
-        item = pipe.next_item(self._stopping.is_set())
-        if wake or (item is not None and pipe.claim_opened()):
-            self._changed.notify_all()
-        return item
-
-    def _attempt(self, pipe: Pipeline, item: ClaimedItem) -> Finished:
-        """The one place a handler attempt runs; its exception, if any, is the outcome."""
-        route = self.router.resolve(item.event_type, item.plugin_name)
-        started = time.monotonic()
-        error: BaseException | None = None
-        if route is not None:
-            try:
-                job = job_for(item, partial(self._extend_one, pipe, item.id))
-                if (hook := hooks.active) is None:  # instrumentation seam: retryqueue.hooks
-                    route.handler(job)
-                else:
-                    with hook.attempt(item):
-                        route.handler(job)
-            except BaseException as exc:  # a handler must never kill its thread
-                error = exc
-        return Finished(item, route, error, time.monotonic() - started)
