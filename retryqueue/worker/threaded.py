@@ -24,6 +24,7 @@ stopped; make a new one to start again.
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 import time
@@ -316,16 +317,25 @@ class Worker(ThreadedCalls):
     ) -> None:
         """One pipeline transaction on this driver's connection; lands the step when done,
         whatever happens."""
+        own_turn = False
         try:
-            self._record_and_claim(pipe, step, lane, tally)
+            own_turn = self._record_and_claim(pipe, step, lane, tally)
         finally:
             with self._lock:
                 pipe.landed(step)
                 self._changed.notify_all()
+        if own_turn:  # the queue ran dry with items: run them first, then ask when to claim
+            self._take_turn(pipe)
+            idle_for = self._idle_wait()
+            with self._lock:
+                if pipe.claim_at == math.inf:  # no NOTIFY started a claim meanwhile
+                    self._after_claim(pipe, step.claim, 0, idle_for)  # 0: "it came back short"
 
     def _record_and_claim(
         self, pipe: Pipeline, step: Step, lane: WorkerLane, tally: dict[str, int]
-    ) -> None:
+    ) -> bool:
+        """Run ``step``; True when this driver took the turn at what its claim brought
+        (inline, the queue ran dry): the caller runs it, then the idle wait."""
         plans = self._plans(step.outcomes)
         operation = "record outcomes" if step.outcomes else "acquire"
         single = self._single_statement(step, plans, self._dialect)
@@ -339,7 +349,7 @@ class Worker(ThreadedCalls):
             lost = {done.item.id: "lost" for done in given_up}
             with self._report_lock:
                 self._report_all(given_up, self._plans(given_up), lost, tally)
-            return
+            return False
         with self._lock:
             self._failures = 0
             pipe.forget(done.item.id for done in step.outcomes)
@@ -347,9 +357,14 @@ class Worker(ThreadedCalls):
             self._has_work.notify(len(claimed))
             # short: no other driver claims before the idle wait is known
             dry = pipe.claim_landed(step.claim, len(claimed))
-            if dry and claimed:  # (inline) another driver runs them while this one asks
-                self._changed.notify_all()
-        if dry:  # the queue ran dry: wait until due or NOTIFY
+            # Inline, with no turn running: this driver runs what it brought at once and
+            # asks for the idle wait after (handing them to the other driver would wait
+            # until this one's idle-wait query released the GIL: an idle worker's
+            # enqueue-to-start latency).
+            own_turn = dry and bool(claimed) and pipe.side_by_side and not self._turn
+            if own_turn:
+                self._turn = True
+        if dry and not own_turn:  # the queue ran dry: wait until due or NOTIFY
             idle_for = self._idle_wait()
             with self._lock:
                 self._after_claim(pipe, step.claim, len(claimed), idle_for)
@@ -357,3 +372,4 @@ class Worker(ThreadedCalls):
             if claimed:
                 tally["acquired"] = tally.get("acquired", 0) + len(claimed)
             self._report_all(step.outcomes, plans, outcomes, tally)
+        return own_turn

@@ -149,38 +149,45 @@ def test_one_transaction_at_a_time_keeps_a_handler_thread(
 
 
 @pytest.mark.parametrize("backend", ["postgresql"])
-def test_items_of_a_short_claim_run_while_the_claimer_asks_when_the_next_is_due(
+def test_the_claimer_runs_a_short_claims_items_before_asking_when_the_next_is_due(
     sessions: sessionmaker[Session], server_clock_queue: RetryQueue
 ) -> None:
     """A claim that comes back short (the queue ran dry) is followed by a query for the
-    next due time on the claiming driver: the other driver must run the claimed items
-    meanwhile, not after it (an idle queue's enqueue-to-start latency)."""
+    next due time. The items it brought must not wait behind that query (an idle queue's
+    enqueue-to-start latency): the claiming driver runs them at once, on its own turn, and
+    asks after. Handing them to the other driver would make them wait until the query
+    released the GIL. The query is also held up here: the item still runs and is
+    recorded (by the other driver) while it waits."""
     asking, may_answer = threading.Event(), threading.Event()
     started = threading.Event()
+    seen: dict[str, object] = {}
 
     class SlowToAnswer(Worker):
         def _idle_wait(self) -> float:
-            asking.set()
+            if not asking.is_set():
+                seen.update(asker=threading.current_thread().name, ran=started.is_set())
+                asking.set()
             assert may_answer.wait(30), "test never let the idle wait answer"
             return super()._idle_wait()
 
+    def handler(job: Job) -> None:
+        seen["runner"] = threading.current_thread().name
+        started.set()
+
     [item_id] = enqueue(sessions, server_clock_queue, "one.job")
     worker = SlowToAnswer(
-        server_clock_queue,
-        sessions,
-        {"one.job": lambda job: started.set()},
-        listen=False,
-        worker_id="turns",
+        server_clock_queue, sessions, {"one.job": handler}, listen=False, worker_id="turns"
     )
     try:
         with running(worker) as handle:
             wait_until(asking.is_set, what="the claimer asking when the next item is due")
-            wait_until(started.is_set, what="the claimed item running meanwhile")
-            may_answer.set()
+            assert seen["ran"] is True  # the item ran before the claimer asked
+            assert seen["runner"] == seen["asker"]  # on the claiming driver's own turn
             wait_until(
                 lambda: statuses(sessions)[item_id] is RetryStatus.COMPLETED,
-                what="the item recorded",
+                what="the item recorded while the query waits",
             )
+            may_answer.set()
             assert handle.stop().completed == 1
     finally:
         may_answer.set()
