@@ -310,13 +310,14 @@ class Worker(ThreadedCalls):
             elif isinstance(step, GiveBack):
                 self._release_unstarted(pipe, tally, step.items, step.why)
             elif isinstance(step, Step):
-                self._run_step(pipe, step, lane, tally)
+                turned = self._run_step(pipe, step, lane, tally)
 
     def _run_step(
         self, pipe: Pipeline, step: Step, lane: WorkerLane, tally: dict[str, int]
-    ) -> None:
+    ) -> bool:
         """One pipeline transaction on this driver's connection; lands the step when done,
-        whatever happens."""
+        whatever happens. True when this driver then ran a turn of its own (it records
+        before it takes another)."""
         own_turn = False
         try:
             own_turn = self._record_and_claim(pipe, step, lane, tally)
@@ -326,10 +327,14 @@ class Worker(ThreadedCalls):
                 self._changed.notify_all()
         if own_turn:  # the queue ran dry with items: run them first, then ask when to claim
             self._take_turn(pipe)
+            with self._lock:
+                if pipe.closed or self._stopping.is_set():  # no query after run() returned
+                    return True
             idle_for = self._idle_wait()
             with self._lock:
                 if pipe.claim_at == math.inf:  # no NOTIFY started a claim meanwhile
                     self._after_claim(pipe, step.claim, 0, idle_for)  # 0: "it came back short"
+        return own_turn
 
     def _record_and_claim(
         self, pipe: Pipeline, step: Step, lane: WorkerLane, tally: dict[str, int]

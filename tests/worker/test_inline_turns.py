@@ -96,7 +96,9 @@ class TestTurnsOnPostgreSQL:
     ) -> None:
         """The grace runs out while a driver's turn is stuck in a handler: run() returns
         (the item abandoned to lock expiry), and when the handler does return, its
-        outcome is not recorded: run() already reported the item as abandoned."""
+        outcome is not recorded: run() already reported the item as abandoned. The item
+        came from a claim that found the queue dry, so the stuck turn is the claiming
+        driver's own: it must not go on to ask when the next item is due either."""
         started, release, returned = threading.Event(), threading.Event(), threading.Event()
 
         def stuck(job: Job) -> None:
@@ -106,9 +108,18 @@ class TestTurnsOnPostgreSQL:
             finally:
                 returned.set()
 
+        run_returned = threading.Event()
+        asked_after_run: list[str] = []
+
+        class Watched(Worker):
+            def _idle_wait(self) -> float:
+                if run_returned.is_set():
+                    asked_after_run.append(threading.current_thread().name)
+                return super()._idle_wait()
+
         [item_id] = enqueue(sessions, server_clock_queue, "stuck.job")
         before = set(threading.enumerate())  # threads other tests may have left behind
-        worker = Worker(
+        worker = Watched(
             server_clock_queue,
             sessions,
             {"stuck.job": stuck},
@@ -120,6 +131,7 @@ class TestTurnsOnPostgreSQL:
             with running(worker) as handle:
                 wait_until(started.is_set, what="the handler running on a driver")
                 report = handle.stop()
+                run_returned.set()
             assert report == RunReport(acquired=1, abandoned=1)
         finally:
             release.set()
@@ -135,6 +147,7 @@ class TestTurnsOnPostgreSQL:
         )
         assert statuses(sessions)[item_id] is RetryStatus.PROCESSING
         assert history(sessions, item_id) == []
+        assert asked_after_run == []  # no query on the caller's engine once run() returned
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
