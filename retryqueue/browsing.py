@@ -1,6 +1,6 @@
 """The dashboard's insight and audit functions, over the statement shelves
-:mod:`~retryqueue.statements.browse`, :mod:`~retryqueue.statements.audit` and
-:mod:`~retryqueue.statements.registry`.
+:mod:`~retryqueue.statements.browse` and :mod:`~retryqueue.statements.audit` (the live
+workers are listed by :mod:`retryqueue.registry`).
 
 Like :mod:`retryqueue.monitoring`, every function takes the caller's Session and never
 commits. Reads are bounded: counts stop at a cap, lists are keyset pages. Encrypted texts
@@ -30,12 +30,11 @@ from retryqueue.hourly import (
     outcomes_per_hour,
     roll_up,
 )
-from retryqueue.models import WORKER_DEAD_AFTER_SECONDS, RetryDashboardAudit, RetryStatus
+from retryqueue.models import RetryDashboardAudit, RetryStatus
 from retryqueue.monitoring import ENCRYPTED, fetch_all, queue_gauges, readable_text
 from retryqueue.results import ErrorGroup, ItemQuery
 from retryqueue.statements import audit as audit_sql
 from retryqueue.statements import browse as sql
-from retryqueue.statements import registry as registry_sql
 
 __all__ = [
     "ENCRYPTED",
@@ -50,7 +49,6 @@ __all__ = [
     "OutcomeCount",
     "Overview",
     "TimelineEntry",
-    "WorkerInfo",
     "action_ids",
     "audit_log",
     "chart_outcomes",
@@ -59,7 +57,6 @@ __all__ = [
     "finish_action",
     "item_detail",
     "item_page",
-    "live_workers",
     "missing_hours",
     "outcomes_per_hour",
     "overview",
@@ -364,55 +361,4 @@ def audit_log(session: Session, limit: int = 50, before_id: int | None = None) -
             finished_at=entry.finished_at,
         )
         for entry in entries
-    ]
-
-
-# -- workers ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerInfo:
-    """A live worker from the registry, with what it holds now and its last hour."""
-
-    worker_id: str
-    host: str
-    pid: int
-    kind: str
-    concurrency: int
-    batch_size: int
-    started_at: datetime
-    heartbeat_at: datetime
-    held: int
-    attempts_last_hour: int
-    failures_last_hour: int
-
-
-def live_workers(
-    session: Session, at: datetime | None, dead_after_seconds: float = WORKER_DEAD_AFTER_SECONDS
-) -> list[WorkerInfo]:
-    """Workers that heartbeated within ``dead_after_seconds``, by host and id."""
-    rows = fetch_all(session, registry_sql.live_workers(at, dead_after_seconds), "workers")
-    if not rows:
-        return []
-    last_hour = {
-        worker_id: (int(attempts or 0), int(failures or 0))
-        for worker_id, attempts, failures in fetch_all(
-            session, registry_sql.worker_attempts(at), "workers"
-        )
-    }
-    return [
-        WorkerInfo(
-            worker_id=row.RetryWorker.worker_id,
-            host=row.RetryWorker.host,
-            pid=row.RetryWorker.pid,
-            kind=row.RetryWorker.kind,
-            concurrency=row.RetryWorker.concurrency,
-            batch_size=row.RetryWorker.batch_size,
-            started_at=row.RetryWorker.started_at,
-            heartbeat_at=row.RetryWorker.heartbeat_at,
-            held=int(row.held),
-            attempts_last_hour=last_hour.get(row.RetryWorker.worker_id, (0, 0))[0],
-            failures_last_hour=last_hour.get(row.RetryWorker.worker_id, (0, 0))[1],
-        )
-        for row in rows
     ]

@@ -1,6 +1,7 @@
 """The worker registry: running workers register, heartbeat and leave (``daz_retry_workers``).
 
-What the dashboard's Workers page and ``retryqueue workers`` list. Informational only: a
+What the dashboard's Workers page and ``retryqueue workers`` list (:func:`live_workers`,
+with what each holds and its last hour). Informational only: a
 worker's items are protected by their leases, not by this table.
 
 Workers never DELETE here, so that the least-privilege runtime role (SELECT, INSERT and
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -25,12 +27,15 @@ from sqlalchemy.orm import Session
 from retryqueue import validation as check
 from retryqueue.errors import database_error
 from retryqueue.models import WORKER_DEAD_AFTER_SECONDS
+from retryqueue.monitoring import fetch_all
 from retryqueue.statements import registry as sql
 
 __all__ = [
     "DEAD_AFTER_SECONDS",
     "STOPPED",
+    "WorkerInfo",
     "deregister_worker",
+    "live_workers",
     "register_worker",
     "worker_heartbeat",
 ]
@@ -85,3 +90,52 @@ def deregister_worker(session: Session, worker_id: str) -> None:
         session.execute(sql.stop_worker(worker_id, STOPPED))
     except SQLAlchemyError as exc:
         raise database_error("deregister worker", exc) from exc
+
+
+# -- the live workers, for listings ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A live worker from the registry, with what it holds now and its last hour."""
+
+    worker_id: str
+    host: str
+    pid: int
+    kind: str
+    concurrency: int
+    batch_size: int
+    started_at: datetime
+    heartbeat_at: datetime
+    held: int
+    attempts_last_hour: int
+    failures_last_hour: int
+
+
+def live_workers(
+    session: Session, at: datetime | None, dead_after_seconds: float = WORKER_DEAD_AFTER_SECONDS
+) -> list[WorkerInfo]:
+    """Workers that heartbeated within ``dead_after_seconds``, by host and id."""
+    rows = fetch_all(session, sql.live_workers(at, dead_after_seconds), "workers")
+    if not rows:
+        return []
+    last_hour = {
+        worker_id: (int(attempts or 0), int(failures or 0))
+        for worker_id, attempts, failures in fetch_all(session, sql.worker_attempts(at), "workers")
+    }
+    return [
+        WorkerInfo(
+            worker_id=row.RetryWorker.worker_id,
+            host=row.RetryWorker.host,
+            pid=row.RetryWorker.pid,
+            kind=row.RetryWorker.kind,
+            concurrency=row.RetryWorker.concurrency,
+            batch_size=row.RetryWorker.batch_size,
+            started_at=row.RetryWorker.started_at,
+            heartbeat_at=row.RetryWorker.heartbeat_at,
+            held=int(row.held),
+            attempts_last_hour=last_hour.get(row.RetryWorker.worker_id, (0, 0))[0],
+            failures_last_hour=last_hour.get(row.RetryWorker.worker_id, (0, 0))[1],
+        )
+        for row in rows
+    ]

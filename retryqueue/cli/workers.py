@@ -5,9 +5,9 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from retryqueue.browsing import WorkerInfo, live_workers
 from retryqueue.cli._context import console, print_json, state, text
 from retryqueue.cli.monitor import JsonOption
+from retryqueue.registry import WorkerInfo, live_workers
 
 __all__ = ["register", "workers", "workers_table"]
 

@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import Response
 
-from retryqueue import browsing
+from retryqueue import browsing, registry
 from retryqueue.circuits import circuit_events, circuit_states
 from retryqueue.hourly import OutcomeCount, totals
 from retryqueue.models import RetryStatus
@@ -170,5 +170,5 @@ def workers_page(request: Request) -> Response:
     settings = settings_of(request)
     with settings.reading() as session:
         now = settings.queue.now(session)
-        workers = browsing.live_workers(session, now)
+        workers = registry.live_workers(session, now)
     return render(request, "workers.html", {"page": "workers", "workers": workers})

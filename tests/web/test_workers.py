@@ -13,12 +13,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.testclient import TestClient
 
 from retryqueue import ManualClock, RetryQueue
-from retryqueue.browsing import live_workers
 from retryqueue.models import RetryWorker
 from retryqueue.registry import (
     DEAD_AFTER_SECONDS,
     STOPPED,
     deregister_worker,
+    live_workers,
     register_worker,
     worker_heartbeat,
 )
