@@ -318,29 +318,32 @@ class Worker(ThreadedCalls):
         """One pipeline transaction on this driver's connection; lands the step when done,
         whatever happens. True when this driver then ran a turn of its own (it records
         before it takes another)."""
-        own_turn = False
+        brought: int | None = None
         try:
-            own_turn = self._record_and_claim(pipe, step, lane, tally)
+            brought = self._record_and_claim(pipe, step, lane, tally)
         finally:
             with self._lock:
                 pipe.landed(step)
                 self._changed.notify_all()
-        if own_turn:  # the queue ran dry with items: run them first, then ask when to claim
-            self._take_turn(pipe)
-            with self._lock:
-                if pipe.closed or self._stopping.is_set():  # no query after run() returned
-                    return True
-            idle_for = self._idle_wait()
-            with self._lock:
-                if pipe.claim_at == math.inf:  # no NOTIFY started a claim meanwhile
-                    self._after_claim(pipe, step.claim, 0, idle_for)  # 0: "it came back short"
-        return own_turn
+        if brought is None:
+            return False
+        # the queue ran dry with items: run them first, then ask when to claim
+        self._take_turn(pipe)
+        with self._lock:
+            if pipe.closed or self._stopping.is_set():  # no query after run() returned
+                return True
+        idle_for = self._idle_wait()
+        with self._lock:
+            if pipe.claim_at == math.inf:  # no NOTIFY started a claim meanwhile
+                self._after_claim(pipe, step.claim, brought, idle_for)
+        return True
 
     def _record_and_claim(
         self, pipe: Pipeline, step: Step, lane: WorkerLane, tally: dict[str, int]
-    ) -> bool:
-        """Run ``step``; True when this driver took the turn at what its claim brought
-        (inline, the queue ran dry): the caller runs it, then the idle wait."""
+    ) -> int | None:
+        """Run ``step``. When this driver took the turn at what its claim brought (inline,
+        the queue ran dry): how many items that was, and the caller runs the turn, then
+        the idle wait; else None."""
         plans = self._plans(step.outcomes)
         operation = "record outcomes" if step.outcomes else "acquire"
         single = self._single_statement(step, plans, self._dialect)
@@ -354,7 +357,7 @@ class Worker(ThreadedCalls):
             lost = {done.item.id: "lost" for done in given_up}
             with self._report_lock:
                 self._report_all(given_up, self._plans(given_up), lost, tally)
-            return False
+            return None
         with self._lock:
             self._failures = 0
             pipe.forget(done.item.id for done in step.outcomes)
@@ -377,4 +380,4 @@ class Worker(ThreadedCalls):
             if claimed:
                 tally["acquired"] = tally.get("acquired", 0) + len(claimed)
             self._report_all(step.outcomes, plans, outcomes, tally)
-        return own_turn
+        return len(claimed) if own_turn else None
